@@ -1,0 +1,138 @@
+"""Layered configuration with the provenance of every value.
+
+Layers, lowest to highest: built-in defaults < workspace ``fmb.yaml`` < task
+config (``--config FILE``) < command-line flags. Every layer is a mapping of
+section name -> {key: value}. Unknown sections and keys are rejected with the
+file that holds them and the closest valid name; type and range errors name the
+layer that supplied the bad value.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fmb_engine.config.schemas import SECTIONS, Section
+from fmb_engine.errors import ConfigError
+
+DEFAULT_ORIGIN = "default"
+CLI_ORIGIN = "command line"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of configuration values."""
+
+    origin: str  # a file path, or "command line"
+    data: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Resolved:
+    """A validated section plus where each value came from."""
+
+    section: str
+    values: Section
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        dumped = self.values.model_dump(mode="json")
+        return [(key, dumped[key], self.sources[key]) for key in type(self.values).model_fields]
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def read_layer_file(path: str | Path) -> Layer:
+    """Read and structurally check one YAML config file (``yaml.safe_load``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (general:, mock:, ...), got {type(data).__name__}")
+    return check_layer(Layer(str(path), data))
+
+
+def check_layer(layer: Layer) -> Layer:
+    """Reject unknown sections and keys, naming the layer and suggesting the closest name."""
+    valid_sections = list(SECTIONS)
+    for section, body in layer.data.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{layer.origin}: unknown section {section!r}.{_suggest(str(section), valid_sections)} "
+                f"Valid sections: {', '.join(valid_sections)}"
+            )
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{layer.origin}: section {section!r} must be a mapping of keys, got {body!r}")
+        valid_keys = list(SECTIONS[section].model_fields)
+        for key in body:
+            if key not in valid_keys:
+                raise ConfigError(
+                    f"{layer.origin}: unknown key {section}.{key}.{_suggest(str(key), valid_keys)} "
+                    f"Valid keys of {section!r}: {', '.join(valid_keys)}"
+                )
+    return layer
+
+
+def _expected(schema: type[BaseModel], key: str) -> str:
+    annotation = schema.model_fields[key].annotation
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def resolve(section: str, layers: list[Layer]) -> Resolved:
+    """Merge ``layers`` (lowest first) over the defaults of ``section`` and validate."""
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r}.{_suggest(section, list(SECTIONS))}")
+    schema = SECTIONS[section]
+    raw: dict[str, Any] = {}
+    sources = {key: DEFAULT_ORIGIN for key in schema.model_fields}
+    for layer in layers:
+        body = layer.data.get(section) or {}
+        for key, value in body.items():
+            if value is None and layer.origin == CLI_ORIGIN:
+                continue  # a flag that was not given
+            raw[key] = value
+            sources[key] = layer.origin
+    try:
+        values = schema.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else "?"
+            got = raw.get(key, "<missing>")
+            origin = sources.get(key, DEFAULT_ORIGIN)
+            problems.append(
+                f"{origin}: {section}.{key} = {got!r} is invalid: {err['msg']} "
+                f"(expected {_expected(schema, key) if key in schema.model_fields else '?'}, "
+                f"got {type(got).__name__})"
+            )
+        raise ConfigError("\n".join(problems)) from None
+    return Resolved(section, values, sources)
+
+
+def template(section: str) -> str:
+    """A commented YAML template of ``section`` with every key and its default."""
+    schema = SECTIONS[section]
+    lines = [f"# {schema.__doc__.strip().splitlines()[0]}" if schema.__doc__ else f"# {section}", f"{section}:"]
+    defaults = schema().model_dump(mode="json")
+    for key, info in schema.model_fields.items():
+        if info.description:
+            lines.append(f"  # {info.description}")
+        dumped = yaml.safe_dump({key: defaults[key]}, default_flow_style=True, sort_keys=False).strip()
+        lines.append(f"  {dumped[1:-1].strip()}")
+    return "\n".join(lines) + "\n"

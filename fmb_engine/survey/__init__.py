@@ -1,0 +1,1 @@
+"""Survey data: constants, the HDF5 store, the mock survey and importers."""

@@ -1,0 +1,142 @@
+"""Where things live inside a workspace, how to find one, and how to write safely.
+
+A workspace is a folder holding ``fmb.yaml`` and one sub-folder per kind of
+artifact. Every file the engine writes goes through :func:`atomic_write` (temp
+file in the same folder + ``os.replace``) so an interrupted write never leaves a
+truncated artifact under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmb_engine.errors import WorkspaceError
+
+WORKSPACE_FILE = "fmb.yaml"
+ENV_VAR = "FMB_WORKSPACE"
+
+#: Sub-folders created by ``fmb-engine init``; one per kind of artifact.
+FOLDERS = ("survey", "embeddings", "scores", "analysis", "figures", "runs", "jobs")
+
+#: Files in a shared workspace are readable by the group, never by everyone.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+_INIT_TEMPLATE = """\
+# FMB workspace configuration.
+# Values here override the built-in defaults; a task config (--config FILE) and
+# command-line flags override these. `fmb-engine config show` prints the
+# effective value of every key and the layer it came from.
+general:
+  seed: 42
+"""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace root and the conventional paths inside it."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / WORKSPACE_FILE
+
+    def folder(self, name: str) -> Path:
+        if name not in FOLDERS:
+            raise ValueError(f"unknown workspace folder {name!r}; expected one of {FOLDERS}")
+        return self.root / name
+
+    def survey_path(self, name: str) -> Path:
+        """Survey file for ``name``: a bare name lives in ``survey/<name>.h5``."""
+        candidate = Path(name)
+        if candidate.suffix in (".h5", ".hdf5") or candidate.is_absolute() or len(candidate.parts) > 1:
+            return candidate if candidate.is_absolute() else (Path.cwd() / candidate)
+        return self.folder("survey") / f"{name}.h5"
+
+    def surveys(self) -> list[Path]:
+        return sorted(self.folder("survey").glob("*.h5"))
+
+    @classmethod
+    def init(cls, root: str | os.PathLike[str], exist_ok: bool = False) -> Workspace:
+        """Create the folder layout and a commented ``fmb.yaml``.
+
+        Re-running on an existing workspace with ``exist_ok`` only adds missing
+        folders and never overwrites ``fmb.yaml``.
+        """
+        ws = cls(Path(root).expanduser().resolve())
+        if ws.config_file.exists() and not exist_ok:
+            raise WorkspaceError(
+                f"{ws.root} is already a workspace ({WORKSPACE_FILE} exists); "
+                "use it as it is, or pass --exist-ok to add missing folders"
+            )
+        ws.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        for name in FOLDERS:
+            (ws.root / name).mkdir(exist_ok=True, mode=DIR_MODE)
+        if not ws.config_file.exists():
+            atomic_write_text(ws.config_file, _INIT_TEMPLATE)
+        return ws
+
+    @classmethod
+    def find(cls, explicit: str | os.PathLike[str] | None = None, start: Path | None = None) -> Workspace:
+        """Locate the workspace: ``--workspace``, then ``$FMB_WORKSPACE``, then cwd upwards."""
+        if explicit is not None:
+            return cls._checked(Path(explicit), "--workspace")
+        env = os.environ.get(ENV_VAR)
+        if env:
+            return cls._checked(Path(env), f"${ENV_VAR}")
+        here = (start or Path.cwd()).resolve()
+        for folder in (here, *here.parents):
+            if (folder / WORKSPACE_FILE).is_file():
+                return cls(folder)
+        raise WorkspaceError(
+            f"no workspace found: no {WORKSPACE_FILE} in {here} or any parent folder. "
+            f"Create one with `fmb-engine init DIR`, or point to one with --workspace or ${ENV_VAR}."
+        )
+
+    @classmethod
+    def _checked(cls, path: Path, origin: str) -> Workspace:
+        root = path.expanduser().resolve()
+        if not (root / WORKSPACE_FILE).is_file():
+            raise WorkspaceError(
+                f"{root} (from {origin}) is not a workspace: {WORKSPACE_FILE} is missing. "
+                "Create one with `fmb-engine init DIR`."
+            )
+        return cls(root)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str], mode: int = FILE_MODE) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it over ``final`` on success.
+
+    On any exception the temporary file is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
