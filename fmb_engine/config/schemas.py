@@ -48,6 +48,10 @@ class MockConfig(Section):
     compression: Literal["lzf", "gzip", "none"] = Field(
         "lzf", description="HDF5 compression: lzf is fast; gzip is smaller and slower."
     )
+    workers: int = Field(
+        0, ge=-1, le=64,
+        description="Render processes running ahead of the writer: 0 = auto (1 on multi-core machines), -1 = none.",
+    )
 
 
 class ImportConfig(Section):

@@ -1,0 +1,94 @@
+"""Stage doors of the survey room: make a mock survey, write the index CSV.
+
+Each door takes a workspace and a validated config section, writes artifacts
+atomically plus a run manifest, and returns what it wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fmb_engine.config import Resolved
+from fmb_engine.config.schemas import MockConfig
+from fmb_engine.manifest import RunManifest
+from fmb_engine.progress import Reporter, Silent
+from fmb_engine.survey import mock
+from fmb_engine.survey.bands import wavelength_grid
+from fmb_engine.survey.store import SurveyReader, SurveyWriter
+from fmb_engine.workspace import Workspace, atomic_path
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, Path]
+    manifest: Path | None
+    summary: dict
+
+
+def config_record(resolved: Resolved) -> dict:
+    return {"values": resolved.values.model_dump(mode="json"), "sources": resolved.sources}
+
+
+def make_mock(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:
+    """Simulate the mock survey into ``survey/<name>.h5`` (resumes an interrupted run)."""
+    cfg: MockConfig = resolved.values  # type: ignore[assignment]
+    reporter = reporter or Silent()
+    manifest = RunManifest(ws, "data.mock", config_record(resolved), seed=cfg.seed)
+    out = ws.survey_path(cfg.name)
+    params = cfg.model_dump(exclude={"name", "batch_size", "compression"}) | {"batch_size": cfg.batch_size}
+    with manifest.phase("population"):
+        pop = mock.draw_population(cfg.objects, cfg.seed, cfg.anomaly_fraction, cfg.train_fraction)
+    writer = SurveyWriter(
+        out, image_size=cfg.image_size, wavelength=wavelength_grid(), rgb=cfg.rgb, generator="fmb.mock",
+        params=params, compression=cfg.compression, expected_objects=cfg.objects,
+    )
+    if writer.resumed_from:
+        reporter.log(f"resuming {writer.partial.name} after {writer.resumed_from} objects")
+        manifest.count("resumed_from", writer.resumed_from)
+    try:
+        chunks = [
+            (chunk, np.arange(start, min(start + cfg.batch_size, cfg.objects)))
+            for chunk, start in enumerate(range(0, cfg.objects, cfg.batch_size))
+            if start >= writer.resumed_from
+        ]
+        with reporter.task(f"mock survey -> {out.name}", cfg.objects) as task:
+            task.advance(writer.resumed_from)
+            with manifest.phase("render+write"):
+                for rows, data in mock.render_chunks(pop, cfg.image_size, cfg.seed, chunks, cfg.rgb, cfg.workers):
+                    writer.append(mock.catalogue_columns(pop, rows, cfg.seed), data["images"], data["flux"],
+                                  data["ivar"], data["mask"], rgb=data.get("rgb"))
+                    task.advance(len(rows))
+        with manifest.phase("finalise"):
+            writer.close()
+    except BaseException:
+        writer.abort()
+        manifest.write(status="interrupted")
+        raise
+    with SurveyReader(out) as reader:
+        summary = reader.summary()
+    manifest.count("objects", summary["objects"])
+    manifest.count("splits", summary["splits"])
+    manifest.count("anomaly_classes", summary["anomaly_classes"])
+    requested = int(round(cfg.anomaly_fraction * cfg.objects))
+    injected = mock.anomaly_count(cfg.objects, cfg.anomaly_fraction)
+    if injected != requested:
+        manifest.warn(f"anomaly count raised from {requested} to {injected} so that every class appears")
+    manifest.data["inputs"]["survey_digest"] = summary["digest"]
+    manifest.output("survey", out)
+    return StageResult({"survey": out}, manifest.write(), summary)
+
+
+def write_index(ws: Workspace, survey: Path, output: Path | None = None) -> Path:
+    """``object_id,split,index`` CSV like the reference system's (index = row within its split)."""
+    with SurveyReader(survey) as reader:
+        table = reader.table()[["object_id", "split"]].copy()
+    table["index"] = table.groupby("split").cumcount()
+    table["row"] = np.arange(len(table))
+    output = output or survey.with_suffix(".index.csv")
+    with atomic_path(output) as tmp:
+        pd.DataFrame(table).to_csv(tmp, index=False)
+    return output
