@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fmb_engine.config.loader import CLI_ORIGIN, Layer, Resolved, check_layer, read_layer_file, resolve, template
-from fmb_engine.config.schemas import SECTIONS, Section
+from fmb_engine.config.schemas import SECTIONS, Section, register_section
 from fmb_engine.workspace import Workspace
 
 
@@ -33,7 +33,12 @@ def load(
     cli: dict[str, Any] | None = None,
 ) -> Resolved:
     """Effective config of one section; ``cli`` holds that section's flags (None = not given)."""
-    return resolve(section, layers_for(workspace, config_file, {section: cli} if cli else None))
+    nested: dict[str, Any] | None = None
+    if cli:
+        nested = cli
+        for part in reversed(section.split(".")):
+            nested = {part: nested}
+    return resolve(section, layers_for(workspace, config_file, nested))
 
 
-__all__ = ["SECTIONS", "Layer", "Resolved", "Section", "layers_for", "load", "resolve", "template"]
+__all__ = ["register_section", "SECTIONS", "Layer", "Resolved", "Section", "layers_for", "load", "resolve", "template"]

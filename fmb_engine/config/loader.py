@@ -66,26 +66,50 @@ def read_layer_file(path: str | Path) -> Layer:
     return check_layer(Layer(str(path), data))
 
 
-def check_layer(layer: Layer) -> Layer:
-    """Reject unknown sections and keys, naming the layer and suggesting the closest name."""
-    valid_sections = list(SECTIONS)
-    for section, body in layer.data.items():
-        if section not in SECTIONS:
-            raise ConfigError(
-                f"{layer.origin}: unknown section {section!r}.{_suggest(str(section), valid_sections)} "
-                f"Valid sections: {', '.join(valid_sections)}"
-            )
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"{layer.origin}: section {section!r} must be a mapping of keys, got {body!r}")
+def section_body(data: dict[str, Any], section: str) -> dict[str, Any]:
+    """The mapping of a (possibly dotted, e.g. ``embed.pca``) section in a layer; {} if absent."""
+    node: Any = data
+    for part in section.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return {}
+    return node
+
+
+def _check_body(origin: str, section: str, body: Any) -> None:
+    if body is None:
+        return
+    if not isinstance(body, dict):
+        raise ConfigError(f"{origin}: section {section!r} must be a mapping of keys, got {body!r}")
+    if section in SECTIONS:
         valid_keys = list(SECTIONS[section].model_fields)
         for key in body:
             if key not in valid_keys:
                 raise ConfigError(
-                    f"{layer.origin}: unknown key {section}.{key}.{_suggest(str(key), valid_keys)} "
+                    f"{origin}: unknown key {section}.{key}.{_suggest(str(key), valid_keys)} "
                     f"Valid keys of {section!r}: {', '.join(valid_keys)}"
                 )
+        return
+    children = sorted({name[len(section) + 1 :].split(".")[0] for name in SECTIONS if name.startswith(section + ".")})
+    for key, sub in body.items():
+        if str(key) not in children:
+            raise ConfigError(
+                f"{origin}: unknown section {section}.{key}.{_suggest(str(key), children)} "
+                f"Valid sections under {section!r}: {', '.join(children)}"
+            )
+        _check_body(origin, f"{section}.{key}", sub)
+
+
+def check_layer(layer: Layer) -> Layer:
+    """Reject unknown sections and keys, naming the layer and suggesting the closest name."""
+    top = sorted({name.split(".")[0] for name in SECTIONS})
+    for section, body in layer.data.items():
+        if section not in top:
+            raise ConfigError(
+                f"{layer.origin}: unknown section {section!r}.{_suggest(str(section), top)} "
+                f"Valid sections: {', '.join(top)}"
+            )
+        _check_body(layer.origin, str(section), body)
     return layer
 
 
@@ -102,8 +126,7 @@ def resolve(section: str, layers: list[Layer]) -> Resolved:
     raw: dict[str, Any] = {}
     sources = {key: DEFAULT_ORIGIN for key in schema.model_fields}
     for layer in layers:
-        body = layer.data.get(section) or {}
-        for key, value in body.items():
+        for key, value in section_body(layer.data, section).items():
             if value is None and layer.origin == CLI_ORIGIN:
                 continue  # a flag that was not given
             raw[key] = value
@@ -128,11 +151,14 @@ def resolve(section: str, layers: list[Layer]) -> Resolved:
 def template(section: str) -> str:
     """A commented YAML template of ``section`` with every key and its default."""
     schema = SECTIONS[section]
-    lines = [f"# {schema.__doc__.strip().splitlines()[0]}" if schema.__doc__ else f"# {section}", f"{section}:"]
+    parts = section.split(".")
+    lines = [f"# {schema.__doc__.strip().splitlines()[0]}" if schema.__doc__ else f"# {section}"]
+    lines += [f"{'  ' * depth}{part}:" for depth, part in enumerate(parts)]
+    indent = "  " * len(parts)
     defaults = schema().model_dump(mode="json")
     for key, info in schema.model_fields.items():
         if info.description:
-            lines.append(f"  # {info.description}")
-        dumped = yaml.safe_dump({key: defaults[key]}, default_flow_style=True, sort_keys=False).strip()
-        lines.append(f"  {dumped[1:-1].strip()}")
+            lines.append(f"{indent}# {info.description}")
+        dumped = yaml.safe_dump({key: defaults[key]}, default_flow_style=True, sort_keys=False, width=1000).strip()
+        lines.append(f"{indent}{dumped[1:-1].strip()}")
     return "\n".join(lines) + "\n"

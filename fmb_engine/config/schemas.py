@@ -77,9 +77,15 @@ class ImportConfig(Section):
     limit: int | None = Field(None, ge=1, description="Import at most this many rows (for a quick look).")
 
 
-#: Section name -> schema. The order is the order of ``config show``.
-SECTIONS: dict[str, type[Section]] = {
+#: Section name -> schema. The order is the order of ``config show``. Dotted names
+#: (``embed.pca``) are nested mappings in YAML (``embed: {pca: {...}}``).
+SECTIONS: dict[str, type[BaseModel]] = {
     "general": GeneralConfig,
     "mock": MockConfig,
     "import": ImportConfig,
 }
+
+
+def register_section(name: str, schema: type[BaseModel]) -> None:
+    """Add a stage's schema (e.g. each embedder registers ``embed.<name>``)."""
+    SECTIONS[name] = schema

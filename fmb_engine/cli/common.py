@@ -1,0 +1,48 @@
+"""Options and helpers shared by every command group.
+
+Commands parse flags, build the effective config (defaults < fmb.yaml <
+--config < flags) and call one stage function. No science lives here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fmb_engine.config import Resolved, load
+from fmb_engine.progress import RichReporter
+from fmb_engine.workspace import Workspace
+
+console = Console()
+err_console = Console(stderr=True)
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (default: $FMB_WORKSPACE, else the current folder upwards)."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Task config YAML; overrides the workspace fmb.yaml, flags override it."),
+]
+
+
+def find_workspace(path: Path | None) -> Workspace:
+    return Workspace.find(path)
+
+
+def section(name: str, ws: Workspace | None, config: Path | None, **flags: Any) -> Resolved:
+    """Effective config of section ``name``; ``flags`` left at None were not given."""
+    return load(name, ws, config, {k: v for k, v in flags.items() if v is not None})
+
+
+def reporter() -> RichReporter:
+    return RichReporter(err_console)
+
+
+def survey_file(ws: Workspace, config: Path | None, survey: str | None) -> Path:
+    """The survey a command works on: --survey, else general.survey."""
+    general = section("general", ws, config, survey=survey)
+    return ws.survey_path(general.values.survey)  # type: ignore[attr-defined]

@@ -1,0 +1,60 @@
+"""`fmb-engine config ...`: the effective configuration and where each value came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console
+from fmb_engine.config import SECTIONS, layers_for, read_layer_file, resolve, template
+from fmb_engine.errors import ConfigError, WorkspaceError
+from fmb_engine.workspace import Workspace
+
+app = typer.Typer(help="Show, validate and template configuration.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    section: str | None = typer.Argument(None, help=f"One section ({', '.join(SECTIONS)}); default all."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the effective config and, for each value, the layer it came from."""
+    try:
+        ws: Workspace | None = Workspace.find(workspace)
+    except WorkspaceError:
+        if workspace is not None:
+            raise
+        ws = None  # outside a workspace: defaults and --config only
+    names = [section] if section else list(SECTIONS)
+    layers = layers_for(ws, config)
+    for name in names:
+        resolved = resolve(name, layers)
+        table = Table(title=f"[bold]{name}[/]", title_justify="left", show_edge=False)
+        table.add_column("key", style="cyan")
+        table.add_column("value")
+        table.add_column("from", style="dim")
+        for key, value, source in resolved.rows():
+            table.add_row(key, escape(repr(value)), escape(source))
+        console.print(table)
+        console.print()
+
+
+@app.command("template")
+def template_cmd(section: str = typer.Argument(..., help="Section to write a commented template for.")) -> None:
+    """Print a commented YAML template of one section (every key, its default and meaning)."""
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+    typer.echo(template(section), nl=False)
+
+
+@app.command("validate")
+def validate(file: Path = typer.Argument(..., help="A YAML config file.")) -> None:
+    """Check a config file: sections, keys, types and ranges."""
+    layer = read_layer_file(file)
+    for name in layer.data:
+        resolve(name, [layer])
+    console.print(f"[green]ok[/]: {escape(str(file))}")

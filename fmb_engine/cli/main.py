@@ -1,0 +1,53 @@
+"""`fmb-engine`: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.markup import escape
+
+from fmb_engine.cli import config as config_cli
+from fmb_engine.cli import data as data_cli
+from fmb_engine.cli.common import console, err_console
+from fmb_engine.cli.demo import demo
+from fmb_engine.errors import FMBError
+from fmb_engine.workspace import Workspace
+
+app = typer.Typer(
+    name="fmb-engine",
+    help="Foundation-model anomaly discovery: survey data, embeddings, detection, analysis, jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(config_cli.app, name="config")
+app.add_typer(data_cli.app, name="data")
+app.command()(demo)
+
+
+@app.command()
+def init(
+    directory: str = typer.Argument(..., help="Folder to create (or complete) as a workspace."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Complete an existing workspace instead of failing."),
+) -> None:
+    """Create a workspace: fmb.yaml plus survey/, embeddings/, scores/, analysis/, figures/, runs/, jobs/."""
+    ws = Workspace.init(directory, exist_ok=exist_ok)
+    console.print(f"workspace ready: [bold]{escape(str(ws.root))}[/]")
+    console.print(f"next: cd {escape(str(ws.root))} && fmb-engine data mock")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors print one clear message and exit non-zero."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except FMBError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: partial outputs are kept and resume on the next run")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
