@@ -33,7 +33,8 @@ _INIT_TEMPLATE = """\
 # command-line flags override these. `fmb-engine config show` prints the
 # effective value of every key and the layer it came from.
 general:
-  seed: 42
+  # Survey the commands work on: a name under survey/ or a path to an .h5 file.
+  survey: mock
 """
 
 

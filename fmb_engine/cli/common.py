@@ -33,7 +33,7 @@ def find_workspace(path: Path | None) -> Workspace:
     return Workspace.find(path)
 
 
-def section(name: str, ws: Workspace | None, config: Path | None, **flags: Any) -> Resolved:
+def section(name: str, ws: Workspace | None, config: Path | None, /, **flags: Any) -> Resolved:
     """Effective config of section ``name``; ``flags`` left at None were not given."""
     return load(name, ws, config, {k: v for k, v in flags.items() if v is not None})
 

@@ -104,6 +104,8 @@ class SurveyWriter:
         self._chain = b""  # digest chain: chain_k = H(chain_{k-1} + H(chunk_k)), resumable
         self.n_written = 0
         self.resumed_from = 0
+        #: Caller-defined progress saved with every chunk (e.g. source rows consumed).
+        self.resume_state: dict[str, Any] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.partial.exists() and self._try_resume(generator):
             return
@@ -176,6 +178,7 @@ class SurveyWriter:
         self._file = f
         self.n_written = self.resumed_from = n
         self._chain = bytes.fromhex(f.attrs.get("digest_state", ""))
+        self.resume_state = json.loads(f.attrs.get("resume_state", "{}"))
         return True
 
     # -- appending ---------------------------------------------------------------------------
@@ -192,10 +195,20 @@ class SurveyWriter:
         mask: np.ndarray,
         rgb: np.ndarray | None = None,
         has_bands: np.ndarray | None = None,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
-        """Append one chunk; commits the new object count only after every dataset is written."""
+        """Append one chunk; commits the new object count only after every dataset is written.
+
+        ``resume_state`` is stored in the same commit, so a resumed writer knows
+        exactly how far its source had been consumed.
+        """
         n = int(images.shape[0])
+        if resume_state is not None:
+            self.resume_state = dict(resume_state)
         if n == 0:
+            if resume_state is not None:
+                self._file.attrs["resume_state"] = json.dumps(self.resume_state)
+                self._file.flush()
             return
         size = self.image_size
         if images.shape[1:] != (len(BANDS), size, size):
@@ -237,7 +250,12 @@ class SurveyWriter:
         self.n_written = stop
         f.attrs["n_objects"] = stop
         f.attrs["digest_state"] = self._chain.hex()
+        f.attrs["resume_state"] = json.dumps(self.resume_state)
         f.flush()
+
+    def written_ids(self) -> set[str]:
+        """Object ids already in the file (a resumed importer skips them)."""
+        return set(np.char.decode(self._file["objects/object_id"][: self.n_written], "utf-8").tolist())
 
     def close(self) -> Path:
         """Mark the file complete and rename it to its final name (atomic)."""

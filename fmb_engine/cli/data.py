@@ -1,0 +1,129 @@
+"""`fmb-engine data ...`: make, import and inspect surveys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.survey.importers.euclid_desi import import_dataset
+from fmb_engine.survey.quicklook import render_quicklook
+from fmb_engine.survey.stages import StageResult, make_mock, write_index
+from fmb_engine.survey.store import SurveyReader
+
+app = typer.Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
+SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey name under survey/ or a path (default: general.survey).")
+
+
+def print_result(result: StageResult) -> None:
+    for name, path in result.outputs.items():
+        console.print(f"{name}: [bold]{escape(str(path))}[/]")
+    if result.manifest:
+        console.print(f"manifest: {escape(str(result.manifest))}")
+
+
+@app.command()
+def mock(
+    objects: int = typer.Option(None, "--objects", "-n", help="Number of objects (config mock.objects)."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (config mock.seed)."),
+    anomaly_fraction: float = typer.Option(None, "--anomaly-fraction", help="Fraction of injected anomalies."),
+    image_size: int = typer.Option(None, "--image-size", help="Cutout size in pixels."),
+    name: str = typer.Option(None, "--name", help="Survey name (written to survey/<name>.h5)."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Simulate the mock survey (images + spectra, injected labelled anomalies)."""
+    ws = find_workspace(workspace)
+    resolved = section("mock", ws, config, objects=objects, seed=seed, anomaly_fraction=anomaly_fraction,
+                       image_size=image_size, name=name)
+    result = make_mock(ws, resolved, reporter())
+    print_summary(result.summary)
+    print_result(result)
+
+
+@app.command("import")
+def import_cmd(
+    source: Path = typer.Argument(..., help="save_to_disk folder(s) or parquet file(s) of the Euclid x DESI dataset."),
+    catalog: str = typer.Option(None, "--catalog", help="FITS catalogue joined on TARGETID (Z, LOGM, LOGSFR)."),
+    name: str = typer.Option(None, "--name", help="Survey name (written to survey/<name>.h5)."),
+    image_size: int = typer.Option(None, "--image-size", help="Resample band images to this size."),
+    missing: str = typer.Option(None, "--missing", help="keep (flag) or drop rows with a missing band/spectrum."),
+    limit: int = typer.Option(None, "--limit", help="Import at most this many rows."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Convert a local copy of the published dataset into the survey store (offline, resumable)."""
+    ws = find_workspace(workspace)
+    resolved = section("import", ws, config, catalog=catalog, name=name, image_size=image_size, missing=missing, limit=limit)
+    result = import_dataset(ws, source, resolved, reporter())
+    print_summary(result.summary)
+    if result.summary.get("dropped"):
+        console.print(f"dropped rows: {result.summary['dropped']}")
+    if result.summary.get("kept_with"):
+        console.print(f"kept, flagged: {result.summary['kept_with']}")
+    print_result(result)
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(show_header=False, show_edge=False, box=None)
+    table.add_column(style="cyan")
+    table.add_column()
+    wl = summary["wavelength"]
+    rows = [
+        ("file", summary["path"]),
+        ("objects", f"{summary['objects']:,}"),
+        ("splits", ", ".join(f"{k}: {v:,}" for k, v in summary["splits"].items())),
+        ("bands", ", ".join(summary["bands"]) + f"  ({summary['image_size']}x{summary['image_size']} px, RGB: {'yes' if summary['rgb'] else 'no'})"),
+        ("spectra", f"{wl['min']:.1f}-{wl['max']:.1f} A, {wl['bins']} bins of {wl['step']:.2f} A"),
+        ("redshift", f"{summary['redshift']['min']:.3f} - {summary['redshift']['max']:.3f}"),
+        ("missing spectra", str(summary["missing_spectrum"])),
+        ("anomaly classes", ", ".join(f"{k}: {v}" for k, v in summary["anomaly_classes"].items()) or "none labelled"),
+        ("digest", summary["digest"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    console.print(table)
+
+
+@app.command()
+def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+    """Counts, splits, bands, spectral grid and anomaly classes of a survey."""
+    ws = find_workspace(workspace)
+    with SurveyReader(survey_file(ws, config, survey)) as reader:
+        print_summary(reader.summary())
+
+
+@app.command()
+def show(
+    object_id: str = typer.Argument(..., help="The object's object_id."),
+    output: Path = typer.Option(None, "--output", "-o", help="PNG path (default figures/object_<id>.png)."),
+    survey: str = SurveyOpt,
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Metadata of one object plus a quick PNG of its bands and spectrum."""
+    ws = find_workspace(workspace)
+    with SurveyReader(survey_file(ws, config, survey)) as reader:
+        obj = reader.get(object_id)
+    table = Table(show_header=False, show_edge=False, box=None)
+    for key, value in {"row": obj.index, **obj.meta}.items():
+        table.add_row(f"[cyan]{key}[/]", escape(str(value)))
+    console.print(table)
+    path = render_quicklook(obj, output or ws.folder("figures") / f"object_{object_id}.png")
+    console.print(f"quick look: [bold]{escape(str(path))}[/]")
+
+
+@app.command()
+def index(
+    output: Path = typer.Option(None, "--output", "-o", help="CSV path (default next to the survey)."),
+    survey: str = SurveyOpt,
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write object_id,split,index[,row] CSV like the reference system's index."""
+    ws = find_workspace(workspace)
+    path = write_index(ws, survey_file(ws, config, survey), output)
+    console.print(f"index: [bold]{escape(str(path))}[/]")

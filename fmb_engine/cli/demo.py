@@ -1,0 +1,46 @@
+"""`fmb-engine demo`: a workspace with the mock survey and every stage run on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fmb_engine.cli.common import console, reporter, section
+from fmb_engine.survey.quicklook import render_quicklook
+from fmb_engine.survey.stages import make_mock, write_index
+from fmb_engine.survey.store import SurveyReader
+from fmb_engine.workspace import Workspace
+
+
+def demo(
+    directory: Path = typer.Option(Path("fmb-demo"), "--workspace", "-w", help="Workspace to create or reuse."),
+    objects: int = typer.Option(None, "--objects", "-n", help="Mock survey size (default: mock.objects)."),
+    seed: int = typer.Option(None, "--seed", help="Seed for every stage."),
+) -> None:
+    """Init a workspace, simulate the mock survey and run every implemented stage on it."""
+    ws = Workspace.init(directory, exist_ok=True)
+    rep = reporter()
+    outputs: list[tuple[str, Path]] = [("workspace", ws.root)]
+    mock_cfg = section("mock", ws, None, objects=objects, seed=seed)
+    result = make_mock(ws, mock_cfg, rep)
+    survey = result.outputs["survey"]
+    outputs.append(("mock survey", survey))
+    outputs.append(("index", write_index(ws, survey)))
+    with SurveyReader(survey) as reader:
+        table = reader.table()
+        labelled = table.index[table["anomaly_class"] != ""]
+        if len(labelled):
+            obj = reader.get(int(labelled[0]))
+            outputs.append((f"quick look ({obj.meta['anomaly_class']})", render_quicklook(obj, ws.folder("figures") / f"object_{obj.object_id}.png")))
+    outputs.append(("run manifests", ws.folder("runs")))
+
+    summary = Table(title="demo outputs", title_justify="left", show_edge=False)
+    summary.add_column("what", style="cyan")
+    summary.add_column("where")
+    for what, where in outputs:
+        summary.add_row(what, escape(str(where)))
+    console.print(summary)
+    console.print(f"\nexplore it: [bold]fmb-tui {escape(str(ws.root))}[/]   or   fmb-engine --help")

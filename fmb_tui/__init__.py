@@ -1,0 +1,1 @@
+"""fmb-tui: the terminal explorer over an FMB workspace (Textual)."""
