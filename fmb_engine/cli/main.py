@@ -7,12 +7,18 @@ import sys
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli import config as config_cli
-from fmb_engine.cli import data as data_cli
-from fmb_engine.cli.common import console, err_console
-from fmb_engine.cli.demo import demo
-from fmb_engine.errors import FMBError
-from fmb_engine.workspace import Workspace
+from fmb_engine.sections import register_all
+
+register_all()  # before any config is read: every layer may hold any stage's section
+
+from fmb_engine.cli import config as config_cli  # noqa: E402
+from fmb_engine.cli import data as data_cli  # noqa: E402
+from fmb_engine.cli import embed as embed_cli  # noqa: E402
+from fmb_engine.cli import models as models_cli  # noqa: E402
+from fmb_engine.cli.common import console, err_console  # noqa: E402
+from fmb_engine.cli.demo import demo  # noqa: E402
+from fmb_engine.errors import FMBError  # noqa: E402
+from fmb_engine.workspace import Workspace  # noqa: E402
 
 app = typer.Typer(
     name="fmb-engine",
@@ -23,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(config_cli.app, name="config")
 app.add_typer(data_cli.app, name="data")
+app.add_typer(embed_cli.app, name="embed")
+app.add_typer(models_cli.app, name="models")
 app.command()(demo)
 
 

@@ -80,11 +80,19 @@ def register(name: str, loader: Callable[[], type[Embedder]]) -> None:
     _REGISTRY[name] = loader
 
 
+def _load_builtins() -> None:
+    """Import the modules that register the built-in embedders (once; cheap, no model packages)."""
+    import fmb_engine.embed.baselines  # noqa: F401  (pca, cca)
+    import fmb_engine.embed.registry_models  # noqa: F401  (astropt, aion, astroclip)
+
+
 def names() -> list[str]:
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def get(name: str) -> type[Embedder]:
+    _load_builtins()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown embedder {name!r}; available: {', '.join(names())}")
     return _REGISTRY[name]()

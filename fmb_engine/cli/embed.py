@@ -1,0 +1,148 @@
+"""`fmb-engine embed ...`: one command per registered embedder, plus import/export of reference files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.embed import base
+from fmb_engine.embed.run import (
+    DEFAULT_SHARD_SIZE,
+    embed_survey,
+    embeddings_path,
+    register_embed_sections,
+    shard_range,
+)
+from fmb_engine.errors import ConfigError
+
+app = typer.Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
+                  no_args_is_help=True)
+
+register_embed_sections()
+
+SurveyOpt = Annotated[str | None, typer.Option("--survey", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per batch (embed.<model>.batch_size).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (embed.<model>.device).")]
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights directory or Hugging Face cache (embed.<model>.weights).")]
+StartOpt = Annotated[int, typer.Option("--start", min=0, help="First survey row to embed (for SLURM array shards).")]
+StopOpt = Annotated[int | None, typer.Option("--stop", min=0, help="Row after the last one to embed (default: the end).")]
+ShardOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Rows per shard file (the unit of resumption).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Discard earlier shards and recompute everything.")]
+FitFromOpt = Annotated[Path | None, typer.Option("--fit-from", help="pca/cca: reuse the fit stored in this embedding file.")]
+
+
+def _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from,
+           shard=None, shards=None) -> None:
+    ws = find_workspace(workspace)
+    resolved = section(f"embed.{name}", ws, config, batch_size=batch_size, device=device, weights=weights)
+    path = survey_file(ws, config, survey)
+    if shards is not None:
+        from fmb_engine.survey.store import SurveyReader
+
+        with SurveyReader(path) as reader:
+            start, stop = shard_range(reader.n_objects, shard or 0, shards)
+    result = embed_survey(ws, path, name, resolved, reporter(), start=start, stop=stop, shard_size=shard_size,
+                          force=force, fit_from=fit_from)
+    s = result.summary
+    if "embeddings" in result.outputs:
+        extra = f", {s['not_embeddable']} flagged not embeddable" if s.get("not_embeddable") else ""
+        console.print(f"[green]done[/]: {escape(str(result.outputs['embeddings']))} ({s.get('objects')} objects{extra})")
+    else:
+        missing = ", ".join(f"[{a}, {b})" for a, b in s.get("missing", [])[:5])
+        console.print(f"[yellow]partial[/]: rows {s['range'][0]}-{s['range'][1]} embedded; still missing {missing}")
+    if result.manifest:
+        console.print(f"manifest: {escape(str(result.manifest))}")
+
+
+def _make_command(name: str):
+    cls = base.get(name)
+    doc = (cls.__doc__ or name).strip().splitlines()[0]
+
+    def command(
+        workspace: WorkspaceOpt = None,
+        config: ConfigOpt = None,
+        survey: SurveyOpt = None,
+        batch_size: BatchOpt = None,
+        device: DeviceOpt = None,
+        weights: WeightsOpt = None,
+        start: StartOpt = 0,
+        stop: StopOpt = None,
+        shard_size: ShardOpt = DEFAULT_SHARD_SIZE,
+        force: ForceOpt = False,
+        fit_from: FitFromOpt = None,
+    ) -> None:
+        _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from)
+
+    command.__name__ = f"embed_{name}"
+    command.__doc__ = (
+        f"{doc} Modalities: {', '.join(cls.modalities)}; aligned: {'yes' if cls.aligned else 'no'}"
+        f"{'; fitted on the train split first' if cls.needs_fit else ''}. Resumes an interrupted run."
+    )
+    return command
+
+
+for _name in base.names():
+    app.command(_name)(_make_command(_name))
+
+
+@app.command("run")
+def run_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Embedder name (see `fmb-engine models list`)."),
+    shard: int = typer.Option(0, "--shard", min=0, help="This array task's index (SLURM_ARRAY_TASK_ID)."),
+    shards: int = typer.Option(1, "--shards", min=1, help="Number of array tasks; rows are split evenly."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+    survey: SurveyOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    weights: WeightsOpt = None,
+    shard_size: ShardOpt = DEFAULT_SHARD_SIZE,
+    fit_from: FitFromOpt = None,
+) -> None:
+    """Array-task form: embed rows of task --shard of --shards with --model (the task completing the survey merges)."""
+    base.get(model)  # ConfigError naming the embedders for an unknown name
+    _embed(model, workspace, config, survey, batch_size, device, weights, 0, None, shard_size, False, fit_from,
+           shard=shard, shards=shards)
+
+
+@app.command("import")
+def import_cmd(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Reference .pt file (list of per-object dicts)."),
+    model: str = typer.Option(..., "--model", "-m", help="Embedder that produced it (picks keys and 'aligned')."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output .h5 (default: embeddings/<model>.h5)."),
+    workspace: WorkspaceOpt = None,
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Import a reference-system .pt embedding file (read safely, weights_only) into the FMB store."""
+    from fmb_engine.embed.interop import import_reference_pt
+
+    out = output if output is not None else embeddings_path(find_workspace(workspace), model)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it or --output to write elsewhere")
+    path, info = import_reference_pt(file, out, model=model)
+    console.print(f"[green]imported[/] {info['objects']} objects ({', '.join(info['modalities'])}; keys: {info['family']}) "
+                  f"-> {escape(str(path))}")
+    if info.get("not_valid"):
+        console.print(f"[yellow]{info['not_valid']} objects have a missing or non-finite vector (flagged not valid)[/]")
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Model name (embeddings/<model>.h5) or a path to an FMB embedding .h5."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .pt file."),
+    fmt: str = typer.Option("fmb-pt", "--format", help="Output format: fmb-pt (the reference list-of-dicts .pt)."),
+    family: str | None = typer.Option(None, "--family", help="Key family: aion, astropt, astroclip, generic (default: from the model)."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Export embeddings in the reference system's .pt format (for its analysis scripts)."""
+    from fmb_engine.embed.interop import export_reference_pt
+
+    if fmt != "fmb-pt":
+        raise ConfigError(f"unknown export format {fmt!r}; supported: fmb-pt")
+    src = Path(model) if model.endswith((".h5", ".hdf5")) else embeddings_path(find_workspace(workspace), model)
+    path = export_reference_pt(src, output, family)
+    console.print(f"[green]exported[/] {escape(str(src))} -> {escape(str(path))}")

@@ -1,0 +1,319 @@
+"""`fmb-engine jobs ...`: list, inspect, follow, cancel, resubmit and attach submitted jobs.
+
+Every command that shows states polls SLURM (or the local processes) once first,
+so what it prints is current; ``--no-refresh`` shows the registry as it is.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, err_console, find_workspace
+from fmb_engine.jobs import JobsError, monitor, slurm
+from fmb_engine.jobs import executors as jobs_executors
+from fmb_engine.jobs.config import JobsConfig
+from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_state
+from fmb_engine.jobs.states import COLOURS, State, explain_reason
+from fmb_engine.workspace import Workspace
+
+app = typer.Typer(help="Submitted jobs: list, show, logs, cancel, resubmit, attach.", no_args_is_help=True)
+
+#: The `--executor` flag every submitting command shares (lead: reuse it in the stage CLIs).
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option("--executor", "-x", help="local | slurm | debug | auto (default: config jobs.executor)."),
+]
+NoRefreshOpt = Annotated[bool, typer.Option("--no-refresh", help="Show the registry as it is, without polling.")]
+
+
+# --- formatting helpers ---------------------------------------------------------------------
+
+
+def state_text(state: State | str) -> Text:
+    state = State(state)
+    return Text(state.value, style=COLOURS[state])
+
+
+def when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    lt = time.localtime(ts)
+    if time.strftime("%Y-%m-%d", lt) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M:%S", lt)
+    return time.strftime("%Y-%m-%d %H:%M", lt)
+
+
+def duration(start: float | None, end: float | None) -> str:
+    if not start:
+        return "-"
+    seconds = int((end or time.time()) - start)
+    if seconds < 0:
+        return "-"
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def counts_text(jobs: list[JobRecord]) -> Text:
+    counts: dict[State, int] = {}
+    for job in jobs:
+        counts[job.state] = counts.get(job.state, 0) + 1
+    text = Text()
+    for state in State:
+        if counts.get(state):
+            if text:
+                text.append(" ")
+            text.append(f"{counts[state]} {state.value.lower()}", style=COLOURS[state])
+    return text
+
+
+def _registry(ws: Workspace):
+    return open_registry(ws)
+
+
+def _refresh(ws: Workspace, reg, jobs: list[JobRecord] | None = None) -> None:
+    report = monitor.refresh(ws, registry=reg, jobs=jobs)
+    for problem in report.problems:
+        err_console.print(f"[yellow]poll:[/] {escape(problem)}")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@app.command("list")
+def list_cmd(
+    stage: str = typer.Option(None, "--stage", help="Only runs of this stage."),
+    limit: int = typer.Option(30, "--limit", "-n", help="Newest N runs (0 = all)."),
+    no_refresh: NoRefreshOpt = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Runs, newest first: stage, executor, task states, times."""
+    ws = find_workspace(workspace)
+    with _registry(ws) as reg:
+        if not no_refresh:
+            _refresh(ws, reg)
+        runs = reg.runs(stage=stage, limit=limit or None)
+        if not runs:
+            console.print("no jobs recorded yet in this workspace")
+            return
+        table = Table(title=f"jobs in {escape(str(ws.root))}", title_justify="left")
+        for column in ("run", "stage", "executor", "state", "tasks", "job ids", "submitted", "elapsed"):
+            table.add_column(column, no_wrap=column in ("run", "job ids"))
+        for run in runs:
+            jobs = reg.jobs(run.run_id)
+            counts = {s: sum(1 for j in jobs if j.state is s) for s in State}
+            ended = max((j.ended or 0 for j in jobs), default=0) or None
+            active = any(j.active for j in jobs)
+            ids = sorted({j.array_job_id or j.job_id for j in jobs})
+            table.add_row(
+                escape(run.run_id), escape(run.stage), run.executor, state_text(run_state(counts)),
+                counts_text(jobs), escape(", ".join(ids[:3]) + (" ..." if len(ids) > 3 else "")),
+                when(run.created), duration(run.created, None if active else ended),
+            )
+        console.print(table)
+
+
+@app.command()
+def show(
+    ref: str = typer.Argument(..., metavar="ID", help="Run id (or a unique prefix), job id, or SLURM array id."),
+    no_refresh: NoRefreshOpt = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """One run: its settings, folder, and every task with state, reason, exit code and outputs."""
+    ws = find_workspace(workspace)
+    with _registry(ws) as reg:
+        if not no_refresh:
+            _refresh(ws, reg, reg.resolve(ref)[1])
+        run, jobs = reg.resolve(ref)
+        print_run(run, jobs)
+
+
+def print_run(run: RunRecord, jobs: list[JobRecord]) -> None:
+    info = Table(show_header=False, box=None)
+    info.add_column(style="cyan")
+    info.add_column()
+    params = run.params
+    settings = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("python",) and v not in (None, "", [], {}))
+    rows = [
+        ("run", run.run_id), ("stage", run.stage), ("executor", run.executor),
+        ("submitted", f"{when(run.created)} by {run.user or '?'} on {run.host or '?'}"),
+        ("folder", run.folder), ("python", str(params.get("python", "-"))), ("parameters", settings or "-"),
+    ]
+    if run.note:
+        rows.append(("note", run.note))
+    for key, value in rows:
+        info.add_row(key, escape(str(value)))
+    console.print(info)
+    table = Table()
+    for column in ("task", "job id", "state", "reason / error", "exit", "node", "started", "ran", "outputs"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        if job.state is State.PENDING:
+            detail = explain_reason(job.reason) or (job.reason or "")
+        else:
+            detail = job.error or ""
+        outputs = ", ".join(f"{k}={v}" for k, v in (job.outputs or {}).items())
+        table.add_row(
+            str(job.task_index) + (f" (try {job.attempt})" if job.attempt > 1 else ""), escape(job.job_id),
+            state_text(job.state), escape(detail), escape(job.exit_code or "-"), escape(job.node or "-"),
+            when(job.started), duration(job.started, job.ended) if job.started else "-", escape(outputs or "-"),
+        )
+    console.print(table)
+
+
+def _one_job(jobs: list[JobRecord], task: int | None, ref: str) -> JobRecord:
+    if task is not None:
+        for job in jobs:
+            if job.task_index == task:
+                return job
+        raise JobsError(f"{ref} has no task {task} (tasks: {', '.join(str(j.task_index) for j in jobs)})")
+    if len(jobs) == 1:
+        return jobs[0]
+    raise JobsError(f"{ref} has {len(jobs)} tasks; pick one with --task N "
+                    f"({', '.join(str(j.task_index) for j in jobs[:20])}) or give the task's job id")
+
+
+@app.command()
+def logs(
+    ref: str = typer.Argument(..., metavar="ID", help="Job id (123 or 123_4), or a run id with --task."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends (polls)."),
+    stderr: bool = typer.Option(False, "--stderr", "-e", help="The error stream instead of stdout."),
+    task: int = typer.Option(None, "--task", "-t", help="Task index within a run or array."),
+    tail: int = typer.Option(None, "--tail", "-n", help="Start from the last N lines."),
+    poll: float = typer.Option(1.0, "--poll", help="Seconds between file checks while following."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Print a job's stdout (or stderr); --follow keeps reading by polling (NFS-safe)."""
+    ws = find_workspace(workspace)
+    with _registry(ws) as reg:
+        _, jobs = reg.resolve(ref)
+        job = _one_job(jobs, task, ref)
+    stop = monitor.stop_when_terminal(ws, job) if follow else None
+    try:
+        for chunk in monitor.logs(job, follow=follow, stderr=stderr, tail=tail, poll_s=poll, should_stop=stop):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def cancel(
+    ref: str = typer.Argument(..., metavar="ID", help="Run id, job id or array id: its active jobs are cancelled."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Cancel active jobs (scancel for SLURM, SIGINT to the controller for local jobs)."""
+    ws = find_workspace(workspace)
+    for line in jobs_executors.cancel(ws, ref):
+        console.print(escape(line))
+    with _registry(ws) as reg:
+        run, jobs = reg.resolve(ref)
+        console.print(f"{escape(run.run_id)}: ", counts_text(jobs))
+
+
+@app.command()
+def resubmit(
+    ref: str = typer.Argument(..., metavar="ID", help="Run id, job id or array id."),
+    executor: ExecutorOpt = None,
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Submit again only the tasks that failed or are missing (completed and active ones are kept)."""
+    ws = find_workspace(workspace)
+    sub = jobs_executors.resubmit(ws, ref, executor=executor, jobs=jobs_executors.jobs_config(ws, config))
+    for note in sub.notes:
+        console.print(escape(note))
+    console.print(f"run [bold]{escape(sub.run_id)}[/]: " + ", ".join(escape(j) for j in sub.job_ids))
+
+
+@app.command()
+def attach(
+    folder: Path = typer.Argument(..., help="The job's submitit folder."),
+    job_id: str = typer.Argument(..., help="Job id, array task (123_4) or array id (123: all its tasks)."),
+    executor: str = typer.Option(None, "--executor", "-x", help="slurm or local (default: guessed from the folder)."),
+    stage: str = typer.Option("attached", "--stage", help="Stage name to record."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Register a job submitted with submitit elsewhere, so list/show/logs/cancel work on it."""
+    ws = find_workspace(workspace)
+    run, jobs = jobs_executors.attach(ws, folder, job_id, executor=executor, stage=stage)
+    console.print(f"attached as run [bold]{escape(run.run_id)}[/] ({run.executor}): ", counts_text(jobs))
+
+
+@app.command()
+def refresh(workspace: WorkspaceOpt = None) -> None:
+    """Poll once for every unfinished job and update the registry."""
+    ws = find_workspace(workspace)
+    with _registry(ws) as reg:
+        report = monitor.refresh(ws, registry=reg)
+    for problem in report.problems:
+        err_console.print(f"[yellow]poll:[/] {escape(problem)}")
+    console.print(f"polled {report.polled} job(s) in {report.seconds:.2f}s; {report.changed} changed")
+
+
+@app.command()
+def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+    """Which executors work here, and which one `--executor` would pick by default."""
+    ws = None
+    try:
+        ws = find_workspace(workspace)
+    except Exception:  # noqa: BLE001 - works outside a workspace too
+        ws = None
+    resolved = jobs_executors.jobs_config(ws, config)
+    cfg: JobsConfig = resolved.values  # type: ignore[assignment]
+    table = Table(show_header=False, box=None)
+    table.add_column(style="cyan")
+    table.add_column()
+    missing = slurm.missing_commands(slurm.SUBMIT_COMMANDS)
+    table.add_row("local", "available (subprocesses on this machine)")
+    table.add_row("debug", "available (in-process, at once)")
+    if missing:
+        table.add_row("slurm", f"[red]unavailable[/]: {escape(', '.join(missing))} not on PATH")
+    else:
+        ok, said = slurm.sinfo_responds()
+        table.add_row("slurm", "available: sinfo answers" if ok else f"[yellow]commands found but[/] {escape(said)}")
+    try:
+        choice = jobs_executors.choose_executor(None, cfg, resolved.sources.get("executor", "default"))
+        table.add_row("default", escape(choice.note))
+    except JobsError as exc:
+        table.add_row("default", f"[red]{escape(str(exc))}[/]")
+    console.print(table)
+
+
+@app.command()
+def selftest(
+    shards: int = typer.Option(3, "--shards", "-n", min=1, max=1000, help="Array tasks to submit."),
+    executor: ExecutorOpt = None,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the tasks and check their files."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Submit a tiny job array (one file per shard) to check that the executor works here."""
+    from fmb_engine.jobs.selftest import write_shard
+
+    ws = find_workspace(workspace)
+    out = ws.folder("jobs") / "selftest-output" / time.strftime("%Y%m%dT%H%M%S")
+    sub = jobs_executors.submit_array(ws, "selftest", write_shard, [(str(out), i, shards) for i in range(shards)],
+                                      executor=executor, jobs=jobs_executors.jobs_config(ws, config))
+    for note in sub.notes:
+        console.print(escape(note))
+    console.print(f"run [bold]{escape(sub.run_id)}[/]: {len(sub.job_ids)} task(s) " + escape(", ".join(sub.job_ids[:5])))
+    if not wait:
+        return
+    jobs = monitor.wait(ws, sub.run_id, timeout_s=timeout, poll_s=2.0)
+    with _registry(ws) as reg:
+        print_run(reg.run(sub.run_id), jobs)
+    written = sorted(out.glob("shard-*.json"))
+    if len(written) != shards or any(j.state is not State.COMPLETED for j in jobs):
+        raise JobsError(f"selftest failed: {len(written)} of {shards} shard files written; see `fmb-engine jobs show "
+                        f"{sub.run_id}`")
+    console.print(f"[green]selftest passed[/]: {shards} shard file(s) in {escape(str(out))}")
