@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.common import console, reporter, section
+from fmb_engine.embed.run import embed_survey
 from fmb_engine.survey.quicklook import render_quicklook
 from fmb_engine.survey.stages import make_mock, write_index
 from fmb_engine.survey.store import SurveyReader
@@ -35,6 +36,9 @@ def demo(
         if len(labelled):
             obj = reader.get(int(labelled[0]))
             outputs.append((f"quick look ({obj.meta['anomaly_class']})", render_quicklook(obj, ws.folder("figures") / f"object_{obj.object_id}.png")))
+    for model in ("pca", "cca"):
+        embedded = embed_survey(ws, survey, model, section(f"embed.{model}", ws, None), rep)
+        outputs.append((f"{model} embeddings", embedded.outputs["embeddings"]))
     outputs.append(("run manifests", ws.folder("runs")))
 
     summary = Table(title="demo outputs", title_justify="left", show_edge=False)
