@@ -9,6 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.common import console, reporter, section
+from fmb_engine.detect.evaluation import evaluate_workspace
+from fmb_engine.detect.run import detect
 from fmb_engine.embed.run import embed_survey
 from fmb_engine.survey.quicklook import render_quicklook
 from fmb_engine.survey.stages import make_mock, write_index
@@ -39,6 +41,11 @@ def demo(
     for model in ("pca", "cca"):
         embedded = embed_survey(ws, survey, model, section(f"embed.{model}", ws, None), rep)
         outputs.append((f"{model} embeddings", embedded.outputs["embeddings"]))
+    detected = detect(ws, section("detect", ws, None, seed=seed), rep)
+    outputs.append(("anomaly scores", detected.outputs["scores"]))
+    outputs.append(("systems table", detected.outputs["systems"]))
+    evaluated = evaluate_workspace(ws, survey)
+    outputs.append(("evaluation vs injected truth", evaluated.outputs["report"]))
     outputs.append(("run manifests", ws.folder("runs")))
 
     summary = Table(title="demo outputs", title_justify="left", show_edge=False)
@@ -47,4 +54,6 @@ def demo(
     for what, where in outputs:
         summary.add_row(what, escape(str(where)))
     console.print(summary)
+    best = evaluated.summary["overview"].head(5)
+    console.print("\nbest systems on the injected anomalies (AUROC): " + ", ".join(f"{k} {v:.3f}" for k, v in best["auroc"].items()))
     console.print(f"\nexplore it: [bold]fmb-tui {escape(str(ws.root))}[/]   or   fmb-engine --help")

@@ -13,7 +13,9 @@ register_all()  # before any config is read: every layer may hold any stage's se
 
 from fmb_engine.cli import config as config_cli  # noqa: E402
 from fmb_engine.cli import data as data_cli  # noqa: E402
+from fmb_engine.cli import detect as detect_cli  # noqa: E402
 from fmb_engine.cli import embed as embed_cli  # noqa: E402
+from fmb_engine.cli import jobs as jobs_cli  # noqa: E402
 from fmb_engine.cli import models as models_cli  # noqa: E402
 from fmb_engine.cli.common import console, err_console  # noqa: E402
 from fmb_engine.cli.demo import demo  # noqa: E402
@@ -31,6 +33,9 @@ app.add_typer(config_cli.app, name="config")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(embed_cli.app, name="embed")
 app.add_typer(models_cli.app, name="models")
+app.add_typer(detect_cli.app, name="detect")
+app.add_typer(jobs_cli.app, name="jobs")
+app.command()(detect_cli.evaluate)
 app.command()(demo)
 
 

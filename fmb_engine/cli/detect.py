@@ -1,0 +1,61 @@
+"""`fmb-engine detect ...` and `fmb-engine evaluate`: score, fuse, evaluate."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.detect.evaluation import evaluate_workspace
+from fmb_engine.detect.run import PARTS, detect
+
+app = typer.Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
+
+
+def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold) -> None:
+    ws = find_workspace(workspace)
+    resolved = section("detect", ws, config, models=models or None, preset=preset, seed=seed, fusion=fusion,
+                       top_k=top_k, out_of_fold=out_of_fold)
+    result = detect(ws, resolved, reporter(), parts=parts)
+    console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects")
+    console.print(f"scores: [bold]{escape(str(result.outputs['scores']))}[/]  (systems table: {escape(str(result.outputs['systems']))})")
+    console.print(f"manifest: {escape(str(result.manifest))}")
+
+
+def _command(parts: tuple[str, ...], doc: str):
+    def command(
+        models: list[str] = typer.Option(None, "--model", "-m", help="Embedding run(s) to score (default: all)."),
+        preset: str = typer.Option(None, "--preset", help="Flow preset: default or paper."),
+        seed: int = typer.Option(None, "--seed", help="Seed (detect.seed)."),
+        fusion: str = typer.Option(None, "--fusion", help="geo, min or avg."),
+        top_k: int = typer.Option(None, "--top-k", help="Rows of the ranked / filtered tables."),
+        out_of_fold: int = typer.Option(None, "--out-of-fold", help="K folds for out-of-sample flow scores (0 = off)."),
+        workspace: WorkspaceOpt = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold)
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("flows")(_command(("flows",), "Normalizing-flow density per model x modality (+ IsolationForest and k-NN baselines)."))
+app.command("mismatch")(_command(("mismatch",), "Cross-modal mismatch: cosine for aligned embedders, learned ridge residual otherwise."))
+app.command("fuse")(_command(("fuse",), "Fuse image, spectrum and mismatch ranks per model (reads the flows and mismatch tables)."))
+app.command("all")(_command(PARTS, "Flows, mismatch and fusion, then the systems table."))
+
+
+def evaluate(survey: str = typer.Option(None, "--survey", "-s", help="Survey with anomaly_class truth (default: general.survey)."),
+             workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+    """AUROC, average precision, precision@k and recall@k of every system against the injected anomalies."""
+    ws = find_workspace(workspace)
+    result = evaluate_workspace(ws, survey_file(ws, config, survey))
+    overview = result.summary["overview"]
+    table = Table(title="evaluation (overall)", title_justify="left", show_edge=False)
+    for col in ("system", "auroc", "ap", "p@100"):
+        table.add_column(col)
+    for system, row in overview.iterrows():
+        table.add_row(system, *(f"{row.get(c, float('nan')):.3f}" for c in ("auroc", "ap", "p@100")))
+    console.print(table)
+    console.print(f"report: [bold]{escape(str(result.outputs['report']))}[/]")

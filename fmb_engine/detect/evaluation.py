@@ -1,0 +1,83 @@
+"""Stage door of ``fmb-engine evaluate``: how well each system finds the injected anomalies.
+
+Reads ``scores/systems.parquet`` and the survey's ``anomaly_class`` truth; writes
+``analysis/evaluation.csv`` (tidy: system, subset, metric, k, value, counts) and
+``analysis/evaluation.md`` (AUROC and AP per system, overall and per class).
+Metrics and their definitions are in :mod:`fmb_engine.detect.evaluate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmb_engine.detect.evaluate import evaluate_scores, to_markdown
+from fmb_engine.errors import DataError
+from fmb_engine.manifest import RunManifest
+from fmb_engine.survey.store import SurveyReader
+from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text
+
+KS = (10, 50, 100)
+
+
+def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) -> Any:
+    from fmb_engine.survey.stages import StageResult
+
+    systems_path = ws.folder("scores") / "systems.parquet"
+    if not systems_path.is_file():
+        raise DataError(f"{systems_path} not found: run `fmb-engine detect all` first")
+    with SurveyReader(survey) as reader:
+        truth = reader.table()[["object_id", "anomaly_class"]]
+        digest = reader.digest
+    if not (truth["anomaly_class"] != "").any():
+        raise DataError(f"{survey} has no anomaly_class labels: evaluation needs a survey with injected truth (the mock)")
+    manifest = RunManifest(ws, "evaluate", {"ks": list(ks), "survey": str(survey)})
+    manifest.data["inputs"]["survey_digest"] = digest
+    manifest.input("systems", systems_path)
+    table = pd.read_parquet(systems_path).merge(truth, on="object_id", how="inner")
+    frames = []
+    for col in (c for c in table.columns if c.startswith("score:")):
+        system = col.split(":", 1)[1]
+        scored = table[np.isfinite(table[col].to_numpy(dtype=float))]
+        if (lost := len(table) - len(scored)):
+            manifest.dropped(f"{system}:not_scored", lost)
+        metrics = evaluate_scores(scored["anomaly_class"].to_numpy(), scored[col].to_numpy(dtype=float), ks=ks)
+        frames.append(metrics.assign(system=system))
+    result = pd.concat(frames, ignore_index=True)
+    result = result[["system", *[c for c in result.columns if c != "system"]]]
+    out_csv = ws.folder("analysis") / "evaluation.csv"
+    with atomic_path(out_csv) as tmp:
+        result.to_csv(tmp, index=False)
+    overview = summary_table(result)
+    out_md = atomic_write_text(ws.folder("analysis") / "evaluation.md", markdown_report(result, overview))
+    manifest.output("csv", out_csv)
+    manifest.output("markdown", out_md)
+    manifest.count("systems", int(result["system"].nunique()))
+    return StageResult({"evaluation": out_csv, "report": out_md}, manifest.write(), {"overview": overview})
+
+
+def summary_table(result: pd.DataFrame) -> pd.DataFrame:
+    """One row per system: overall AUROC, AP, precision@100 and the AUROC per anomaly class."""
+    overall = result[result["subset"] == "all"]
+    wide = overall.pivot_table(index="system", columns=["metric", "k"], values="value", aggfunc="first", dropna=False)
+    out = pd.DataFrame(index=wide.index)
+    out["auroc"] = overall[overall["metric"] == "auroc"].set_index("system")["value"]
+    out["ap"] = overall[overall["metric"] == "average_precision"].set_index("system")["value"]
+    for k in KS:
+        sel = overall[(overall["metric"] == "precision@k") & (overall["k"] == k)].set_index("system")["value"]
+        if len(sel):
+            out[f"p@{k}"] = sel
+    per_class = result[(result["subset"] != "all") & (result["metric"] == "auroc")]
+    out = out.join(per_class.pivot_table(index="system", columns="subset", values="value", aggfunc="first"))
+    return out.sort_values("auroc", ascending=False)
+
+
+def markdown_report(result: pd.DataFrame, overview: pd.DataFrame) -> str:
+    n_pos = int(result[(result["subset"] == "all")]["n_positive"].iloc[0])
+    n_neg = int(result[(result["subset"] == "all")]["n_negative"].iloc[0])
+    head = (f"# Evaluation against injected anomalies\n\n{n_pos} labelled anomalies, {n_neg} normal objects. "
+            "AUROC and average precision (AP) of each system's score; per class: that class against the normal objects.\n\n")
+    return head + to_markdown(overview.reset_index(), floatfmt=".3f") + "\n"

@@ -1,0 +1,299 @@
+"""Stage doors of detection: flows, mismatch, baselines, fusion, and the systems table.
+
+Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
+
+* ``anomaly_scores_<model>.csv`` — flows, the reference's long format
+  (object_id, embedding_key, log_prob, neg_log_prob, anomaly_sigma, rank);
+* ``cosine_scores_<model>.csv`` — mismatch (object_id, cosine_similarity,
+  mismatch_score, method, rank): cosine only for aligned embedders;
+* ``baseline_scores_<model>.csv`` — IsolationForest and k-NN, same columns as
+  the flows plus ``method``;
+* ``multimodal/all_scores.csv``, ``multimodal/ranked/top{K}_{model}_{fusion}.csv``,
+  ``multimodal/filtered/top{K}_{model}_{fusion}_filtered.csv`` — fusion;
+* ``models/<model>/flow_<modality>.npz`` — fitted preprocessing + flow, to score new objects;
+* ``systems.parquet`` — one row per object, ``rank:<system>`` and ``score:<system>``
+  for every system ``<model>/<modality>/<method>`` (higher score = more anomalous).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmb_engine.config import Resolved
+from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
+from fmb_engine.detect.flows import FlowDensity, score_out_of_fold, split_preset
+from fmb_engine.detect.fusion import FUSION_METHODS, fuse
+from fmb_engine.detect.mismatch import mismatch_scores
+from fmb_engine.detect.preprocess import Preprocessor, finite_rows
+from fmb_engine.detect.tables import anomaly_table, rank_descending
+from fmb_engine.embed.keys import family_of, modality_of, reference_key
+from fmb_engine.embed.store import EmbeddingReader
+from fmb_engine.errors import DataError
+from fmb_engine.manifest import RunManifest
+from fmb_engine.progress import Reporter, Silent
+from fmb_engine.workspace import Workspace, atomic_path
+
+FLOW_KEYS = ("flow_type", "num_transforms", "hidden_features", "pca_components", "epochs", "batch_size", "lr",
+             "weight_decay", "clip_sigma", "grad_clip")
+
+
+class DetectConfig(BaseModel):
+    """`fmb-engine detect`: density flows, cross-modal mismatch, baselines and rank fusion."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    models: list[str] = Field(default_factory=list, description="Embedding runs to score (names under embeddings/); empty = all.")
+    preset: Literal["default", "paper"] = Field(
+        "default", description="Flow preset: paper = the reference configuration exactly; default = ours (docs/science.md)."
+    )
+    flow_type: Literal["coupling", "autoregressive"] | None = Field(None, description="Override the preset's flow type.")
+    num_transforms: int | None = Field(None, ge=1, description="Override: number of flow transforms.")
+    hidden_features: int | None = Field(None, ge=1, description="Override: hidden units of each transform.")
+    pca_components: int | None = Field(None, ge=0, description="Override: PCA components before the flow (0 = none).")
+    epochs: int | None = Field(None, ge=1, description="Override: training epochs.")
+    batch_size: int | None = Field(None, ge=1, description="Override: training batch size.")
+    lr: float | None = Field(None, gt=0, description="Override: learning rate.")
+    weight_decay: float | None = Field(None, ge=0, description="Override: weight decay.")
+    clip_sigma: float | None = Field(None, ge=0, description="Override: clip standardised features at +-k sigma (0 = off).")
+    grad_clip: float | None = Field(None, ge=0, description="Override: gradient-norm clip (0 = off).")
+    out_of_fold: int = Field(
+        0, ge=0, description="K >= 2: score each object with a flow not trained on it (K folds); 0 = in-sample like the reference."
+    )
+    seed: int = Field(42, ge=0, description="Seed of every random choice (flows, folds, baselines).")
+    device: str = Field("auto", description="Torch device: auto, cpu, cuda.")
+    threads: int = Field(1, ge=0, description="Torch CPU threads for the flows (0 = torch default).")
+    fusion: Literal["geo", "min", "avg", "fisher"] = Field(
+        "fisher", description="Fusion that orders the ranked top-k tables (all four are always computed)."
+    )
+    top_k: int = Field(200, ge=1, description="Rows in the ranked / filtered top-k tables.")
+    t_img: float = Field(0.0, ge=0, le=1, description="Filtered table: keep p_img >= t_img.")
+    t_spec: float = Field(0.0, ge=0, le=1, description="Filtered table: keep p_spec >= t_spec.")
+    t_mis: float = Field(0.0, ge=0, le=1, description="Filtered table: keep p_mis >= t_mis.")
+    baselines: bool = Field(True, description="Also score with IsolationForest and k-NN distance.")
+    knn_k: int = Field(10, ge=1, description="k of the k-NN distance baseline.")
+    iforest_trees: int = Field(200, ge=1, description="Trees of the IsolationForest baseline.")
+    mismatch_alpha: float = Field(1.0, gt=0, description="Ridge penalty of the learned mismatch (unaligned embedders).")
+
+    def flow_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(preprocessing kwargs, FlowDensity kwargs) from the preset plus overrides."""
+        overrides = {k: getattr(self, k) for k in FLOW_KEYS if getattr(self, k) is not None}
+        pre, flow = split_preset(self.preset, **overrides, seed=self.seed)
+        flow |= {"device": self.device, "threads": self.threads or None}
+        return pre, flow
+
+
+def system_name(model: str, modality: str, method: str) -> str:
+    return f"{model}/{modality}/{method}"
+
+
+def embedding_runs(ws: Workspace, models: list[str]) -> list[Path]:
+    folder = ws.folder("embeddings")
+    found = sorted(folder.glob("*.h5"))
+    if models:
+        paths = [folder / f"{m}.h5" for m in models]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            have = ", ".join(p.stem for p in found) or "none"
+            raise DataError(f"no embeddings for {', '.join(p.stem for p in missing)} in {folder} (present: {have}); "
+                            "run `fmb-engine embed MODEL`")
+        return paths
+    if not found:
+        raise DataError(f"no embeddings in {folder}; run `fmb-engine embed cca` (or another model) first")
+    return found
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def _usable(x: np.ndarray, valid: np.ndarray, manifest: RunManifest, what: str) -> np.ndarray:
+    """Rows usable for fitting: valid (not imputed) and finite; the others are counted as dropped."""
+    keep = valid & finite_rows(x)
+    if (dropped := int((~keep).sum())):
+        manifest.dropped(f"{what}:invalid_or_nonfinite", dropped)
+    return keep
+
+
+def _flow_nlp(x: np.ndarray, cfg: DetectConfig, state_path: Path) -> np.ndarray:
+    """-log p per row; the fitted preprocessing + flow is saved to ``state_path``."""
+    pre_kw, flow_kw = cfg.flow_params()
+    if x.shape[0] < 10:
+        raise DataError(f"only {x.shape[0]} usable rows for a flow (need >= 10)")
+    pre = Preprocessor(**pre_kw).fit(x)
+    z = pre.transform(x)
+    flow = FlowDensity(**flow_kw).fit(z)
+    if cfg.out_of_fold >= 2:
+        nlp = -score_out_of_fold(x, cfg.out_of_fold, cfg.seed, preprocess=pre_kw, **flow_kw)
+    else:
+        nlp = -flow.score_samples(z)
+    state = {f"pre.{k}": v for k, v in pre.state_dict().items()} | {f"flow.{k}": v for k, v in flow.state_dict().items()}
+    with atomic_path(state_path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **state)
+    return nlp
+
+
+def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifest, reporter: Reporter,
+              flows: bool, mismatch: bool) -> None:
+    """Flows (+ baselines) per modality and/or the cross-modal mismatch of one embedding run."""
+    model = path.stem
+    out = ws.folder("scores")
+    with EmbeddingReader(path) as reader:
+        meta = reader.meta
+        ids = np.asarray(reader.object_ids, dtype=object)
+        vectors = {m: reader.load(m) for m in meta.modalities}
+        valid = {m: reader.valid(m) for m in meta.modalities}
+    manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
+    manifest.count(f"objects:{model}", int(ids.shape[0]))
+    family = family_of(meta.embedder)
+    steps = (len(meta.modalities) * (3 if cfg.baselines else 1) if flows else 0) + int(mismatch)
+    with reporter.task(f"detect {model}", steps) as task:
+        if flows:
+            flow_tables, baseline_tables = [], []
+            for modality in meta.modalities:
+                keep = _usable(vectors[modality], valid[modality], manifest, f"{model}/{modality}")
+                x, key = vectors[modality][keep], reference_key(family, modality)
+                with manifest.phase(f"flow:{model}/{modality}"):
+                    nlp = _flow_nlp(x, cfg, out / "models" / model / f"flow_{modality}.npz")
+                flow_tables.append(anomaly_table(ids[keep], -nlp, key))
+                task.advance()
+                if cfg.baselines:
+                    with manifest.phase(f"baselines:{model}/{modality}"):
+                        forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x)
+                        knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1))).fit(x)
+                        for method, score in (("iforest", forest.score_samples(x)), ("knn", knn.score_samples())):
+                            baseline_tables.append(detector_table(ids[keep], score, key).assign(method=method))
+                            task.advance()
+            _write_csv(pd.concat(flow_tables, ignore_index=True), out / f"anomaly_scores_{model}.csv")
+            if baseline_tables:
+                _write_csv(pd.concat(baseline_tables, ignore_index=True), out / f"baseline_scores_{model}.csv")
+        if mismatch:
+            if not {"image", "spectrum"} <= set(meta.modalities):
+                manifest.warn(f"{model}: no image and spectrum vectors, no mismatch")
+                return
+            keep = _usable(vectors["image"], valid["image"], manifest, f"{model}/mismatch:image")
+            keep &= _usable(vectors["spectrum"], valid["spectrum"], manifest, f"{model}/mismatch:spectrum")
+            with manifest.phase(f"mismatch:{model}"):
+                result = mismatch_scores(vectors["image"][keep], vectors["spectrum"][keep], aligned=bool(meta.aligned),
+                                         alpha=cfg.mismatch_alpha, seed=cfg.seed)
+            _write_csv(result.table(ids[keep]).sort_values("rank"), out / f"cosine_scores_{model}.csv")
+            manifest.count(f"mismatch_method:{model}", result.method)
+            task.advance()
+
+
+def _read(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `fmb-engine detect {what}` first")
+    return pd.read_csv(path, dtype={"object_id": str})
+
+
+def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest) -> pd.DataFrame:
+    """Fuse image flow, spectrum flow and mismatch ranks of one run (reads their tables).
+
+    The modality of each table row comes from the key table of ``embed.keys``
+    (AION's joint key is joint, not image: reference bug L1); p = (N - rank + 1) / N
+    re-ranked within the objects all three systems scored (bug L2).
+    """
+    out = ws.folder("scores")
+    flows = _read(out / f"anomaly_scores_{model}.csv", "flows")
+    mis = _read(out / f"cosine_scores_{model}.csv", "mismatch")
+    flows["modality"] = flows["embedding_key"].map(modality_of)
+    img = flows[flows["modality"] == "image"].set_index("object_id")["neg_log_prob"]
+    spec = flows[flows["modality"] == "spectrum"].set_index("object_id")["neg_log_prob"]
+    mis_s = mis.set_index("object_id")["mismatch_score"]
+    joined = pd.concat({"img": img, "spec": spec, "mis": mis_s}, axis=1, join="inner")
+    for name, series in (("image", img), ("spectrum", spec), ("mismatch", mis_s)):
+        if (lost := len(series) - len(joined)):
+            manifest.dropped(f"{model}/fuse:not_in_all_three:{name}", lost)
+    ranks = [rank_descending(joined[c].to_numpy()) for c in ("img", "spec", "mis")]
+    n = len(joined)
+    fused = fuse(joined.index.to_numpy(), *ranks, n, n, n, method=cfg.fusion,
+                 thresholds={"img": cfg.t_img, "spec": cfg.t_spec, "mis": cfg.t_mis})
+    fused.insert(1, "model", model)
+    ranked = fused.sort_values("rank_fused").head(cfg.top_k)
+    _write_csv(ranked, out / "multimodal" / "ranked" / f"top{cfg.top_k}_{model}_{cfg.fusion}.csv")
+    filtered = fused[fused["passes_thresholds"]].sort_values("rank_fused").head(cfg.top_k)
+    if filtered.empty:
+        manifest.warn(f"{model}: no object passes t_img={cfg.t_img}, t_spec={cfg.t_spec}, t_mis={cfg.t_mis}")
+    _write_csv(filtered, out / "multimodal" / "filtered" / f"top{cfg.top_k}_{model}_{cfg.fusion}_filtered.csv")
+    return fused
+
+
+def system_scores(ws: Workspace, model: str) -> dict[str, pd.Series]:
+    """Every system of one run that has a table: name -> score per object_id (higher = more anomalous)."""
+    out = ws.folder("scores")
+    found: dict[str, pd.Series] = {}
+    for path, method_col, score_col in ((out / f"anomaly_scores_{model}.csv", None, "neg_log_prob"),
+                                       (out / f"baseline_scores_{model}.csv", "method", "neg_log_prob")):
+        if path.is_file():
+            table = pd.read_csv(path, dtype={"object_id": str})
+            table["modality"] = table["embedding_key"].map(modality_of)
+            for (modality, method), part in table.groupby(["modality", method_col or "modality"], sort=False):
+                found[system_name(model, modality, method if method_col else "flow")] = part.set_index("object_id")[score_col]
+    if (path := out / f"cosine_scores_{model}.csv").is_file():
+        found[system_name(model, "cross", "mismatch")] = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")["mismatch_score"]
+    if (path := out / "multimodal" / "all_scores.csv").is_file():
+        fused = pd.read_csv(path, dtype={"object_id": str})
+        fused = fused[fused["model"] == model].set_index("object_id")
+        for method in FUSION_METHODS:
+            if len(fused):
+                found[system_name(model, "fused", method)] = fused[f"score_mm_{method}"]
+    return found
+
+
+def build_systems_table(ws: Workspace, models: list[str]) -> pd.DataFrame:
+    """One row per object; ``rank:<system>`` (1 = most anomalous, nullable) and ``score:<system>``."""
+    columns: dict[str, pd.Series] = {}
+    for model in models:
+        for name, score in system_scores(ws, model).items():
+            columns[f"score:{name}"] = score.astype(float)
+            columns[f"rank:{name}"] = pd.Series(rank_descending(score.to_numpy()), index=score.index, dtype="Int64")
+    if not columns:
+        raise DataError(f"no score tables in {ws.folder('scores')}: run `fmb-engine detect all`")
+    table = pd.concat(columns, axis=1, join="outer")
+    table.index.name = "object_id"
+    names = sorted({c.split(":", 1)[1] for c in table.columns})
+    ordered = [f"{kind}:{n}" for n in names for kind in ("rank", "score")]
+    return table[ordered].reset_index()
+
+
+PARTS = ("flows", "mismatch", "fuse")
+
+
+def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS) -> Any:
+    """Run the chosen parts for every embedding run, then rebuild ``scores/systems.parquet``."""
+    from fmb_engine.survey.stages import StageResult, config_record
+
+    cfg: DetectConfig = resolved.values  # type: ignore[assignment]
+    reporter = reporter or Silent()
+    manifest = RunManifest(ws, "detect." + "+".join(parts), config_record(resolved), seed=cfg.seed)
+    runs = embedding_runs(ws, cfg.models)
+    models = [p.stem for p in runs]
+    scores_dir = ws.folder("scores")
+    try:
+        if "flows" in parts or "mismatch" in parts:
+            for path in runs:
+                score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts, mismatch="mismatch" in parts)
+        if "fuse" in parts:
+            with manifest.phase("fuse"):
+                fused = [fuse_run(ws, m, cfg, manifest) for m in models]
+            _write_csv(pd.concat(fused, ignore_index=True), scores_dir / "multimodal" / "all_scores.csv")
+        with manifest.phase("systems"):
+            table = build_systems_table(ws, models)
+            out = scores_dir / "systems.parquet"
+            with atomic_path(out) as tmp:
+                table.to_parquet(tmp, index=False)
+    except BaseException:
+        manifest.write(status="interrupted")
+        raise
+    systems = sorted(c.split(":", 1)[1] for c in table.columns if c.startswith("rank:"))
+    manifest.count("systems", systems)
+    manifest.output("systems", out)
+    manifest.output("scores", scores_dir)
+    return StageResult({"systems": out, "scores": scores_dir}, manifest.write(), {"systems": systems, "objects": len(table)})
