@@ -1,0 +1,533 @@
+"""Submitting stages through submitit: one small interface over its executors.
+
+``submit`` runs one call, ``submit_array`` one call per shard (a single ``sbatch
+--array`` on SLURM). Both record the run in the workspace registry and return at
+once (the debug executor is the exception: it runs in this process before
+returning, which is its point).
+
+* The executor is always explicit: ``--executor`` or ``jobs.executor``. submitit's
+  own ``AutoExecutor`` silently falls back to local execution when ``srun`` is
+  missing; here ``slurm`` without ``sbatch``/``srun`` on PATH is an error, and
+  ``auto`` says which executor it chose and why.
+* The submitit folder is ``<workspace>/jobs/<run_id>/``, never a temporary folder
+  (the workspace must be on the cluster's shared filesystem; a SLURM run whose
+  workspace is under ``/tmp`` gets a warning in its notes).
+* Jobs run with the interpreter that submitted them (or ``jobs.python``), so the
+  job sees the same virtual environment.
+* Every call is wrapped in :class:`ResumableCall`, a submitit ``Checkpointable``:
+  on timeout or preemption SLURM signals the job, ``checkpoint()`` requeues the
+  same call, and because stage functions are resumable the rerun continues from the
+  partial outputs already on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import reprlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core.utils import DelayedSubmission, JobPaths, cloudpickle_dump
+
+from fmb_engine.config import Resolved, load
+from fmb_engine.jobs import JobsError
+from fmb_engine.jobs import slurm as slurm_cli
+from fmb_engine.jobs.config import JobsConfig
+from fmb_engine.jobs.registry import JobRecord, Registry, RunRecord, new_run_id, open_registry
+from fmb_engine.jobs.states import RESUBMITTABLE, State, pid_alive
+from fmb_engine.workspace import Workspace
+
+EXECUTORS = ("local", "slurm", "debug")
+_ARRAY_TASK = re.compile(r"^\d+_\d+$")
+
+
+# --- the submitted callable ----------------------------------------------------------------
+
+
+class Call:
+    """``fn(*args, **kwargs)`` as a picklable zero-argument callable (``fn`` must be importable)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple = (), kwargs: dict[str, Any] | None = None,
+                 stage: str = "") -> None:
+        self.fn = fn
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.stage = stage
+        self.starts = 0
+
+    def __call__(self) -> Any:
+        self.starts += 1
+        return self.fn(*self.args, **self.kwargs)
+
+    def describe(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        module = getattr(self.fn, "__module__", "")
+        return f"{module}.{name}{reprlib.repr(self.args)}"
+
+
+class ResumableCall(Call, submitit.helpers.Checkpointable):
+    """A :class:`Call` that SLURM requeues on timeout or preemption, keeping its progress.
+
+    Progress lives on disk (stage functions write resumable partial outputs), so the
+    checkpoint only has to resubmit the same call: the rerun continues where it stopped.
+    """
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        print(f"[fmb] {self.stage or 'job'}: time limit or preemption; requeueing {self.describe()} "
+              f"(start {self.starts}); it resumes from its partial outputs", flush=True)
+        return DelayedSubmission(self)
+
+
+def make_call(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any] | None, stage: str,
+              checkpointable: bool = True) -> Call:
+    return (ResumableCall if checkpointable else Call)(fn, args, kwargs, stage)
+
+
+# --- choosing and building the executor -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutorChoice:
+    name: str  # local | slurm | debug
+    requested: str  # what the user or the config asked for (may be "auto")
+    origin: str  # "--executor" or the config layer that set jobs.executor
+    note: str  # one line saying which executor runs and why
+
+
+def jobs_config(ws: Workspace | None = None, config_file: str | os.PathLike[str] | None = None,
+                **flags: Any) -> Resolved:
+    """The effective ``jobs`` section (defaults < fmb.yaml < --config < flags)."""
+    return load("jobs", ws, config_file, {k: v for k, v in flags.items() if v is not None})
+
+
+def _as_config(ws: Workspace, jobs: Resolved | JobsConfig | None) -> tuple[JobsConfig, str]:
+    if jobs is None:
+        jobs = jobs_config(ws)
+    if isinstance(jobs, Resolved):
+        return jobs.values, jobs.sources.get("executor", "default")  # type: ignore[return-value]
+    return jobs, "config"
+
+
+def choose_executor(requested: str | None, cfg: JobsConfig, origin: str = "config") -> ExecutorChoice:
+    """Resolve ``--executor`` / ``jobs.executor`` to a usable executor, or raise a clear error."""
+    if requested is not None:
+        origin = "--executor"
+    wanted = (requested or cfg.executor).strip().lower()
+    if wanted not in (*EXECUTORS, "auto"):
+        raise JobsError(f"unknown executor {wanted!r} (from {origin}); choose one of local, slurm, debug, auto")
+    missing = slurm_cli.missing_commands(("sbatch", "srun"))
+    if wanted == "auto":
+        if missing:
+            return ExecutorChoice("local", wanted, origin,
+                                  f"executor: local (auto from {origin}: {', '.join(missing)} not on PATH, so no SLURM here)")
+        return ExecutorChoice("slurm", wanted, origin,
+                              f"executor: slurm (auto from {origin}: sbatch at {shutil.which('sbatch')})")
+    if wanted == "slurm" and missing:
+        raise JobsError(
+            f"executor slurm was requested (from {origin}) but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not on PATH: this machine is not a SLURM submit host. "
+            "Run on the cluster's login node (with the SLURM module loaded), or use --executor local."
+        )
+    where = {"local": "subprocesses on this machine", "slurm": f"sbatch at {shutil.which('sbatch')}",
+             "debug": "in this process, now"}[wanted]
+    return ExecutorChoice(wanted, wanted, origin, f"executor: {wanted} ({where}; from {origin})")
+
+
+def executor_parameters(choice: ExecutorChoice, cfg: JobsConfig, job_name: str) -> dict[str, Any]:
+    """The ``update_parameters`` keywords for submitit's ``AutoExecutor``."""
+    params: dict[str, Any] = {
+        "name": job_name,
+        "timeout_min": cfg.timeout_min,
+        "cpus_per_task": cfg.cpus_per_task,
+        "gpus_per_node": cfg.gpus_per_node,
+    }
+    if cfg.mem_gb is not None:
+        params["mem_gb"] = cfg.mem_gb
+    if choice.name == "slurm":
+        for key in ("partition", "account", "qos", "constraint"):
+            value = getattr(cfg, key)
+            if value:
+                params[f"slurm_{key}"] = value
+        params["slurm_array_parallelism"] = cfg.array_parallelism
+        params["slurm_signal_delay_s"] = cfg.signal_delay_s
+        if cfg.setup:
+            params["slurm_setup"] = list(cfg.setup)
+        if cfg.sbatch_extra:
+            params["slurm_additional_parameters"] = dict(cfg.sbatch_extra)
+        if cfg.gpus_per_node == 0:
+            params.pop("gpus_per_node")  # no --gpus-per-node=0 line: some sites reject it
+    return params
+
+
+def build_executor(choice: ExecutorChoice, folder: Path, cfg: JobsConfig, job_name: str) -> submitit.Executor:
+    """A submitit executor for ``choice`` writing into ``folder``."""
+    python = cfg.python or sys.executable
+    kwargs: dict[str, Any] = {}
+    if choice.name == "slurm":
+        kwargs = {"slurm_python": python, "slurm_max_num_timeout": cfg.max_num_timeout}
+    elif choice.name == "local":
+        kwargs = {"local_python": python, "local_max_num_timeout": cfg.max_num_timeout}
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=choice.name, **kwargs)
+        executor.update_parameters(**executor_parameters(choice, cfg, job_name))
+    except (ValueError, NameError, AssertionError, RuntimeError) as exc:
+        raise JobsError(f"invalid {choice.name} executor parameters: {exc}") from None
+    return executor
+
+
+# --- submission --------------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    """What was submitted: the registry run, its jobs, and submitit's job handles."""
+
+    run_id: str
+    stage: str
+    executor: str
+    folder: Path
+    records: list[JobRecord]
+    jobs: list[Any] = field(repr=False, default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [r.job_id for r in self.records]
+
+
+def _tmp_warning(folder: Path) -> str | None:
+    tmp = Path(tempfile.gettempdir()).resolve()
+    with contextlib.suppress(ValueError):
+        folder.resolve().relative_to(tmp)
+        return (f"warning: the jobs folder {folder} is under {tmp}; compute nodes usually cannot see it "
+                "(put the workspace on the shared filesystem)")
+    return None
+
+
+def _args_tuple(item: Any) -> tuple:
+    return item if isinstance(item, tuple) else (item,)
+
+
+def submit(ws: Workspace, stage: str, fn: Callable[..., Any], *args: Any, executor: str | None = None,
+           jobs: Resolved | JobsConfig | None = None, snapshot: dict[str, Any] | None = None,
+           job_name: str | None = None, checkpointable: bool = True, registry: Registry | None = None,
+           **kwargs: Any) -> Submission:
+    """Submit ``fn(*args, **kwargs)`` as one job of ``stage``; record it; return at once.
+
+    ``snapshot`` is the stage's config record (``{"values":…, "sources":…}``) stored
+    with the run. ``fn`` must be importable at module level (submitit pickles it by
+    reference and the job imports it).
+    """
+    call = make_call(fn, args, kwargs, stage, checkpointable)
+    return _submit_calls(ws, stage, [call], executor, jobs, snapshot, job_name, registry, is_array=False)
+
+
+def submit_array(ws: Workspace, stage: str, fn: Callable[..., Any], list_of_args: Sequence[Any], *,
+                 executor: str | None = None, jobs: Resolved | JobsConfig | None = None,
+                 snapshot: dict[str, Any] | None = None, job_name: str | None = None,
+                 checkpointable: bool = True, registry: Registry | None = None,
+                 kwargs: dict[str, Any] | None = None) -> Submission:
+    """One job per element of ``list_of_args`` (a tuple = positional args, anything else = one arg).
+
+    On SLURM this is one ``sbatch --array=0-(n-1)%jobs.array_parallelism`` (submitit
+    ``map_array``); on the local executor every task is its own process, all started now.
+    ``kwargs`` are passed to every call.
+    """
+    if not list_of_args:
+        raise JobsError(f"nothing to submit for {stage}: the list of task arguments is empty")
+    calls = [make_call(fn, _args_tuple(a), kwargs, stage, checkpointable) for a in list_of_args]
+    return _submit_calls(ws, stage, calls, executor, jobs, snapshot, job_name, registry, is_array=True)
+
+
+def _run_debug(ex: submitit.Executor, calls: Sequence[Call]) -> list[Any]:
+    """Run each call now, in this process, writing submitit-style logs and result files."""
+    out = []
+    for call in calls:
+        job = ex.submit(call)  # a lazy DebugJob: we run it ourselves (no pdb on errors)
+        paths: JobPaths = job.paths
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(Exception):
+            job.submission().dump(paths.submitted_pickle)  # lets `jobs resubmit` rerun it
+        with open(paths.stdout, "a", encoding="utf-8") as fo, open(paths.stderr, "a", encoding="utf-8") as fe, \
+                contextlib.redirect_stdout(fo), contextlib.redirect_stderr(fe):
+            try:
+                outcome: tuple[str, Any] = ("success", call())
+            except Exception:  # noqa: BLE001 - recorded as the job's failure
+                trace = traceback.format_exc()
+                fe.write(trace)
+                outcome = ("error", trace)
+        tmp = paths.result_pickle.with_suffix(".pkl.save_tmp")
+        try:
+            cloudpickle_dump(outcome, tmp)
+        except Exception:  # noqa: BLE001 - an unpicklable result still counts as a success
+            cloudpickle_dump((outcome[0], repr(outcome[1])[:1000]), tmp)
+        os.replace(tmp, paths.result_pickle)
+        out.append(job)
+    return out
+
+
+def _records(jobs: Sequence[Any], calls: Sequence[Call], now: float, attempt: int = 1,
+             task_indices: Sequence[int] | None = None) -> list[JobRecord]:
+    records = []
+    for i, (job, call) in enumerate(zip(jobs, calls, strict=True)):
+        job_id = str(job.job_id)
+        paths: JobPaths = job.paths
+        records.append(JobRecord(
+            run_id="", job_id=job_id, state=State.PENDING, submitted=now,
+            array_job_id=job_id.split("_", 1)[0] if _ARRAY_TASK.match(job_id) else None,
+            task_index=task_indices[i] if task_indices is not None else i, attempt=attempt,
+            stdout=str(paths.stdout), stderr=str(paths.stderr), result_pickle=str(paths.result_pickle),
+            submitted_pickle=str(paths.submitted_pickle), args_repr=call.describe()[:300],
+        ))
+    return records
+
+
+def _submit_to(ex: submitit.Executor, choice: ExecutorChoice, calls: Sequence[Call], is_array: bool) -> list[Any]:
+    if choice.name == "debug":
+        return _run_debug(ex, calls)
+    if len(calls) == 1 and not is_array:
+        return [ex.submit(calls[0])]
+    return list(ex.submit_array(list(calls)))
+
+
+def _failure_message(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " / ".join(lines[-4:])
+
+
+def _submit_calls(ws: Workspace, stage: str, calls: Sequence[Call], executor: str | None,
+                  jobs: Resolved | JobsConfig | None, snapshot: dict[str, Any] | None, job_name: str | None,
+                  registry: Registry | None, is_array: bool) -> Submission:
+    cfg, origin = _as_config(ws, jobs)
+    choice = choose_executor(executor, cfg, origin)
+    run_id = new_run_id(stage)
+    folder = ws.folder("jobs") / run_id
+    notes = [choice.note]
+    if choice.name == "slurm" and (warning := _tmp_warning(folder)):
+        notes.append(warning)
+    name = job_name or f"fmb-{stage}"
+    ex = build_executor(choice, folder, cfg, name)
+    now = time.time()
+    try:
+        submitted = _submit_to(ex, choice, calls, is_array)
+    except Exception as exc:  # noqa: BLE001 - sbatch refusals, pickling errors, ...
+        shutil.rmtree(folder, ignore_errors=True)
+        raise JobsError(f"{choice.name} refused {stage} ({len(calls)} task{'s' if len(calls) != 1 else ''}); "
+                        f"nothing was submitted or recorded: {_failure_message(exc)}") from None
+    records = _records(submitted, calls, now)
+    run = RunRecord(
+        run_id=run_id, stage=stage, executor=choice.name, folder=str(folder),
+        config={"stage": snapshot or {}, "jobs": cfg.model_dump(mode="json"), "executor_choice": choice.note},
+        params={k: v for k, v in ex.parameters.items()} | {"python": cfg.python or sys.executable},
+        created=now, n_tasks=len(records), is_array=is_array,
+    )
+    reg = registry or open_registry(ws, cfg.registry_journal)
+    try:
+        records = reg.add_run(run, records)
+        if choice.name in ("debug", "local"):
+            from fmb_engine.jobs.monitor import refresh  # local import: monitor imports this module's peers
+
+            refresh(ws, registry=reg, jobs=records)
+            records = reg.jobs(run_id)
+    finally:
+        if registry is None:
+            reg.close()
+    return Submission(run_id, stage, choice.name, folder, records, list(submitted), notes)
+
+
+# --- cancel, resubmit, attach -------------------------------------------------------------------
+
+
+def cancel(ws: Workspace, ref: str, registry: Registry | None = None) -> list[str]:
+    """Cancel the active jobs ``ref`` names (a run, a job, an array). Returns what happened, line by line."""
+    reg = registry or open_registry(ws)
+    try:
+        run, found = reg.resolve(ref)
+        active = [j for j in found if j.active]
+        if not active:
+            return [f"nothing to cancel: no active job in {run.run_id} ({len(found)} job(s), all ended)"]
+        messages: list[str] = []
+        now = time.time()
+        if run.executor == "slurm":
+            problems = slurm_cli.scancel([j.job_id for j in active])
+            if problems:
+                raise JobsError("; ".join(problems))
+            messages.append(f"scancel sent for {len(active)} job(s): {', '.join(j.job_id for j in active[:10])}"
+                            + (" ..." if len(active) > 10 else ""))
+        elif run.executor == "local":
+            for job in active:
+                messages.append(_cancel_local(job))
+        else:
+            messages.append("debug jobs run in-process at submission: nothing left to cancel")
+        reg.update_jobs({j.key: {"cancel_requested": now} for j in active if j.key is not None})
+        from fmb_engine.jobs.monitor import refresh
+
+        refresh(ws, registry=reg, jobs=reg.jobs(run.run_id))
+        return messages
+    finally:
+        if registry is None:
+            reg.close()
+
+
+def _cancel_local(job: JobRecord) -> str:
+    """What submitit's ``LocalJob.cancel`` does (SIGINT to the job's controller), for a job
+    submitted by another process: the PID is checked to still be that job's controller."""
+    try:
+        pid = int(job.job_id)
+    except ValueError:
+        return f"{job.job_id}: not a local process id"
+    if not pid_alive(pid, must_contain=job.submitit_folder):
+        return f"{job.job_id}: process already ended"
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return f"{job.job_id}: process already ended"
+    except PermissionError:
+        raise JobsError(f"not allowed to signal process {pid} (another user's job?)") from None
+    return f"{job.job_id}: interrupted (SIGINT to the job's controller)"
+
+
+def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolved | JobsConfig | None = None,
+             registry: Registry | None = None) -> Submission:
+    """Submit again only the tasks of ``ref`` that ended without a result (failed, cancelled,
+    timed out, out of memory, preempted, unknown). Completed and active tasks are left alone.
+
+    Uses the current ``jobs`` config (fix memory or time limits first) and the run's own
+    executor unless ``executor`` is given. New tasks join the same run; the old rows are
+    kept as history (``superseded_by``).
+    """
+    cfg, origin = _as_config(ws, jobs)
+    reg = registry or open_registry(ws, cfg.registry_journal)
+    try:
+        from fmb_engine.jobs.monitor import refresh
+
+        refresh(ws, registry=reg)
+        run, found = reg.resolve(ref)
+        found = reg.jobs(run.run_id) if ref == run.run_id or len(found) > 1 else [reg.job(found[0].key)]
+        targets = [j for j in found if j.state in RESUBMITTABLE and j.superseded_by is None]
+        if not targets:
+            states = ", ".join(sorted({j.state.value for j in found}))
+            raise JobsError(f"nothing to resubmit in {run.run_id}: no failed or missing task (states: {states})")
+        calls: list[Call] = []
+        for job in targets:
+            calls.append(_load_call(job, run.stage))
+        choice = choose_executor(executor or run.executor, cfg, origin if executor is None else "--executor")
+        attempt = max(j.attempt for j in targets) + 1
+        folder = Path(run.folder) / f"retry-{attempt}-{int(time.time())}"
+        ex = build_executor(choice, folder, cfg, f"fmb-{run.stage}")
+        now = time.time()
+        try:
+            submitted = _submit_to(ex, choice, calls, is_array=run.is_array or len(calls) > 1)
+        except Exception as exc:  # noqa: BLE001
+            shutil.rmtree(folder, ignore_errors=True)
+            raise JobsError(f"{choice.name} refused the resubmission of {run.run_id}; nothing was submitted: "
+                            f"{_failure_message(exc)}") from None
+        records = _records(submitted, calls, now, attempt=attempt, task_indices=[j.task_index for j in targets])
+        if choice.name != run.executor:
+            # A run has one executor; a resubmission elsewhere becomes a run of its own.
+            new_run = RunRecord(run_id=new_run_id(run.stage), stage=run.stage, executor=choice.name,
+                                folder=str(folder), config=run.config | {"resubmitted_from": run.run_id},
+                                params=dict(ex.parameters), created=now, n_tasks=len(records),
+                                is_array=run.is_array, note=f"resubmission of {run.run_id}")
+            added = reg.add_run(new_run, records)
+            reg.update_jobs({old.key: {"superseded_by": new.key} for old, new in zip(targets, added, strict=True)})
+            run_id = new_run.run_id
+        else:
+            added = reg.add_jobs(run.run_id, records, supersede={old.key: i for i, old in enumerate(targets)})
+            run_id = run.run_id
+        if choice.name in ("debug", "local"):
+            refresh(ws, registry=reg, jobs=added)
+        return Submission(run_id, run.stage, choice.name, folder, reg.jobs(run_id), list(submitted),
+                          [choice.note, f"resubmitted {len(targets)} task(s): "
+                           + ", ".join(str(j.task_index) for j in targets)])
+    finally:
+        if registry is None:
+            reg.close()
+
+
+def _load_call(job: JobRecord, stage: str) -> Call:
+    if not job.submitted_pickle or not Path(job.submitted_pickle).is_file():
+        raise JobsError(f"task {job.task_index} ({job.job_id}) cannot be resubmitted: its submitted pickle "
+                        f"{job.submitted_pickle} is missing")
+    try:
+        delayed = DelayedSubmission.load(job.submitted_pickle)
+    except Exception as exc:  # noqa: BLE001 - moved code, missing module, foreign pickle
+        raise JobsError(f"task {job.task_index} ({job.job_id}) cannot be resubmitted: its submitted pickle does not "
+                        f"load here ({type(exc).__name__}: {exc})") from None
+    fn = delayed.function
+    if isinstance(fn, Call) and not delayed.args and not delayed.kwargs:
+        return fn
+    return make_call(fn, delayed.args, delayed.kwargs, stage)
+
+
+def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor: str | None = None,
+           stage: str = "attached", registry: Registry | None = None) -> tuple[RunRecord, list[JobRecord]]:
+    """Register a job submitted by submitit elsewhere (a notebook, another tool, a crashed CLI).
+
+    ``folder`` is its submitit folder (``%j`` already replaced), ``job_id`` a job id, an
+    array task (``123_4``) or an array id (``123``: every task found in the folder).
+    """
+    folder = Path(folder).expanduser().resolve()
+    job_id = str(job_id).strip()
+    if not folder.is_dir():
+        raise JobsError(f"{folder} is not a folder")
+    if "_" in job_id or (folder / f"{job_id}_submitted.pkl").is_file():
+        ids = [job_id]
+    else:
+        ids = sorted((p.name[: -len("_submitted.pkl")] for p in folder.glob(f"{job_id}_*_submitted.pkl")),
+                     key=lambda s: int(s.rsplit("_", 1)[1]) if s.rsplit("_", 1)[1].isdigit() else 0)
+    ids = [i for i in ids if (folder / f"{i}_submitted.pkl").is_file()]
+    if not ids:
+        raise JobsError(f"no submitit job {job_id} in {folder} (expected {job_id}_submitted.pkl "
+                        f"or {job_id}_<task>_submitted.pkl)")
+    base = job_id.split("_", 1)[0]
+    if executor is None:
+        script = folder / f"{base}_submission.sh"
+        executor = "slurm" if script.is_file() and "#SBATCH" in script.read_text(errors="replace") else "local"
+    if executor not in EXECUTORS:
+        raise JobsError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    reg = registry or open_registry(ws)
+    try:
+        for existing in reg.jobs(include_superseded=True):
+            if existing.job_id in ids and existing.folder and Path(existing.folder) == folder:
+                raise JobsError(f"job {existing.job_id} from {folder} is already registered (run {existing.run_id})")
+        submitted = min((folder / f"{i}_submitted.pkl").stat().st_mtime for i in ids)
+        records = []
+        for index, jid in enumerate(ids):
+            paths = JobPaths(folder, job_id=jid, task_id=0)
+            task = int(jid.rsplit("_", 1)[1]) if "_" in jid else index
+            records.append(JobRecord(
+                run_id="", job_id=jid, state=State.PENDING, submitted=submitted,
+                array_job_id=base if "_" in jid else None, task_index=task, stdout=str(paths.stdout),
+                stderr=str(paths.stderr), result_pickle=str(paths.result_pickle),
+                submitted_pickle=str(paths.submitted_pickle), args_repr=None,
+            ))
+        run = RunRecord(run_id=new_run_id(stage), stage=stage, executor=executor, folder=str(folder),
+                        config={"attached": {"folder": str(folder), "job_id": job_id}}, created=submitted,
+                        n_tasks=len(records), is_array=any("_" in i for i in ids), note=f"attached {job_id}")
+        added = reg.add_run(run, records)
+        from fmb_engine.jobs.monitor import refresh
+
+        refresh(ws, registry=reg, jobs=added)
+        return run, reg.jobs(run.run_id)
+    finally:
+        if registry is None:
+            reg.close()
+
+
+__all__ = [
+    "Call", "ResumableCall", "ExecutorChoice", "Submission", "EXECUTORS", "attach", "build_executor", "cancel",
+    "choose_executor", "executor_parameters", "jobs_config", "make_call", "resubmit", "submit", "submit_array",
+]

@@ -1,0 +1,337 @@
+"""Monitoring: poll once and update the registry; read and follow job logs.
+
+:func:`refresh` asks each executor once about every job that is not finished: one
+batched ``squeue`` + ``sacct`` for SLURM jobs, the controller PID and result file for
+local jobs, the result file for debug jobs. States always come from that poll, never
+from submitit's cached ``job.state`` (minutes stale by design). All changes are
+written in one registry transaction.
+
+:func:`logs` reads a job's stdout or stderr; ``follow=True`` keeps reading by
+*polling* the file size (no inotify: it does not fire on NFS/Lustre, where SLURM
+logs live).
+"""
+
+from __future__ import annotations
+
+import codecs
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmb_engine.jobs import JobsError
+from fmb_engine.jobs import slurm as slurm_cli
+from fmb_engine.jobs.registry import JobRecord, Registry, open_registry
+from fmb_engine.jobs.states import (
+    TERMINAL,
+    ResultInfo,
+    State,
+    derive_debug,
+    derive_local,
+    last_error_line,
+    read_result,
+)
+from fmb_engine.workspace import Workspace
+
+#: A SLURM job neither squeue nor sacct knows becomes UNKNOWN after this long
+#: (sacct can lag a few seconds behind the controller).
+VANISH_GRACE_S = 120.0
+#: UNKNOWN jobs older than this are no longer polled (they would only widen every sacct query).
+STALE_AFTER_S = 7 * 24 * 3600.0
+MAX_OUTPUTS_CHARS = 4000
+
+
+@dataclass
+class RefreshReport:
+    polled: int = 0
+    changed: int = 0
+    problems: list[str] = field(default_factory=list)
+    by_executor: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def outputs_of(result: ResultInfo | None) -> dict[str, Any] | None:
+    """What a job's return value says it wrote: a mapping of names to paths/values, or a path."""
+    if result is None or result.outcome != "success" or result.value is None:
+        return None
+    value = result.value
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        out = {k: (v if isinstance(v, int | float | bool) or v is None else str(v)) for k, v in value.items()
+               if isinstance(v, str | Path | int | float | bool) or v is None}
+    elif isinstance(value, str | Path):
+        out = {"result": str(value)}
+    elif isinstance(value, list | tuple) and all(isinstance(v, str | Path) for v in value):
+        out = {str(i): str(v) for i, v in enumerate(value)}
+    else:
+        out = {"result_type": type(value).__name__}
+    text = repr(out)
+    if len(text) > MAX_OUTPUTS_CHARS:
+        out = {"note": f"{len(out)} outputs (too many to list)"}
+    return out
+
+
+def _changes(job: JobRecord, new: dict[str, Any]) -> dict[str, Any]:
+    """Only the columns whose value differs (plus the poll time)."""
+    out = {}
+    for key, value in new.items():
+        current = getattr(job, key if key != "outputs_json" else "outputs", None)
+        if key == "state":
+            current = job.state
+            value = State(value)
+        if value != current:
+            out[key] = value
+    return out
+
+
+def _from_result(job: JobRecord, now: float) -> dict[str, Any] | None:
+    result = read_result(job.result_pickle)
+    if result is None or result.outcome == "unreadable":
+        return None
+    update: dict[str, Any] = {"state": result.state, "raw_state": f"result:{result.outcome}", "reason": None}
+    if result.error:
+        update["error"] = last_error_line(result.error)
+    if (outputs := outputs_of(result)) is not None:
+        update["outputs"] = outputs
+    if job.ended is None:
+        try:
+            update["ended"] = Path(job.result_pickle).stat().st_mtime  # type: ignore[arg-type]
+        except OSError:
+            update["ended"] = now
+    return update
+
+
+def _slurm_update(job: JobRecord, row: slurm_cli.SlurmRow | None, now: float,
+                  sacct_available: bool = True) -> dict[str, Any]:
+    if row is None:
+        from_file = _from_result(job, now)
+        if from_file is not None:
+            return from_file
+        seen = job.last_seen or job.submitted
+        if now - seen > VANISH_GRACE_S:
+            if job.cancel_requested:
+                return {"state": State.CANCELLED, "raw_state": "CANCELLED", "reason": None,
+                        "error": "cancelled; no longer known to squeue or sacct"}
+            return {"state": State.UNKNOWN, "raw_state": "NOT FOUND",
+                    "error": f"not known to squeue or sacct for {int(now - seen)} s (purged, or accounting off)"}
+        return {}
+    if row.source == "squeue" and row.state in TERMINAL and row.exit_code is None and sacct_available:
+        # The controller says it ended but accounting has not caught up (a few seconds): keep
+        # polling until sacct adds the exit code, rather than freezing an incomplete record.
+        return {"raw_state": f"{row.raw_state} (awaiting sacct)", "last_seen": now, "reason": None,
+                "state": job.state if job.state is not State.PENDING else State.RUNNING}
+    update: dict[str, Any] = {
+        "state": row.state, "raw_state": row.raw_state, "last_seen": now,
+        "reason": row.reason if row.state is State.PENDING else None,
+    }
+    for key in ("exit_code", "started", "ended", "node"):
+        value = getattr(row, key)
+        if value is not None:
+            update[key] = value
+    if row.state in TERMINAL or row.state is State.PREEMPTED:
+        result = read_result(job.result_pickle)
+        if result is not None and result.outcome == "error":
+            update["state"] = State.FAILED if row.state is State.COMPLETED else row.state
+            update["error"] = last_error_line(result.error or "")
+        elif result is not None and result.outcome == "success":
+            if (outputs := outputs_of(result)) is not None:
+                update["outputs"] = outputs
+        elif row.state is State.COMPLETED and result is None:
+            update["error"] = "SLURM says completed but no result file was written (see the logs)"
+        if "ended" not in update and job.ended is None:  # squeue alone (no accounting) has no end time
+            try:
+                update["ended"] = Path(job.result_pickle).stat().st_mtime  # type: ignore[arg-type]
+            except (OSError, TypeError):
+                update["ended"] = now
+    return update
+
+
+def refresh(ws: Workspace, registry: Registry | None = None, jobs: Sequence[JobRecord] | None = None,
+            runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+            now: float | None = None) -> RefreshReport:
+    """Poll once for every non-terminal job (or just ``jobs``) and update the registry."""
+    t0 = time.perf_counter()
+    reg = registry or open_registry(ws)
+    try:
+        now = time.time() if now is None else now
+        todo = [j for j in (jobs if jobs is not None else reg.active_jobs())
+                if j.state not in TERMINAL and j.superseded_by is None
+                and not (j.state is State.UNKNOWN and now - j.submitted > STALE_AFTER_S)]
+        report = RefreshReport(polled=len(todo))
+        updates: dict[int, dict[str, Any]] = {}
+        slurm_jobs = [j for j in todo if j.executor == "slurm"]
+        if slurm_jobs:
+            polled = slurm_cli.poll([j.job_id for j in slurm_jobs], {j.job_id: j.submitted for j in slurm_jobs},
+                                    runner=runner)
+            report.problems.extend(polled.problems)
+            for job in slurm_jobs:
+                updates[job.key] = _slurm_update(job, polled.rows.get(job.job_id), now, polled.sacct_available)  # type: ignore[index]
+        for job in todo:
+            if job.executor == "local":
+                derived = derive_local(job.job_id, job.submitit_folder, job.result_pickle,
+                                       cancel_requested=bool(job.cancel_requested))
+            elif job.executor == "debug":
+                derived = derive_debug(job.result_pickle)
+            else:
+                continue
+            update: dict[str, Any] = {"state": derived.state, "raw_state": derived.raw, "reason": None}
+            if derived.error:
+                update["error"] = derived.error
+            if derived.state is State.RUNNING and job.started is None:
+                update["started"] = job.submitted
+            if derived.state in TERMINAL:
+                result = read_result(job.result_pickle)
+                if (outputs := outputs_of(result)) is not None:
+                    update["outputs"] = outputs
+                if job.started is None:
+                    update["started"] = job.submitted
+                if job.ended is None:
+                    try:
+                        update["ended"] = Path(job.result_pickle).stat().st_mtime  # type: ignore[arg-type]
+                    except (OSError, TypeError):
+                        update["ended"] = now
+            updates[job.key] = update  # type: ignore[index]
+        for job in todo:
+            report.by_executor[job.executor or "?"] = report.by_executor.get(job.executor or "?", 0) + 1
+        changed = {}
+        for job in todo:
+            diff = _changes(job, updates.get(job.key, {}))  # type: ignore[arg-type]
+            diff["last_polled"] = now
+            changed[job.key] = diff
+        reg.update_jobs(changed)  # type: ignore[arg-type]
+        report.changed = sum(1 for d in changed.values() if set(d) - {"last_polled", "last_seen"})
+        report.seconds = time.perf_counter() - t0
+        return report
+    finally:
+        if registry is None:
+            reg.close()
+
+
+def wait(ws: Workspace, run_id: str, timeout_s: float = 600.0, poll_s: float = 2.0,
+         registry: Registry | None = None) -> list[JobRecord]:
+    """Poll until every current job of ``run_id`` is terminal; returns them. Raises on timeout."""
+    reg = registry or open_registry(ws)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            jobs = reg.jobs(run_id)
+            refresh(ws, registry=reg, jobs=jobs)
+            jobs = reg.jobs(run_id)
+            if all(j.state in TERMINAL for j in jobs):
+                return jobs
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{j.job_id}={j.state.value}" for j in jobs)
+                raise JobsError(f"run {run_id} not finished after {timeout_s:.0f}s: {states}")
+            time.sleep(poll_s)
+    finally:
+        if registry is None:
+            reg.close()
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+def log_path(job: JobRecord, stderr: bool = False) -> Path:
+    path = job.stderr if stderr else job.stdout
+    if not path:
+        raise JobsError(f"job {job.job_id} has no recorded {'stderr' if stderr else 'stdout'} path")
+    return Path(path)
+
+
+def _tail_offset(path: Path, lines: int) -> int:
+    """Byte offset where the last ``lines`` lines of ``path`` start."""
+    size = path.stat().st_size
+    block = 8192
+    pos = size
+    found = 0
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        with path.open("rb") as fh:
+            fh.seek(pos)
+            chunk = fh.read(step)
+        for i in range(len(chunk) - 1, -1, -1):
+            if chunk[i] == 0x0A and pos + i < size - 1:
+                found += 1
+                if found == lines:
+                    return pos + i + 1
+    return 0
+
+
+def logs(job: JobRecord, follow: bool = False, stderr: bool = False, tail: int | None = None,
+         poll_s: float = 0.5, should_stop: Callable[[], bool] | None = None,
+         wait_for_file_s: float | None = None) -> Iterator[str]:
+    """Yield the text of a job's log as it grows.
+
+    Without ``follow`` it yields what is there and stops. With ``follow`` it polls the
+    file every ``poll_s`` seconds until ``should_stop()`` returns True (then drains what
+    is left). A file that does not exist yet is waited for while following; a file
+    that shrank (rewritten) is read again from the start.
+    """
+    path = log_path(job, stderr)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    offset: int | None = None
+    waited = 0.0
+    while True:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            if not follow:
+                if wait_for_file_s and waited < wait_for_file_s:
+                    time.sleep(poll_s)
+                    waited += poll_s
+                    continue
+                raise JobsError(f"no log yet for job {job.job_id}: {path} does not exist "
+                                f"(state {job.state.value}; a pending job has no log)") from None
+            if should_stop is not None and should_stop():
+                return
+            time.sleep(poll_s)
+            continue
+        if offset is None:
+            offset = _tail_offset(path, tail) if tail else 0
+        if size < offset:
+            offset = 0
+            decoder.reset()
+            yield f"\n[log {path.name} was rewritten; reading it again from the start]\n"
+        if size > offset:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(size - offset)
+            offset += len(data)
+            text = decoder.decode(data)
+            if text:
+                yield text
+            continue
+        if not follow:
+            rest = decoder.decode(b"", final=True)
+            if rest:
+                yield rest
+            return
+        if should_stop is not None and should_stop():
+            # one last look: the job may have written its final lines just before ending
+            if path.stat().st_size > offset:
+                continue
+            rest = decoder.decode(b"", final=True)
+            if rest:
+                yield rest
+            return
+        time.sleep(poll_s)
+
+
+def stop_when_terminal(ws: Workspace, job: JobRecord, every_s: float = 5.0) -> Callable[[], bool]:
+    """A ``should_stop`` for :func:`logs`: refreshes the job every ``every_s`` seconds."""
+    last = [0.0]
+    done = [job.state in TERMINAL]
+
+    def check() -> bool:
+        if done[0]:
+            return True
+        if time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
+            with open_registry(ws) as reg:
+                refresh(ws, registry=reg, jobs=[reg.job(job.key)])  # type: ignore[arg-type]
+                done[0] = reg.job(job.key).state in TERMINAL  # type: ignore[arg-type]
+        return done[0]
+
+    return check
