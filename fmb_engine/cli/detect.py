@@ -6,6 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from fmb_engine.cli.jobs import ExecutorOpt
 from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.run import PARTS, detect
@@ -13,10 +14,16 @@ from fmb_engine.detect.run import PARTS, detect
 app = typer.Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
 
 
-def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold) -> None:
+def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, executor=None) -> None:
     ws = find_workspace(workspace)
     resolved = section("detect", ws, config, models=models or None, preset=preset, seed=seed, fusion=fusion,
                        top_k=top_k, out_of_fold=out_of_fold)
+    if executor is not None:
+        from fmb_engine.cli.jobs import print_submission
+        from fmb_engine.jobs.stages import submit_detect
+
+        print_submission(submit_detect(ws, resolved, parts, executor, section("jobs", ws, config)))
+        return
     result = detect(ws, resolved, reporter(), parts=parts)
     console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects")
     console.print(f"scores: [bold]{escape(str(result.outputs['scores']))}[/]  (systems table: {escape(str(result.outputs['systems']))})")
@@ -33,8 +40,9 @@ def _command(parts: tuple[str, ...], doc: str):
         out_of_fold: int = typer.Option(None, "--out-of-fold", help="K folds for out-of-sample flow scores (0 = off)."),
         workspace: WorkspaceOpt = None,
         config: ConfigOpt = None,
+        executor: ExecutorOpt = None,
     ) -> None:
-        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold)
+        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, executor)
 
     command.__doc__ = doc
     return command

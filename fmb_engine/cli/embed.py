@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from fmb_engine.cli.jobs import ExecutorOpt
 from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
 from fmb_engine.embed.run import (
@@ -32,14 +33,21 @@ StartOpt = Annotated[int, typer.Option("--start", min=0, help="First survey row 
 StopOpt = Annotated[int | None, typer.Option("--stop", min=0, help="Row after the last one to embed (default: the end).")]
 ShardOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Rows per shard file (the unit of resumption).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Discard earlier shards and recompute everything.")]
+ArrayOpt = Annotated[int, typer.Option("--shards", min=1, help="With --executor: number of array tasks (row shards).")]
 FitFromOpt = Annotated[Path | None, typer.Option("--fit-from", help="pca/cca: reuse the fit stored in this embedding file.")]
 
 
 def _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from,
-           shard=None, shards=None) -> None:
+           shard=None, shards=None, executor=None, array=1) -> None:
     ws = find_workspace(workspace)
     resolved = section(f"embed.{name}", ws, config, batch_size=batch_size, device=device, weights=weights)
     path = survey_file(ws, config, survey)
+    if executor is not None:
+        from fmb_engine.cli.jobs import print_submission
+        from fmb_engine.jobs.stages import submit_embedding
+
+        print_submission(submit_embedding(ws, path, name, resolved, array, executor, section("jobs", ws, config)))
+        return
     if shards is not None:
         from fmb_engine.survey.store import SurveyReader
 
@@ -74,8 +82,11 @@ def _make_command(name: str):
         shard_size: ShardOpt = DEFAULT_SHARD_SIZE,
         force: ForceOpt = False,
         fit_from: FitFromOpt = None,
+        executor: ExecutorOpt = None,
+        array: ArrayOpt = 1,
     ) -> None:
-        _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from)
+        _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from,
+               executor=executor, array=array)
 
     command.__name__ = f"embed_{name}"
     command.__doc__ = (

@@ -288,6 +288,14 @@ def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     console.print(table)
 
 
+def print_submission(sub: jobs_executors.Submission) -> None:
+    """What a submitting command prints: executor notes, run id, job ids, how to follow."""
+    for note in sub.notes:
+        console.print(escape(note))
+    console.print(f"run [bold]{escape(sub.run_id)}[/]: {len(sub.job_ids)} task(s) " + escape(", ".join(sub.job_ids[:5])))
+    console.print(f"follow with: fmb-engine jobs show {escape(sub.run_id)}   (or fmb-engine jobs list)")
+
+
 @app.command()
 def selftest(
     shards: int = typer.Option(3, "--shards", "-n", min=1, max=1000, help="Array tasks to submit."),
@@ -304,9 +312,7 @@ def selftest(
     out = ws.folder("jobs") / "selftest-output" / time.strftime("%Y%m%dT%H%M%S")
     sub = jobs_executors.submit_array(ws, "selftest", write_shard, [(str(out), i, shards) for i in range(shards)],
                                       executor=executor, jobs=jobs_executors.jobs_config(ws, config))
-    for note in sub.notes:
-        console.print(escape(note))
-    console.print(f"run [bold]{escape(sub.run_id)}[/]: {len(sub.job_ids)} task(s) " + escape(", ".join(sub.job_ids[:5])))
+    print_submission(sub)
     if not wait:
         return
     jobs = monitor.wait(ws, sub.run_id, timeout_s=timeout, poll_s=2.0)

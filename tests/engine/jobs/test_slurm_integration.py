@@ -143,3 +143,36 @@ def test_preemption_signal_requeues_and_the_job_resumes(workspace, tmp_path):
     assert any(state is State.PENDING and reason == "BeginTime" for _, state, reason in seen)  # requeued
     starts = (out / "starts.log").read_text().splitlines()
     assert len(starts) == 2 and int(starts[1].split("done=")[1]) >= 4  # continued, not restarted
+
+
+def test_cli_sharded_embedding_and_detect_through_slurm(tmp_path):
+    """The real CLI with --executor slurm: a 2-task embedding array merges, then a detect job runs."""
+    import os
+    import subprocess
+
+    from fmb_engine.config import load
+    from fmb_engine.survey.stages import make_mock
+
+    ws = Workspace.init(tmp_path / "ws")
+    make_mock(ws, load("mock", cli={"objects": 80, "image_size": 16, "workers": -1}))
+    (ws.root / "fmb.yaml").write_text("jobs:\n  executor: slurm\n  timeout_min: 5\n  mem_gb: 0.5\n")
+    env = {k: v for k, v in os.environ.items() if k != "FMB_WORKSPACE"} | {"COLUMNS": "200"}
+
+    def fmb(*args):
+        proc = subprocess.run([sys.executable, "-m", "fmb_engine.cli.main", *args], cwd=ws.root, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    out = fmb("embed", "pca", "--executor", "slurm", "--shards", "2")
+    run_id = out.split("run ", 1)[1].split(":", 1)[0].strip()
+    jobs = poll_until(ws, run_id, done, timeout_s=120)
+    assert [j.state for j in jobs] == [State.COMPLETED, State.COMPLETED]
+    assert (ws.folder("embeddings") / "pca.h5").is_file()
+    out = fmb("detect", "all", "--executor", "slurm")
+    run_id = out.split("run ", 1)[1].split(":", 1)[0].strip()
+    (job,) = poll_until(ws, run_id, done, timeout_s=120)
+    assert job.state is State.COMPLETED, job
+    assert (ws.folder("scores") / "systems.parquet").is_file()
+    listing = fmb("jobs", "list")
+    assert "embed.pca" in listing and "detect" in listing and "COMPLETED" in listing

@@ -1,0 +1,68 @@
+"""Heavy stages as submittable jobs: sharded embedding arrays and detection.
+
+submitit pickles the callable, so each task is a module-level function taking
+plain values (workspace root, config values) and rebuilding what it needs. Every
+stage function is resumable, so a requeued task simply runs again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fmb_engine.config import Resolved
+from fmb_engine.jobs.executors import Submission, submit, submit_array
+from fmb_engine.workspace import Workspace
+
+
+def _resolved(section: str, values: dict[str, Any], sources: dict[str, str]) -> Resolved:
+    from fmb_engine.config import SECTIONS
+    from fmb_engine.sections import register_all
+
+    register_all()
+    return Resolved(section, SECTIONS[section].model_validate(values), sources)
+
+
+def embedding_shard_task(root: str, survey: str, model: str, values: dict[str, Any], sources: dict[str, str],
+                         start: int, stop: int, n_objects: int) -> dict[str, Any]:
+    """One array task: embed rows ``[start, stop)``; the task that completes the survey merges."""
+    from fmb_engine.embed.run import coverage, embed_shard, merge_shards
+
+    ws = Workspace(Path(root))
+    info = embed_shard(ws, Path(survey), model, _resolved(f"embed.{model}", values, sources), start, stop)
+    if not coverage(ws, model, n_objects)["missing"]:
+        path, _ = merge_shards(ws, model)  # atomic: two tasks finishing together both write the same file
+        info = {**info, "merged": str(path)}
+    return info
+
+
+def submit_embedding(ws: Workspace, survey: Path, model: str, resolved: Resolved, shards: int,
+                     executor: str | None, jobs: Resolved | None = None) -> Submission:
+    """A job array of ``shards`` tasks over the survey rows; outputs merge when the last shard lands."""
+    from fmb_engine.embed.run import shard_range
+    from fmb_engine.survey.stages import config_record
+    from fmb_engine.survey.store import SurveyReader
+
+    with SurveyReader(survey) as reader:
+        n = reader.n_objects
+    record = config_record(resolved)
+    tasks = [(str(ws.root), str(survey), model, record["values"], record["sources"], *shard_range(n, i, shards), n)
+             for i in range(shards)]
+    return submit_array(ws, f"embed.{model}", embedding_shard_task, tasks, executor=executor, jobs=jobs,
+                        snapshot=record, job_name=f"fmb-embed-{model}")
+
+
+def detect_task(root: str, values: dict[str, Any], sources: dict[str, str], parts: tuple[str, ...]) -> dict[str, Any]:
+    from fmb_engine.detect.run import detect
+
+    result = detect(Workspace(Path(root)), _resolved("detect", values, sources), parts=parts)
+    return {"systems": len(result.summary["systems"]), "manifest": str(result.manifest)}
+
+
+def submit_detect(ws: Workspace, resolved: Resolved, parts: tuple[str, ...], executor: str | None,
+                  jobs: Resolved | None = None) -> Submission:
+    from fmb_engine.survey.stages import config_record
+
+    record = config_record(resolved)
+    return submit(ws, "detect", detect_task, str(ws.root), record["values"], record["sources"], tuple(parts),
+                  executor=executor, jobs=jobs, snapshot=record, job_name="fmb-detect")
