@@ -189,7 +189,8 @@ class _HalfAffineCoupling(AffineCouplingTransform):
         self._transform_first = transform_first
 
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = x[:, : self._split], x[:, self._split :]
+        # one split (one backward node) instead of two slices
+        a, b = torch.split(x, [self._split, x.shape[1] - self._split], dim=1)
         return (a, b) if self._transform_first else (b, a)  # (transform, identity)
 
     def _join(self, transformed: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
