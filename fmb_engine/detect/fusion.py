@@ -149,7 +149,7 @@ def fuse(
     Returns one row per object (input order) with columns ``object_id,
     rank_img, rank_spec, rank_mis`` (the ranks behind ``p``: within the join
     when ``rerank``), ``p_img, p_spec, p_mis, score_mm_geo, score_mm_min,
-    score_mm_avg, uplift_mm, rank_fused`` (by ``method``, 1 = most anomalous,
+    score_mm_avg, score_mm_fisher, uplift_mm, rank_fused`` (by ``method``, 1 = most anomalous,
     ties by object order) and ``passes_thresholds``.
     """
     if method not in FUSION_METHODS:
