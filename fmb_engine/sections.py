@@ -9,12 +9,13 @@ from __future__ import annotations
 
 
 def register_all() -> None:
+    from fmb_engine.analyze.config import AnalyzeConfig
     from fmb_engine.config import SECTIONS, register_section
     from fmb_engine.detect.run import DetectConfig
     from fmb_engine.embed.run import register_embed_sections
     from fmb_engine.jobs.config import JobsConfig
 
     register_embed_sections()
-    for name, schema in (("detect", DetectConfig), ("jobs", JobsConfig)):
+    for name, schema in (("detect", DetectConfig), ("jobs", JobsConfig), ("analyze", AnalyzeConfig)):
         if name not in SECTIONS:
             register_section(name, schema)

@@ -9,19 +9,42 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.common import console, reporter, section
+from fmb_engine.analyze.run import (
+    analyze_neighbor_ranks,
+    analyze_rankings,
+    analyze_regression,
+    analyze_similarity,
+    analyze_umap,
+)
 from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.run import detect
 from fmb_engine.embed.run import embed_survey
+from fmb_engine.figures.run import (
+    displacement_figure,
+    heatmap_figures,
+    object_fig,
+    outlier_grid_figure,
+    regression_figures,
+    similarity_figures,
+    umap_figures,
+)
 from fmb_engine.survey.quicklook import render_quicklook
 from fmb_engine.survey.stages import make_mock, write_index
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace
 
 
+def best_fused(systems: list[str]) -> str:
+    """The fused ranking the outlier grid shows: cca's if present (aligned), else the first fused one."""
+    fused = [s for s in systems if "/fused/fisher" in s]
+    return next((s for s in fused if s.startswith("cca/")), fused[0] if fused else systems[0])
+
+
 def demo(
     directory: Path = typer.Option(Path("fmb-demo"), "--workspace", "-w", help="Workspace to create or reuse."),
     objects: int = typer.Option(None, "--objects", "-n", help="Mock survey size (default: mock.objects)."),
     seed: int = typer.Option(None, "--seed", help="Seed for every stage."),
+    umap: bool = typer.Option(True, "--umap/--no-umap", help="Include UMAP (its first call JIT-compiles for ~35 s)."),
 ) -> None:
     """Init a workspace, simulate the mock survey and run every implemented stage on it."""
     ws = Workspace.init(directory, exist_ok=True)
@@ -35,6 +58,7 @@ def demo(
     with SurveyReader(survey) as reader:
         table = reader.table()
         labelled = table.index[table["anomaly_class"] != ""]
+        reader_first_id = str(table["object_id"].iloc[int(labelled[0])]) if len(labelled) else ""
         if len(labelled):
             obj = reader.get(int(labelled[0]))
             outputs.append((f"quick look ({obj.meta['anomaly_class']})", render_quicklook(obj, ws.folder("figures") / f"object_{obj.object_id}.png")))
@@ -46,6 +70,25 @@ def demo(
     outputs.append(("systems table", detected.outputs["systems"]))
     evaluated = evaluate_workspace(ws, survey)
     outputs.append(("evaluation vs injected truth", evaluated.outputs["report"]))
+    analyze_cfg = section("analyze", ws, None)
+    outputs.append(("rankings comparison", analyze_rankings(ws, analyze_cfg, rep).outputs.get("spearman", ws.folder("analysis"))))
+    analyze_similarity(ws, analyze_cfg, rep)
+    analyze_neighbor_ranks(ws, analyze_cfg, rep)
+    analyze_regression(ws, analyze_cfg, survey, rep)
+    if umap:
+        analyze_umap(ws, analyze_cfg, rep)
+    figures = [
+        outlier_grid_figure(ws, survey, system=best_fused(detected.summary["systems"])),
+        heatmap_figures(ws),
+        displacement_figure(ws),
+        regression_figures(ws),
+        similarity_figures(ws, survey),
+    ]
+    if umap:
+        figures.append(umap_figures(ws, survey, ["redshift", "logM"]))
+    if len(labelled):
+        figures.append(object_fig(ws, survey, reader_first_id))
+    outputs.append((f"figures ({sum(len(f.outputs) for f in figures)} files, PNG + PDF)", ws.folder("figures")))
     outputs.append(("run manifests", ws.folder("runs")))
 
     summary = Table(title="demo outputs", title_justify="left", show_edge=False)

@@ -11,10 +11,12 @@ from fmb_engine.sections import register_all
 
 register_all()  # before any config is read: every layer may hold any stage's section
 
+from fmb_engine.cli import analyze as analyze_cli  # noqa: E402
 from fmb_engine.cli import config as config_cli  # noqa: E402
 from fmb_engine.cli import data as data_cli  # noqa: E402
 from fmb_engine.cli import detect as detect_cli  # noqa: E402
 from fmb_engine.cli import embed as embed_cli  # noqa: E402
+from fmb_engine.cli import figures as figures_cli  # noqa: E402
 from fmb_engine.cli import jobs as jobs_cli  # noqa: E402
 from fmb_engine.cli import models as models_cli  # noqa: E402
 from fmb_engine.cli.common import console, err_console  # noqa: E402
@@ -34,6 +36,8 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(embed_cli.app, name="embed")
 app.add_typer(models_cli.app, name="models")
 app.add_typer(detect_cli.app, name="detect")
+app.add_typer(analyze_cli.app, name="analyze")
+app.add_typer(figures_cli.app, name="figures")
 app.add_typer(jobs_cli.app, name="jobs")
 app.command()(detect_cli.evaluate)
 app.command()(demo)

@@ -1,0 +1,48 @@
+"""The ``analyze`` config section (one flat schema for every analysis command)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fmb_engine.config.schemas import Section
+
+
+class AnalyzeConfig(Section):
+    """`fmb-engine analyze ...`: ranking comparisons, similarity, regression probes, UMAP."""
+
+    systems: list[str] = Field(default_factory=list, description="Systems (model/modality/method) to compare; empty = all in scores/systems.parquet.")
+    top_percent: float = Field(1.0, gt=0, le=50, description="q: the top q % of a ranking (Jaccard, disagreement, retention source).")
+    disagree_percent: float = Field(50.0, gt=0, lt=100, description="Disagreement: top q % in one system and beyond this percentile in the other.")
+    retention_percents: list[float] = Field(default_factory=lambda: [1.0, 10.0], description="Target top-% levels of the retention of a source's top q %.")
+    models: list[str] = Field(default_factory=list, description="Embedding runs (embeddings/<model>.h5) to analyse; empty = all.")
+    modalities: list[str] = Field(default_factory=list, description="Modalities to analyse (image, spectrum, joint); empty = all of each run.")
+    k: int = Field(10, ge=1, le=1000, description="Nearest neighbours per query (self excluded).")
+    chunk: int = Field(4096, ge=16, le=1_000_000, description="Query rows per matrix-product block of the exact k-NN.")
+    backend: Literal["auto", "torch", "faiss"] = Field("auto", description="k-NN backend: auto uses faiss when installed, else torch.")
+    rank_method: str = Field("flow", description="Method whose ranks neighbour-ranks reads (system <model>/<modality>/<method>).")
+    targets: list[str] = Field(default_factory=lambda: ["redshift", "logM", "logSFR"], description="Survey columns probed by the regression.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction of the regression split (shared by all embeddings).")
+    ridge_alpha: float = Field(1.0, gt=0, description="Ridge penalty on standardised features.")
+    gbm_iter: int = Field(200, ge=1, le=10_000, description="Boosting iterations of the non-linear regressor (HistGradientBoosting).")
+    bootstrap: int = Field(200, ge=0, le=100_000, description="Bootstrap resamples of the test set for R² intervals (0 = none).")
+    min_train: int = Field(50, ge=2, description="Skip a probe with fewer training rows than this.")
+    umap_neighbors: int = Field(15, ge=2, le=1000, description="UMAP n_neighbors.")
+    umap_min_dist: float = Field(0.1, ge=0, le=1, description="UMAP min_dist.")
+    umap_metric: str = Field("euclidean", description="UMAP metric (euclidean, cosine, ...).")
+    umap_max_points: int = Field(200_000, ge=10, description="Objects projected per embedding at most (seeded subsample above).")
+    seed: int = Field(42, description="Seed of splits, bootstraps, baselines, subsamples and UMAP.")
+
+
+__all__ = ["AnalyzeConfig"]
+
+
+def _register() -> None:
+    from fmb_engine.config import SECTIONS, register_section
+
+    if "analyze" not in SECTIONS:
+        register_section("analyze", AnalyzeConfig)
+
+
+_register()

@@ -1,0 +1,141 @@
+"""Comparisons of anomaly rankings: Spearman, top-q % Jaccard, disagreement, retention.
+
+Every pairwise quantity is computed on the objects **both** systems rank, and the
+ranks are re-numbered 1..n within that shared set before percentiles are taken
+(reference bug L6 divided per-file ranks by the join size). Pure functions of a
+``{system: rank Series}`` mapping; the door lives in :mod:`fmb_engine.analyze.run`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+
+def top_count(n: int, percent: float) -> int:
+    """Size of the top ``percent`` % of ``n`` objects: ``max(1, floor(n * percent / 100))`` (0 when n = 0)."""
+    if n <= 0:
+        return 0
+    return max(1, int(math.floor(n * percent / 100.0 + 1e-9)))
+
+
+def rerank(rank: np.ndarray) -> np.ndarray:
+    """Ranks (any increasing numbering, 1 = most anomalous) -> 1..n in the same order (ties by position)."""
+    order = np.argsort(np.asarray(rank, dtype=np.float64), kind="stable")
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = np.arange(1, len(order) + 1)
+    return out
+
+
+class RankMatrix:
+    """Rank columns of several systems over one object index, with per-pair shared re-ranking."""
+
+    def __init__(self, ranks: Mapping[str, pd.Series] | pd.DataFrame):
+        frame = pd.DataFrame(ranks) if not isinstance(ranks, pd.DataFrame) else ranks
+        self.systems: list[str] = [str(c) for c in frame.columns]
+        self.index = frame.index
+        self.values = {s: frame[s].to_numpy(dtype=np.float64, na_value=np.nan) for s in self.systems}
+        self.present = {s: np.isfinite(v) for s, v in self.values.items()}
+
+    def shared(self, a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mask, re-rank of a, re-rank of b) on the objects both rank."""
+        mask = self.present[a] & self.present[b]
+        ra = self.values[a][mask]
+        rb = self.values[b][mask]
+        # fast path: when the shared set is the system's whole ranked set, its ranks already are 1..n
+        ra = ra.astype(np.int64) if mask.sum() == self.present[a].sum() and _is_perm(ra) else rerank(ra)
+        rb = rb.astype(np.int64) if mask.sum() == self.present[b].sum() and _is_perm(rb) else rerank(rb)
+        return mask, ra, rb
+
+
+def _is_perm(r: np.ndarray) -> bool:
+    n = len(r)
+    return n == 0 or (r.min() == 1 and r.max() == n and np.all(r == np.floor(r)) and len(np.unique(r)) == n)
+
+
+def spearman(ra: np.ndarray, rb: np.ndarray) -> float:
+    """Spearman's rho of two rank vectors 1..n without ties: Pearson correlation of the ranks."""
+    n = len(ra)
+    if n < 2:
+        return float("nan")
+    d = ra.astype(np.float64) - rb.astype(np.float64)
+    return float(1.0 - 6.0 * np.dot(d, d) / (n * (n * n - 1.0)))
+
+
+def jaccard(ra: np.ndarray, rb: np.ndarray, percent: float) -> float:
+    k = top_count(len(ra), percent)
+    ta, tb = ra <= k, rb <= k
+    union = int((ta | tb).sum())
+    return float((ta & tb).sum() / union) if union else 0.0
+
+
+def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float = 50.0,
+            retention_percents: tuple[float, ...] | list[float] = (1.0, 10.0)) -> dict[str, pd.DataFrame]:
+    """All pairwise comparisons: ``spearman``, ``jaccard`` (square), ``retention``, ``disagreement``,
+    ``displacement`` (target percentile of each source top-q % object) and ``shared`` (pair sizes)."""
+    systems = ranks.systems
+    m = len(systems)
+    rho = np.eye(m)
+    jac = np.eye(m)
+    shared_n = np.zeros((m, m), dtype=np.int64)
+    retention_rows, disagreement, displacement = [], [], []
+    ids = np.asarray(ranks.index.astype(str))
+    for i, a in enumerate(systems):
+        shared_n[i, i] = int(ranks.present[a].sum())
+        for j in range(i + 1, m):
+            b = systems[j]
+            mask, ra, rb = ranks.shared(a, b)
+            n = len(ra)
+            shared_n[i, j] = shared_n[j, i] = n
+            rho[i, j] = rho[j, i] = spearman(ra, rb)
+            jac[i, j] = jac[j, i] = jaccard(ra, rb, top_percent) if n else float("nan")
+            if not n:
+                continue
+            pa, pb = 100.0 * ra / n, 100.0 * rb / n
+            k = top_count(n, top_percent)
+            oid = ids[mask]
+            for src, tgt, rs, rt, ps, pt in ((a, b, ra, rb, pa, pb), (b, a, rb, ra, pb, pa)):
+                top = rs <= k
+                row = {"source": src, "target": tgt, "n_shared": n, "n_source_top": int(top.sum())}
+                for q in retention_percents:
+                    row[f"retention_{_fmt(q)}"] = 100.0 * float((rt[top] <= top_count(n, q)).mean())
+                row["median_target_percentile"] = float(np.median(pt[top]))
+                retention_rows.append(row)
+                displacement.append(pd.DataFrame({"source": src, "target": tgt, "object_id": oid[top],
+                                                  "source_percentile": ps[top], "target_percentile": pt[top]}))
+                far = top & (pt > disagree_percent)
+                disagreement.append(pd.DataFrame({"system_a": a, "system_b": b, "object_id": oid[far],
+                                                  "percentile_a": pa[far], "percentile_b": pb[far],
+                                                  "anomalous_in": src}))
+    square = lambda x: pd.DataFrame(x, index=pd.Index(systems, name="system"), columns=systems)  # noqa: E731
+    ret_cols = ["source", "target", "n_shared", "n_source_top", *[f"retention_{_fmt(q)}" for q in retention_percents],
+                "median_target_percentile"]
+    dis_cols = ["system_a", "system_b", "object_id", "percentile_a", "percentile_b", "anomalous_in"]
+    disp_cols = ["source", "target", "object_id", "source_percentile", "target_percentile"]
+    return {
+        "spearman": square(rho),
+        "jaccard": square(jac),
+        "shared": square(shared_n),
+        "retention": pd.DataFrame(retention_rows, columns=ret_cols),
+        "disagreement": pd.concat(disagreement, ignore_index=True) if disagreement else pd.DataFrame(columns=dis_cols),
+        "displacement": pd.concat(displacement, ignore_index=True) if displacement else pd.DataFrame(columns=disp_cols),
+    }
+
+
+def _fmt(q: float) -> str:
+    return f"{q:g}".replace(".", "p")
+
+
+def retention_matrix(retention: pd.DataFrame, column: str = "retention_1") -> pd.DataFrame:
+    """Square source x target matrix of one retention column (diagonal 100)."""
+    systems = sorted(set(retention["source"]) | set(retention["target"]))
+    out = retention.pivot(index="source", columns="target", values=column).reindex(index=systems, columns=systems)
+    for s in systems:
+        out.loc[s, s] = 100.0
+    return out
+
+
+__all__ = ["RankMatrix", "compare", "jaccard", "rerank", "retention_matrix", "spearman", "top_count"]

@@ -1,0 +1,286 @@
+"""Doors of the analysis room: each takes a workspace and the ``analyze`` section, writes
+artifacts under ``analysis/`` atomically plus a run manifest, and returns a StageResult."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fmb_engine.analyze.config import AnalyzeConfig
+from fmb_engine.config import Resolved
+from fmb_engine.errors import DataError
+from fmb_engine.manifest import RunManifest
+from fmb_engine.progress import Reporter, Silent
+from fmb_engine.survey.stages import StageResult, config_record
+from fmb_engine.workspace import Workspace, atomic_path
+
+
+def _csv(df: pd.DataFrame, path: Path, index: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+    return path
+
+
+def _parquet(df: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return path
+
+
+def systems_file(ws: Workspace) -> Path:
+    path = ws.folder("scores") / "systems.parquet"
+    if not path.is_file():
+        raise DataError(f"no rankings: {path} does not exist; run `fmb-engine detect all` first")
+    return path
+
+
+def load_ranks(ws: Workspace, systems: list[str] | None = None) -> pd.DataFrame:
+    """``object_id``-indexed frame of rank columns (named by system), nullable."""
+    table = pd.read_parquet(systems_file(ws))
+    have = [c.split(":", 1)[1] for c in table.columns if c.startswith("rank:")]
+    if systems:
+        missing = [s for s in systems if s not in have]
+        if missing:
+            raise DataError(f"unknown system(s) {', '.join(missing)}; present: {', '.join(have)}")
+    chosen = systems or have
+    out = table.set_index(table["object_id"].astype(str))[[f"rank:{s}" for s in chosen]]
+    out.columns = chosen
+    return out
+
+
+def embedding_files(ws: Workspace, models: list[str]) -> list[Path]:
+    from fmb_engine.detect.run import embedding_runs
+
+    return embedding_runs(ws, models)
+
+
+def _finish(manifest: RunManifest, outputs: dict[str, Path], summary: dict) -> StageResult:
+    for name, path in outputs.items():
+        manifest.output(name, path)
+    return StageResult(outputs, manifest.write(), summary)
+
+
+# -- rankings ---------------------------------------------------------------------------------
+def analyze_rankings(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:
+    """Spearman, Jaccard, retention and disagreement of every pair of systems -> analysis/rankings/."""
+    from fmb_engine.analyze.rankings import RankMatrix, compare
+
+    cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
+    manifest = RunManifest(ws, "analyze.rankings", config_record(resolved), seed=cfg.seed)
+    src = systems_file(ws)
+    manifest.input("systems", src)
+    ranks = load_ranks(ws, cfg.systems)
+    if ranks.shape[1] < 2:
+        raise DataError(f"need at least two systems to compare, got {ranks.shape[1]}")
+    with manifest.phase("compare"):
+        res = compare(RankMatrix(ranks), cfg.top_percent, cfg.disagree_percent, cfg.retention_percents)
+    out = ws.folder("analysis") / "rankings"
+    outputs = {
+        "spearman": _csv(res["spearman"], out / "spearman.csv", index=True),
+        "jaccard": _csv(res["jaccard"], out / "jaccard.csv", index=True),
+        "shared": _csv(res["shared"], out / "shared.csv", index=True),
+        "retention": _csv(res["retention"], out / "retention.csv"),
+        "disagreement": _csv(res["disagreement"], out / "disagreement.csv"),
+        "displacement": _parquet(res["displacement"], out / "displacement.parquet"),
+    }
+    manifest.count("systems", list(ranks.columns))
+    manifest.count("objects", len(ranks))
+    manifest.count("disagreements", len(res["disagreement"]))
+    return _finish(manifest, outputs, {"systems": list(ranks.columns), "objects": len(ranks), **res})
+
+
+# -- similarity -------------------------------------------------------------------------------
+def read_query_ids(ids: list[str] | None = None, csv: Path | None = None) -> list[str]:
+    """Query ids from repeated ``--id`` and/or a CSV (column ``object_id``, else the first), order kept, duplicates dropped."""
+    out = list(ids or [])
+    if csv is not None:
+        path = Path(csv)
+        if not path.is_file():
+            raise DataError(f"query CSV not found: {path}")
+        table = pd.read_csv(path, dtype=str)
+        col = "object_id" if "object_id" in table.columns else table.columns[0]
+        out += table[col].dropna().astype(str).str.strip().tolist()
+    return list(dict.fromkeys(out))
+
+
+def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
+                       queries: list[str] | None = None) -> StageResult:
+    """Exact cosine k-NN per model and modality (valid rows only) -> analysis/similarity/neighbours.parquet
+    (every object queried) or query_neighbours.parquet (``queries`` given)."""
+    from fmb_engine.analyze.similarity import has_faiss, knn, neighbour_table
+    from fmb_engine.embed.store import EmbeddingReader
+
+    cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
+    reporter = reporter or Silent()
+    manifest = RunManifest(ws, "analyze.similarity", config_record(resolved), seed=cfg.seed)
+    backend = "faiss" if cfg.backend == "faiss" or (cfg.backend == "auto" and has_faiss()) else "torch"
+    manifest.count("backend", backend)
+    tables = []
+    for path in embedding_files(ws, cfg.models):
+        manifest.input(f"embeddings:{path.stem}", path)
+        with EmbeddingReader(path) as reader:
+            ids_all = reader.object_ids.astype(str)
+            for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
+                valid = reader.valid(modality)
+                x = reader.load(modality)[valid]
+                ids = ids_all[valid]
+                manifest.dropped(f"{path.stem}/{modality}:invalid", int((~valid).sum()))
+                if queries:
+                    pos = {o: i for i, o in enumerate(ids)}
+                    missing = [q for q in queries if q not in pos]
+                    if missing:
+                        manifest.warn(f"{path.stem}/{modality}: {len(missing)} query id(s) not found: {', '.join(missing[:10])}")
+                        manifest.dropped(f"{path.stem}/{modality}:query_not_found", len(missing))
+                    rows = np.array([pos[q] for q in queries if q in pos], np.int64)
+                else:
+                    rows = np.arange(len(ids))
+                with manifest.phase(f"knn:{path.stem}/{modality}"):
+                    idx, sims = knn(x, x[rows], cfg.k, self_rows=rows, chunk=cfg.chunk, backend=backend)
+                tables.append(neighbour_table(ids[rows], ids, idx, sims, path.stem, modality))
+                reporter.log(f"{path.stem}/{modality}: {len(rows):,} queries x {len(ids):,} objects")
+    if not tables:
+        raise DataError("no embeddings matched the chosen models / modalities")
+    table = pd.concat(tables, ignore_index=True)
+    out = ws.folder("analysis") / "similarity"
+    # the full self-query is the table the explorer reads; a query run never replaces it
+    name = "query_neighbours.parquet" if queries else "neighbours.parquet"
+    outputs = {"neighbours": _parquet(table, out / name)}
+    manifest.count("rows", len(table))
+    manifest.count("queries", int(table["object_id"].nunique()))
+    return _finish(manifest, outputs, {"neighbours": table})
+
+
+def analyze_neighbor_ranks(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:
+    """Anomaly-rank percentiles of every neighbour (system <model>/<modality>/<rank_method>)."""
+    from fmb_engine.analyze.similarity import neighbour_ranks, summarise_neighbour_ranks
+
+    cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
+    manifest = RunManifest(ws, "analyze.neighbor-ranks", config_record(resolved), seed=cfg.seed)
+    npath = ws.folder("analysis") / "similarity" / "neighbours.parquet"
+    if not npath.is_file():
+        raise DataError(f"no neighbours: {npath} does not exist; run `fmb-engine analyze similarity` first")
+    manifest.input("neighbours", npath)
+    manifest.input("systems", systems_file(ws))
+    neighbours = pd.read_parquet(npath)
+    ranks = load_ranks(ws)
+    parts = []
+    for (model, modality), part in neighbours.groupby(["model", "modality"], sort=True):
+        system = f"{model}/{modality}/{cfg.rank_method}"
+        if system not in ranks.columns:
+            manifest.warn(f"no system {system}: neighbours of {model}/{modality} skipped")
+            manifest.dropped("no_system", len(part))
+            continue
+        parts.append(neighbour_ranks(part, ranks[system]).assign(system=system))
+    if not parts:
+        raise DataError(f"no system <model>/<modality>/{cfg.rank_method} matches the neighbours; try --method")
+    table = pd.concat(parts, ignore_index=True)
+    summary = summarise_neighbour_ranks(table, cfg.top_percent)
+    out = ws.folder("analysis") / "neighbors"
+    outputs = {"neighbor_ranks": _parquet(table, out / "neighbor_ranks.parquet"),
+               "summary": _csv(summary, out / "neighbor_ranks_summary.csv")}
+    return _finish(manifest, outputs, {"table": table, "summary": summary})
+
+
+# -- regression -------------------------------------------------------------------------------
+def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter: Reporter | None = None,
+                       nonlinear: bool = True) -> StageResult:
+    """Probe each target from each model/modality (+ a random baseline of the same dim on the same objects)."""
+    from fmb_engine.analyze.regression import probe, split_ids
+    from fmb_engine.embed.store import EmbeddingReader
+    from fmb_engine.survey.store import SurveyReader
+
+    cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
+    reporter = reporter or Silent()
+    manifest = RunManifest(ws, "analyze.regression", config_record(resolved), seed=cfg.seed)
+    with SurveyReader(survey) as sr:
+        catalog = sr.table().set_index("object_id")
+        manifest.data["inputs"]["survey"] = {"path": str(survey), "digest": sr.summary()["digest"]}
+    catalog.index = catalog.index.astype(str)
+    missing = [t for t in cfg.targets if t not in catalog.columns]
+    if missing:
+        raise DataError(f"survey has no column(s) {', '.join(missing)}; columns: {', '.join(catalog.columns)}")
+    rows, preds = [], []
+    for target in cfg.targets:
+        y_all = pd.to_numeric(catalog[target], errors="coerce")
+        y_all = y_all[np.isfinite(y_all)]
+        train_ids, test_ids = split_ids(y_all.index.to_numpy(), cfg.test_fraction, cfg.seed)
+        for path in embedding_files(ws, cfg.models):
+            with EmbeddingReader(path) as reader:
+                ids_all = reader.object_ids.astype(str)
+                for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
+                    valid = reader.valid(modality)
+                    x = reader.load(modality)
+                    ok = valid & np.isfinite(x).all(axis=1) & pd.Index(ids_all).isin(y_all.index)
+                    manifest.dropped(f"{target}:{path.stem}/{modality}:unmatched_or_invalid", int((~ok).sum()))
+                    ids, x = ids_all[ok], x[ok]
+                    tr = pd.Index(ids).isin(train_ids)
+                    te = pd.Index(ids).isin(test_ids)
+                    if tr.sum() < cfg.min_train or te.sum() < 2:
+                        manifest.warn(f"{target} from {path.stem}/{modality}: {int(tr.sum())} train rows < {cfg.min_train}; skipped")
+                        continue
+                    y = y_all.loc[ids].to_numpy(np.float64)
+                    rng = np.random.default_rng(cfg.seed)
+                    for name, feats in ((modality, x), (f"{modality}:random", rng.standard_normal(x.shape).astype(np.float32))):
+                        with manifest.phase(f"probe:{target}:{path.stem}/{name}"):
+                            res = probe(
+                                feats[tr], y[tr], feats[te], y[te], alpha=cfg.ridge_alpha, gbm_iter=cfg.gbm_iter,
+                                bootstrap=cfg.bootstrap, seed=cfg.seed, nonlinear=nonlinear)
+                        rows.append({"target": target, "model": path.stem, "modality": modality,
+                                     "features": "random" if name.endswith(":random") else "embedding", **res.metrics})
+                        if not name.endswith(":random"):
+                            preds.append(pd.DataFrame({"target": target, "model": path.stem, "modality": modality,
+                                                       "object_id": ids[te], "y_true": res.y_test,
+                                                       "pred_ridge": res.pred_ridge, "pred_gbm": res.pred_gbm}))
+                    reporter.log(f"{target} <- {path.stem}/{modality}: R² ridge {rows[-2]['r2_ridge']:.3f}")
+    if not rows:
+        raise DataError("no probe had enough rows; lower analyze.min_train or check the survey columns")
+    results = pd.DataFrame(rows)
+    predictions = pd.concat(preds, ignore_index=True)
+    out = ws.folder("analysis") / "regression"
+    outputs = {"results": _csv(results, out / "results_summary.csv"),
+               "predictions": _parquet(predictions, out / "predictions.parquet")}
+    manifest.count("probes", len(results))
+    return _finish(manifest, outputs, {"results": results, "predictions": predictions})
+
+
+# -- umap -------------------------------------------------------------------------------------
+def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, projector=None) -> StageResult:
+    """Seeded 2-D UMAP per model/modality, cached by input digest -> analysis/umap/coords.parquet."""
+    from fmb_engine.analyze.umap_embed import project
+    from fmb_engine.embed.store import EmbeddingReader
+
+    cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
+    reporter = reporter or Silent()
+    manifest = RunManifest(ws, "analyze.umap", config_record(resolved), seed=cfg.seed)
+    params = {"n_neighbors": cfg.umap_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric, "seed": cfg.seed}
+    out = ws.folder("analysis") / "umap"
+    frames, cached = [], {}
+    for path in embedding_files(ws, cfg.models):
+        manifest.input(f"embeddings:{path.stem}", path)
+        with EmbeddingReader(path) as reader:
+            ids_all = reader.object_ids.astype(str)
+            for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
+                valid = reader.valid(modality)
+                x, ids = reader.load(modality)[valid], ids_all[valid]
+                if len(ids) > cfg.umap_max_points:
+                    keep = np.sort(np.random.default_rng(cfg.seed).choice(len(ids), cfg.umap_max_points, replace=False))
+                    manifest.dropped(f"{path.stem}/{modality}:subsampled", len(ids) - len(keep))
+                    x, ids = x[keep], ids[keep]
+                with manifest.phase(f"umap:{path.stem}/{modality}"):
+                    coords, key, hit = project(x, params, out / "cache", projector)
+                cached[f"{path.stem}/{modality}"] = {"digest": key, "cached": hit}
+                frames.append(pd.DataFrame({"object_id": ids, "model": path.stem, "modality": modality,
+                                            "x": coords[:, 0], "y": coords[:, 1]}))
+                reporter.log(f"umap {path.stem}/{modality}: {len(ids):,} points" + (" (cached)" if hit else ""))
+    table = pd.concat(frames, ignore_index=True)
+    manifest.count("projections", cached)
+    outputs = {"coords": _parquet(table, out / "coords.parquet")}
+    return _finish(manifest, outputs, {"coords": table, "projections": cached})
+
+
+__all__ = ["analyze_neighbor_ranks", "analyze_rankings", "analyze_regression", "analyze_similarity", "analyze_umap",
+           "load_ranks", "read_query_ids"]

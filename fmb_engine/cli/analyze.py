@@ -1,0 +1,141 @@
+"""`fmb-engine analyze ...`: ranking comparisons, similarity, neighbour ranks, regression probes, UMAP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+import fmb_engine.analyze.config  # noqa: F401  (registers the `analyze` section)
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+
+app = typer.Typer(help="Analyses: ranking comparisons, similarity search, regression probes, UMAP.", no_args_is_help=True)
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Embedding run(s) to analyse (default: all).")
+ModalityOpt = typer.Option(None, "--modality", help="Modality(ies): image, spectrum, joint (default: all).")
+
+
+def _outputs(result) -> None:
+    for name, path in result.outputs.items():
+        console.print(f"{name}: [bold]{escape(str(path))}[/]")
+    console.print(f"manifest: {escape(str(result.manifest))}")
+
+
+@app.command()
+def rankings(
+    systems: list[str] = typer.Option(None, "--system", "-s", help="System(s) model/modality/method to compare (default: all)."),
+    top_percent: float = typer.Option(None, "--top", help="Top q % for Jaccard, disagreement and retention (default 1)."),
+    disagree: float = typer.Option(None, "--disagree", help="Disagreement: beyond this percentile in the other system (default 50)."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Spearman, top-q % Jaccard, retention/displacement and disagreement of every pair of systems."""
+    from fmb_engine.analyze.run import analyze_rankings
+
+    ws = find_workspace(workspace)
+    result = analyze_rankings(ws, section("analyze", ws, config, systems=systems or None, top_percent=top_percent,
+                                          disagree_percent=disagree), reporter())
+    console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects; "
+                  f"{len(result.summary['disagreement']):,} disagreements")
+    _outputs(result)
+
+
+def _queries(ids: list[str] | None, csv: Path | None) -> list[str] | None:
+    from fmb_engine.analyze.run import read_query_ids
+
+    found = read_query_ids(ids, csv)
+    return found or None
+
+
+@app.command()
+def similarity(
+    ids: list[str] = typer.Option(None, "--id", help="Query object id (repeat for several; default: every object)."),
+    ids_csv: Path = typer.Option(None, "--ids-csv", help="CSV of query ids (column object_id, else the first)."),
+    k: int = typer.Option(None, "--k", "-k", help="Neighbours per query (default 10)."),
+    models: list[str] = ModelOpt,
+    modalities: list[str] = ModalityOpt,
+    backend: str = typer.Option(None, "--backend", help="auto, torch or faiss."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Exact cosine k-nearest neighbours per model and modality (self excluded) -> neighbours.parquet."""
+    from fmb_engine.analyze.run import analyze_similarity
+
+    ws = find_workspace(workspace)
+    resolved = section("analyze", ws, config, k=k, models=models or None, modalities=modalities or None, backend=backend)
+    result = analyze_similarity(ws, resolved, reporter(), queries=_queries(ids, ids_csv))
+    console.print(f"{len(result.summary['neighbours']):,} neighbour rows")
+    _outputs(result)
+
+
+@app.command("neighbor-ranks")
+def neighbor_ranks(
+    method: str = typer.Option(None, "--method", help="Method whose ranks are read (default flow)."),
+    top_percent: float = typer.Option(None, "--top", help="Share of neighbours in the top q % (default 1)."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Anomaly-rank percentiles of each object's neighbours and their top-q % share."""
+    from fmb_engine.analyze.run import analyze_neighbor_ranks
+
+    ws = find_workspace(workspace)
+    result = analyze_neighbor_ranks(ws, section("analyze", ws, config, rank_method=method, top_percent=top_percent), reporter())
+    summary = result.summary["summary"]
+    table = Table(title="neighbour ranks", title_justify="left", show_edge=False)
+    for col in summary.columns:
+        table.add_column(str(col))
+    for row in summary.itertuples(index=False):
+        table.add_row(*(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+    _outputs(result)
+
+
+@app.command()
+def regression(
+    targets: list[str] = typer.Option(None, "--target", "-t", help="Survey column(s) to predict (default redshift, logM, logSFR)."),
+    models: list[str] = ModelOpt,
+    modalities: list[str] = ModalityOpt,
+    bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for R² intervals."),
+    seed: int = typer.Option(None, "--seed", help="Seed (analyze.seed)."),
+    linear_only: bool = typer.Option(False, "--linear-only", help="Skip the non-linear regressor."),
+    survey: str = typer.Option(None, "--survey", help="Survey with the targets (default: general.survey)."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Probe physical parameters from each embedding: ridge + gradient boosting vs a random baseline."""
+    from fmb_engine.analyze.run import analyze_regression
+
+    ws = find_workspace(workspace)
+    resolved = section("analyze", ws, config, targets=targets or None, models=models or None,
+                       modalities=modalities or None, bootstrap=bootstrap, seed=seed)
+    result = analyze_regression(ws, resolved, survey_file(ws, config, survey), reporter(), nonlinear=not linear_only)
+    res = result.summary["results"]
+    table = Table(title="R² on held-out objects", title_justify="left", show_edge=False)
+    for col in ("target", "model", "modality", "features", "r2_ridge", "r2_gbm"):
+        table.add_column(col)
+    for row in res.itertuples(index=False):
+        table.add_row(row.target, row.model, row.modality, row.features, f"{row.r2_ridge:.3f}",
+                      f"{getattr(row, 'r2_gbm', float('nan')):.3f}")
+    console.print(table)
+    _outputs(result)
+
+
+@app.command()
+def umap(
+    models: list[str] = ModelOpt,
+    modalities: list[str] = ModalityOpt,
+    neighbors: int = typer.Option(None, "--neighbors", help="UMAP n_neighbors (default 15)."),
+    min_dist: float = typer.Option(None, "--min-dist", help="UMAP min_dist (default 0.1)."),
+    seed: int = typer.Option(None, "--seed", help="Seed (analyze.seed)."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Seeded 2-D UMAP per model and modality (cached by input digest) -> analysis/umap/coords.parquet."""
+    from fmb_engine.analyze.run import analyze_umap
+
+    ws = find_workspace(workspace)
+    resolved = section("analyze", ws, config, models=models or None, modalities=modalities or None,
+                       umap_neighbors=neighbors, umap_min_dist=min_dist, seed=seed)
+    _outputs(analyze_umap(ws, resolved, reporter()))

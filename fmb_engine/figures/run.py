@@ -1,0 +1,166 @@
+"""Figure doors: read a workspace's analysis outputs, draw, write PNG + PDF under ``figures/``
+and a run manifest (inputs with digests, options, outputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fmb_engine.errors import DataError
+from fmb_engine.manifest import RunManifest
+from fmb_engine.survey.stages import StageResult
+from fmb_engine.workspace import Workspace
+
+
+def _need(path: Path, hint: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run `{hint}` first")
+    return path
+
+
+def _done(ws: Workspace, stage: str, options: dict[str, Any], inputs: dict[str, Path], written: list[Path]) -> StageResult:
+    manifest = RunManifest(ws, f"figures.{stage}", {"values": options, "sources": {}})
+    for name, path in inputs.items():
+        manifest.input(name, path)
+    for path in written:
+        manifest.output(path.name, path)
+    return StageResult({p.suffix.lstrip("."): p for p in written}, manifest.write(), {"files": written})
+
+
+def _out(ws: Workspace, out: Path | None, *default: str) -> Path:
+    return Path(out) if out else ws.folder("figures").joinpath(*default)
+
+
+def read_ranked_table(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"ranked table not found: {path}")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, dtype={"object_id": str})
+
+
+def outlier_grid_figure(ws: Workspace, survey: Path, *, system: str | None = None, table: Path | None = None,
+                        ids: list[str] | None = None, top_k: int = 12, columns: int = 2, smooth: float = 2.0,
+                        out: Path | None = None) -> StageResult:
+    """Top-k of ``system`` in systems.parquet, of a ranked ``table`` (CSV/parquet), or the given ``ids``."""
+    from fmb_engine.figures.objects import outlier_grid, top_ids
+
+    inputs = {"survey": Path(survey)}
+    src = Path(table) if table else ws.folder("scores") / "systems.parquet"
+    ranked = None
+    if table or system or not ids:
+        inputs["table"] = _need(src, "fmb-engine detect all")
+        ranked = top_ids(read_ranked_table(src), 10**12 if ids else top_k, system)
+    if ids:
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        objects = pd.DataFrame({"object_id": wanted, "rank": float("nan"), "score": float("nan")})
+        if ranked is not None:
+            objects = ranked.set_index("object_id").reindex(wanted).rename_axis("object_id").reset_index()
+        tag = "ids"
+    else:
+        objects = ranked
+        tag = (system or src.stem).replace("/", "_")
+    title = system or (src.stem if table else None)
+    path = _out(ws, out, "outliers", f"outliers_{tag}")
+    written = outlier_grid(survey, objects, path, columns=columns, smooth=smooth, title=title)
+    return _done(ws, "outlier-grid", {"system": system, "top_k": top_k, "ids": ids, "columns": columns, "smooth": smooth},
+                 inputs, written)
+
+
+def object_fig(ws: Workspace, survey: Path, object_id: str, smooth: float = 2.0, out: Path | None = None) -> StageResult:
+    from fmb_engine.figures.objects import object_figure
+
+    written = object_figure(survey, object_id, _out(ws, out, "objects", f"object_{object_id}"), smooth=smooth)
+    return _done(ws, "object", {"object_id": object_id, "smooth": smooth}, {"survey": Path(survey)}, written)
+
+
+def heatmap_figures(ws: Workspace, top_percent: float = 1.0, out: Path | None = None) -> StageResult:
+    from fmb_engine.figures.heatmaps import jaccard_heatmap, spearman_heatmap
+
+    folder = ws.folder("analysis") / "rankings"
+    sp = _need(folder / "spearman.csv", "fmb-engine analyze rankings")
+    jc = _need(folder / "jaccard.csv", "fmb-engine analyze rankings")
+    base = _out(ws, out, "rankings")
+    written = spearman_heatmap(pd.read_csv(sp, index_col=0), base / "spearman_heatmap")
+    written += jaccard_heatmap(pd.read_csv(jc, index_col=0), base / "jaccard_heatmap", top_percent)
+    return _done(ws, "heatmaps", {"top_percent": top_percent}, {"spearman": sp, "jaccard": jc}, written)
+
+
+def displacement_figure(ws: Workspace, systems: list[str] | None = None, top_percent: float = 1.0,
+                        out: Path | None = None) -> StageResult:
+    from fmb_engine.figures.displacement import displacement_grid
+
+    folder = ws.folder("analysis") / "rankings"
+    d = _need(folder / "displacement.parquet", "fmb-engine analyze rankings")
+    r = _need(folder / "retention.csv", "fmb-engine analyze rankings")
+    disp = pd.read_parquet(d)
+    if not systems:
+        # default: one method per model x modality keeps the grid readable (flows, else everything)
+        names = sorted(set(disp["source"]))
+        flows = [s for s in names if s.endswith("/flow")]
+        systems = flows if len(flows) >= 2 else names
+    written = displacement_grid(disp, pd.read_csv(r), _out(ws, out, "rankings", "displacement"), systems, top_percent=top_percent)
+    return _done(ws, "displacement", {"systems": systems}, {"displacement": d, "retention": r}, written)
+
+
+def regression_figures(ws: Workspace, targets: list[str] | None = None, predictor: str = "gbm",
+                       out: Path | None = None) -> StageResult:
+    from fmb_engine.figures.regression import regression_scatter
+
+    folder = ws.folder("analysis") / "regression"
+    p = _need(folder / "predictions.parquet", "fmb-engine analyze regression")
+    s = _need(folder / "results_summary.csv", "fmb-engine analyze regression")
+    preds, res = pd.read_parquet(p), pd.read_csv(s)
+    written: list[Path] = []
+    for target in targets or sorted(preds["target"].unique()):
+        written += regression_scatter(preds, res, target, _out(ws, out, "regression") / f"scatter_{target}_{predictor}", predictor)
+    return _done(ws, "regression", {"targets": targets, "predictor": predictor}, {"predictions": p, "results": s}, written)
+
+
+def umap_figures(ws: Workspace, survey: Path, colour_by: list[str], out: Path | None = None) -> StageResult:
+    from fmb_engine.figures.umap import umap_figure
+    from fmb_engine.survey.store import SurveyReader
+
+    c = _need(ws.folder("analysis") / "umap" / "coords.parquet", "fmb-engine analyze umap")
+    coords = pd.read_parquet(c)
+    with SurveyReader(survey) as sr:
+        catalog = sr.table().set_index("object_id")
+    catalog.index = catalog.index.astype(str)
+    written: list[Path] = []
+    for col in colour_by:
+        written += umap_figure(coords, catalog, col, _out(ws, out, "umap") / f"umap_{col}")
+    return _done(ws, "umap", {"colour_by": colour_by}, {"coords": c, "survey": Path(survey)}, written)
+
+
+def similarity_figures(ws: Workspace, survey: Path, queries: list[str] | None = None, top_percent: float = 1.0,
+                       smooth: float = 3.0, out: Path | None = None) -> StageResult:
+    """Neighbour grid of the query ids (if given) and the neighbour-rank histograms (if computed)."""
+    from fmb_engine.figures.objects import neighbour_grid
+    from fmb_engine.figures.similarity import neighbour_rank_histograms
+
+    base = _out(ws, out, "similarity")
+    inputs: dict[str, Path] = {}
+    written: list[Path] = []
+    if queries:
+        folder = ws.folder("analysis") / "similarity"
+        found = [p for p in (folder / "query_neighbours.parquet", folder / "neighbours.parquet") if p.is_file()]
+        if not found:
+            raise DataError(f"no neighbours in {folder}; run `fmb-engine analyze similarity` first")
+        inputs.update({p.stem: p for p in found})
+        table = pd.concat([pd.read_parquet(p) for p in found], ignore_index=True)
+        table = table.drop_duplicates(["object_id", "model", "modality", "neighbour"])
+        written += neighbour_grid(survey, table, queries, base / "neighbours", smooth=smooth)
+    ranks = ws.folder("analysis") / "neighbors" / "neighbor_ranks.parquet"
+    if ranks.is_file():
+        inputs["neighbor_ranks"] = ranks
+        written += neighbour_rank_histograms(pd.read_parquet(ranks), base / "neighbor_ranks", top_percent)
+    if not written:
+        raise DataError("nothing to draw: give query ids (--id) or run `fmb-engine analyze neighbor-ranks` first")
+    return _done(ws, "similarity", {"queries": queries, "top_percent": top_percent}, inputs, written)
+
+
+__all__ = ["displacement_figure", "heatmap_figures", "object_fig", "outlier_grid_figure", "read_ranked_table",
+           "regression_figures", "similarity_figures", "umap_figures"]
