@@ -24,3 +24,22 @@ def small_survey(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 120-object mock survey shared (read-only) by many tests."""
     ws = Workspace.init(tmp_path_factory.mktemp("shared") / "ws")
     return make_mock(ws, load("mock", cli=SMALL_MOCK)).outputs["survey"]
+
+
+@pytest.fixture(scope="session")
+def analysed(tmp_path_factory: pytest.TempPathFactory, small_survey: Path) -> tuple[Workspace, Path]:
+    """A scored workspace (the small mock, cca + pca embeddings, detect with 2 epochs), read-only."""
+    import shutil
+
+    from fmb_engine.detect.run import detect
+    from fmb_engine.embed.run import embed_survey
+    from fmb_engine.sections import register_all
+
+    register_all()
+    ws = Workspace.init(tmp_path_factory.mktemp("analysed") / "ws")
+    survey = ws.folder("survey") / "mock.h5"
+    shutil.copy(small_survey, survey)
+    for model in ("cca", "pca"):
+        embed_survey(ws, survey, model, load(f"embed.{model}", ws))
+    detect(ws, load("detect", ws, cli={"epochs": 2, "iforest_trees": 50}))
+    return ws, survey

@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from fmb_engine.errors import DataError
+from fmb_engine.hdf5 import open_checked
 from fmb_engine.survey.store import ID_LENGTH
 from fmb_engine.workspace import atomic_path
 
@@ -243,17 +244,8 @@ class EmbeddingReader:
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f"embedding file not found: {self.path}")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DataError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        self._file = open_checked(self.path, FORMAT, FORMAT_VERSION, "embedding")
         a = self._file.attrs
-        if a.get("format") != FORMAT:
-            self._file.close()
-            raise DataError(f"{self.path}: not an FMB embedding file (format attribute {a.get('format')!r})")
-        if int(a.get("format_version", 0)) > FORMAT_VERSION:
-            self._file.close()
-            raise DataError(f"{self.path}: format version {a['format_version']} is newer than this FMB ({FORMAT_VERSION})")
         self.embedder = str(a["embedder"])
         self.aligned = bool(a["aligned"])
         self.modalities: tuple[str, ...] = tuple(json.loads(a["modalities"]))

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from fmb_engine.errors import DataError
+from fmb_engine.hdf5 import open_checked
 from fmb_engine.survey.bands import BANDS
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.workspace import FILE_MODE
@@ -330,17 +331,8 @@ class SurveyReader:
             partial = partial_path(self.path)
             hint = f" (an interrupted write left {partial.name}; rerun the command to resume it)" if partial.exists() else ""
             raise DataError(f"survey file not found: {self.path}{hint}")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DataError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        self._file = open_checked(self.path, FORMAT, FORMAT_VERSION, "survey")
         attrs = self._file.attrs
-        if attrs.get("format") != FORMAT:
-            self._file.close()
-            raise DataError(f"{self.path}: not an FMB survey file (format attribute {attrs.get('format')!r})")
-        if int(attrs.get("format_version", 0)) > FORMAT_VERSION:
-            self._file.close()
-            raise DataError(f"{self.path}: format version {attrs['format_version']} is newer than this FMB ({FORMAT_VERSION})")
         if attrs.get("state") != "complete":
             n = int(attrs.get("n_objects", 0))
             expected = int(attrs.get("expected_objects", -1))

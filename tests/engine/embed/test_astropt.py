@@ -15,27 +15,10 @@ from fmb_engine.embed.astropt import AstroPTEmbedder, patchify, spiral_order, zs
 from fmb_engine.errors import ConfigError  # noqa: E402
 from fmb_engine.survey import bands  # noqa: E402
 from fmb_engine.survey.batch import SurveyBatch  # noqa: E402
+from .fake import make_batch
 
 ARGS = dict(block_size=1024, n_layer=3, n_head=2, n_embd=32, n_chan=3, bias=False)
 IMG_PATCH = 8
-
-
-def make_batch(n: int = 4, size: int = 64, seed: int = 0) -> SurveyBatch:
-    rng = np.random.default_rng(seed)
-    wave = bands.wavelength_grid()
-    return SurveyBatch(
-        indices=np.arange(n, dtype=np.int64),
-        object_ids=np.array([f"obj{i}" for i in range(n)]),
-        redshift=rng.uniform(0, 1, n).astype(np.float32),
-        images=rng.normal(0, 1, (n, 4, size, size)).astype(np.float32),
-        rgb=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-        flux=(rng.normal(0, 1, (n, wave.size)) + 3).astype(np.float32),
-        ivar=rng.uniform(0.5, 2, (n, wave.size)).astype(np.float32),
-        mask=rng.random((n, wave.size)) < 0.01,
-        wavelength=wave,
-        has_bands=np.ones((n, 4), bool),
-        has_spectrum=np.ones(n, bool),
-    )
 
 
 def _registry(names=("images", "spectra")):
