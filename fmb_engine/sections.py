@@ -15,6 +15,8 @@ def register_all() -> None:
     from fmb_engine.embed.run import register_embed_sections
     from fmb_engine.jobs.config import JobsConfig
 
+    import fmb_engine.triage.config  # noqa: F401  (registers `tui`: keymap, label set)
+
     register_embed_sections()
     for name, schema in (("detect", DetectConfig), ("jobs", JobsConfig), ("analyze", AnalyzeConfig)):
         if name not in SECTIONS:

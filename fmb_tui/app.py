@@ -1,54 +1,301 @@
-"""The fmb-tui App. Minimal until the TUI issue: opens a workspace and shows its survey."""
+"""fmb-tui: the terminal explorer over an FMB workspace.
+
+``fmb-tui [WORKSPACE]`` opens the workspace screen; ``W R J A C F`` switch between the
+Workspace, Runs, Jobs, Anomalies, Compare and Figures screens (each keeps its own state),
+``?`` shows every key, ``ctrl+p`` every action. Blocking work runs in worker threads;
+labels are committed by one writer thread the moment their key is pressed.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
 import sys
+import time
+import traceback
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
-from textual.app import App, ComposeResult
-from textual.binding import Binding
-from textual.widgets import Footer, Header, Static
+from textual.app import App, SystemCommand
+from textual.message import Message
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
 
 from fmb_engine.errors import FMBError
-from fmb_engine.survey.store import SurveyReader
+from fmb_engine.triage.config import TuiConfig
 from fmb_engine.workspace import Workspace
+from fmb_tui import actions
+from fmb_tui.data import WorkspaceData, load_tui_config
+from fmb_tui.label_writer import LabelOp, LabelWriter
+from fmb_tui.screens.anomalies import AnomaliesScreen
+from fmb_tui.screens.compare import CompareScreen
+from fmb_tui.screens.dialogs import HelpScreen
+from fmb_tui.screens.figures import FiguresScreen
+from fmb_tui.screens.jobs import JobsScreen
+from fmb_tui.screens.runs import RunsScreen
+from fmb_tui.screens.workspace import WorkspaceScreen
+
+SCREENS = ("workspace", "runs", "jobs", "anomalies", "compare", "figures")
+
+
+class LabelsReloaded(Message):
+    def __init__(self, labels: dict[str, str], notes: dict[str, str], version: int, ticket: int) -> None:
+        super().__init__()
+        self.labels, self.notes, self.version, self.ticket = labels, notes, version, ticket
 
 
 class FMBApp(App):
-    """Workspace overview: which surveys exist and what they hold."""
+    """The explorer. ``workspace`` is opened as it is; ``config`` defaults to the workspace's ``tui`` section."""
 
     TITLE = "fmb-tui"
-    BINDINGS = [Binding("q", "quit", "Quit", id="app.quit")]
+    CSS_PATH = "app.tcss"
+    BINDINGS = actions.bindings("app")
+    MODES = {
+        "workspace": WorkspaceScreen,
+        "runs": RunsScreen,
+        "jobs": JobsScreen,
+        "anomalies": AnomaliesScreen,
+        "compare": CompareScreen,
+        "figures": FiguresScreen,
+    }
+    #: seconds between checks for labels written by other sessions
+    LABEL_SYNC_S = 3.0
 
-    def __init__(self, workspace: Workspace):
+    def __init__(self, workspace: Workspace, config: TuiConfig | None = None, *, start: str = "workspace",
+                 system: str | None = None, root_label: str | None = None, watch_terminal: bool = True):
         super().__init__()
+        if "TEXTUAL_ANIMATIONS" not in os.environ:
+            self.animation_level = "none"  # over SSH every animation frame is a redraw sent down the wire
         self.workspace = workspace
+        self.tui_config = config if config is not None else load_tui_config(workspace)
+        actions.check_keymap(self.tui_config.keymap)
+        if start not in SCREENS:
+            raise FMBError(f"unknown screen {start!r}; screens: {', '.join(SCREENS)}")
+        self.start_screen = start
+        self.start_system = system
+        self.root_label = root_label or str(workspace.root)
+        self.sub_title = workspace.root.name
+        self.data = WorkspaceData(workspace, self.tui_config)
+        self.labels: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+        self.labels_loaded = False
+        self.label_writer = LabelWriter(self.data.labels)
+        self._label_version = -1
+        self._label_ticket = 0
+        self._watch_terminal = watch_terminal
+        self._quitting = False
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static(self._overview(), id="overview")
-        yield Footer()
+    # --- start and stop ------------------------------------------------------------------
 
-    def _overview(self) -> str:
-        lines = [f"workspace: {self.workspace.root}", ""]
-        surveys = self.workspace.surveys()
-        if not surveys:
-            lines.append("no survey yet: run `fmb-engine data mock` or `fmb-engine data import SOURCE`")
-        for path in surveys:
-            try:
-                with SurveyReader(path) as reader:
-                    s = reader.summary()
-                lines.append(f"{path.name}: {s['objects']:,} objects, splits {s['splits']}, classes {len(s['anomaly_classes'])}")
-            except FMBError as exc:
-                lines.append(f"{path.name}: {exc}")
-        return "\n".join(lines)
+    def on_mount(self) -> None:
+        if self.tui_config.keymap:
+            self.set_keymap(self.tui_config.keymap)
+        self._install_signal_handlers()
+        self.switch_mode(self.start_screen)
+        self.reload_labels()
+        self.set_interval(self.LABEL_SYNC_S, self._check_labels, name="label-sync")
+        if self._watch_terminal and not self.is_headless:
+            self.set_interval(5.0, self._check_terminal, name="terminal-watch")
+
+    def _install_signal_handlers(self) -> None:
+        if self.is_headless:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._hangup, sig)
+
+    def _hangup(self, sig: int = signal.SIGHUP) -> None:
+        """The terminal went away (SSH dropped) or we were asked to stop: save labels, exit."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self.label_writer.close(timeout=10.0)
+        self.exit(return_code=128 + int(sig))
+
+    def _check_terminal(self) -> None:
+        """Orphaned (parent gone) or no terminal any more: exit instead of spinning on a dead TTY."""
+        try:
+            gone = os.getppid() == 1 or not os.isatty(sys.__stdin__.fileno())
+        except (OSError, ValueError, AttributeError):
+            gone = True
+        if gone:
+            self._hangup(signal.SIGHUP)
+
+    def action_quit(self) -> None:
+        """Quit once every queued label is committed.
+
+        The queue is almost always empty (a label commits in milliseconds), so this is
+        immediate; it blocks only while another user holds the database's write lock.
+        """
+        if self._quitting:
+            return
+        self._quitting = True
+        self.label_writer.close(timeout=35.0)
+        self.exit()
+
+    def on_unmount(self) -> None:
+        # however the app ends (quit, exit from a test harness, an error): commit what is queued
+        self.label_writer.close(timeout=35.0)
+        self.data.close()
+
+    # --- navigation ------------------------------------------------------------------------
+
+    def action_show_screen(self, name: str) -> None:
+        if self.current_mode != name:
+            self.switch_mode(name)
+
+    def action_help(self) -> None:
+        scopes = list(actions.SCREEN_SCOPES.get(getattr(self.screen, "NAME", ""), ()))
+        self.push_screen(HelpScreen(self.effective_keymap(), self.tui_config.labels, scopes + ["app"]))
+
+    def effective_keymap(self) -> dict[str, str]:
+        return dict(self.tui_config.keymap)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        keymap = self.effective_keymap()
+        current = getattr(screen, "NAME", "")
+        for scope, keys, action_id, text in actions.rows(keymap, self.tui_config.labels):
+            action = actions.BY_ID[action_id]
+            if action.scope == "app":
+                title = action.description
+            else:
+                where = {"triage": "anomalies"}.get(action.scope, action.scope)
+                title = f"{where}: {action.description}"
+                if action.id.startswith("triage.label_"):
+                    title = f"triage: label {text.split(chr(39))[1]}" if "'" in text else title
+            yield SystemCommand(title, f"{text} [{keys}]", partial(self._palette_run, action, current))
+
+    async def _palette_run(self, action: actions.Action, current: str) -> None:
+        scopes = actions.SCREEN_SCOPES.get(current, ())
+        if action.scope != "app" and action.scope not in scopes:
+            target = "anomalies" if action.scope == "triage" else action.scope
+            if target == "object":
+                self.notify("open an object first (Anomalies, enter)", severity="warning")
+                return
+            await self.switch_mode(target)
+        await self.screen.run_action(action.action)
+
+    # --- labels ----------------------------------------------------------------------------
+
+    def change_label(self, op: LabelOp, reply_to) -> None:
+        """Show the change at once and queue it for the writer thread (committed within milliseconds)."""
+        if op.kind == "label":
+            if op.value is None:
+                self.labels.pop(op.object_id, None)
+            else:
+                self.labels[op.object_id] = op.value
+        elif op.kind == "note":
+            if op.value is None:
+                self.notes.pop(op.object_id, None)
+            else:
+                self.notes[op.object_id] = op.value
+        self._label_ticket += 1
+        self.label_writer.submit(op, reply_to)
+
+    def apply_event(self, event) -> None:
+        """A committed change (an undo) whose value the screen did not set itself."""
+        target = self.labels if event.field == "label" else self.notes
+        if event.value is None:
+            target.pop(event.object_id, None)
+        else:
+            target[event.object_id] = event.value
+
+    def reload_labels(self) -> None:
+        ticket = self._label_ticket
+
+        def load() -> None:
+            from fmb_engine.triage.labels import labels_path
+
+            if not labels_path(self.workspace).is_file():
+                self.post_message(LabelsReloaded({}, {}, 0, ticket))
+                return
+            store = self.data.labels()
+            version = store.data_version()
+            self.post_message(LabelsReloaded(store.labels(), store.notes(), version, ticket))
+
+        self.run_worker(load, name="labels", group="labels", thread=True, exclusive=True, exit_on_error=False)
+
+    def on_labels_reloaded(self, message: LabelsReloaded) -> None:
+        if message.ticket != self._label_ticket or self.label_writer.pending():
+            return  # a local change happened meanwhile; the next sync picks everything up
+        self.labels, self.notes = message.labels, message.notes
+        self._label_version = message.version
+        self.labels_loaded = True
+        with contextlib.suppress(Exception):
+            self.screen.triage_changed()  # type: ignore[attr-defined]
+
+    def _check_labels(self) -> None:
+        if self.label_writer.pending():
+            return
+        ticket = self._label_ticket
+
+        def check() -> None:
+            from fmb_engine.triage.labels import labels_path
+
+            if not labels_path(self.workspace).is_file():
+                return
+            version = self.data.labels().data_version()
+            if version != self._label_version:
+                store = self.data.labels()
+                self.post_message(LabelsReloaded(store.labels(), store.notes(), version, ticket))
+
+        self.run_worker(check, name="labels", group="labels", thread=True, exclusive=True, exit_on_error=False)
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def show_error(self, exc: BaseException, context: str | None = None) -> None:
+        """An engine error shows its message; anything else a one-line summary (traceback to a log file)."""
+        if isinstance(exc, FMBError):
+            self.notify(str(exc), title="error", severity="error", timeout=10)
+            return
+        log = self.workspace.root / "triage" / "tui-errors.log"
+        with contextlib.suppress(OSError):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as fh:
+                fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {context or ''}\n")
+                fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        self.notify(f"{type(exc).__name__}: {exc} (details in {log})", title="internal error", severity="error",
+                    timeout=12)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            self.show_error(event.worker.error, context=event.worker.name)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fmb-tui", description="The FMB terminal explorer (keyboard only; ? for help).")
+    p.add_argument("workspace", nargs="?", help="workspace folder (default: $FMB_WORKSPACE, else the current folder upwards)")
+    p.add_argument("--screen", choices=SCREENS, default="workspace", help="screen to open first")
+    p.add_argument("--system", help="ranking to open first (model/modality/method)")
+    p.add_argument("--keys", action="store_true", help="print every action id and its default key, then exit")
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.keys:
+        for scope, keys, action_id, text in actions.rows():
+            print(f"{action_id:28} {keys:18} {text}")
+        return
     try:
-        ws = Workspace.find(Path(args[0]) if args else None)
+        ws = Workspace.find(Path(args.workspace) if args.workspace else None)
+        config = load_tui_config(ws)
+        app = FMBApp(ws, config, start=args.screen, system=args.system)
     except FMBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    FMBApp(ws).run()
+    app.run()
+    sys.exit(app.return_code or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,25 +1,37 @@
-"""Pilot tests of fmb-tui (the minimal workspace overview)."""
+"""The app starts on the workspace screen, reads the workspace in the background and quits cleanly."""
+
+import os
 
 import pytest
 
 from fmb_tui.app import FMBApp
 
+from .conftest import quit_and_wait, settle
+from .screen_text import screen_text
 
-@pytest.mark.asyncio
-async def test_overview_lists_surveys_and_quits(workspace, small_survey):
-    import shutil
+pytestmark = pytest.mark.asyncio
 
-    shutil.copy(small_survey, workspace.folder("survey") / "mock.h5")
-    app = FMBApp(workspace)
+
+async def test_overview_lists_surveys_and_quits(workspace, small_survey, config):
+    os.symlink(small_survey, workspace.folder("survey") / "mock.h5")
+    app = FMBApp(workspace, config)
     async with app.run_test(size=(80, 24)) as pilot:
-        text = str(app.query_one("#overview").render())
-        assert "mock.h5: 120 objects" in text
+        await settle(pilot)
+        assert "mock.h5: 120 objects" in screen_text(app)
         await pilot.press("q")
-    assert app.return_code == 0 or app.return_code is None
+    assert app.return_code == 0
 
 
-@pytest.mark.asyncio
-async def test_empty_workspace_says_what_to_do(workspace):
-    app = FMBApp(workspace)
-    async with app.run_test(size=(80, 24)):
-        assert "fmb-engine data mock" in str(app.query_one("#overview").render())
+async def test_quit_action_drains_and_exits(workspace, config):
+    app = FMBApp(workspace, config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await quit_and_wait(app)
+    assert app.return_code == 0
+
+
+async def test_empty_workspace_says_what_to_do(workspace, config):
+    app = FMBApp(workspace, config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert "fmb-engine data mock" in screen_text(app)

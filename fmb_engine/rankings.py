@@ -1,0 +1,201 @@
+"""Readers of the detection and analysis outputs the explorer shows (no UI imports).
+
+* ``<workspace>/scores/systems.parquet`` -- one row per object: ``object_id`` and, for every
+  system ``<model>/<modality>/<method>`` (modality image|spectrum|joint|fused), ``rank:<system>``
+  (int, 1 = most anomalous) and ``score:<system>`` (float, higher = more anomalous). Written by
+  the detection stage (``fmb-engine detect all``).
+* ``<workspace>/analysis/rankings/{spearman,jaccard}.csv`` -- square system x system matrices
+  (first column = the index, the system names).
+* ``<workspace>/analysis/similarity/neighbours.parquet`` -- nearest neighbours per object:
+  ``object_id, model, modality, neighbour (1..k), neighbour_id, similarity``.
+
+Loading uses pyarrow directly (a 1,000,000-row ranking with a dozen systems reads in a
+fraction of a second) and reads only the columns asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fmb_engine.errors import DataError, FMBError
+from fmb_engine.workspace import Workspace
+
+if TYPE_CHECKING:  # heavy imports stay lazy: the TUI imports this module at start
+    import pandas as pd
+    import pyarrow as pa
+
+SYSTEMS_FILE = "systems.parquet"
+MODALITIES = ("image", "spectrum", "joint", "fused")
+RANK_PREFIX = "rank:"
+SCORE_PREFIX = "score:"
+COMPARISONS = ("spearman", "jaccard")
+DETECT_HINT = "run `fmb-engine detect all`"
+COMPARE_HINT = "run `fmb-engine analyze rankings`"
+NEIGHBOURS_FILE = "neighbours.parquet"
+
+
+class RankingsError(FMBError):
+    """No ranking yet, or a malformed one; the message says what to run or fix."""
+
+
+@dataclass(frozen=True)
+class System:
+    """One anomaly-detection system: model x modality x method (fusions have modality ``fused``)."""
+
+    name: str
+    model: str
+    modality: str
+    method: str
+
+    @property
+    def fused(self) -> bool:
+        return self.modality == "fused"
+
+    @property
+    def rank_column(self) -> str:
+        return RANK_PREFIX + self.name
+
+    @property
+    def score_column(self) -> str:
+        return SCORE_PREFIX + self.name
+
+
+def parse_system(name: str) -> System:
+    """``astropt/joint/flow`` -> System; a name without two slashes keeps it all as the model."""
+    parts = str(name).split("/")
+    if len(parts) == 3:
+        return System(name, *parts)
+    return System(name, name, "", "")
+
+
+def systems_path(ws: Workspace) -> Path:
+    return ws.folder("scores") / SYSTEMS_FILE
+
+
+def _missing(ws: Workspace) -> RankingsError:
+    return RankingsError(f"no anomaly ranking yet: {systems_path(ws)} does not exist; {DETECT_HINT}")
+
+
+def _schema(ws: Workspace) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    path = systems_path(ws)
+    if not path.is_file():
+        raise _missing(ws)
+    try:
+        return pq.read_schema(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise RankingsError(f"{path}: not a readable parquet file ({exc}); {DETECT_HINT} again") from None
+
+
+def systems_in(columns: list[str], where: str = "systems.parquet") -> list[str]:
+    """System names of a column list, in file order; checks that ranks and scores pair up."""
+    if "object_id" not in columns:
+        raise RankingsError(f"{where}: no object_id column (columns: {', '.join(columns[:8])}...)")
+    ranks = [c[len(RANK_PREFIX):] for c in columns if c.startswith(RANK_PREFIX)]
+    scores = {c[len(SCORE_PREFIX):] for c in columns if c.startswith(SCORE_PREFIX)}
+    unpaired = sorted(set(ranks) ^ scores)
+    if unpaired:
+        raise RankingsError(f"{where}: rank and score columns do not pair up for {', '.join(unpaired)}")
+    if not ranks:
+        raise RankingsError(f"{where}: no rank:<system> columns; {DETECT_HINT}")
+    return ranks
+
+
+def list_systems(ws: Workspace) -> list[str]:
+    """Every system in the workspace's ranking (reads only the file's schema)."""
+    return systems_in(list(_schema(ws).names), str(systems_path(ws)))
+
+
+def default_system(systems: list[str], preferred: str | None = None) -> str:
+    """``preferred`` when present, else the first fused system, else the first."""
+    if not systems:
+        raise RankingsError(f"no systems in the ranking; {DETECT_HINT}")
+    if preferred:
+        if preferred not in systems:
+            import difflib
+
+            close = difflib.get_close_matches(preferred, systems, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RankingsError(f"system {preferred!r} is not in the ranking.{hint} Systems: {', '.join(systems)}")
+        return preferred
+    for name in systems:
+        if parse_system(name).fused:
+            return name
+    return systems[0]
+
+
+def load_table(ws: Workspace, systems: list[str] | None = None) -> pa.Table:
+    """The ranking as a pyarrow Table (``object_id`` + rank/score of ``systems``, default all)."""
+    import pyarrow.parquet as pq
+
+    available = list_systems(ws)
+    if systems is None:
+        systems = available
+    unknown = [s for s in systems if s not in available]
+    if unknown:
+        raise RankingsError(f"unknown system(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    columns = ["object_id"] + [c for s in systems for c in (RANK_PREFIX + s, SCORE_PREFIX + s)]
+    path = systems_path(ws)
+    try:
+        table = pq.read_table(path, columns=columns, memory_map=True)
+    except Exception as exc:  # noqa: BLE001
+        raise RankingsError(f"{path}: cannot read ({exc}); {DETECT_HINT} again") from None
+    if table.column("object_id").null_count:
+        raise DataError(f"{path}: {table.column('object_id').null_count} rows have no object_id")
+    return table
+
+
+def load_rankings(ws: Workspace, systems: list[str] | None = None) -> pd.DataFrame:
+    """The ranking as a pandas DataFrame (one row per object; columns as in the file)."""
+    return load_table(ws, systems).to_pandas()
+
+
+def comparison_path(ws: Workspace, kind: str) -> Path:
+    if kind not in COMPARISONS:
+        raise ValueError(f"unknown comparison {kind!r}; expected one of {COMPARISONS}")
+    return ws.folder("analysis") / "rankings" / f"{kind}.csv"
+
+
+def load_comparison(ws: Workspace, kind: str) -> pd.DataFrame:
+    """A square system x system matrix (``spearman`` or ``jaccard``)."""
+    import pandas as pd
+
+    path = comparison_path(ws, kind)
+    if not path.is_file():
+        raise RankingsError(f"no {kind} matrix yet: {path} does not exist; {COMPARE_HINT}")
+    try:
+        frame = pd.read_csv(path, index_col=0)
+    except Exception as exc:  # noqa: BLE001
+        raise RankingsError(f"{path}: not a readable CSV matrix ({exc})") from None
+    frame.index = frame.index.astype(str)
+    frame.columns = frame.columns.astype(str)
+    if list(frame.index) != list(frame.columns):
+        raise RankingsError(f"{path}: not a square matrix with the same systems as rows and columns")
+    return frame.astype(float)
+
+
+def neighbours_path(ws: Workspace) -> Path:
+    return ws.folder("analysis") / "similarity" / NEIGHBOURS_FILE
+
+
+def load_neighbours(ws: Workspace, object_id: str) -> pd.DataFrame:
+    """Nearest neighbours of one object (all models and modalities), ordered by model, modality, rank."""
+    import pyarrow.dataset as ds
+
+    path = neighbours_path(ws)
+    if not path.is_file():
+        raise RankingsError(f"no similarity analysis yet: {path} does not exist; run `fmb-engine analyze similarity`")
+    try:
+        table = ds.dataset(path, format="parquet").to_table(filter=ds.field("object_id") == str(object_id))
+    except Exception as exc:  # noqa: BLE001
+        raise RankingsError(f"{path}: cannot read ({exc})") from None
+    return table.to_pandas().sort_values(["model", "modality", "neighbour"], kind="stable").reset_index(drop=True)
+
+
+__all__ = [
+    "COMPARISONS", "MODALITIES", "RankingsError", "System", "default_system", "list_systems", "load_comparison",
+    "load_neighbours", "load_rankings", "load_table", "parse_system", "systems_path",
+]

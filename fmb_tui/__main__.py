@@ -1,0 +1,3 @@
+from fmb_tui.app import main
+
+main()

@@ -1,0 +1,320 @@
+"""Blocking access to a workspace for the TUI (no UI imports).
+
+Everything here reads files or runs subprocesses, so screens call it from thread
+workers only. One :class:`WorkspaceData` per app: it caches the open survey reader,
+recently viewed objects, the ranking and the label store, and guards each with a lock
+(h5py and sqlite connections are shared between worker threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fmb_engine.errors import FMBError
+from fmb_engine.triage.config import TuiConfig
+from fmb_engine.workspace import Workspace
+
+if TYPE_CHECKING:
+    from fmb_engine.survey.store import SurveyObject, SurveyReader
+    from fmb_engine.triage.labels import LabelStore
+    from fmb_tui.ranking_model import RankingData
+
+
+class NoSurvey(FMBError):
+    pass
+
+
+def register_sections(heavy: bool = False) -> None:
+    """Make every config section known, so a workspace ``fmb.yaml`` that sets any of them reads.
+
+    The light ones (``jobs``, ``tui``) always; with ``heavy`` also ``embed.<model>`` (imports
+    torch through the embedders) and ``detect`` when the engine has it.
+    """
+    import importlib
+
+    import fmb_engine.jobs.config  # noqa: F401  (registers "jobs")
+    import fmb_engine.triage.config  # noqa: F401  (registers "tui")
+
+    if heavy:
+        with contextlib.suppress(ImportError):
+            from fmb_engine.embed.run import register_embed_sections
+
+            register_embed_sections()
+        for name in ("fmb_engine.detect.config", "fmb_engine.detect.run", "fmb_engine.analyze.config"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+
+def load_section(name: str, ws: Workspace | None):
+    """``load(name, ws)``, registering the heavy sections first only when the workspace config needs them."""
+    from fmb_engine.config import load
+    from fmb_engine.errors import ConfigError
+
+    register_sections()
+    try:
+        return load(name, ws)
+    except ConfigError as exc:
+        if "unknown section" not in str(exc):
+            raise
+    register_sections(heavy=True)
+    return load(name, ws)
+
+
+def load_tui_config(ws: Workspace | None) -> TuiConfig:
+    """The ``tui`` section with the workspace layers (raises ConfigError on a bad value)."""
+    return load_section("tui", ws).values  # type: ignore[return-value]
+
+
+@dataclass
+class Overview:
+    """What the workspace screen shows."""
+
+    root: str
+    surveys: list[dict[str, Any]] = field(default_factory=list)
+    embeddings: list[dict[str, Any]] = field(default_factory=list)
+    systems: list[str] = field(default_factory=list)
+    ranking_problem: str | None = None
+    ranking_objects: int | None = None
+    labels: dict[str, int] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    jobs: dict[str, int] = field(default_factory=dict)
+    comparisons: list[str] = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+
+
+class WorkspaceData:
+    def __init__(self, ws: Workspace, config: TuiConfig | None = None):
+        self.ws = ws
+        self.config = config or TuiConfig()
+        self._lock = threading.RLock()
+        self._reader: SurveyReader | None = None
+        self._reader_path: Path | None = None
+        self._objects: OrderedDict[str, SurveyObject] = OrderedDict()
+        self._labels: LabelStore | None = None
+
+    # --- survey ----------------------------------------------------------------------------
+
+    def survey_path(self) -> Path:
+        """general.survey when it exists, else the only survey in survey/."""
+        try:
+            name = load_section("general", self.ws).values.survey  # type: ignore[attr-defined]
+            path = self.ws.survey_path(name)
+        except FMBError:
+            path = None
+        if path is not None and path.is_file():
+            return path
+        surveys = self.ws.surveys()
+        if len(surveys) >= 1:
+            return surveys[0]
+        raise NoSurvey(f"no survey in {self.ws.folder('survey')}: run `fmb-engine data mock` or "
+                       "`fmb-engine data import SOURCE`")
+
+    def reader(self) -> SurveyReader:
+        from fmb_engine.survey.store import SurveyReader
+
+        with self._lock:
+            path = self.survey_path()
+            if self._reader is None or self._reader_path != path:
+                if self._reader is not None:
+                    self._reader.close()
+                self._reader = SurveyReader(path)
+                self._reader_path = path
+                self._objects.clear()
+            return self._reader
+
+    def get_object(self, object_id: str) -> SurveyObject:
+        with self._lock:
+            obj = self._objects.get(object_id)
+            if obj is not None:
+                self._objects.move_to_end(object_id)
+                return obj
+            obj = self.reader().get(str(object_id))
+            self._objects[object_id] = obj
+            while len(self._objects) > 64:
+                self._objects.popitem(last=False)
+            return obj
+
+    # --- ranking ---------------------------------------------------------------------------
+
+    def open_ranking(self, system: str | None = None) -> tuple[RankingData, str]:
+        """The ranking with only ``system`` (default: config or first fused) loaded: fast."""
+        from fmb_engine import rankings
+        from fmb_tui.ranking_model import RankingData
+
+        systems = rankings.list_systems(self.ws)
+        chosen = rankings.default_system(systems, system or self.config.system)
+        table = rankings.load_table(self.ws, [chosen])
+        mtime = rankings.systems_path(self.ws).stat().st_mtime
+        return RankingData.from_table(table, systems, mtime), chosen
+
+    def load_systems(self, data: RankingData, systems: list[str]) -> dict[str, tuple]:
+        """More systems' columns for ``data``, as numpy arrays ready to add (all the copying happens here)."""
+        from fmb_engine import rankings
+
+        table = rankings.load_table(self.ws, [s for s in systems if not data.loaded(s)])
+        return {s: (table.column(f"rank:{s}").to_numpy(), table.column(f"score:{s}").to_numpy())
+                for s in systems if f"rank:{s}" in table.column_names}
+
+    def ranking_changed(self, data: RankingData) -> bool:
+        from fmb_engine import rankings
+
+        with contextlib.suppress(OSError):
+            return rankings.systems_path(self.ws).stat().st_mtime != data.source_mtime
+        return True
+
+    # --- labels ----------------------------------------------------------------------------
+
+    def labels(self) -> LabelStore:
+        from fmb_engine.triage.labels import LabelStore
+
+        with self._lock:
+            if self._labels is None:
+                self._labels = LabelStore.for_workspace(self.ws, user=self.config.user, journal=self.config.label_journal)
+            return self._labels
+
+    # --- analysis outputs ------------------------------------------------------------------
+
+    def neighbours(self, object_id: str):
+        from fmb_engine import rankings
+
+        return rankings.load_neighbours(self.ws, object_id)
+
+    def comparison(self, kind: str):
+        from fmb_engine import rankings
+
+        return rankings.load_comparison(self.ws, kind)
+
+    # --- overview --------------------------------------------------------------------------
+
+    def overview(self) -> Overview:
+        from fmb_engine import rankings
+        from fmb_engine.manifest import read_manifests
+        from fmb_engine.survey.store import SurveyReader
+
+        ov = Overview(root=str(self.ws.root))
+        for path in self.ws.surveys():
+            try:
+                with SurveyReader(path) as reader:
+                    s = reader.summary()
+                ov.surveys.append({"name": path.name, "objects": s["objects"], "splits": s["splits"],
+                                   "classes": sum(s["anomaly_classes"].values()), "image_size": s["image_size"]})
+            except FMBError as exc:
+                ov.surveys.append({"name": path.name, "error": str(exc)})
+        for path in sorted(self.ws.folder("embeddings").glob("*.h5")):
+            try:
+                from fmb_engine.embed.store import EmbeddingReader
+
+                with EmbeddingReader(path) as r:
+                    ov.embeddings.append({"name": path.name, "model": r.embedder, "modalities": list(r.modalities),
+                                          "objects": r.n_objects})
+            except Exception as exc:  # noqa: BLE001 - a foreign or partial file: say so, keep going
+                ov.embeddings.append({"name": path.name, "error": str(exc).splitlines()[0][:120]})
+        try:
+            ov.systems = rankings.list_systems(self.ws)
+            import pyarrow.parquet as pq
+
+            ov.ranking_objects = pq.ParquetFile(rankings.systems_path(self.ws)).metadata.num_rows
+        except FMBError as exc:
+            ov.ranking_problem = str(exc)
+        for kind in rankings.COMPARISONS:
+            if rankings.comparison_path(self.ws, kind).is_file():
+                ov.comparisons.append(kind)
+        from fmb_engine.triage.labels import labels_path
+
+        if labels_path(self.ws).is_file():
+            with contextlib.suppress(FMBError):
+                ov.labels = self.labels().counts()
+        ov.runs = [{"run_id": m.get("run_id", "?"), "stage": m.get("stage", "?"), "status": m.get("status", "?"),
+                    "started": m.get("started", ""), "path": m.get("path")} for m in read_manifests(self.ws)[:6]]
+        ov.jobs = self.job_counts()
+        ov.next_steps = next_steps(ov)
+        return ov
+
+    def job_counts(self) -> dict[str, int]:
+        from fmb_engine.jobs.registry import REGISTRY_NAME
+
+        path = self.ws.folder("jobs") / REGISTRY_NAME
+        if not path.is_file():
+            return {}
+        from fmb_engine.jobs.registry import open_registry
+
+        with open_registry(self.ws) as reg:
+            _, jobs = reg.snapshot()
+        return dict(Counter(j.state.value for j in jobs))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                with contextlib.suppress(Exception):
+                    self._reader.close()
+                self._reader = None
+            if self._labels is not None:
+                with contextlib.suppress(Exception):
+                    self._labels.close()
+                self._labels = None
+
+
+def next_steps(ov: Overview) -> list[str]:
+    steps = []
+    if not ov.surveys:
+        steps.append("create a survey: `fmb-engine data mock` (or Runs screen, stage data mock)")
+    elif not ov.embeddings:
+        steps.append("compute embeddings: Runs screen (R), stage embed.<model>, or `fmb-engine embed pca`")
+    if ov.surveys and not ov.systems:
+        steps.append("score anomalies: `fmb-engine detect all`; then the Anomalies screen (A)")
+    if ov.systems and not ov.labels:
+        steps.append("triage the top candidates: Anomalies screen (A), j/k to move, 1-9 to label")
+    if ov.systems and not ov.comparisons:
+        steps.append("compare systems: `fmb-engine analyze rankings` writes analysis/rankings/*.csv (Compare, C)")
+    if ov.labels:
+        steps.append("export a figure of the interesting ones: Figures screen (F)")
+    active = sum(n for s, n in ov.jobs.items() if s in ("PENDING", "RUNNING"))
+    if active:
+        steps.insert(0, f"{active} job(s) pending or running: Jobs screen (J)")
+    return steps
+
+
+def read_new(path: str | os.PathLike[str], offset: int, max_bytes: int = 256 * 1024,
+             initial_tail: int = 64 * 1024) -> tuple[str, int, bool]:
+    """Bytes appended to a log since ``offset`` (polling, NFS-safe: no inotify).
+
+    ``offset < 0`` means "first read": start ``initial_tail`` bytes before the end.
+    Returns (text, new offset, rewritten) -- rewritten when the file shrank.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError:
+        return "", offset, False
+    rewritten = False
+    if offset < 0:
+        offset = max(0, size - initial_tail)
+    elif size < offset:
+        offset, rewritten = 0, True
+    if size == offset:
+        return "", offset, rewritten
+    with p.open("rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read(min(max_bytes, size - offset))
+    # never split a UTF-8 character: stop at the last newline when the chunk is cut short
+    if offset + len(chunk) < size and b"\n" in chunk:
+        chunk = chunk[: chunk.rindex(b"\n") + 1]
+    return chunk.decode("utf-8", errors="replace"), offset + len(chunk), rewritten
+
+
+def elapsed(start: float | None, end: float | None, now: float | None = None) -> str:
+    if not start:
+        return "-"
+    seconds = int((end or (now or time.time())) - start)
+    if seconds < 0:
+        return "-"
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"

@@ -1,0 +1,344 @@
+"""Anomalies screen: one system's ranking (any size), every system's columns, triage and a live preview."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Header, ProgressBar, Static
+
+from fmb_engine.rankings import RankingsError
+from fmb_tui import ranking_model as rm
+from fmb_tui.screens.base import FMBScreen
+from fmb_tui.screens.dialogs import ChoiceDialog, FilterDialog, PromptDialog
+from fmb_tui.screens.triage import TriageMixin
+from fmb_tui.widgets.plots import ImageView, SpectrumPlot
+from fmb_tui.widgets.ranking_table import LABEL_COLOURS, RankingTable
+
+PREVIEW_DELAY_S = 0.06  # wait for the key repeat to settle before reading an object
+
+
+class AnomaliesScreen(TriageMixin, FMBScreen):
+    NAME = "anomalies"
+    BINDINGS = FMBScreen.screen_bindings("anomalies")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rdata: rm.RankingData | None = None
+        self.spec: rm.ViewSpec | None = None
+        self._preview_timer = None
+        self._preview_id: str | None = None
+        self._pending_keep: int | None = None
+        self._pending_cursor: int | None = None
+
+    # --- layout ------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        cfg = self.fmb.tui_config
+        yield Header()
+        yield Static("opening the ranking…", id="anomalies-status")
+        with Horizontal(id="triage-bar"):
+            yield ProgressBar(total=cfg.top_k, show_eta=False, show_percentage=False, id="topk-bar")
+            yield Static("", id="topk-text")
+        legend = "  ".join(f"[b {LABEL_COLOURS[i % len(LABEL_COLOURS)]}]{i + 1}[/] {lbl}" for i, lbl in enumerate(cfg.labels))
+        yield Static(legend + "  [b]0[/] clear  [b]n[/] note  [b]u[/] undo", id="label-legend")
+        yield RankingTable(label_set=list(cfg.labels), id="ranking")
+        with Horizontal(id="preview"):
+            yield ImageView(id="preview-image")
+            with Vertical(id="preview-right"):
+                yield Static("", id="preview-title")
+                yield SpectrumPlot(smoothing=cfg.smoothing, id="preview-spectrum")
+        yield Footer()
+
+    @property
+    def table(self) -> RankingTable:
+        return self.query_one(RankingTable)
+
+    def on_mount(self) -> None:
+        self.query_one("#preview").display = self.fmb.tui_config.preview
+        self.table.focus()
+        self.open_ranking(self.fmb.start_system)
+
+    def on_screen_resume(self) -> None:
+        self.triage_changed()
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def open_ranking(self, system: str | None = None) -> None:
+        self.query_one("#anomalies-status", Static).update("opening the ranking…")
+        self.background("opened", self.data.open_ranking, system, group="ranking")
+
+    def work_failed(self, tag: str, error: BaseException) -> None:
+        if tag == "opened":
+            self.query_one("#anomalies-status", Static).update(str(error))
+            self.table.empty_message = str(error) if isinstance(error, RankingsError) else "no ranking"
+            self.table.refresh()
+
+    def _done_opened(self, result: tuple[rm.RankingData, str]) -> None:
+        data, system = result
+        self.rdata = data
+        self.spec = rm.ViewSpec(system)
+        self.recompute(cursor=0)
+        others = [s for s in data.systems if not data.loaded(s)]
+        if others:
+            self.background("more_systems", self.data.load_systems, data, others, group="ranking-more")
+
+    def _done_more_systems(self, arrays) -> None:
+        if self.rdata is None:
+            return
+        for system, (rank, score) in arrays.items():
+            self.rdata.add_system(system, rank, score)
+        self.table.refresh_columns()
+        self.update_status()
+
+    def recompute(self, keep_row: int | None = None, cursor: int | None = None) -> None:
+        """Sort and filter in a worker thread (a million rows take a fraction of a second)."""
+        if self.rdata is None or self.spec is None:
+            return
+        self._pending_keep, self._pending_cursor = keep_row, cursor
+        self.update_status(busy=True)
+        self.background("order", self._compute, self.rdata, self.spec, dict(self.fmb.labels), group="order")
+
+    @staticmethod
+    def _compute(data, spec, labels):
+        return spec, rm.compute_order(data, spec, labels)
+
+    def _done_order(self, result) -> None:
+        spec, order = result
+        if spec != self.spec or self.rdata is None:
+            return
+        self.table.set_view(self.rdata, order, spec.system, self.fmb.labels, self.fmb.notes,
+                            keep_row=self._pending_keep, cursor=self._pending_cursor)
+        self.update_status()
+        self.update_progress()
+
+    # --- status ------------------------------------------------------------------------------
+
+    def update_status(self, busy: bool = False) -> None:
+        if self.rdata is None or self.spec is None:
+            return
+        table = self.table
+        loaded = sum(1 for s in self.rdata.systems if self.rdata.loaded(s))
+        more = f" · loading systems {loaded}/{len(self.rdata.systems)}" if loaded < len(self.rdata.systems) else ""
+        where = f"row {table.cursor + 1:,} of {table.n_rows:,}" if table.n_rows else "no rows"
+        if self.spec.filtered:
+            where += f" (of {self.rdata.n:,})"
+        text = f"[b]{self.spec.system}[/] · {self.spec.describe()} · {where}{more}{' · working…' if busy else ''}"
+        self.query_one("#anomalies-status", Static).update(text, layout=False)
+
+    def update_progress(self) -> None:
+        if self.rdata is None or self.spec is None:
+            return
+        k = min(self.fmb.tui_config.top_k, self.rdata.n)
+        done = self.rdata.labelled_in_top(self.spec.system, k, self.fmb.labels)
+        bar = self.query_one("#topk-bar", ProgressBar)
+        bar.update(total=k, progress=done)
+        self.query_one("#topk-text", Static).update(f" top-{k}: {done}/{k} labelled", layout=False)
+
+    def triage_changed(self) -> None:
+        if not self.is_mounted:
+            return
+        self.table.set_labels(self.fmb.labels, self.fmb.notes)
+        self.update_progress()
+        self.update_title()
+
+    # --- cursor and preview --------------------------------------------------------------------
+
+    def on_ranking_table_cursor_moved(self, message: RankingTable.CursorMoved) -> None:
+        self.update_status()
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        if message.object_id is None:
+            return
+        self._preview_timer = self.set_timer(PREVIEW_DELAY_S, lambda: self.load_preview(message.object_id))
+
+    def load_preview(self, object_id: str) -> None:
+        self._preview_id = object_id
+        self.update_title()
+        if not self.query_one("#preview").display:
+            return
+        self.background("preview", self._read_object, object_id, group="preview")
+
+    def _read_object(self, object_id: str):
+        try:
+            return object_id, self.data.get_object(object_id), None
+        except Exception as exc:  # noqa: BLE001 - shown in the preview, not as an error popup
+            return object_id, None, str(exc)
+
+    def _done_preview(self, result) -> None:
+        object_id, obj, problem = result
+        if object_id != self._preview_id:
+            return
+        spectrum = self.query_one("#preview-spectrum", SpectrumPlot)
+        image = self.query_one("#preview-image", ImageView)
+        if obj is None:
+            spectrum.show_message(problem or "not in the survey")
+            image.show_message("")
+        else:
+            spectrum.set_object(obj)
+            image.set_object(obj)
+        self.update_title(obj)
+
+    def update_title(self, obj=None) -> None:
+        oid = self._preview_id
+        if oid is None:
+            return
+        label = self.fmb.labels.get(oid)
+        note = self.fmb.notes.get(oid)
+        parts = [f"[b]{oid}[/]"]
+        if obj is not None:
+            z = obj.meta.get("redshift")
+            parts.append(f"z={float(z):.3f}" if z is not None else "z=?")
+            if obj.meta.get("anomaly_class"):
+                parts.append(f"injected: {obj.meta['anomaly_class']}")
+        if label:
+            parts.append(f"label [b]{label}[/]")
+        if note:
+            parts.append(f"note: {note[:40]}")
+        self.query_one("#preview-title", Static).update(" · ".join(parts), layout=False)
+
+    # --- triage hooks --------------------------------------------------------------------------
+
+    def triage_target(self):
+        table = self.table
+        row = table.current_row()
+        if row is None or self.rdata is None or self.spec is None:
+            return None, None, None
+        rank = int(self.rdata.ranks[self.spec.system][row]) if self.rdata.loaded(self.spec.system) else None
+        return self.rdata.id_at(row), self.spec.system, rank
+
+    def triage_move(self, delta: int) -> None:
+        self.table.move_cursor(self.table.cursor + delta)
+
+    def step(self, delta: int) -> tuple[str | None, str | None, int | None]:
+        """Used by the Object screen to walk the same ranking."""
+        self.triage_move(delta)
+        return self.triage_target()
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def action_cursor_top(self) -> None:
+        self.table.move_cursor(0)
+
+    def action_cursor_bottom(self) -> None:
+        self.table.move_cursor(self.table.n_rows - 1)
+
+    def action_page_down(self) -> None:
+        self.table.move_cursor(self.table.cursor + self.table.page)
+
+    def action_page_up(self) -> None:
+        self.table.move_cursor(self.table.cursor - self.table.page)
+
+    def action_scroll_columns(self, delta: int) -> None:
+        self.table.scroll_columns(delta)
+
+    def action_open_object(self) -> None:
+        oid, system, rank = self.triage_target()
+        if oid is None:
+            return
+        from fmb_tui.screens.object import ObjectScreen
+
+        self.app.push_screen(ObjectScreen(oid, navigator=self))
+
+    def action_choose_system(self) -> None:
+        if self.rdata is None:
+            return
+        options = []
+        for name in self.rdata.systems:
+            s = rm.parse_system(name)
+            kind = "fusion" if s.fused else s.modality
+            options.append((name, f"{name}   ({kind}{'' if self.rdata.loaded(name) else ', loading'})"))
+        options.sort(key=lambda o: (not rm.parse_system(o[0]).fused, o[0]))
+
+        def chosen(name: str | None) -> None:
+            if name and self.spec is not None and name != self.spec.system:
+                if not self.rdata.loaded(name):  # type: ignore[union-attr]
+                    self.fmb.notify(f"{name} is still loading; try again in a moment", severity="warning")
+                    return
+                self.spec = rm.ViewSpec(name, labels=self.spec.labels, text=self.spec.text)
+                self.recompute(cursor=0)
+
+        self.app.push_screen(ChoiceDialog("Ranking to show (system or fusion)", options, self.spec.system if self.spec else None), chosen)
+
+    def action_choose_sort(self) -> None:
+        if self.rdata is None or self.spec is None:
+            return
+
+        def chosen(key: str | None) -> None:
+            if key and self.spec is not None:
+                system = key.split(":", 1)[1] if ":" in key else None
+                if system and not self.rdata.loaded(system):  # type: ignore[union-attr]
+                    self.fmb.notify(f"{system} is still loading; try again in a moment", severity="warning")
+                    return
+                self.spec = self.spec.with_(sort=key, descending=rm.default_descending(key))
+                self.recompute(cursor=0)
+
+        self.app.push_screen(ChoiceDialog("Sort by", rm.sort_keys(self.rdata), self.spec.sort), chosen)
+
+    def action_reverse_sort(self) -> None:
+        if self.spec is not None:
+            self.spec = self.spec.with_(descending=not self.spec.descending)
+            self.recompute(cursor=0)
+
+    def action_filter(self) -> None:
+        if self.spec is None:
+            return
+        spec = self.spec
+
+        def chosen(result: dict | None) -> None:
+            if result is not None and self.spec is not None:
+                self.spec = self.spec.with_(**result)
+                self.recompute(keep_row=self.table.current_row())
+
+        self.app.push_screen(FilterDialog(list(self.fmb.tui_config.labels), spec.labels, spec.score_min, spec.score_max,
+                                          spec.text), chosen)
+
+    def action_search(self) -> None:
+        if self.spec is None:
+            return
+
+        def chosen(text: str | None) -> None:
+            if text is not None and self.spec is not None:
+                self.spec = self.spec.with_(text=text.strip())
+                self.recompute(cursor=0)
+
+        self.app.push_screen(PromptDialog("Object id contains", self.spec.text, "text (empty: no id filter)"), chosen)
+
+    def action_clear_filter(self) -> None:
+        if self.spec is not None and self.spec.filtered:
+            self.spec = self.spec.with_(labels=None, score_min=None, score_max=None, text="")
+            self.recompute(keep_row=self.table.current_row())
+
+    def action_jump(self) -> None:
+        if self.rdata is None or self.spec is None:
+            return
+        n = self.rdata.n
+
+        def check(text: str) -> str | None:
+            try:
+                value = int(text.replace(",", "").strip())
+            except ValueError:
+                return "a rank is a whole number"
+            return None if 1 <= value <= n else f"ranks go from 1 to {n:,}"
+
+        def chosen(text: str | None) -> None:
+            if text is None or self.rdata is None or self.spec is None:
+                return
+            rank = int(text.replace(",", "").strip())
+            row = int(self.rdata.order_by_rank(self.spec.system)[rank - 1])
+            if self.spec.sort == "rank" and not self.spec.descending and not self.spec.filtered:
+                self.table.move_cursor(rank - 1)
+            else:  # back to the plain ranking, then to that row
+                self.spec = rm.ViewSpec(self.spec.system)
+                self.recompute(keep_row=row)
+
+        self.app.push_screen(PromptDialog(f"Go to rank of {self.spec.system}", "", f"1 .. {n:,}", check=check), chosen)
+
+    def action_toggle_preview(self) -> None:
+        preview = self.query_one("#preview")
+        preview.display = not preview.display
+        if preview.display and self._preview_id:
+            self.load_preview(self._preview_id)
+
+    def action_reload(self) -> None:
+        self.fmb.reload_labels()
+        self.open_ranking(self.spec.system if self.spec else None)

@@ -1,0 +1,173 @@
+"""Object screen: metadata, the spectrum with its lines (zoom, pan, smoothing), the image, neighbours."""
+
+from __future__ import annotations
+
+import math
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Header, OptionList, Static
+from textual.widgets.option_list import Option
+
+from fmb_engine.errors import FMBError
+from fmb_tui.screens.base import FMBScreen
+from fmb_tui.screens.triage import TriageMixin
+from fmb_tui.widgets.plots import ImageView, SpectrumPlot
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "?" if math.isnan(v) else format(v, spec)
+
+
+class ObjectScreen(TriageMixin, FMBScreen):
+    NAME = "object"
+    BINDINGS = FMBScreen.screen_bindings("object")
+
+    def __init__(self, object_id: str, navigator=None) -> None:
+        super().__init__()
+        self.object_id = object_id
+        self.navigator = navigator
+        self.obj = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(self.object_id, id="object-meta")
+        yield SpectrumPlot(smoothing=self.fmb.tui_config.smoothing, id="object-spectrum")
+        with Horizontal(id="object-bottom"):
+            yield ImageView(id="object-image")
+            with Vertical(id="object-neighbours-box"):
+                yield Static("nearest neighbours", id="neighbours-title")
+                yield OptionList(id="neighbours")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load(self.object_id)
+
+    def load(self, object_id: str) -> None:
+        self.object_id = object_id
+        self.query_one("#object-meta", Static).update(f"[b]{object_id}[/] · reading…")
+        self.background("object", self.data.get_object, object_id, group="object")
+        self.background("neighbours", self._neighbours, object_id, group="neighbours")
+
+    def _neighbours(self, object_id: str):
+        try:
+            return object_id, self.data.neighbours(object_id), None
+        except FMBError as exc:
+            return object_id, None, str(exc)
+
+    def work_failed(self, tag: str, error: BaseException) -> None:
+        if tag == "object":
+            self.query_one("#object-meta", Static).update(f"[b]{self.object_id}[/] · {error}")
+            self.query_one(SpectrumPlot).show_message(str(error))
+            self.query_one(ImageView).show_message("")
+
+    def _done_object(self, obj) -> None:
+        if obj.object_id != self.object_id:
+            return
+        self.obj = obj
+        self.query_one(SpectrumPlot).set_object(obj)
+        self.query_one(ImageView).set_object(obj)
+        self.update_meta()
+
+    def _done_neighbours(self, result) -> None:
+        object_id, frame, problem = result
+        if object_id != self.object_id:
+            return
+        ol = self.query_one("#neighbours", OptionList)
+        ol.clear_options()
+        if frame is None or not len(frame):
+            self.query_one("#neighbours-title", Static).update(problem or "no neighbours recorded for this object")
+            return
+        self.query_one("#neighbours-title", Static).update("nearest neighbours (v, then enter opens one)")
+        options = []
+        for i, r in enumerate(frame.itertuples(index=False)):
+            label = self.fmb.labels.get(r.neighbour_id, "")
+            text = f"{r.model}/{r.modality} #{r.neighbour} {r.neighbour_id}  sim {r.similarity:.3f}" + (f"  [{label}]" if label else "")
+            options.append(Option(text, id=f"{i}|{r.neighbour_id}"))
+        ol.add_options(options)
+
+    def update_meta(self) -> None:
+        obj = self.obj
+        if obj is None:
+            return
+        m = obj.meta
+        oid = obj.object_id
+        label = self.fmb.labels.get(oid)
+        note = self.fmb.notes.get(oid)
+        line1 = [f"[b]{oid}[/]", f"z={_fmt(m.get('redshift'))}", f"split {m.get('split', '?')}"]
+        if m.get("anomaly_class"):
+            line1.append(f"injected: [b]{m['anomaly_class']}[/]")
+        _, system, rank = self.triage_target()
+        if rank is not None:
+            line1.append(f"rank {rank:,} in {system}")
+        line2 = [f"ra {_fmt(m.get('ra'), '.5f')} dec {_fmt(m.get('dec'), '.5f')}", f"logM {_fmt(m.get('logM'), '.2f')}",
+                 f"logSFR {_fmt(m.get('logSFR'), '.2f')}"]
+        line2.append(f"label [b]{label}[/]" if label else "unlabelled")
+        if note:
+            line2.append(f"note: {note[:60]}")
+        spec = self.query_one(SpectrumPlot)
+        view = spec.view
+        if view is not None:
+            line2.append(f"λ {view.lo:.0f}–{view.hi:.0f} Å, smoothing {view.smoothing}")
+        self.query_one("#object-meta", Static).update(" · ".join(line1) + "\n" + " · ".join(line2))
+
+    # --- triage hooks ----------------------------------------------------------------------------
+
+    def triage_target(self):
+        """This object, and its rank in the ranking it was opened from (the navigator's current row)."""
+        nav = self.navigator
+        if nav is not None:
+            oid, system, rank = nav.triage_target()
+            if oid == self.object_id:
+                return oid, system, rank
+        return self.object_id, None, None
+
+    def triage_changed(self) -> None:
+        if self.is_mounted:
+            self.update_meta()
+
+    def triage_move(self, delta: int) -> None:
+        if self.navigator is None:
+            self.fmb.notify("opened from a neighbour: there is no ranking to walk (escape goes back)")
+            return
+        oid, _, _ = self.navigator.step(delta)
+        if oid is not None and oid != self.object_id:
+            self.load(oid)
+
+    # --- actions -------------------------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_zoom(self, factor: float) -> None:
+        self.query_one(SpectrumPlot).zoom(factor)
+        self.update_meta()
+
+    def action_pan(self, fraction: float) -> None:
+        self.query_one(SpectrumPlot).pan(fraction)
+        self.update_meta()
+
+    def action_reset_view(self) -> None:
+        self.query_one(SpectrumPlot).reset()
+        self.update_meta()
+
+    def action_smooth(self) -> None:
+        self.query_one(SpectrumPlot).cycle_smoothing()
+        self.update_meta()
+
+    def action_cycle_band(self) -> None:
+        self.query_one(ImageView).cycle_band()
+
+    def action_focus_neighbours(self) -> None:
+        ol = self.query_one("#neighbours", OptionList)
+        if ol.option_count and ol.highlighted is None:
+            ol.highlighted = 0
+        ol.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        neighbour = str(event.option.id).split("|", 1)[1]
+        self.app.push_screen(ObjectScreen(neighbour, navigator=None))

@@ -1,0 +1,237 @@
+"""Runs screen: choose a stage, edit its config in a generated form, pick an executor, submit; recent manifests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, DataTable, Footer, Header, OptionList, Select, Static
+from textual.widgets.option_list import Option
+
+from fmb_engine.errors import ConfigError
+from fmb_tui.screens.base import FMBScreen
+from fmb_tui.widgets.config_form import FORM_ORIGIN, ConfigForm, error_lines
+
+EXECUTORS = ("local", "slurm", "debug", "auto")
+
+
+def nest(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = values
+    for part in reversed(section.split(".")):
+        out = {part: out}
+    return out
+
+
+def manifest_text(m: dict[str, Any]) -> str:
+    lines = [f"[b]{escape(m.get('run_id', '?'))}[/] · {escape(str(m.get('status')))} · {escape(str(m.get('started', '')))}"]
+    cfg = m.get("config") or {}
+    values, sources = cfg.get("values", {}), cfg.get("sources", {})
+    if values:
+        lines.append("[b]config[/] " + ", ".join(
+            f"{escape(str(k))}={escape(str(v))}" + (f" [dim]({escape(str(sources.get(k)))})[/]" if sources.get(k, "default") != "default" else "")
+            for k, v in values.items()))
+    if m.get("counts"):
+        lines.append("[b]counts[/] " + ", ".join(f"{escape(str(k))}={escape(str(v))[:40]}" for k, v in list(m["counts"].items())[:12]))
+    if m.get("dropped"):
+        lines.append("[b]dropped[/] " + ", ".join(f"{escape(str(k))}={v}" for k, v in m["dropped"].items()))
+    if m.get("outputs"):
+        lines.append("[b]outputs[/] " + ", ".join(f"{escape(str(k))}: {escape(str(v))}" for k, v in m["outputs"].items()))
+    if m.get("timings_s"):
+        lines.append(f"[b]time[/] {m['timings_s'].get('total', '?')} s")
+    for w in m.get("warnings") or []:
+        lines.append(f"[yellow]warning[/] {escape(str(w))}")
+    lines.append(f"[dim]{escape(str(m.get('path', '')))}[/]")
+    return "\n".join(lines)
+
+
+class RunsScreen(FMBScreen):
+    NAME = "runs"
+    BINDINGS = FMBScreen.screen_bindings("runs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.specs: dict[str, Any] = {}
+        self.config_layers: list = []
+        self.jobs_resolved = None
+        self.spec = None
+        self.resolved = None
+        self.form_errors: dict[str, str] = {}
+        self.manifests: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="runs-top"):
+            yield OptionList(Option("loading stages…", disabled=True), id="stages")
+            with Vertical(id="form-box"):
+                yield Static("choose a stage on the left", id="form-title")
+                yield Static("", id="form-problem")
+                yield VerticalScroll(id="form-holder")
+                with Horizontal(id="submit-row"):
+                    yield Select([("executor: loading…", "__loading__")], value="__loading__", allow_blank=False, id="executor",
+                                 compact=True)
+                    yield Button("Submit (ctrl+s)", id="submit", variant="primary", compact=True)
+        with Horizontal(id="runs-bottom"):
+            yield DataTable(id="manifests", cursor_type="row", zebra_stripes=True)
+            with VerticalScroll(id="manifest-box"):
+                yield Static("", id="manifest-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#manifests", DataTable)
+        table.add_column("started", key="started")
+        table.add_column("stage", key="stage")
+        table.add_column("status", key="status")
+        self.background("catalog", self._load_catalog)
+        self.background("manifests", self._load_manifests)
+
+    def on_screen_resume(self) -> None:
+        if self.is_mounted:
+            self.background("manifests", self._load_manifests)
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def _load_catalog(self):
+        from fmb_engine.config import layers_for
+        from fmb_tui.data import load_section, register_sections
+        from fmb_tui.stages import catalog
+
+        specs = catalog()
+        register_sections(heavy=True)
+        layers = layers_for(self.fmb.workspace)
+        jobs = load_section("jobs", self.fmb.workspace)
+        return specs, layers, jobs
+
+    def _done_catalog(self, result) -> None:
+        specs, self.config_layers, self.jobs_resolved = result
+        self.specs = {s.name: s for s in specs}
+        ol = self.query_one("#stages", OptionList)
+        ol.clear_options()
+        ol.add_options([Option(s.name, id=s.name) for s in specs])
+        configured = self.jobs_resolved.values.executor
+        origin = self.jobs_resolved.sources.get("executor", "default")
+        select = self.query_one("#executor", Select)
+        select.set_options([(f"executor: as configured ({configured}, {ConfigForm._short(origin)})", "__config__")]
+                           + [(f"executor: {e}", e) for e in EXECUTORS])
+        select.value = "__config__"
+        if specs:
+            ol.highlighted = 0
+            self.choose(specs[0].name)
+        ol.focus()
+
+    def _load_manifests(self):
+        from fmb_engine.manifest import read_manifests
+
+        return read_manifests(self.fmb.workspace)[:50]
+
+    def _done_manifests(self, manifests) -> None:
+        self.manifests = manifests
+        table = self.query_one("#manifests", DataTable)
+        table.clear()
+        colours = {"completed": "green", "failed": "red", "interrupted": "yellow"}
+        for i, m in enumerate(manifests):
+            status = str(m.get("status", "?"))
+            table.add_row(str(m.get("started", ""))[:19], m.get("stage", "?"),
+                          f"[{colours.get(status, 'default')}]{escape(status)}[/]", key=str(i))
+        detail = self.query_one("#manifest-detail", Static)
+        detail.update(manifest_text(manifests[0]) if manifests else "no run manifest yet")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "manifests" and event.row_key is not None:
+            i = int(str(event.row_key.value))
+            if i < len(self.manifests):
+                self.query_one("#manifest-detail", Static).update(manifest_text(self.manifests[i]))
+
+    # --- the form ------------------------------------------------------------------------------
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id:
+            self.choose(str(event.option.id))
+
+    def choose(self, name: str) -> None:
+        from fmb_engine.config import SECTIONS, resolve
+
+        spec = self.specs.get(name)
+        if spec is None or (self.spec is not None and self.spec.name == name):
+            return
+        self.spec = spec
+        problem = self.query_one("#form-problem", Static)
+        try:
+            self.resolved = resolve(spec.section, self.config_layers)
+            rows = self.resolved.rows()
+            problem.update("")
+        except ConfigError as exc:
+            self.resolved = None
+            schema = SECTIONS[spec.section]
+            defaults = schema().model_dump(mode="json")
+            rows = [(k, defaults[k], "default") for k in schema.model_fields]
+            problem.update(f"[red]the configured values are invalid[/]: {escape(str(exc))}")
+        self.query_one("#form-title", Static).update(f"[b]{spec.title}[/] · config section [b]{spec.section}[/]")
+        holder = self.query_one("#form-holder", VerticalScroll)
+        holder.remove_children()
+        holder.mount(ConfigForm(spec.section, SECTIONS[spec.section], rows, id="config-form"))
+
+    def on_config_form_changed(self, message: ConfigForm.Changed) -> None:
+        self.validate()
+
+    def validate(self) -> bool:
+        """Check the form with the engine's own loader; flag invalid values inline with its message."""
+        from fmb_engine.config import Layer, resolve
+
+        form = self.query_one(ConfigForm)
+        changed = form.changed()
+        errors = {k: str(v) for k, v in changed.items() if isinstance(v, ValueError)}
+        ok_values = {k: v for k, v in changed.items() if not isinstance(v, ValueError)}
+        sources: dict[str, str] = {}
+        try:
+            resolved = resolve(self.spec.section, [*self.config_layers, Layer(FORM_ORIGIN, nest(self.spec.section, ok_values))])
+            sources = resolved.sources
+            if not errors:
+                self.resolved = resolved
+        except ConfigError as exc:
+            per_key, other = error_lines(str(exc))
+            errors.update(per_key)
+            for line in other:
+                errors.setdefault("__form__", line)
+            sources = {k: FORM_ORIGIN for k in ok_values}
+        form.mark(sources, errors)
+        self.form_errors = errors
+        self.query_one("#form-problem", Static).update(f"[red]{escape(errors['__form__'])}[/]" if "__form__" in errors else "")
+        return not errors
+
+    def action_reset_form(self) -> None:
+        if self.spec is not None:
+            name, self.spec = self.spec.name, None
+            self.choose(name)
+
+    # --- submit --------------------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "submit":
+            self.action_submit()
+
+    def action_submit(self) -> None:
+        if self.spec is None or not self.query(ConfigForm):
+            self.fmb.notify("choose a stage first", severity="warning")
+            return
+        if not self.validate() or self.resolved is None:
+            self.fmb.notify("fix the values flagged in red first", severity="error")
+            return
+        choice = self.query_one("#executor", Select).value
+        executor = None if choice in ("__config__", Select.BLANK) else str(choice)
+        from fmb_tui.stages import submit_stage
+
+        self.query_one("#form-problem", Static).update(f"submitting {self.spec.name}…")
+        self.background("submitted", submit_stage, self.fmb.workspace, self.spec, self.resolved, executor)
+
+    def _done_submitted(self, sub) -> None:
+        self.query_one("#form-problem", Static).update(
+            f"[green]submitted[/] run [b]{escape(sub.run_id)}[/] ({sub.executor}): {escape(', '.join(sub.job_ids))} — "
+            "follow it on the Jobs screen (J)")
+        self.fmb.notify("\n".join(sub.notes), title=f"submitted {sub.stage}")
+        self.background("manifests", self._load_manifests)
+
+    def work_failed(self, tag: str, error: BaseException) -> None:
+        if tag == "submitted":
+            self.query_one("#form-problem", Static).update(f"[red]not submitted[/]: {escape(str(error))}")

@@ -1,0 +1,69 @@
+"""Fixtures of the TUI tests: a small mock workspace with synthetic detection outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fmb_engine.triage.config import TuiConfig
+from fmb_engine.workspace import Workspace
+from fmb_tui.synthetic import populate
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FMB_WORKSPACE", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tui_template(small_survey: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Survey (a link to the shared one) + rankings, comparisons and neighbours; copied per test."""
+    root = tmp_path_factory.mktemp("tui-template") / "ws"
+    ws = Workspace.init(root)
+    os.symlink(small_survey, ws.folder("survey") / "mock.h5")
+    populate(ws, ws.folder("survey") / "mock.h5")
+    return root
+
+
+@pytest.fixture
+def tui_ws(tui_template: Path, tmp_path: Path) -> Workspace:
+    dst = tmp_path / "ws"
+    shutil.copytree(tui_template, dst, symlinks=True)
+    return Workspace(dst)
+
+
+@pytest.fixture
+def config() -> TuiConfig:
+    return TuiConfig()
+
+
+async def settle(pilot, rounds: int = 3) -> None:
+    """Wait until background work is done and its messages are handled (no sleeps)."""
+    app = pilot.app
+    for _ in range(rounds):
+        try:
+            await app.workers.wait_for_complete()
+        except Exception:  # noqa: BLE001 - a failed worker is reported by the app; tests check that
+            pass
+        await pilot.pause()
+
+
+async def saved(pilot) -> None:
+    """Wait until the label writer has committed everything queued."""
+    await asyncio.to_thread(pilot.app.label_writer.drain, 10.0)
+    await settle(pilot, 1)
+
+
+async def quit_and_wait(app, timeout: float = 20.0) -> None:
+    """Run the app's quit action and let its message loop finish before the test harness tears it down."""
+    app.action_quit()
+    for _ in range(int(timeout / 0.01)):
+        if app._task is not None and app._task.done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the app did not exit")
