@@ -160,7 +160,7 @@ class FMBApp(App):
         yield from super().get_system_commands(screen)
         keymap = self.effective_keymap()
         current = getattr(screen, "NAME", "")
-        for scope, keys, action_id, text in actions.rows(keymap, self.tui_config.labels):
+        for _scope, keys, action_id, text in actions.rows(keymap, self.tui_config.labels):
             action = actions.BY_ID[action_id]
             if action.scope == "app":
                 title = action.description
@@ -283,7 +283,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.keys:
-        for scope, keys, action_id, text in actions.rows():
+        for _scope, keys, action_id, text in actions.rows():
             print(f"{action_id:28} {keys:18} {text}")
         return
     try:

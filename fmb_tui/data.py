@@ -32,24 +32,18 @@ class NoSurvey(FMBError):
 
 
 def register_sections(heavy: bool = False) -> None:
-    """Make every config section known, so a workspace ``fmb.yaml`` that sets any of them reads.
+    """Make the config sections known, so a workspace ``fmb.yaml`` that sets any of them reads.
 
-    The light ones (``jobs``, ``tui``) always; with ``heavy`` also ``embed.<model>`` (imports
-    torch through the embedders) and ``detect`` when the engine has it.
+    The light ones (``jobs``, ``tui``) always; with ``heavy`` every section of the engine
+    (``fmb_engine.sections.register_all``: it imports the embedders and detection, i.e. torch).
     """
-    import importlib
-
     import fmb_engine.jobs.config  # noqa: F401  (registers "jobs")
     import fmb_engine.triage.config  # noqa: F401  (registers "tui")
 
     if heavy:
-        with contextlib.suppress(ImportError):
-            from fmb_engine.embed.run import register_embed_sections
+        from fmb_engine.sections import register_all
 
-            register_embed_sections()
-        for name in ("fmb_engine.detect.config", "fmb_engine.detect.run", "fmb_engine.analyze.config"):
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
+        register_all()
 
 
 def load_section(name: str, ws: Workspace | None):

@@ -53,8 +53,18 @@ class RankingData:
         return added
 
     def add_system(self, system: str, rank: np.ndarray, score: np.ndarray) -> None:
+        """Ranks are integers, or floats with NaN where the system does not rank an object (it goes last)."""
         self.ranks[system] = np.asarray(rank)
         self.scores[system] = np.asarray(score, dtype=np.float64)  # no copy when already float64
+
+    def rank_of(self, system: str, row: int) -> int | None:
+        value = self.ranks[system][int(row)]
+        return None if value != value else int(value)  # NaN: not ranked by this system
+
+    def ranked(self, system: str) -> int:
+        """How many objects the system ranks."""
+        rank = self.ranks[system]
+        return int(rank.size if rank.dtype.kind in "iu" else np.isfinite(rank).sum())
 
     def loaded(self, system: str) -> bool:
         return system in self.ranks
@@ -162,7 +172,6 @@ def _resolve(spec: ViewSpec, key: str) -> str:
 
 def compute_order(data: RankingData, spec: ViewSpec, labels: dict[str, str]) -> np.ndarray:
     """Rows to show, in order. Heavy for a million rows (sorting, substring search): run it in a thread."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     key = _resolve(spec, spec.sort)
@@ -267,7 +276,7 @@ def columns(data: RankingData, system: str, id_width: int = 16) -> list[Column]:
 
 def fmt_score(v: float) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "nan"
+        return "–"
     a = abs(v)
     if a >= 1e5 or (0 < a < 1e-3):
         return f"{v:.3g}"
@@ -301,5 +310,6 @@ class RowFormatter:
         if not self.data.loaded(system):
             return CellText("…", "pending")
         if key == "rank" or key.startswith("rank:"):
-            return CellText(f"{int(self.data.ranks[system][row]):,}")
+            rank = self.data.rank_of(system, row)
+            return CellText("–" if rank is None else f"{rank:,}")
         return CellText(fmt_score(float(self.data.scores[system][row])))

@@ -1,24 +1,28 @@
 """The stages the Runs screen can submit, with their config section (no UI imports).
 
-Each entry says which config section its form is generated from and how to turn the
-validated config into a job: an importable stage door (submitit pickles it by reference)
-and its arguments. Submission goes through ``fmb_engine.jobs.executors.submit``, so runs
-from the TUI are recorded, polled, cancelled and resubmitted like runs from the CLI.
+Each entry names the config section its form is generated from and how to submit the
+validated config as a job through the engine (``fmb_engine.jobs``), so runs started
+here are recorded, polled, cancelled and resubmitted exactly like runs from the CLI:
 
-Building the catalogue imports the embedders (torch): call :func:`catalog` from a worker.
+* ``data.mock``          -> ``submit(make_mock)``
+* ``embed.<model>``      -> ``fmb_engine.jobs.stages.submit_embedding`` (a job array of ``tasks`` shards)
+* ``detect``             -> ``fmb_engine.jobs.stages.submit_detect`` (flows, mismatch, fusion, systems table)
+* ``analyze.rankings``   -> ``submit(analyze_rankings)`` (Spearman / Jaccard for the Compare screen)
+* ``analyze.similarity`` -> ``submit(analyze_similarity)`` (neighbours for the Object screen)
+
+Building the catalogue registers every section (it imports the embedders, i.e. torch):
+call :func:`catalog` from a worker thread.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fmb_engine.config import Resolved
 from fmb_engine.workspace import Workspace
 
-Builder = Callable[[Workspace, Resolved], tuple[Callable[..., Any], tuple, dict]]
+Submitter = Callable[[Workspace, Resolved, "str | None", int], object]
 
 
 @dataclass(frozen=True)
@@ -26,68 +30,85 @@ class StageSpec:
     name: str  # stage id recorded with the run, e.g. "embed.pca"
     section: str  # config section of the form
     title: str
-    build: Builder
+    submit: Submitter  # (ws, resolved, executor, tasks) -> fmb_engine.jobs.executors.Submission
+    sharded: bool = False  # takes a number of array tasks
 
 
-def _mock(ws: Workspace, resolved: Resolved):
+def _jobs(ws: Workspace) -> Resolved:
+    from fmb_engine.jobs.executors import jobs_config
+
+    return jobs_config(ws)
+
+
+def _survey(ws: Workspace):
+    from fmb_engine.config import load
+
+    return ws.survey_path(load("general", ws).values.survey)  # type: ignore[attr-defined]
+
+
+def _plain(stage: str, door: Callable[[], Callable]) -> Submitter:
+    def submit_(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
+        from fmb_engine.jobs.executors import submit
+        from fmb_engine.survey.stages import config_record
+
+        return submit(ws, stage, door(), ws, resolved, executor=executor, jobs=_jobs(ws),
+                      snapshot=config_record(resolved))
+
+    return submit_
+
+
+def _mock():
     from fmb_engine.survey.stages import make_mock
 
-    return make_mock, (ws, resolved), {}
+    return make_mock
 
 
-def _embed(model: str):
-    def build(ws: Workspace, resolved: Resolved):
-        from fmb_engine.config import load
-        from fmb_engine.embed.run import embed_survey
+def _analyze_rankings():
+    from fmb_engine.analyze.run import analyze_rankings
 
-        survey = ws.survey_path(load("general", ws).values.survey)  # type: ignore[attr-defined]
-        return embed_survey, (ws, survey, model, resolved), {}
-
-    return build
+    return analyze_rankings
 
 
-def _detect_door() -> tuple[str, Callable[..., Any]] | None:
-    """The detection stage door when the engine has one (``fmb_engine.detect.run``)."""
-    try:
-        module = importlib.import_module("fmb_engine.detect.run")
-    except ImportError:
-        return None
-    for name in ("detect_all", "run_detect", "detect"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return name, fn
-    return None
+def _analyze_similarity():
+    from fmb_engine.analyze.run import analyze_similarity
+
+    return analyze_similarity
+
+
+def _embed(model: str) -> Submitter:
+    def submit_(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
+        from fmb_engine.jobs.stages import submit_embedding
+
+        return submit_embedding(ws, _survey(ws), model, resolved, max(1, int(tasks)), executor, _jobs(ws))
+
+    return submit_
+
+
+def _detect(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
+    from fmb_engine.detect.run import PARTS
+    from fmb_engine.jobs.stages import submit_detect
+
+    return submit_detect(ws, resolved, PARTS, executor, _jobs(ws))
 
 
 def catalog() -> list[StageSpec]:
-    """Every submittable stage, data first, then one per embedder, then detection (when present)."""
-    specs = [StageSpec("data.mock", "mock", "data mock — simulate the mock survey", _mock)]
-    try:
-        from fmb_engine.embed import base
-        from fmb_engine.embed.run import register_embed_sections
+    """Every submittable stage: data, one per embedder, detection, the analyses the TUI shows."""
+    from fmb_engine.embed import base
+    from fmb_engine.sections import register_all
 
-        register_embed_sections()
-        for name in base.names():
-            specs.append(StageSpec(f"embed.{name}", f"embed.{name}", f"embed {name}", _embed(name)))
-    except ImportError:  # pragma: no cover - an install without the embedding extras
-        pass
-    door = _detect_door()
-    if door is not None:
-        from fmb_engine.config import SECTIONS
-
-        section = "detect" if "detect" in SECTIONS else None
-        if section is not None:
-            fn = door[1]
-            specs.append(StageSpec("detect", section, "detect all — score anomalies with every system",
-                                   lambda ws, resolved: (fn, (ws, resolved), {})))
+    register_all()
+    specs = [StageSpec("data.mock", "mock", "data mock — simulate the mock survey", _plain("data.mock", _mock))]
+    for name in base.names():
+        specs.append(StageSpec(f"embed.{name}", f"embed.{name}", f"embed {name} — embeddings of the survey",
+                               _embed(name), sharded=True))
+    specs.append(StageSpec("detect", "detect", "detect all — flows, mismatch, fusion, systems table", _detect))
+    specs.append(StageSpec("analyze.rankings", "analyze", "analyze rankings — Spearman / Jaccard between systems",
+                           _plain("analyze.rankings", _analyze_rankings)))
+    specs.append(StageSpec("analyze.similarity", "analyze", "analyze similarity — nearest neighbours",
+                           _plain("analyze.similarity", _analyze_similarity)))
     return specs
 
 
-def submit_stage(ws: Workspace, spec: StageSpec, resolved: Resolved, executor: str | None):
-    """Submit one stage as a job; returns the engine's Submission (run id, job ids, notes)."""
-    from fmb_engine.jobs.executors import jobs_config, submit
-    from fmb_engine.survey.stages import config_record
-
-    fn, args, kwargs = spec.build(ws, resolved)
-    return submit(ws, spec.name, fn, *args, executor=executor, jobs=jobs_config(ws), snapshot=config_record(resolved),
-                  **kwargs)
+def submit_stage(ws: Workspace, spec: StageSpec, resolved: Resolved, executor: str | None, tasks: int = 1):
+    """Submit one stage as a job (or job array); returns the engine's Submission (run id, job ids, notes)."""
+    return spec.submit(ws, resolved, executor, tasks)

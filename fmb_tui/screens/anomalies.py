@@ -203,7 +203,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         row = table.current_row()
         if row is None or self.rdata is None or self.spec is None:
             return None, None, None
-        rank = int(self.rdata.ranks[self.spec.system][row]) if self.rdata.loaded(self.spec.system) else None
+        rank = self.rdata.rank_of(self.spec.system, row) if self.rdata.loaded(self.spec.system) else None
         return self.rdata.id_at(row), self.spec.system, rank
 
     def triage_move(self, delta: int) -> None:
@@ -311,7 +311,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
     def action_jump(self) -> None:
         if self.rdata is None or self.spec is None:
             return
-        n = self.rdata.n
+        n = self.rdata.ranked(self.spec.system)
 
         def check(text: str) -> str | None:
             try:

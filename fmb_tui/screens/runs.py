@@ -7,7 +7,15 @@ from typing import Any
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, DataTable, Footer, Header, OptionList, Select, Static
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    OptionList,
+    Select,
+    Static,
+)
 from textual.widgets.option_list import Option
 
 from fmb_engine.errors import ConfigError
@@ -71,6 +79,8 @@ class RunsScreen(FMBScreen):
                 with Horizontal(id="submit-row"):
                     yield Select([("executor: loading…", "__loading__")], value="__loading__", allow_blank=False, id="executor",
                                  compact=True)
+                    yield Label("tasks", id="tasks-label")
+                    yield Input("1", id="tasks", type="integer", compact=True, tooltip="array tasks (shards) of an embedding run")
                     yield Button("Submit (ctrl+s)", id="submit", variant="primary", compact=True)
         with Horizontal(id="runs-bottom"):
             yield DataTable(id="manifests", cursor_type="row", zebra_stripes=True)
@@ -94,11 +104,10 @@ class RunsScreen(FMBScreen):
 
     def _load_catalog(self):
         from fmb_engine.config import layers_for
-        from fmb_tui.data import load_section, register_sections
+        from fmb_tui.data import load_section
         from fmb_tui.stages import catalog
 
-        specs = catalog()
-        register_sections(heavy=True)
+        specs = catalog()  # registers every section first
         layers = layers_for(self.fmb.workspace)
         jobs = load_section("jobs", self.fmb.workspace)
         return specs, layers, jobs
@@ -168,6 +177,8 @@ class RunsScreen(FMBScreen):
             rows = [(k, defaults[k], "default") for k in schema.model_fields]
             problem.update(f"[red]the configured values are invalid[/]: {escape(str(exc))}")
         self.query_one("#form-title", Static).update(f"[b]{spec.title}[/] · config section [b]{spec.section}[/]")
+        for wid in ("#tasks", "#tasks-label"):
+            self.query_one(wid).display = spec.sharded
         holder = self.query_one("#form-holder", VerticalScroll)
         holder.remove_children()
         holder.mount(ConfigForm(spec.section, SECTIONS[spec.section], rows, id="config-form"))
@@ -219,11 +230,18 @@ class RunsScreen(FMBScreen):
             self.fmb.notify("fix the values flagged in red first", severity="error")
             return
         choice = self.query_one("#executor", Select).value
-        executor = None if choice in ("__config__", Select.BLANK) else str(choice)
+        executor = None if choice in ("__config__", "__loading__", Select.BLANK) else str(choice)
+        try:
+            tasks = int(self.query_one("#tasks", Input).value or "1")
+        except ValueError:
+            tasks = 0
+        if tasks < 1:
+            self.fmb.notify("tasks must be a whole number ≥ 1", severity="error")
+            return
         from fmb_tui.stages import submit_stage
 
         self.query_one("#form-problem", Static).update(f"submitting {self.spec.name}…")
-        self.background("submitted", submit_stage, self.fmb.workspace, self.spec, self.resolved, executor)
+        self.background("submitted", submit_stage, self.fmb.workspace, self.spec, self.resolved, executor, tasks)
 
     def _done_submitted(self, sub) -> None:
         self.query_one("#form-problem", Static).update(

@@ -91,7 +91,7 @@ class ConfigForm(VerticalScroll):
     ConfigForm .field-row { height: auto; }
     ConfigForm .field-key { width: 20; text-style: bold; }
     ConfigForm .field-editor { width: 1fr; }
-    ConfigForm Switch { width: auto; height: 1; border: none; padding: 0; }
+    ConfigForm Switch.field-editor { width: 10; height: 1; border: none; padding: 0; }
     ConfigForm .field-origin { width: 16; padding-left: 1; color: $text-muted; }
     ConfigForm .field-origin.-edited { color: $warning; }
     ConfigForm .field-help { color: $text-muted; padding-left: 20; }

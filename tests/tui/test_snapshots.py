@@ -80,7 +80,13 @@ def test_compare(snap_compare, tui_ws, config):
     assert snap_compare(make_app(tui_ws, config, "compare"), terminal_size=(100, 24), run_before=ready)
 
 
-def test_runs(snap_compare, tui_ws, config):
+def test_runs(snap_compare, tui_ws, config, monkeypatch):
+    """The stage list is pinned: other tests may register extra embedders in this process."""
+    import fmb_tui.stages as stages
+
+    real = stages.catalog
+    monkeypatch.setattr(stages, "catalog", lambda: [s for s in real() if s.name in ("data.mock", "embed.pca", "embed.cca")])
+
     async def run_before(pilot):
         from fmb_tui.widgets.config_form import ConfigForm
 

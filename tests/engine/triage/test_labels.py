@@ -126,9 +126,9 @@ def test_concurrent_writers_in_threads_lose_nothing(workspace):
 
 
 def _proc_writer(root: str, user: str, n: int) -> None:
-    from fmb_engine.triage.labels import LabelStore
     from pathlib import Path
 
+    from fmb_engine.triage.labels import LabelStore
     from fmb_engine.workspace import Workspace
 
     with LabelStore.for_workspace(Workspace(Path(root)), user=user) as s:
