@@ -109,8 +109,8 @@ ACTIONS: tuple[Action, ...] = (
     # jobs
     _A("jobs.next", "j", "cursor_next", "Next", "Next job.", show=False),
     _A("jobs.previous", "k", "cursor_previous", "Prev", "Previous job.", show=False),
-    _A("jobs.cancel", "c", "cancel_job", "Cancel", "Cancel the selected job's run (asks first)."),
-    _A("jobs.resubmit", "r", "resubmit_job", "Resubmit", "Resubmit the failed tasks of the selected job's run (asks first)."),
+    _A("jobs.cancel", "c", "cancel_job", "Cancel", "Cancel the selected job (asks first; partial outputs are kept)."),
+    _A("jobs.resubmit", "r", "resubmit_job", "Resubmit", "Resubmit the selected job when it failed, timed out or was cancelled (asks first)."),
     _A("jobs.stream", "e", "toggle_stream", "stdout/err", "Show the job's stdout or stderr."),
     _A("jobs.poll", "p", "poll_now", "Poll", "Poll the job states now."),
     # runs

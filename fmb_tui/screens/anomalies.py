@@ -29,6 +29,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self._preview_id: str | None = None
         self._pending_keep: int | None = None
         self._pending_cursor: int | None = None
+        self._more_pending = False
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -77,10 +78,8 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         data, system = result
         self.rdata = data
         self.spec = rm.ViewSpec(system)
+        self._more_pending = True  # the other systems' columns load once the first rows are on screen
         self.recompute(cursor=0)
-        others = [s for s in data.systems if not data.loaded(s)]
-        if others:
-            self.background("more_systems", self.data.load_systems, data, others, group="ranking-more")
 
     def _done_more_systems(self, arrays) -> None:
         if self.rdata is None:
@@ -110,6 +109,12 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
                             keep_row=self._pending_keep, cursor=self._pending_cursor)
         self.update_status()
         self.update_progress()
+        if self._more_pending:
+            self._more_pending = False
+            others = [s for s in self.rdata.systems if not self.rdata.loaded(s)]
+            if others:
+                self.call_after_refresh(self.background, "more_systems", self.data.load_systems, self.rdata, others,
+                                        group="ranking-more")
 
     # --- status ------------------------------------------------------------------------------
 

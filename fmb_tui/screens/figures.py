@@ -1,6 +1,13 @@
-"""Figures screen: pick a figure and an object set (a ranking's top-k, a label), export PNG/PDF."""
+"""Figures screen: pick a figure and an object set (a ranking's top-k, a label), export through the engine.
+
+The drawing is the engine's (``fmb_engine.figures.run``): every figure is written as PNG and
+PDF under ``figures/`` with a run manifest; this screen only chooses what to draw, runs the
+door in a worker thread and shows the files it wrote.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.markup import escape
 from textual.app import ComposeResult
@@ -8,13 +15,44 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from fmb_engine.errors import FMBError
-from fmb_tui import figures
 from fmb_tui.screens.base import FMBScreen
 
-FIGURE_TITLES = {
-    "grid": "grid — image + spectrum per object, one page (PNG or PDF)",
-    "quicklook": "quick-look — one PNG per object: bands, colour, spectrum",
+FIGURES = {
+    "grid": "outlier grid — colour image + spectrum per object",
+    "objects": "object sheets — bands, colour, spectrum; one figure per object",
+    "heatmaps": "ranking comparison — Spearman and Jaccard heat maps",
 }
+MAX_SHEETS = 50
+
+
+def export_figure(ws, survey: Path, kind: str, chosen: str, system: str | None, k: int,
+                  labels: dict[str, str]) -> list[Path]:
+    """Run the engine's figure door for the chosen objects; returns the files written (PNG + PDF)."""
+    from fmb_engine.figures import run as fig
+
+    if kind == "heatmaps":
+        return list(fig.heatmap_figures(ws).summary["files"])
+    if chosen == "top":
+        if system is None:
+            raise FMBError("no ranking to take a top-k from: run `fmb-engine detect all` first")
+        ids = None
+    else:
+        label = chosen.split(":", 1)[1]
+        ids = sorted(oid for oid, lbl in labels.items() if lbl == label)
+        if not ids:
+            raise FMBError(f"no object is labelled {label!r} yet")
+    if kind == "grid":
+        return list(fig.outlier_grid_figure(ws, survey, system=system, ids=ids, top_k=k).summary["files"])
+    if ids is None:
+        from fmb_engine.figures.objects import top_ids
+
+        ids = top_ids(fig.read_ranked_table(ws.folder("scores") / "systems.parquet"), k, system)["object_id"].tolist()
+    if len(ids) > MAX_SHEETS:
+        raise FMBError(f"{len(ids)} objects: at most {MAX_SHEETS} object sheets at once (use the outlier grid)")
+    written: list[Path] = []
+    for oid in ids:
+        written += fig.object_fig(ws, survey, oid).summary["files"]
+    return written
 
 
 class FiguresScreen(FMBScreen):
@@ -29,11 +67,12 @@ class FiguresScreen(FMBScreen):
         labels = self.fmb.tui_config.labels
         yield Header()
         with VerticalScroll(id="figures-body"):
-            yield Static("Export a figure of candidates (rendered in the background; the path shows below)",
+            yield Static("Export a figure through the engine (PNG and PDF under figures/, with a run manifest)",
                          classes="muted")
             with Horizontal(classes="fig-row"):
                 yield Label("figure", classes="fig-key")
-                yield Select([(t, k) for k, t in FIGURE_TITLES.items()], value="grid", allow_blank=False, id="fig-kind", compact=True)
+                yield Select([(t, k) for k, t in FIGURES.items()], value="grid", allow_blank=False, id="fig-kind",
+                             compact=True)
             with Horizontal(classes="fig-row"):
                 yield Label("objects", classes="fig-key")
                 yield Select([("top-k of a ranking", "top")] + [(f"labelled {lbl}", f"label:{lbl}") for lbl in labels],
@@ -44,9 +83,6 @@ class FiguresScreen(FMBScreen):
             with Horizontal(classes="fig-row"):
                 yield Label("k", classes="fig-key")
                 yield Input("12", id="fig-k", type="integer", compact=True)
-            with Horizontal(classes="fig-row"):
-                yield Label("format", classes="fig-key")
-                yield Select([("png", "png"), ("pdf", "pdf")], value="png", allow_blank=False, id="fig-format", compact=True)
             yield Button("Export (ctrl+s)", id="fig-export", variant="primary", compact=True)
             yield Static("", id="fig-output")
         yield Footer()
@@ -83,34 +119,27 @@ class FiguresScreen(FMBScreen):
         kind = str(self.query_one("#fig-kind", Select).value)
         chosen = str(self.query_one("#fig-set", Select).value)
         system = str(self.query_one("#fig-system", Select).value) or None
-        fmt = str(self.query_one("#fig-format", Select).value)
         try:
             k = int(self.query_one("#fig-k", Input).value or "0")
         except ValueError:
             k = 0
         output = self.query_one("#fig-output", Static)
-        if chosen == "top":
-            if system is None:
-                output.update("[red]no ranking to take a top-k from[/]: run `fmb-engine detect all` first")
-                return
-            if k < 1:
-                output.update("[red]k must be a whole number ≥ 1[/]")
-                return
-            objects = figures.ObjectSet("top", system=system, k=k)
-        else:
-            objects = figures.ObjectSet("label", system=system, label=chosen.split(":", 1)[1])
-        output.update(f"rendering {kind} of {escape(objects.describe())}…")
-        labels = dict(self.fmb.labels)
-        self.background("exported", self._export, kind, objects, fmt, labels)
+        if kind != "heatmaps" and chosen == "top" and k < 1:
+            output.update("[red]k must be a whole number ≥ 1[/]")
+            return
+        what = FIGURES[kind].split(" — ")[0]
+        output.update(f"rendering the {what}…")
+        self.background("exported", self._export, kind, chosen, system, k, dict(self.fmb.labels))
 
-    def _export(self, kind, objects, fmt, labels):
+    def _export(self, kind, chosen, system, k, labels):
         self.fmb.label_writer.drain()
-        return figures.export(self.fmb.workspace, kind, objects, fmt, labels=labels, survey=self.data.survey_path())
+        return export_figure(self.fmb.workspace, self.data.survey_path(), kind, chosen, system, k, labels)
 
-    def _done_exported(self, paths) -> None:
+    def _done_exported(self, paths: list[Path]) -> None:
         listing = "\n".join(escape(str(p)) for p in paths[:8]) + (f"\n… and {len(paths) - 8} more" if len(paths) > 8 else "")
         self.query_one("#fig-output", Static).update(f"[green]written[/]:\n{listing}")
-        self.fmb.notify(figures.summary(paths), title="figure exported")
+        summary = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files in {paths[0].parent}"
+        self.fmb.notify(summary, title="figure exported")
 
     def work_failed(self, tag: str, error: BaseException) -> None:
         if tag == "exported":

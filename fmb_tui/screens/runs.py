@@ -7,15 +7,7 @@ from typing import Any
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import (
-    Button,
-    DataTable,
-    Footer,
-    Header,
-    OptionList,
-    Select,
-    Static,
-)
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from fmb_engine.errors import ConfigError
@@ -66,6 +58,7 @@ class RunsScreen(FMBScreen):
         self.spec = None
         self.resolved = None
         self.form_errors: dict[str, str] = {}
+        self.base_problem = ""
         self.manifests: list[dict[str, Any]] = []
 
     def compose(self) -> ComposeResult:
@@ -166,22 +159,24 @@ class RunsScreen(FMBScreen):
             return
         self.spec = spec
         problem = self.query_one("#form-problem", Static)
+        self.base_problem = ""
         try:
             self.resolved = resolve(spec.section, self.config_layers)
             rows = self.resolved.rows()
-            problem.update("")
         except ConfigError as exc:
             self.resolved = None
             schema = SECTIONS[spec.section]
             defaults = schema().model_dump(mode="json")
             rows = [(k, defaults[k], "default") for k in schema.model_fields]
-            problem.update(f"[red]the configured values are invalid[/]: {escape(str(exc))}")
+            self.base_problem = f"[red]the configured values are invalid[/]: {escape(str(exc))}"
+        problem.update(self.base_problem)
         self.query_one("#form-title", Static).update(f"[b]{spec.title}[/] · config section [b]{spec.section}[/]")
         for wid in ("#tasks", "#tasks-label"):
             self.query_one(wid).display = spec.sharded
         holder = self.query_one("#form-holder", VerticalScroll)
         holder.remove_children()
-        holder.mount(ConfigForm(spec.section, SECTIONS[spec.section], rows, id="config-form"))
+        holder.mount(ConfigForm(spec.section, SECTIONS[spec.section], rows, id="config-form",
+                                override_all=bool(self.base_problem)))
 
     def on_config_form_changed(self, message: ConfigForm.Changed) -> None:
         self.validate()
@@ -208,7 +203,10 @@ class RunsScreen(FMBScreen):
             sources = {k: FORM_ORIGIN for k in ok_values}
         form.mark(sources, errors)
         self.form_errors = errors
-        self.query_one("#form-problem", Static).update(f"[red]{escape(errors['__form__'])}[/]" if "__form__" in errors else "")
+        lines = [self.base_problem] if self.base_problem else []
+        if "__form__" in errors:
+            lines.append(f"[red]{escape(errors['__form__'])}[/]")
+        self.query_one("#form-problem", Static).update("\n".join(lines))
         return not errors
 
     def action_reset_form(self) -> None:

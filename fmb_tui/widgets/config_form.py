@@ -102,11 +102,12 @@ class ConfigForm(VerticalScroll):
     class Changed(Message):
         """A field was edited."""
 
-    def __init__(self, section: str, schema: type, rows: list[tuple[str, Any, str]], id: str | None = None) -> None:
+    def __init__(self, section: str, schema: type, rows: list[tuple[str, Any, str]], id: str | None = None,
+                 override_all: bool = False) -> None:
         super().__init__(id=id)
         self.section, self.schema = section, schema
+        self.override_all = override_all
         self.base = {key: (value, origin) for key, value, origin in rows}
-        self._ready = False
 
     def compose(self) -> ComposeResult:
         for key, info in self.schema.model_fields.items():
@@ -119,9 +120,6 @@ class ConfigForm(VerticalScroll):
                 if info.description:
                     yield Static(info.description, classes="field-help")
                 yield Static("", classes="field-error", id=f"error-{key}")
-
-    def on_mount(self) -> None:
-        self.call_after_refresh(setattr, self, "_ready", True)
 
     @staticmethod
     def _short(origin: str) -> str:
@@ -158,9 +156,16 @@ class ConfigForm(VerticalScroll):
         return out
 
     def changed(self) -> dict[str, Any]:
-        """Only the keys whose value differs from the configured one (these form the ``TUI form`` layer)."""
+        """Only the keys whose value differs from the configured one (these form the ``TUI form`` layer).
+
+        When the configured values themselves are invalid (``override_all``), every field is
+        part of the form layer, so correcting the form is enough to submit.
+        """
         out = {}
         for key, value in self.raw().items():
+            if self.override_all:
+                out[key] = value
+                continue
             configured = self.base.get(key, (None, "default"))[0]
             if isinstance(value, ValueError) or value != configured:
                 out[key] = value
@@ -178,15 +183,12 @@ class ConfigForm(VerticalScroll):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
-        if self._ready:
-            self.post_message(self.Changed())
+        self.post_message(self.Changed())  # validation is cheap and idempotent: the mount-time events are harmless
 
     def on_switch_changed(self, event: Switch.Changed) -> None:
         event.stop()
-        if self._ready:
-            self.post_message(self.Changed())
+        self.post_message(self.Changed())  # validation is cheap and idempotent: the mount-time events are harmless
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        if self._ready:
-            self.post_message(self.Changed())
+        self.post_message(self.Changed())  # validation is cheap and idempotent: the mount-time events are harmless

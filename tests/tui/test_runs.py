@@ -81,3 +81,8 @@ async def test_invalid_workspace_config_is_shown_not_raised(tui_ws, config):
         text = flat_text(app)
         assert "configured values are invalid" in text and "objects = 3" in text
         assert "Traceback" not in text
+        # the form starts from the defaults and, once valid, overrides the bad workspace value
+        form = screen.query_one(ConfigForm)
+        form.query_one("#edit-objects", Input).value = "30"
+        await settle(pilot)
+        assert screen.validate() and screen.resolved.values.objects == 30

@@ -55,7 +55,7 @@ async def test_compare_without_matrices(workspace, config):
         assert "fmb-engine analyze rankings" in flat_text(app)
 
 
-async def test_figures_export_grid_and_label_set(tui_ws, config):
+async def test_figures_export_through_the_engine(tui_ws, config):
     with LabelStore.for_workspace(tui_ws) as s:
         s.set_label("mock42-0000002", "interesting")
         s.set_label("mock42-0000005", "interesting")
@@ -66,21 +66,28 @@ async def test_figures_export_grid_and_label_set(tui_ws, config):
         screen.query_one("#fig-k").value = "3"
         await pilot.press("ctrl+s")
         await settle(pilot)
-        pngs = sorted((tui_ws.folder("figures") / "tui").glob("*grid-top3*.png"))
-        assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000
-        assert str(pngs[0]) in screen_text(app).replace("\n", "") or "written" in screen_text(app)
+        grid = tui_ws.folder("figures") / "outliers" / "outliers_astropt_fused_geo"
+        for suffix in (".png", ".pdf"):
+            assert grid.with_suffix(suffix).stat().st_size > 5_000
+        shown = str(screen.query_one("#fig-output").render())
+        assert "written" in shown and str(grid.with_suffix(".png")) in shown
+        # a label set: the objects labelled "interesting"
         screen.query_one("#fig-set").value = "label:interesting"
-        screen.query_one("#fig-format").value = "pdf"
         await pilot.pause()
         await pilot.press("ctrl+s")
         await settle(pilot)
-        pdfs = list((tui_ws.folder("figures") / "tui").glob("*label-interesting.pdf"))
-        assert len(pdfs) == 1 and pdfs[0].read_bytes()[:4] == b"%PDF"
+        assert (tui_ws.folder("figures") / "outliers" / "outliers_ids.pdf").read_bytes()[:4] == b"%PDF"
         screen.query_one("#fig-set").value = "label:lens"
         await pilot.pause()
         await pilot.press("ctrl+s")
         await settle(pilot)
         assert "no object is labelled 'lens' yet" in flat_text(app)
+        # the ranking heat maps, from the comparison matrices
+        screen.query_one("#fig-kind").value = "heatmaps"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert (tui_ws.folder("figures") / "rankings" / "spearman_heatmap.png").is_file()
 
 
 async def test_help_is_generated_from_the_registry(tui_ws, config):

@@ -157,3 +157,32 @@ def test_form_parsing_and_error_lines():
         parse(dict[str, str], "{a: [")
     per_key, other = error_lines("TUI form: mock.objects = 5 is invalid: Input should be >= 20 (expected int, got int)\nboom")
     assert per_key == {"objects": "Input should be >= 20 (expected int, got int)"} and other == ["boom"]
+
+
+def test_systems_that_do_not_rank_every_object(tmp_path):
+    """detect writes nullable ranks (an outer join of systems): unranked objects go last, shown as –."""
+    import pandas as pd
+
+    from fmb_engine.rankings import systems_path
+    from fmb_engine.triage.config import TuiConfig
+    from fmb_engine.workspace import Workspace
+    from fmb_tui.data import WorkspaceData
+
+    ws = Workspace.init(tmp_path / "ws")
+    table = pd.DataFrame({
+        "object_id": ["a", "b", "c", "d"],
+        "rank:m/image/flow": pd.array([2, None, 1, 3], dtype="Int64"),
+        "score:m/image/flow": [0.5, None, 0.9, 0.1],
+        "rank:m/fused/geo": pd.array([1, 2, 3, 4], dtype="Int64"),
+        "score:m/fused/geo": [4.0, 3.0, 2.0, 1.0],
+    })
+    table.to_parquet(systems_path(ws), index=False)
+    data, system = WorkspaceData(ws, TuiConfig()).open_ranking("m/image/flow")
+    order = rm.compute_order(data, rm.ViewSpec(system), {})
+    assert data.ids_at(order) == ["c", "a", "d", "b"]
+    assert data.ranked(system) == 3 and data.rank_of(system, 1) is None
+    fmt = rm.RowFormatter(data, system)
+    cols = rm.columns(data, system)
+    assert fmt.cell(1, cols[0], "b").text == "–" and fmt.cell(1, cols[3], "b").text == "–"
+    desc = rm.compute_order(data, rm.ViewSpec(system, sort="score", descending=True), {})
+    assert data.ids_at(desc)[-1] == "b"
