@@ -87,6 +87,7 @@ class FMBApp(App):
         self._label_version = -1
         self._label_ticket = 0
         self._watch_terminal = watch_terminal
+        self._parent_pid = os.getppid()
         self._quitting = False
 
     # --- start and stop ------------------------------------------------------------------
@@ -118,9 +119,9 @@ class FMBApp(App):
         self.exit(return_code=128 + int(sig))
 
     def _check_terminal(self) -> None:
-        """Orphaned (parent gone) or no terminal any more: exit instead of spinning on a dead TTY."""
+        """Orphaned (re-parented since start) or no terminal any more: exit instead of spinning on a dead TTY."""
         try:
-            gone = os.getppid() == 1 or not os.isatty(sys.__stdin__.fileno())
+            gone = os.getppid() != self._parent_pid or not os.isatty(sys.__stdin__.fileno())
         except (OSError, ValueError, AttributeError):
             gone = True
         if gone:

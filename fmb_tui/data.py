@@ -31,23 +31,20 @@ class NoSurvey(FMBError):
     pass
 
 
-def register_sections(heavy: bool = False) -> None:
-    """Make the config sections known, so a workspace ``fmb.yaml`` that sets any of them reads.
-
-    The light ones (``jobs``, ``tui``) always; with ``heavy`` every section of the engine
-    (``fmb_engine.sections.register_all``: it imports the embedders and detection, i.e. torch).
-    """
+def register_sections() -> None:
+    """Make the light config sections (``jobs``, ``tui``) known without importing torch."""
     import fmb_engine.jobs.config  # noqa: F401  (registers "jobs")
     import fmb_engine.triage.config  # noqa: F401  (registers "tui")
 
-    if heavy:
-        from fmb_engine.sections import register_all
-
-        register_all()
-
 
 def load_section(name: str, ws: Workspace | None):
-    """``load(name, ws)``, registering the heavy sections first only when the workspace config needs them."""
+    """``load(name, ws)`` without importing the heavy stages at start-up.
+
+    The engine refuses a layer holding a section it does not know yet; the stages register
+    theirs on import (embedders and detection import torch: seconds). So when the workspace
+    ``fmb.yaml`` holds such a section, read only the section asked for from each layer (the
+    same validation and provenance) instead of registering everything first.
+    """
     from fmb_engine.config import load
     from fmb_engine.errors import ConfigError
 
@@ -57,8 +54,19 @@ def load_section(name: str, ws: Workspace | None):
     except ConfigError as exc:
         if "unknown section" not in str(exc):
             raise
-    register_sections(heavy=True)
-    return load(name, ws)
+    import yaml
+
+    from fmb_engine.config import Layer, resolve
+
+    layers = []
+    if ws is not None and ws.config_file.is_file():
+        try:
+            data = yaml.safe_load(ws.config_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{ws.config_file}: not valid YAML: {exc}") from None
+        if isinstance(data, dict):
+            layers.append(Layer(str(ws.config_file), data))
+    return resolve(name, layers)
 
 
 def load_tui_config(ws: Workspace | None) -> TuiConfig:

@@ -15,6 +15,7 @@ from fmb_tui.widgets.plots import ImageView, SpectrumPlot
 from fmb_tui.widgets.ranking_table import LABEL_COLOURS, RankingTable
 
 PREVIEW_DELAY_S = 0.06  # wait for the key repeat to settle before reading an object
+MORE_SYSTEMS_DELAY_S = 0.2  # let the first rows paint before the other systems' columns load
 
 
 class AnomaliesScreen(TriageMixin, FMBScreen):
@@ -61,6 +62,12 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
 
     def on_screen_resume(self) -> None:
         self.triage_changed()
+        if self.rdata is not None:  # a detection run may have rewritten the ranking meanwhile
+            self.background("changed", self.data.ranking_changed, self.rdata, group="ranking-changed")
+
+    def _done_changed(self, changed: bool) -> None:
+        if changed:
+            self.fmb.notify("the ranking on disk has changed (a new detection run): r reloads it", title="ranking")
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -112,9 +119,9 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         if self._more_pending:
             self._more_pending = False
             others = [s for s in self.rdata.systems if not self.rdata.loaded(s)]
-            if others:
-                self.call_after_refresh(self.background, "more_systems", self.data.load_systems, self.rdata, others,
-                                        group="ranking-more")
+            if others:  # after the first rows are painted: reading them competes for the CPU
+                self.set_timer(MORE_SYSTEMS_DELAY_S, lambda: self.background(
+                    "more_systems", self.data.load_systems, self.rdata, others, group="ranking-more"))
 
     # --- status ------------------------------------------------------------------------------
 

@@ -43,7 +43,11 @@ def config() -> TuiConfig:
 
 
 async def settle(pilot, rounds: int = 3) -> None:
-    """Wait until background work is done and its messages are handled (no sleeps)."""
+    """Wait until background work is done and its messages are handled (no sleeps).
+
+    The Anomalies screen loads the other systems' columns shortly after its first rows: wait
+    for those too, so every test (and snapshot) sees the complete table.
+    """
     app = pilot.app
     for _ in range(rounds):
         try:
@@ -51,6 +55,21 @@ async def settle(pilot, rounds: int = 3) -> None:
         except Exception:  # noqa: BLE001 - a failed worker is reported by the app; tests check that
             pass
         await pilot.pause()
+    for screen in app.screen_stack:
+        for _ in range(200):
+            if not getattr(screen, "_more_pending", False) and not _loading(screen):
+                break
+            await pilot.pause(0.02)
+            try:
+                await app.workers.wait_for_complete()
+            except Exception:  # noqa: BLE001
+                pass
+        await pilot.pause()
+
+
+def _loading(screen) -> bool:
+    data = getattr(screen, "rdata", None)
+    return data is not None and not all(data.loaded(s) for s in data.systems)
 
 
 async def saved(pilot) -> None:

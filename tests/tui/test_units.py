@@ -186,3 +186,13 @@ def test_systems_that_do_not_rank_every_object(tmp_path):
     assert fmt.cell(1, cols[0], "b").text == "–" and fmt.cell(1, cols[3], "b").text == "–"
     desc = rm.compute_order(data, rm.ViewSpec(system, sort="score", descending=True), {})
     assert data.ids_at(desc)[-1] == "b"
+
+
+def test_tui_config_reads_without_registering_every_stage(tmp_path):
+    """A workspace config holding a section the TUI has not imported (here a made-up one) still yields `tui`."""
+    from fmb_engine.workspace import Workspace
+    from fmb_tui.data import load_tui_config
+
+    ws = Workspace.init(tmp_path / "ws")
+    ws.config_file.write_text("tui:\n  top_k: 7\nnot_imported_yet:\n  x: 1\n")
+    assert load_tui_config(ws).top_k == 7
