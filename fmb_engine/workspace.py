@@ -21,7 +21,7 @@ WORKSPACE_FILE = "fmb.yaml"
 ENV_VAR = "FMB_WORKSPACE"
 
 #: Sub-folders created by ``fmb-engine init``; one per kind of artifact.
-FOLDERS = ("survey", "embeddings", "scores", "analysis", "figures", "runs", "jobs")
+FOLDERS = ("survey", "embeddings", "scores", "analysis", "figures", "runs", "jobs", "checkpoints", "triage")
 
 #: Files in a shared workspace are readable by the group, never by everyone.
 FILE_MODE = 0o640

@@ -48,7 +48,7 @@ def init(
     directory: str = typer.Argument(..., help="Folder to create (or complete) as a workspace."),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Complete an existing workspace instead of failing."),
 ) -> None:
-    """Create a workspace: fmb.yaml plus survey/, embeddings/, scores/, analysis/, figures/, runs/, jobs/."""
+    """Create a workspace: fmb.yaml plus survey/, embeddings/, scores/, analysis/, figures/, runs/, jobs/, checkpoints/, triage/."""
     ws = Workspace.init(directory, exist_ok=exist_ok)
     console.print(f"workspace ready: [bold]{escape(str(ws.root))}[/]")
     console.print(f"next: cd {escape(str(ws.root))} && fmb-engine data mock")

@@ -121,7 +121,7 @@ class Current:
 
 
 def labels_path(ws: Workspace) -> Path:
-    return ws.root / FOLDER / FILE_NAME
+    return ws.folder(FOLDER) / FILE_NAME
 
 
 def default_user() -> str:
