@@ -14,10 +14,10 @@ from fmb_engine.detect.run import PARTS, detect
 app = typer.Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
 
 
-def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, executor=None) -> None:
+def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor=None) -> None:
     ws = find_workspace(workspace)
     resolved = section("detect", ws, config, models=models or None, preset=preset, seed=seed, fusion=fusion,
-                       top_k=top_k, out_of_fold=out_of_fold)
+                       top_k=top_k, out_of_fold=out_of_fold, n_jobs=n_jobs)
     if executor is not None:
         from fmb_engine.cli.jobs import print_submission
         from fmb_engine.jobs.stages import submit_detect
@@ -38,11 +38,12 @@ def _command(parts: tuple[str, ...], doc: str):
         fusion: str = typer.Option(None, "--fusion", help="geo, min or avg."),
         top_k: int = typer.Option(None, "--top-k", help="Rows of the ranked / filtered tables."),
         out_of_fold: int = typer.Option(None, "--out-of-fold", help="K folds for out-of-sample flow scores (0 = off)."),
+        n_jobs: int = typer.Option(None, "--n-jobs", min=0, help="Processes training the flows side by side (0 = one per core)."),
         workspace: WorkspaceOpt = None,
         config: ConfigOpt = None,
         executor: ExecutorOpt = None,
     ) -> None:
-        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, executor)
+        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor)
 
     command.__doc__ = doc
     return command

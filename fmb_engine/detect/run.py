@@ -17,6 +17,7 @@ Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmb_engine.config import Resolved
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
-from fmb_engine.detect.flows import FlowDensity, score_out_of_fold, split_preset
+from fmb_engine.detect.flows import fit_flows, score_out_of_fold, split_preset
 from fmb_engine.detect.fusion import FUSION_METHODS, fuse
 from fmb_engine.detect.mismatch import mismatch_scores
 from fmb_engine.detect.preprocess import Preprocessor, finite_rows
 from fmb_engine.detect.tables import anomaly_table, rank_descending
+from fmb_engine.embed.base import resolve_device
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.errors import DataError
@@ -67,6 +69,9 @@ class DetectConfig(BaseModel):
     seed: int = Field(42, ge=0, description="Seed of every random choice (flows, folds, baselines).")
     device: str = Field("auto", description="Torch device: auto, cpu, cuda.")
     threads: int = Field(1, ge=0, description="Torch CPU threads for the flows (0 = torch default).")
+    n_jobs: int = Field(
+        0, ge=0, description="Processes training one run's flows side by side (0 = one per CPU core on CPU, 1 on CUDA)."
+    )
     fusion: Literal["geo", "min", "avg", "fisher"] = Field(
         "fisher", description="Fusion that orders the ranked top-k tables (all four are always computed)."
     )
@@ -85,6 +90,14 @@ class DetectConfig(BaseModel):
         pre, flow = split_preset(self.preset, **overrides, seed=self.seed)
         flow |= {"device": self.device, "threads": self.threads or None}
         return pre, flow
+
+    def flow_jobs(self) -> int:
+        """Worker processes for the flows: results are identical for any value (same threads)."""
+        if self.n_jobs:
+            return self.n_jobs
+        if resolve_device(self.device).startswith("cuda"):
+            return 1
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def system_name(model: str, modality: str, method: str) -> str:
@@ -121,22 +134,27 @@ def _usable(x: np.ndarray, valid: np.ndarray, manifest: RunManifest, what: str) 
     return keep
 
 
-def _flow_nlp(x: np.ndarray, cfg: DetectConfig, state_path: Path) -> np.ndarray:
-    """-log p per row; the fitted preprocessing + flow is saved to ``state_path``."""
+def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path) -> dict[str, np.ndarray]:
+    """-log p per row for each modality's vectors; each fitted preprocessing + flow is saved
+    to ``folder/flow_<modality>.npz``. The modalities' flows train side by side (``n_jobs``)."""
     pre_kw, flow_kw = cfg.flow_params()
-    if x.shape[0] < 10:
-        raise DataError(f"only {x.shape[0]} usable rows for a flow (need >= 10)")
-    pre = Preprocessor(**pre_kw).fit(x)
-    z = pre.transform(x)
-    flow = FlowDensity(**flow_kw).fit(z)
-    if cfg.out_of_fold >= 2:
-        nlp = -score_out_of_fold(x, cfg.out_of_fold, cfg.seed, preprocess=pre_kw, **flow_kw)
-    else:
-        nlp = -flow.score_samples(z)
-    state = {f"pre.{k}": v for k, v in pre.state_dict().items()} | {f"flow.{k}": v for k, v in flow.state_dict().items()}
-    with atomic_path(state_path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **state)
-    return nlp
+    for modality, x in xs.items():
+        if x.shape[0] < 10:
+            raise DataError(f"only {x.shape[0]} usable {modality} rows for a flow (need >= 10)")
+    pres = {m: Preprocessor(**pre_kw).fit(x) for m, x in xs.items()}
+    zs = {m: pres[m].transform(x) for m, x in xs.items()}
+    flows = fit_flows(zs, n_jobs=cfg.flow_jobs(), **flow_kw)
+    out = {}
+    for modality, x in xs.items():
+        if cfg.out_of_fold >= 2:
+            out[modality] = -score_out_of_fold(x, cfg.out_of_fold, cfg.seed, preprocess=pre_kw, **flow_kw)
+        else:
+            out[modality] = -flows[modality].score_samples(zs[modality])
+        state = ({f"pre.{k}": v for k, v in pres[modality].state_dict().items()}
+                 | {f"flow.{k}": v for k, v in flows[modality].state_dict().items()})
+        with atomic_path(folder / f"flow_{modality}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **state)
+    return out
 
 
 def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifest, reporter: Reporter,
@@ -156,12 +174,13 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
     with reporter.task(f"detect {model}", steps) as task:
         if flows:
             flow_tables, baseline_tables = [], []
+            keeps = {m: _usable(vectors[m], valid[m], manifest, f"{model}/{m}") for m in meta.modalities}
+            with manifest.phase(f"flows:{model}"):
+                nlps = _flow_nlps({m: vectors[m][keeps[m]] for m in meta.modalities}, cfg, out / "models" / model)
             for modality in meta.modalities:
-                keep = _usable(vectors[modality], valid[modality], manifest, f"{model}/{modality}")
+                keep = keeps[modality]
                 x, key = vectors[modality][keep], reference_key(family, modality)
-                with manifest.phase(f"flow:{model}/{modality}"):
-                    nlp = _flow_nlp(x, cfg, out / "models" / model / f"flow_{modality}.npz")
-                flow_tables.append(anomaly_table(ids[keep], -nlp, key))
+                flow_tables.append(anomaly_table(ids[keep], -nlps[modality], key))
                 task.advance()
                 if cfg.baselines:
                     with manifest.phase(f"baselines:{model}/{modality}"):

@@ -67,9 +67,11 @@ def test_fusion_percentiles_and_systems_table(scored):
 
 
 def test_same_seed_same_ranks(scored, tmp_path):
+    """Same seed, same ranks -- also when the flows train in one process instead of side by side."""
     ws, _, _ = scored
+    assert load("detect", ws, cli=FAST).values.flow_jobs() >= 1
     before = pd.read_parquet(ws.folder("scores") / "systems.parquet")
-    detect(ws, load("detect", ws, cli=FAST | {"models": ["cca"]}), parts=("flows",))
+    detect(ws, load("detect", ws, cli=FAST | {"models": ["cca"], "n_jobs": 1}), parts=("flows",))
     after = pd.read_parquet(ws.folder("scores") / "systems.parquet")
     for col in (c for c in before.columns if c.startswith("rank:cca/") and "/fused/" not in c):
         assert before[col].equals(after[col]), col
