@@ -19,6 +19,7 @@ from fmb_engine.cli import embed as embed_cli  # noqa: E402
 from fmb_engine.cli import figures as figures_cli  # noqa: E402
 from fmb_engine.cli import jobs as jobs_cli  # noqa: E402
 from fmb_engine.cli import models as models_cli  # noqa: E402
+from fmb_engine.cli import retrain as retrain_cli  # noqa: E402
 from fmb_engine.cli.common import console, err_console  # noqa: E402
 from fmb_engine.cli.demo import demo  # noqa: E402
 from fmb_engine.errors import FMBError  # noqa: E402
@@ -26,7 +27,7 @@ from fmb_engine.workspace import Workspace  # noqa: E402
 
 app = typer.Typer(
     name="fmb-engine",
-    help="Foundation-model anomaly discovery: survey data, embeddings, detection, analysis, jobs.",
+    help="Foundation-model anomaly discovery: survey data, embeddings, retraining, detection, analysis, jobs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -35,6 +36,7 @@ app.add_typer(config_cli.app, name="config")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(embed_cli.app, name="embed")
 app.add_typer(models_cli.app, name="models")
+app.add_typer(retrain_cli.app, name="retrain")
 app.add_typer(detect_cli.app, name="detect")
 app.add_typer(analyze_cli.app, name="analyze")
 app.add_typer(figures_cli.app, name="figures")

@@ -194,6 +194,11 @@ def _strip_prefix(state: dict) -> dict:
 
 def load_model_safe(path: Path, cfg: AstroPTConfig):
     """Build the GPT from a checkpoint read with ``weights_only=True``; strict weights."""
+    return build_model(read_checkpoint_safe(path), cfg, path)
+
+
+def read_checkpoint_safe(path: Path) -> dict[str, Any]:
+    """The checkpoint dict, read with ``weights_only=True`` (AstroPT's registry classes allowed)."""
     import torch
 
     m = import_optional("astropt.model", "astropt", INSTALL_HINT)
@@ -208,6 +213,12 @@ def load_model_safe(path: Path, cfg: AstroPTConfig):
         ) from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise ConfigError(f"{path} is not an AstroPT checkpoint (needs the keys 'model' and 'model_args')")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any], cfg: AstroPTConfig, path: Path):
+    """The GPT of a checkpoint dict (registry rebuilt from plain fields), weights loaded strictly."""
+    m = import_optional("astropt.model", "astropt", INSTALL_HINT)
     model_args = dict(ckpt["model_args"])
     registry_src = ckpt.get("modality_registry")
     if registry_src is not None:
@@ -289,12 +300,34 @@ class AstroPTEmbedder(Embedder):
         if self._model is None:
             cfg: AstroPTConfig = self.config
             path = self.checkpoint_path()
-            model = load_model_upstream(path) if cfg.loader == "upstream" else load_model_safe(path, cfg)
+            if cfg.loader == "upstream":
+                model = load_model_upstream(path)
+            else:
+                ckpt = read_checkpoint_safe(path)
+                self._adopt_preprocess(ckpt.get("preprocess"), path)
+                model = build_model(ckpt, self.config, path)
             self._check(model, path)
             self._device = resolve_device(cfg.device)
             self._model = model.to(self._device)
             log.info("AstroPT loaded from %s", path)
         return self._model
+
+    def _adopt_preprocess(self, trained: dict[str, Any] | None, path: Path) -> None:
+        """An FMB-trained checkpoint records the preprocessing it was trained with; embedding must
+        use the same (as the reference takes image size and spectrum length from the checkpoint).
+        Settings that differ from this embedder's config are replaced and logged."""
+        if not trained:
+            return
+        layout_keys = LAYOUTS[self.config.layout]
+
+        def current(key: str) -> Any:
+            return self.config.resolved(key) if key in layout_keys else getattr(self.config, key)
+
+        changed = {k: v for k, v in trained.items() if k in AstroPTConfig.model_fields and current(k) != v}
+        if changed:
+            log.warning("%s was trained with %s; using those instead of the configured %s", path, changed,
+                        {k: getattr(self.config, k) for k in changed})
+            self.config = self.config.model_copy(update=changed)
 
     def _check(self, model, path: Path) -> None:
         names = model.modality_registry.names()

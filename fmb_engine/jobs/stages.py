@@ -66,3 +66,23 @@ def submit_detect(ws: Workspace, resolved: Resolved, parts: tuple[str, ...], exe
     record = config_record(resolved)
     return submit(ws, "detect", detect_task, str(ws.root), record["values"], record["sources"], tuple(parts),
                   executor=executor, jobs=jobs, snapshot=record, job_name="fmb-detect")
+
+
+def retrain_task(root: str, survey: str, task: str, values: dict[str, Any], sources: dict[str, str],
+                 resume: bool) -> dict[str, Any]:
+    """One adaptation run; a requeued job continues from its newest checkpoint."""
+    from fmb_engine.retrain.run import retrain, section_of
+
+    result = retrain(Workspace(Path(root)), Path(survey), task, _resolved(section_of(task), values, sources),
+                     resume=resume)
+    return {"steps": result.steps, "stopped_early": result.stopped_early, "manifest": str(result.manifest)}
+
+
+def submit_retrain(ws: Workspace, survey: Path, task: str, resolved: Resolved, resume: bool, executor: str | None,
+                   jobs: Resolved | None = None) -> Submission:
+    from fmb_engine.survey.stages import config_record
+
+    record = config_record(resolved)
+    return submit(ws, f"retrain.{task}", retrain_task, str(ws.root), str(survey), task, record["values"],
+                  record["sources"], resume, executor=executor, jobs=jobs, snapshot=record,
+                  job_name=f"fmb-retrain-{task}")

@@ -11,7 +11,7 @@ class TrainConfig(BaseModel):
     """Optimiser, schedule, evaluation and checkpoint settings of one adaptation loop.
 
     ``steps`` counts optimiser steps; each step accumulates ``accum_steps`` micro-batches of
-    ``batch_size`` objects. The learning rate warms up linearly over ``warmup_steps`` and then
+    ``batch_size`` objects. The learning rate warms up linearly over :meth:`warmup` steps and then
     follows a cosine from ``lr`` down to ``min_lr`` at ``steps`` (``schedule: constant`` keeps
     ``lr`` after the warm-up). A run shorter than its warm-up never reaches ``lr``.
     """
@@ -31,7 +31,10 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     min_lr: float = Field(0.0, ge=0, description="Learning rate at the end of the cosine.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="After warm-up: cosine to min_lr, or constant.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (from lr/warmup_steps to lr).")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warm-up steps (from lr/warmup_steps to lr); unset: warmup_fraction x steps."
+    )
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Warm-up as a fraction of steps, when warmup_steps is unset.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: off).")
     eval_every: int = Field(50, ge=1, description="Validate every this many steps (and at the last step).")
@@ -46,6 +49,10 @@ class TrainConfig(BaseModel):
     )
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's default).")
     seed: int = Field(42, ge=0, description="Seeds model initialisation, batch order and dropout.")
+
+    def warmup(self) -> int:
+        """Warm-up steps in effect: ``warmup_steps``, else ``int(warmup_fraction * steps)``."""
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_fraction * self.steps)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -6,7 +6,8 @@ and how to write its weights in the format the embedders load. Everything that m
 run trustworthy -- same seed gives the same losses, an interrupted run resumes exactly
 where it stopped, nothing is written half -- lives here once.
 
-Learning rate at optimiser step ``s`` (0-based) with peak ``lr``, warm-up ``W`` and ``S``
+Learning rate at optimiser step ``s`` (0-based) with peak ``lr``, warm-up ``W`` (``warmup_steps``, else
+``warmup_fraction * S``) and ``S``
 steps in total::
 
     s < W:          lr * (s + 1) / W
@@ -48,12 +49,13 @@ class TrainingError(FMBError):
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimiser step ``step`` (see the module docstring)."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    warmup = cfg.warmup()
+    if warmup and step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
         return cfg.lr
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    span = max(cfg.steps - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

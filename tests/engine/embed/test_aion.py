@@ -12,7 +12,6 @@ import torch
 aion = pytest.importorskip("aion")
 pytest.importorskip("safetensors")
 
-from aion.codecs import ImageCodec, SpectrumCodec  # noqa: E402
 from aion.modalities import DESISpectrum, HSCImage  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -20,81 +19,16 @@ from fmb_engine.embed.aion import EUCLID_ZP_NU, HSC_BANDS, AIONEmbedder, euclid_
 from fmb_engine.errors import ConfigError  # noqa: E402
 from fmb_engine.survey import bands  # noqa: E402
 from fmb_engine.survey.batch import SurveyBatch  # noqa: E402
-from .fake import make_batch
+from ..aion_tiny import DIM, KEYS, build_tiny_aion  # noqa: E402
+from .fake import make_batch  # noqa: E402
 
-KEYS = ["tok_image_hsc", "tok_spectrum_desi"]
-DIM = 32
 REV = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Tiny real AION + codecs saved with save_pretrained, and an adapters_final.pt."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("aion")
-    snap, adapters = root / "snapshot", root / "adapters"
-    img_codec = ImageCodec(
-        quantizer_levels=[4, 4, 4],
-        hidden_dims=16,
-        multisurvey_projection_dims=8,
-        n_compressions=2,
-        num_consecutive=1,
-        embedding_dim=3,
-    ).eval()
-    spec_codec = SpectrumCodec(
-        encoder_depths=(1, 1, 1, 1),
-        encoder_dims=(8, 16, 32, 64),
-        decoder_depths=(1, 1, 1, 1),
-        decoder_dims=(32, 16, 8, 1),
-        latent_channels=64,
-        embedding_dim=10,
-    ).eval()
-    model = aion.AION(
-        dict(
-            domains_in=KEYS,
-            domains_out=KEYS,
-            dim=DIM,
-            encoder_depth=2,
-            decoder_depth=1,
-            num_heads=2,
-            mlp_ratio=2.0,
-            qkv_bias=False,
-            proj_bias=False,
-            mlp_bias=False,
-            norm_bias=False,
-            act_layer="SiLU",
-            gated_mlp=True,
-            qk_norm=False,
-            decoder_causal_mask=False,
-            decoder_sep_mask=True,
-            num_register_tokens=0,
-            use_act_checkpoint=False,
-            share_modality_embeddings=True,
-        )
-    ).eval()
-    model.save_pretrained(snap)
-    img_codec.save_pretrained(snap, modality=HSCImage)
-    spec_codec.save_pretrained(snap, modality=DESISpectrum)
-    adapter = euclid_to_hsc(4)
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        for m in adapter.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    adapter.eval()
-    adapters.mkdir()
-    torch.save(
-        {"euclid_to_hsc": adapter.state_dict(), "hsc_to_euclid": {}, "args": {"hidden": 4}},
-        adapters / "adapters_final.pt",
-    )
-    return {
-        "snap": snap,
-        "adapters": adapters,
-        "model": model,
-        "img_codec": img_codec,
-        "spec_codec": spec_codec,
-        "adapter": adapter,
-    }
+    return build_tiny_aion(tmp_path_factory.mktemp("aion"))
 
 
 def _cfg(tiny, **kw):

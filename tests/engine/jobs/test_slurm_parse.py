@@ -307,3 +307,23 @@ def test_sbatch_templates_are_generic_and_valid_bash():
             assert not any(site_specific in d for d in directives), f"{template.name}: {site_specific} is site-specific"
         assert "FMB_WORKSPACE" in text.split("\n#SBATCH", 1)[0]  # placeholders documented at the top
         assert "fmb-engine " in text
+
+
+def test_sbatch_templates_run_commands_that_exist():
+    """Every `fmb-engine GROUP COMMAND` a template runs is a real command (a renamed one fails here)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from fmb_engine.cli.main import app
+
+    folder = Path(__file__).resolve().parents[3] / "slurm"
+    runner = CliRunner()
+    tasks = {"$FMB_TASK": "astropt"}  # the variable holds one of the retrain tasks
+    for template in sorted(folder.glob("*.sbatch")):
+        body = template.read_text().split("set -euo pipefail", 1)[1]
+        for words in re.findall(r"^\s*(?:srun )?fmb-engine ([^\n]*)", body, flags=re.M):
+            argv = [tasks.get(w.strip('"'), w) for w in words.split() if not w.startswith(("-", '"$', "$"))
+                    or w.strip('"') in tasks][:2]
+            result = runner.invoke(app, [*argv, "--help"])
+            assert result.exit_code == 0, f"{template.name}: `fmb-engine {' '.join(argv)}` is not a command"

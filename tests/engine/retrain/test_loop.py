@@ -80,6 +80,9 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(55, cfg) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half way down the cosine
     assert lr_at(100, cfg) == pytest.approx(1e-4)
     assert lr_at(50, cfg.model_copy(update={"schedule": "constant"})) == 1e-3
+    by_fraction = TrainConfig(steps=100, lr=1e-3, warmup_fraction=0.2)
+    assert by_fraction.warmup() == 20 and lr_at(9, by_fraction) == pytest.approx(5e-4)
+    assert TrainConfig(steps=100, warmup_fraction=0.2, warmup_steps=0).warmup() == 0  # explicit wins
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-4, min_lr=1e-3)
 
@@ -139,7 +142,7 @@ def test_fresh_start_discards_checkpoints(tmp_path, small_survey):
 
 
 def test_early_stopping(tmp_path, small_survey):
-    cfg = _cfg(steps=60, lr=1e-9, warmup_steps=0, eval_every=2, patience=2, min_delta=1.0)
+    cfg = _cfg(steps=60, lr=1e-9, warmup_steps=None, eval_every=2, patience=2, min_delta=1.0)
     result = train(ProbeTask(cfg), None, small_survey, tmp_path / "es")
     assert result.stopped_early and result.steps == 6  # best at step 2, then two evaluations without improvement
 
