@@ -31,6 +31,9 @@ objects/s per flow and ref/ours ratios.
     python bench/bench_detect.py --ref skip       # ours only
     python bench/bench_detect.py --n-jobs 2       # the 3 flows in 2 worker processes
     python bench/bench_detect.py --quality        # preset comparison: held-out NLL, AUROC (~1.5 min)
+    python bench/bench_detect.py --stage          # the `detect` stage door itself on the same arrays,
+                                                  # written as an embedding file (flows + mismatch + fusion
+                                                  # + systems table; baselines off), detect.n_jobs as given
 """
 
 from __future__ import annotations
@@ -152,6 +155,58 @@ def run_ours(data: dict, flow_kw: dict, pre_kw: dict, n_jobs: int, raw_mismatch:
     mismatch_table(data["ids"][ok], cos.native, cos.method)
     out["_cosine_s"] = time.perf_counter() - t0
     return t, out
+
+
+# ---------------------------------------------------------------- the stage door
+def _stage_in_child(root: str, preset: str, n_jobs: int, queue) -> None:
+    import json
+
+    from fmb_engine.config import Resolved
+    from fmb_engine.detect.run import DetectConfig, detect
+    from fmb_engine.workspace import Workspace
+
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        cfg = DetectConfig(preset=preset, baselines=False, n_jobs=n_jobs, threads=1, device="cpu")
+        t0 = time.perf_counter()
+        result = detect(Workspace(__import__("pathlib").Path(root)), Resolved("detect", cfg, {}))
+        wall = time.perf_counter() - t0
+    queue.put({"wall": wall, "jobs": cfg.flow_jobs(), "peak_mb": peak_mb(),
+               "timings": json.loads(result.manifest.read_text())["timings_s"]})
+
+
+def run_stage(data: dict, preset: str, n_jobs: int) -> None:
+    """Time ``detect(...)`` exactly as ``fmb-engine detect all`` runs it, on the synthetic arrays
+    written as an embedding file; in a fresh process, so its peak memory is the stage's own."""
+    import multiprocessing
+    import tempfile
+    from pathlib import Path
+
+    from fmb_engine.embed.store import EmbeddingMeta, write_embeddings
+    from fmb_engine.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace.init(Path(tmp) / "ws")
+        valid = {k: np.isfinite(data[k]).all(axis=1) for k in KEYS}
+        meta = EmbeddingMeta("pca", aligned=False, modalities=KEYS)  # an unaligned embedder: learned mismatch
+        write_embeddings(ws.folder("embeddings") / "bench.h5", data["ids"],
+                         {k: np.nan_to_num(data[k]).astype(np.float32) for k in KEYS}, meta, valid=valid)
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        c0 = _cpu()
+        child = ctx.Process(target=_stage_in_child, args=(str(ws.root), preset, n_jobs, queue))
+        child.start()
+        out = queue.get()
+        child.join()
+        cpu = _cpu() - c0
+    print(f"stage: detect all, preset {preset}, n_jobs {n_jobs} -> {out['jobs']} flow process(es), baselines off")
+    for name, sec in out["timings"].items():
+        print(f"  {name:30s} {sec:8.2f} s")
+    print(f"TOTAL stage: {out['wall']:.2f} s wall, {cpu:.2f} s cpu (stage + flow workers); "
+          f"peak rss of the stage process {out['peak_mb']:.0f} MB")
+    print(f"load average (1/5/15 min) at the end: {open('/proc/loadavg').read().split()[:3]}")
+    print(f"targets: <= 40 s -> {'PASS' if out['wall'] <= 40 else 'FAIL'}; "
+          f"peak <= 2048 MB -> {'PASS' if out['peak_mb'] <= 2048 else 'FAIL'}")
 
 
 # ---------------------------------------------------------------- reference
@@ -305,6 +360,7 @@ def main() -> None:
     ap.add_argument("--n-jobs", type=int, default=1, help="worker processes for the 3 flows (1 torch thread each)")
     ap.add_argument("--raw-mismatch", action="store_true",
                     help="also time the learned mismatch on the raw embeddings (counted in TOTAL)")
+    ap.add_argument("--stage", action="store_true", help="time the detect stage door instead (no reference)")
     ap.add_argument("--quality", nargs="*", metavar="PRESET", default=None,
                     help="instead of timing: compare presets (default: paper default) on held-out NLL / AUROC")
     args = ap.parse_args()
@@ -321,6 +377,9 @@ def main() -> None:
     print(f"data: {args.objects} objects, image/spectrum {args.dim} dims, joint {2 * args.dim} "
           f"({time.perf_counter() - t0:.1f} s to generate, rss {peak_mb():.0f} MB)")
     data_mb = peak_mb()
+    if args.stage:
+        run_stage(data, args.preset, args.n_jobs)
+        return
     pre_kw, flow_kw = split_preset(args.preset)
     flow_kw.update(threads=1, device="cpu")
     print(f"preset {args.preset}: {pre_kw} {flow_kw}")
