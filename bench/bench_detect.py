@@ -371,7 +371,7 @@ def main() -> None:
         return
 
     torch.set_num_threads(1)
-    limiter = threadpool_limits(1)  # numpy/scipy BLAS at 1 thread too, for a like-for-like comparison
+    _limits = threadpool_limits(1)  # numpy/scipy BLAS at 1 thread too, for a like-for-like comparison
     t0 = time.perf_counter()
     data = make_data(args.objects, args.dim, args.seed)
     print(f"data: {args.objects} objects, image/spectrum {args.dim} dims, joint {2 * args.dim} "

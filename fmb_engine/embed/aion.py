@@ -49,7 +49,7 @@ from torch import nn
 
 from fmb_engine.embed import preprocess as pp
 from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
-from fmb_engine.embed.weights import import_optional, resolve_dir, resolve_file
+from fmb_engine.embed.weights import import_optional, load_strict, resolve_dir, resolve_file
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.survey.batch import SurveyBatch
 
@@ -203,21 +203,8 @@ def load_adapter(path: Path):
     if isinstance(args, dict) and args.get("hidden") not in (None, hidden):
         raise ConfigError(f"{path}: args.hidden={args.get('hidden')} but the weights have hidden={hidden}")
     model = euclid_to_hsc(hidden)
-    _load_strict(model, state, f"{path} [euclid_to_hsc]")
+    load_strict(model, state, f"{path} [euclid_to_hsc]")
     return model.eval()
-
-
-def _load_strict(model, state: dict, where: str) -> None:
-    expected, given = set(model.state_dict()), set(state)
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        raise ConfigError(
-            f"{where}: weights do not match; missing keys: {missing[:20]}; unexpected keys: {unexpected[:20]}"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"{where}: weights do not match: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- AION model + codecs

@@ -53,7 +53,7 @@ from pydantic import Field
 
 from fmb_engine.embed import preprocess as pp
 from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
-from fmb_engine.embed.weights import import_optional, resolve_file
+from fmb_engine.embed.weights import import_optional, load_strict, resolve_file
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
 
@@ -253,23 +253,6 @@ def load_model_upstream(path: Path):
     except RuntimeError as exc:
         raise ConfigError(f"{path}: weights do not match the model: {exc}") from exc
     return model.eval()
-
-
-def load_strict(model, state: dict, path: Path | str) -> None:
-    """``load_state_dict(strict=True)`` with a ConfigError listing missing/unexpected keys."""
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ConfigError(
-            f"{path}: checkpoint does not match the model; missing keys: {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}; unexpected keys: {unexpected[:20]}"
-            f"{' ...' if len(unexpected) > 20 else ''}"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"{path}: checkpoint does not match the model: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- embedder

@@ -195,3 +195,21 @@ def import_optional(module: str, extra: str, install_hint: str = ""):
         if install_hint:
             msg += f" (CPU-only torch: {install_hint})"
         raise ConfigError(msg) from exc
+
+
+def load_strict(model, state: dict, where: Path | str) -> None:
+    """``load_state_dict(strict=True)`` with a ConfigError naming ``where`` and listing the
+    missing and unexpected keys (never a silent partial load)."""
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ConfigError(
+            f"{where}: weights do not match the model; missing keys: {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}; unexpected keys: {unexpected[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"{where}: weights do not match the model: {exc}") from exc

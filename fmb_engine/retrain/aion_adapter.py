@@ -51,16 +51,16 @@ from pydantic import Field
 from torch import nn
 
 from fmb_engine.embed.aion import (
+    AIONConfig,
     HSC_BANDS,
     INSTALL_HINT,
     SNAPSHOT_FILES,
     UNetAdapter,
-    _load_strict,
     euclid_preprocess,
     load_adapter,
     load_codec,
 )
-from fmb_engine.embed.weights import import_optional, resolve_dir, resolve_file
+from fmb_engine.embed.weights import import_optional, load_strict, resolve_dir, resolve_file
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.retrain.config import TrainConfig
 from fmb_engine.retrain.loop import TrainTask
@@ -84,9 +84,7 @@ class Config(TrainConfig):
         description="The AION snapshot holding the frozen image codec (a directory or a Hugging Face cache; "
         "the same files and search as the AION embedder). Unset: the default local Hugging Face cache.",
     )
-    repo_id: str = Field(
-        "polymathic-ai/aion-base", description="Hugging Face repo id, used only to find the local cache."
-    )
+    repo_id: str = AIONConfig.model_fields["repo_id"]  # the embedder's own field: the snapshot resolves alike
     init: str | None = Field(
         None,
         description="Start from this adapters checkpoint (adapters_final.pt, or a folder holding it) instead of "
@@ -217,7 +215,7 @@ class Task(TrainTask):
         state = ckpt.get("hsc_to_euclid")
         if not isinstance(state, dict) or not state:
             raise ConfigError(f"init {path}: no 'hsc_to_euclid' weights to start the inverse adapter from")
-        _load_strict(self.h2e, state, f"{path} [hsc_to_euclid]")
+        load_strict(self.h2e, state, f"{path} [hsc_to_euclid]")
 
     # ------------------------------------------------------------------ TrainTask interface
 

@@ -85,10 +85,8 @@ class Config(TrainConfig):
         description="AstroCLIP checkpoint to start from: the file itself, or a directory / Hugging Face cache "
         "holding 'checkpoint' (resolved exactly as embed.astroclip resolves it).",
     )
-    repo_id: str = Field(
-        "polymathic-ai/astroclip", description="Hugging Face repo id, used only to find the local cache."
-    )
-    subfolder: str = Field("", description="Folder of the checkpoint inside the repo.")
+    repo_id: str = AstroCLIPConfig.model_fields["repo_id"]  # the embedder's own fields: weights resolve alike
+    subfolder: str = AstroCLIPConfig.model_fields["subfolder"]
     checkpoint: str = Field(
         "astroclip.ckpt",
         description="Checkpoint file name (FMB format; convert the published Lightning file once with "

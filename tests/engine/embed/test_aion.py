@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from fmb_engine.embed.aion import EUCLID_ZP_NU, HSC_BANDS, AIONEmbedder, euclid_preprocess, euclid_to_hsc  # noqa: E402
 from fmb_engine.errors import ConfigError  # noqa: E402
 from fmb_engine.survey import bands  # noqa: E402
-from fmb_engine.survey.batch import SurveyBatch  # noqa: E402
 from ..aion_tiny import DIM, KEYS, build_tiny_aion  # noqa: E402
 from .fake import make_batch  # noqa: E402
 

@@ -14,7 +14,6 @@ astropt_model = pytest.importorskip("astropt.model")
 from fmb_engine.embed.astropt import AstroPTEmbedder, patchify, spiral_order, zscore_patches  # noqa: E402
 from fmb_engine.errors import ConfigError  # noqa: E402
 from fmb_engine.survey import bands  # noqa: E402
-from fmb_engine.survey.batch import SurveyBatch  # noqa: E402
 from .fake import make_batch
 
 ARGS = dict(block_size=1024, n_layer=3, n_head=2, n_embd=32, n_chan=3, bias=False)

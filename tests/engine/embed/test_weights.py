@@ -9,7 +9,6 @@ import torch
 from fmb_engine.embed import preprocess as pp
 from fmb_engine.embed.weights import default_hf_cache, import_optional, resolve_dir, resolve_file
 from fmb_engine.errors import ConfigError
-from fmb_engine.survey import bands
 from .fake import make_batch
 
 REPO = "org/model"

@@ -29,7 +29,7 @@ def write_survey(path, n=50, step=16, fail_after=None, seed=0):
                      params={"n": n}, expected_objects=n)
     for k, start in enumerate(range(0, n, step)):
         if start < w.resumed_from:
-            rng_chunk = chunk(start, min(step, n - start), rng)  # keep the rng in step
+            chunk(start, min(step, n - start), rng)  # keep the rng in step
             continue
         if fail_after is not None and k == fail_after:
             w.abort()
