@@ -24,24 +24,22 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import os
 import secrets
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fmb_engine.jobs import JobsError
 from fmb_engine.jobs.states import ACTIVE, State
-from fmb_engine.workspace import FILE_MODE, Workspace
+from fmb_engine.sqlite_store import SQLiteStore
+from fmb_engine.workspace import Workspace
 
 SCHEMA_VERSION = 1
 REGISTRY_NAME = "registry.sqlite"
-BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -191,100 +189,18 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-class Registry:
+class Registry(SQLiteStore):
     """A connection to one registry file. Cheap to open; use one per thread (or share: calls are locked)."""
 
-    def __init__(self, path: str | os.PathLike[str], journal: str = "wal", busy_timeout_s: float = BUSY_TIMEOUT_S):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise JobsError(f"cannot open the job registry {self.path}: {exc}") from None
-        self._db.row_factory = sqlite3.Row
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self.journal = self._set_journal(journal)
-        self._db.execute("PRAGMA synchronous = NORMAL" if self.journal == "wal" else "PRAGMA synchronous = FULL")
-        self._ensure_schema()
-        if created:
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, FILE_MODE)
+    what = "job registry"
+    error = JobsError
+    schema = _SCHEMA
+    schema_version = SCHEMA_VERSION
+    foreign_keys = True
 
     @classmethod
     def for_workspace(cls, ws: Workspace, journal: str = "wal") -> Registry:
         return cls(ws.folder("jobs") / REGISTRY_NAME, journal=journal)
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _set_journal(self, journal: str) -> str:
-        wanted = "wal" if journal == "wal" else "delete"
-        for attempt in range(50):
-            try:
-                mode = self._db.execute(f"PRAGMA journal_mode = {wanted.upper()}").fetchone()[0]
-                return str(mode).lower()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise JobsError(f"job registry {self.path}: {exc}") from None
-                time.sleep(0.05 * (attempt + 1))
-        raise JobsError(f"job registry {self.path} stayed locked while setting its journal mode")
-
-    def _ensure_schema(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise JobsError(
-                f"job registry {self.path} has schema version {version}, newer than this FMB "
-                f"understands ({SCHEMA_VERSION}); upgrade FMB"
-            )
-        with self.transaction() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
-            if version == 0:
-                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            # future migrations: `elif version == 1: ...` then bump user_version
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write transaction (``BEGIN IMMEDIATE``: takes the write lock up front)."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise JobsError(f"job registry {self.path} is busy ({exc}); try again") from None
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent read snapshot across several SELECTs."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                yield self._db
-            finally:
-                self._db.execute("COMMIT")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -427,7 +343,7 @@ class Registry:
 
     def snapshot(self) -> tuple[list[RunRecord], list[JobRecord]]:
         """Every run and current job, read in one consistent snapshot (for a TUI refresh)."""
-        with self._read() as db:
+        with self.reading() as db:
             runs = [_run_from_row(r) for r in db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()]
             jobs = [_job_from_row(r) for r in db.execute(
                 self._JOIN + " WHERE jobs.superseded_by IS NULL ORDER BY jobs.run_id, jobs.task_index").fetchall()]
@@ -439,7 +355,7 @@ class Registry:
         ref = str(ref).strip()
         if not ref:
             raise JobsError("empty job reference")
-        with self._read() as db:
+        with self.reading() as db:
             row = db.execute("SELECT * FROM runs WHERE run_id = ?", (ref,)).fetchone()
             if row is not None:
                 run = _run_from_row(row)

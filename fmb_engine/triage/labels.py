@@ -31,20 +31,19 @@ import os
 import secrets
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fmb_engine.errors import FMBError
-from fmb_engine.workspace import DIR_MODE, FILE_MODE, Workspace, atomic_path
+from fmb_engine.sqlite_store import BUSY_TIMEOUT_S, SQLiteStore
+from fmb_engine.workspace import Workspace, atomic_path
 
 SCHEMA_VERSION = 1
 FOLDER = "triage"
 FILE_NAME = "labels.sqlite"
-BUSY_TIMEOUT_S = 30.0
 FIELDS = ("label", "note")
 MAX_NOTE = 2000
 
@@ -143,93 +142,27 @@ def iso(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
-class LabelStore:
+class LabelStore(SQLiteStore):
     """One connection to a label database. Thread-safe (calls are serialised by a lock)."""
+
+    what = "label database"
+    error = TriageError
+    schema = _SCHEMA
+    schema_version = SCHEMA_VERSION
+    busy_hint = "the label was not saved, press the key again"
+    wal_synchronous = "FULL"  # a label is on disk when set_label returns
 
     def __init__(self, path: str | os.PathLike[str], user: str | None = None, journal: str = "wal",
                  session: str | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S):
-        self.path = Path(path)
         self.user = user or default_user()
         self.host = socket.gethostname()
         self.session = session or f"{self.user}@{self.host}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-            created = not self.path.exists()
-            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                       check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise TriageError(f"cannot open the label database {self.path}: {exc}") from None
-        self._db.row_factory = sqlite3.Row
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        self.journal = self._set_journal(journal)
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._ensure_schema()
-        if created:
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, FILE_MODE)
+        super().__init__(path, journal=journal, busy_timeout_s=busy_timeout_s)
 
     @classmethod
     def for_workspace(cls, ws: Workspace, user: str | None = None, journal: str = "wal",
                       session: str | None = None) -> LabelStore:
         return cls(labels_path(ws), user=user, journal=journal, session=session)
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _set_journal(self, journal: str) -> str:
-        wanted = "WAL" if journal == "wal" else "DELETE"
-        for attempt in range(50):
-            try:
-                return str(self._db.execute(f"PRAGMA journal_mode = {wanted}").fetchone()[0]).lower()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise TriageError(f"label database {self.path}: {exc}") from None
-                time.sleep(0.05 * (attempt + 1))
-        raise TriageError(f"label database {self.path} stayed locked while setting its journal mode")
-
-    def _ensure_schema(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise TriageError(f"label database {self.path} has schema version {version}, newer than this FMB "
-                              f"understands ({SCHEMA_VERSION}); upgrade FMB")
-        with self._write() as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # another process may have won
-                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";\n"))):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise TriageError(f"label database {self.path} is busy ({exc}); the label was not saved, "
-                                  "press the key again") from None
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                try:
-                    self._db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                    raise TriageError(f"label database {self.path}: commit failed ({exc}); not saved") from None
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> LabelStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -268,7 +201,7 @@ class LabelStore:
             label = str(label).strip()
             if not label or "\n" in label or "," in label:
                 raise TriageError(f"invalid label {label!r}: one word without commas or newlines")
-        with self._write() as db:
+        with self.transaction() as db:
             return self._change(db, object_id, "label", label, system, rank)
 
     def set_note(self, object_id: str, note: str | None, *, system: str | None = None,
@@ -278,7 +211,7 @@ class LabelStore:
         note = (note or "").strip() or None
         if note is not None and len(note) > MAX_NOTE:
             raise TriageError(f"note too long ({len(note)} characters, at most {MAX_NOTE})")
-        with self._write() as db:
+        with self.transaction() as db:
             return self._change(db, object_id, "note", note, system, rank)
 
     def undo(self) -> LabelEvent | None:
@@ -286,7 +219,7 @@ class LabelStore:
 
         Refuses (TriageError) when another session changed that object's field since.
         """
-        with self._write() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT * FROM events e WHERE e.session = ? AND e.undoes IS NULL "
                 "AND NOT EXISTS (SELECT 1 FROM events u WHERE u.undoes = e.id) ORDER BY e.id DESC LIMIT 1",
@@ -310,7 +243,7 @@ class LabelStore:
 
     def rebuild_current(self) -> int:
         """Recompute ``current`` from the history (a check, or a repair); returns the number of objects."""
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM current")
             rows = db.execute("SELECT * FROM events ORDER BY id").fetchall()
             state: dict[str, dict[str, Any]] = {}
