@@ -101,15 +101,12 @@ class Config(TrainConfig):
     )
     learnable_scale: bool = Field(False, description="Train the logit scale (stored as its log, used as exp).")
     logit_scale: float = Field(15.5, gt=0, description="CLIP logit scale s (the start value when learnable).")
-    image_size: int = Field(144, ge=8, description="Image side after resize; must match the model (144).")
-    image_source: Literal["auto", "rgb", "bands"] = Field(
-        "auto", description="RGB from the stored composite (rgb), from the 4 bands (bands), or rgb when present (auto)."
-    )
-    swap_hw: bool = Field(False, description="Transpose images (H <-> W) as upstream's training loader did.")
-    spectrum_length: int = Field(7781, ge=40, description="Spectra are padded/trimmed to this many bins.")
-    spectrum_norm: Literal["none", "zscore"] = Field(
-        "none", description="Scaling before SpecFormer (which standardises again): none = raw flux."
-    )
+    # preprocessing: the embedder's own fields (keep them equal to embed.astroclip)
+    image_size: int = AstroCLIPConfig.model_fields["image_size"]
+    image_source: Literal["auto", "rgb", "bands"] = AstroCLIPConfig.model_fields["image_source"]
+    swap_hw: bool = AstroCLIPConfig.model_fields["swap_hw"]
+    spectrum_length: int = AstroCLIPConfig.model_fields["spectrum_length"]
+    spectrum_norm: Literal["none", "zscore"] = AstroCLIPConfig.model_fields["spectrum_norm"]
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Warm-up fraction of steps when warmup_steps is unset.")
     # task defaults (the reference's): AdamW wd 5e-4, clip 1.0, patience 3, min_delta 1e-4
     batch_size: int = Field(
