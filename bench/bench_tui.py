@@ -89,6 +89,22 @@ def make_ranking(ws, rows: int, systems: int) -> list[str]:
     return names
 
 
+def record_frames(app) -> tuple[list[float], object]:
+    """Record the time of every frame the app writes to its terminal; returns (times, restore)."""
+    frames: list[float] = []
+    original = app._display
+
+    def display(screen, renderable):
+        frames.append(time.perf_counter())
+        return original(screen, renderable)
+
+    def restore() -> None:
+        app._display = original
+
+    app._display = display
+    return frames, restore
+
+
 async def tui_ranking(ws, presses: int) -> dict[str, float]:
     from fmb_engine.triage.config import TuiConfig
     from fmb_tui.app import FMBApp
@@ -99,14 +115,7 @@ async def tui_ranking(ws, presses: int) -> dict[str, float]:
     async with app.run_test(size=(120, 40)) as pilot:
         await app.workers.wait_for_complete()
         await pilot.pause()
-        frames: list[float] = []
-        original = app._display
-
-        def display(screen, renderable):
-            frames.append(time.perf_counter())
-            return original(screen, renderable)
-
-        app._display = display
+        frames, restore = record_frames(app)
         from textual import events
 
         key = events.Key("A", "A")
@@ -125,7 +134,7 @@ async def tui_ranking(ws, presses: int) -> dict[str, float]:
         while len(frames) == n:  # ... and the next frame (the one showing them) is written
             await asyncio.sleep(0.002)
         out["open"] = frames[-1] - t0
-        app._display = original
+        restore()
         screen = app.screen
         while not all(screen.rdata.loaded(s) for s in screen.rdata.systems):
             await asyncio.sleep(0.005)
@@ -171,14 +180,7 @@ async def key_to_frame(app, pilot, keys: list[str]) -> list[float]:
     """
     from textual import events
 
-    frames: list[float] = []
-    original = app._display
-
-    def display(screen, renderable):
-        frames.append(time.perf_counter())
-        return original(screen, renderable)
-
-    app._display = display
+    frames, restore = record_frames(app)
     lat = []
     try:
         for key in keys:
@@ -192,7 +194,7 @@ async def key_to_frame(app, pilot, keys: list[str]) -> list[float]:
                 await asyncio.sleep(0)
             lat.append(frames[-1] - t if len(frames) > n else 2.0)
     finally:
-        app._display = original
+        restore()
     return lat
 
 

@@ -12,8 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmb_engine.config import Resolved
-from fmb_engine.embed.astroclip import AstroCLIP, AstroCLIPEmbedder, read_checkpoint, save_checkpoint
+from fmb_engine.embed.astroclip import (
+    AstroCLIP,
+    AstroCLIPEmbedder,
+    read_checkpoint,
+    save_checkpoint,
+)
 from fmb_engine.errors import ConfigError
 from fmb_engine.retrain import run
 from fmb_engine.retrain.astroclip_heads import FINETUNED_FILE, Config, Task, clip_loss
@@ -22,6 +26,7 @@ from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace
 
 from ..astroclip_tiny import TINY, published_keys, tiny_model
+from .spy import retrain_keeping_task
 
 CKPT = "astroclip_fmb.pt"
 SPEC_LEN = 2000  # 199 SpecFormer tokens: fast, and still a real window layout
@@ -39,19 +44,8 @@ def _config(base: Path, **kw) -> Config:
     return Config(**{**BASE, "weights": str(base), **kw})
 
 
-def _retrain(ws: Workspace, survey: Path, config: Config) -> tuple[run.TrainResult, Task]:
-    """run.retrain as the CLI calls it, keeping a handle on the task it builds."""
-    built: dict[str, Task] = {}
-    original = run.build_task
-
-    def spy(task, cfg):
-        built["task"] = original(task, cfg)
-        return built["task"]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run, "build_task", spy)
-        result = run.retrain(ws, survey, "astroclip-heads", Resolved("retrain.astroclip_heads", config, {}))
-    return result, built["task"]
+def _retrain(ws: Workspace, survey, config: Config):
+    return retrain_keeping_task(ws, survey, "astroclip-heads", config)
 
 
 def _embedder(weights: Path) -> AstroCLIPEmbedder:

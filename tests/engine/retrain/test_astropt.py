@@ -16,7 +16,6 @@ import torch
 
 astropt_model = pytest.importorskip("astropt.model")
 
-from fmb_engine.config import Resolved  # noqa: E402
 from fmb_engine.embed.astropt import AstroPTConfig, AstroPTEmbedder, load_model_safe  # noqa: E402
 from fmb_engine.errors import ConfigError  # noqa: E402
 from fmb_engine.retrain import run  # noqa: E402
@@ -26,6 +25,7 @@ from fmb_engine.survey.store import SurveyReader  # noqa: E402
 from fmb_engine.workspace import Workspace  # noqa: E402
 
 from ..embed.fake import make_batch  # noqa: E402
+from .spy import retrain_keeping_task  # noqa: E402
 
 #: 16 image tokens (32 px, patch 8) + 20 spectrum tokens (200 bins, patch 10).
 TINY = dict(
@@ -37,19 +37,8 @@ STEPS = 40
 W_IMG, W_SPEC = 20 / 16, 16 / 20
 
 
-def _retrain(ws: Workspace, survey, cfg: Config):
-    """``run.retrain`` as the CLI calls it, also handing back the task object it built."""
-    built = {}
-    real = run.build_task
-
-    def capture(task, config):
-        built["task"] = real(task, config)
-        return built["task"]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run, "build_task", capture)
-        result = run.retrain(ws, survey, "astropt", Resolved("retrain.astropt", cfg, {}))
-    return result, built["task"]
+def _retrain(ws: Workspace, survey, config: Config):
+    return retrain_keeping_task(ws, survey, "astropt", config)
 
 
 @pytest.fixture(scope="module")
