@@ -26,12 +26,18 @@ class AnalyzeConfig(Section):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction of the regression split (shared by all embeddings).")
     ridge_alpha: float = Field(1.0, gt=0, description="Ridge penalty on standardised features.")
     gbm_iter: int = Field(200, ge=1, le=10_000, description="Boosting iterations of the non-linear regressor (HistGradientBoosting).")
+    gbm_early_stopping: bool = Field(True, description="Stop boosting after 10 iterations without improvement on 10 % of the training rows held out (scikit-learn's rule).")
     bootstrap: int = Field(200, ge=0, le=100_000, description="Bootstrap resamples of the test set for R² intervals (0 = none).")
     min_train: int = Field(50, ge=2, description="Skip a probe with fewer training rows than this.")
+    n_jobs: int = Field(0, ge=0, description="Processes running the regression probes side by side (0 = one per CPU core); results do not depend on it.")
+    gbm_shap: bool = Field(True, description="Participation ratio of the GBM from TreeSHAP (shap.TreeExplainer): pr_gbm, pr90_gbm, epd/pes/cwp_gbm; needs the shap package.")
+    shap_max_rows: int = Field(2000, ge=10, le=1_000_000, description="Test rows explained by TreeSHAP per probe at most (seeded subsample above).")
+    pr_bootstrap: int = Field(50, ge=0, le=10_000, description="Bootstrap resamples of the attribution rows for the PR std (NaN with fewer than 50 rows or 2 resamples).")
     umap_neighbors: int = Field(15, ge=2, le=1000, description="UMAP n_neighbors.")
     umap_min_dist: float = Field(0.1, ge=0, le=1, description="UMAP min_dist.")
     umap_metric: str = Field("euclidean", description="UMAP metric (euclidean, cosine, ...).")
     umap_max_points: int = Field(200_000, ge=10, description="Objects projected per embedding at most (seeded subsample above).")
+    umap_thumbnails: int = Field(25, ge=0, le=100, description="Figures: cells per side of the thumbnail grid beside each UMAP map (RGB of the object nearest each occupied cell centre); 0 = none.")
     seed: int = Field(42, description="Seed of splits, bootstraps, baselines, subsamples and UMAP.")
 
 

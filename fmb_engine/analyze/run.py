@@ -12,6 +12,7 @@ from fmb_engine.analyze.config import AnalyzeConfig
 from fmb_engine.config import Resolved
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
+from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.survey.stages import StageResult, config_record
 from fmb_engine.workspace import Workspace, atomic_path
@@ -188,14 +189,21 @@ def analyze_neighbor_ranks(ws: Workspace, resolved: Resolved, reporter: Reporter
 # -- regression -------------------------------------------------------------------------------
 def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter: Reporter | None = None,
                        nonlinear: bool = True) -> StageResult:
-    """Probe each target from each model/modality (+ a random baseline of the same dim on the same objects)."""
-    from fmb_engine.analyze.regression import probe, split_ids
+    """Probe each target from each model/modality (+ a random baseline of the same dim on the same objects).
+
+    Writes ``results_summary.csv`` (flat metrics, one row per probe), ``predictions.parquet`` and
+    ``phi.parquet`` (the attribution vectors φ of each probe: list columns ``phi_ridge`` and,
+    with the GBM's TreeSHAP on, ``phi_gbm``; keyed like the results rows)."""
+    from fmb_engine.analyze.regression import require_shap, run_probes, split_ids
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.survey.store import SurveyReader
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
+    gbm_shap = nonlinear and cfg.gbm_shap
+    shap_version = require_shap().__version__ if gbm_shap else None  # a clear error before any work, never a silent skip
     manifest = RunManifest(ws, "analyze.regression", config_record(resolved), seed=cfg.seed)
+    manifest.count("shap_version", shap_version)
     with SurveyReader(survey) as sr:
         catalog = sr.table().set_index("object_id")
         manifest.data["inputs"]["survey"] = {"path": str(survey), "digest": sr.summary()["digest"]}
@@ -203,12 +211,18 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
     missing = [t for t in cfg.targets if t not in catalog.columns]
     if missing:
         raise DataError(f"survey has no column(s) {', '.join(missing)}; columns: {', '.join(catalog.columns)}")
-    rows, preds = [], []
+    rows, preds, phis = [], [], []
+    kwargs = dict(alpha=cfg.ridge_alpha, gbm_iter=cfg.gbm_iter, gbm_early_stopping=cfg.gbm_early_stopping,
+                  bootstrap=cfg.bootstrap, seed=cfg.seed,
+                  nonlinear=nonlinear, gbm_shap=gbm_shap, shap_max_rows=cfg.shap_max_rows,
+                  pr_bootstrap=cfg.pr_bootstrap)
+    n_jobs = resolve_jobs(cfg.n_jobs)
     for target in cfg.targets:
         y_all = pd.to_numeric(catalog[target], errors="coerce")
         y_all = y_all[np.isfinite(y_all)]
         train_ids, test_ids = split_ids(y_all.index.to_numpy(), cfg.test_fraction, cfg.seed)
         for path in embedding_files(ws, cfg.models):
+            jobs = []  # (key, test ids, train x, train y, test x, test y): one run's probes go side by side
             with EmbeddingReader(path) as reader:
                 ids_all = reader.object_ids.astype(str)
                 for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
@@ -224,27 +238,30 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
                         continue
                     y = y_all.loc[ids].to_numpy(np.float64)
                     rng = np.random.default_rng(cfg.seed)
-                    for name, feats in ((modality, x), (f"{modality}:random", rng.standard_normal(x.shape).astype(np.float32))):
-                        with manifest.phase(f"probe:{target}:{path.stem}/{name}"):
-                            res = probe(
-                                feats[tr], y[tr], feats[te], y[te], alpha=cfg.ridge_alpha, gbm_iter=cfg.gbm_iter,
-                                bootstrap=cfg.bootstrap, seed=cfg.seed, nonlinear=nonlinear)
-                        rows.append({"target": target, "model": path.stem, "modality": modality,
-                                     "features": "random" if name.endswith(":random") else "embedding", **res.metrics})
-                        if not name.endswith(":random"):
-                            preds.append(pd.DataFrame({"target": target, "model": path.stem, "modality": modality,
-                                                       "object_id": ids[te], "y_true": res.y_test,
-                                                       "pred_ridge": res.pred_ridge, "pred_gbm": res.pred_gbm}))
-                    reporter.log(f"{target} <- {path.stem}/{modality}: R² ridge {rows[-2]['r2_ridge']:.3f}")
+                    for features, feats in (("embedding", x), ("random", rng.standard_normal(x.shape).astype(np.float32))):
+                        key = {"target": target, "model": path.stem, "modality": modality, "features": features}
+                        jobs.append((key, ids[te], feats[tr], y[tr], feats[te], y[te]))
+            done = run_probes([job[2:] for job in jobs], kwargs, n_jobs)
+            for (key, test_ids_, *_), (res, seconds) in zip(jobs, done, strict=True):
+                manifest.data["timings_s"][f"probe:{target}:{key['model']}/{key['modality']}:{key['features']}"] = round(seconds, 4)
+                rows.append({**key, **res.metrics})
+                phis.append({**key, **{f"phi_{k}": v.tolist() for k, v in res.phi.items()}})
+                if key["features"] == "embedding":
+                    preds.append(pd.DataFrame({"target": target, "model": key["model"], "modality": key["modality"],
+                                               "object_id": test_ids_, "y_true": res.y_test,
+                                               "pred_ridge": res.pred_ridge, "pred_gbm": res.pred_gbm}))
+                    reporter.log(f"{target} <- {key['model']}/{key['modality']}: R² ridge {res.metrics['r2_ridge']:.3f}")
     if not rows:
         raise DataError("no probe had enough rows; lower analyze.min_train or check the survey columns")
     results = pd.DataFrame(rows)
     predictions = pd.concat(preds, ignore_index=True)
+    phi = pd.DataFrame(phis)
     out = ws.folder("analysis") / "regression"
     outputs = {"results": _csv(results, out / "results_summary.csv"),
-               "predictions": _parquet(predictions, out / "predictions.parquet")}
+               "predictions": _parquet(predictions, out / "predictions.parquet"),
+               "phi": _parquet(phi, out / "phi.parquet")}
     manifest.count("probes", len(results))
-    return _finish(manifest, outputs, {"results": results, "predictions": predictions})
+    return _finish(manifest, outputs, {"results": results, "predictions": predictions, "phi": phi})
 
 
 # -- umap -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, survey_file
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, section, survey_file
 
 app = typer.Typer(help="Publication figures: outliers, objects, heatmaps, displacement, regression, UMAP, similarity.",
                   no_args_is_help=True)
@@ -98,14 +98,18 @@ def regression(
 @app.command()
 def umap(
     colour_by: list[str] = typer.Option(None, "--color-by", help="Survey column(s) colouring the points (default redshift)."),
+    thumbnails: int = typer.Option(None, "--thumbnails", "-t", min=0, max=100,
+                                   help="Thumbnail grid beside each map: N x N cells, 0 = none (default: analyze.umap_thumbnails)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default figures/umap)."),
     survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
 ) -> None:
-    """UMAP maps per model x modality coloured by a physical parameter."""
+    """UMAP maps per model x modality coloured by a physical parameter, optionally with a thumbnail grid
+    (the RGB of the object nearest each occupied cell's centre)."""
     from fmb_engine.figures.run import umap_figures
 
     ws = find_workspace(workspace)
-    _written(umap_figures(ws, survey_file(ws, config, survey), colour_by or ["redshift"], out))
+    grid = section("analyze", ws, config, umap_thumbnails=thumbnails).values.umap_thumbnails  # type: ignore[attr-defined]
+    _written(umap_figures(ws, survey_file(ws, config, survey), colour_by or ["redshift"], out, grid))
 
 
 @app.command()

@@ -17,7 +17,6 @@ Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
+from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.workspace import Workspace, atomic_path
 
@@ -93,11 +93,9 @@ class DetectConfig(BaseModel):
 
     def flow_jobs(self) -> int:
         """Worker processes for the flows: results are identical for any value (same threads)."""
-        if self.n_jobs:
-            return self.n_jobs
-        if resolve_device(self.device).startswith("cuda"):
+        if not self.n_jobs and resolve_device(self.device).startswith("cuda"):
             return 1
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return resolve_jobs(self.n_jobs)
 
 
 def system_name(model: str, modality: str, method: str) -> str:

@@ -120,19 +120,31 @@ def regression_figures(ws: Workspace, targets: list[str] | None = None, predicto
     return _done(ws, "regression", {"targets": targets, "predictor": predictor}, {"predictions": p, "results": s}, written)
 
 
-def umap_figures(ws: Workspace, survey: Path, colour_by: list[str], out: Path | None = None) -> StageResult:
-    from fmb_engine.figures.umap import umap_figure
+def umap_figures(ws: Workspace, survey: Path, colour_by: list[str], out: Path | None = None,
+                 thumbnails: int | None = None) -> StageResult:
+    """One map per colour; ``thumbnails`` = cells per side of the thumbnail grid beside each map
+    (0 = none, None = the workspace's ``analyze.umap_thumbnails``)."""
+    from fmb_engine.figures.umap import read_thumbnails, umap_figure
     from fmb_engine.survey.store import SurveyReader
 
+    if thumbnails is None:
+        import fmb_engine.analyze.config  # noqa: F401  (registers the section)
+        from fmb_engine.config import load
+
+        thumbnails = int(load("analyze", ws).values.umap_thumbnails)  # type: ignore[attr-defined]
     c = _need(ws.folder("analysis") / "umap" / "coords.parquet", "fmb-engine analyze umap")
     coords = pd.read_parquet(c)
     with SurveyReader(survey) as sr:
         catalog = sr.table().set_index("object_id")
     catalog.index = catalog.index.astype(str)
+    grid = read_thumbnails(survey, coords, thumbnails) if thumbnails else None
     written: list[Path] = []
     for col in colour_by:
-        written += umap_figure(coords, catalog, col, _out(ws, out, "umap") / f"umap_{col}")
-    return _done(ws, "umap", {"colour_by": colour_by}, {"coords": c, "survey": Path(survey)}, written)
+        written += umap_figure(coords, catalog, col, _out(ws, out, "umap") / f"umap_{col}", grid)
+    options = {"colour_by": colour_by, "thumbnails": thumbnails}
+    if grid is not None:
+        options["thumbnail_source"] = grid.source
+    return _done(ws, "umap", options, {"coords": c, "survey": Path(survey)}, written)
 
 
 def similarity_figures(ws: Workspace, survey: Path, queries: list[str] | None = None, top_percent: float = 1.0,

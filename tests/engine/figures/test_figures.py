@@ -5,7 +5,6 @@ import hashlib
 import matplotlib
 import numpy as np
 import pandas as pd
-import pytest
 
 from fmb_engine.figures.style import STYLE_FILE, fmb_style, pyplot, save
 
