@@ -112,12 +112,14 @@ def regression(
                        modalities=modalities or None, bootstrap=bootstrap, seed=seed)
     result = analyze_regression(ws, resolved, survey_file(ws, config, survey), reporter(), nonlinear=not linear_only)
     res = result.summary["results"]
-    table = Table(title="R² on held-out objects", title_justify="left", show_edge=False)
-    for col in ("target", "model", "modality", "features", "r2_ridge", "r2_gbm"):
+    table = Table(title="R² on held-out objects; participation ratio PR of the attributions",
+                  title_justify="left", show_edge=False)
+    numbers = [c for c in ("r2_ridge", "r2_gbm", "pr_ridge", "pr_gbm") if c in res.columns]
+    for col in ("target", "model", "modality", "features", *numbers):
         table.add_column(col)
-    for row in res.itertuples(index=False):
-        table.add_row(row.target, row.model, row.modality, row.features, f"{row.r2_ridge:.3f}",
-                      f"{getattr(row, 'r2_gbm', float('nan')):.3f}")
+    for row in res.to_dict("records"):
+        table.add_row(row["target"], row["model"], row["modality"], row["features"],
+                      *(f"{row[c]:.3f}" for c in numbers))
     console.print(table)
     _outputs(result)
 
