@@ -20,6 +20,7 @@ from fmb_engine.cli import figures as figures_cli  # noqa: E402
 from fmb_engine.cli import jobs as jobs_cli  # noqa: E402
 from fmb_engine.cli import models as models_cli  # noqa: E402
 from fmb_engine.cli import retrain as retrain_cli  # noqa: E402
+from fmb_engine.cli import triage as triage_cli  # noqa: E402
 from fmb_engine.cli.common import console, err_console  # noqa: E402
 from fmb_engine.cli.demo import demo  # noqa: E402
 from fmb_engine.errors import FMBError  # noqa: E402
@@ -41,6 +42,7 @@ app.add_typer(detect_cli.app, name="detect")
 app.add_typer(analyze_cli.app, name="analyze")
 app.add_typer(figures_cli.app, name="figures")
 app.add_typer(jobs_cli.app, name="jobs")
+app.add_typer(triage_cli.app, name="triage")
 app.command()(detect_cli.evaluate)
 app.command()(demo)
 

@@ -1,0 +1,57 @@
+"""`fmb-engine triage ...`: the labels given in fmb-tui, for scripts and papers (read-only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, section
+from fmb_engine.errors import DataError
+
+app = typer.Typer(help="Triage labels given in fmb-tui: counts, who labelled what, CSV export.", no_args_is_help=True)
+
+
+def _store(workspace, config):
+    from fmb_engine.triage.labels import LabelStore, labels_path
+
+    ws = find_workspace(workspace)
+    path = labels_path(ws)
+    if not path.is_file():
+        raise DataError(f"no labels yet: {path} does not exist (label objects in `fmb-tui {ws.root}`)")
+    return ws, LabelStore.for_workspace(ws, journal=section("tui", ws, config).values.label_journal)
+
+
+@app.command()
+def summary(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+    """Objects per label, and the people and sessions that labelled them."""
+    ws, store = _store(workspace, config)
+    with store:
+        counts = store.counts()
+        events = store.history()
+    table = Table(title=f"labels in {escape(str(ws.root))}", title_justify="left", show_edge=False)
+    table.add_column("label")
+    table.add_column("objects", justify="right")
+    for label, n in counts.items():
+        table.add_row(escape(label), f"{n:,}")
+    console.print(table)
+    users = sorted({e.user for e in events})
+    console.print(f"{len(events):,} changes by {', '.join(map(escape, users)) or 'nobody'} "
+                  f"in {len({e.session for e in events})} session(s)")
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="CSV file to write (atomically)."),
+    history: bool = typer.Option(False, "--history", help="Every change (append-only history) instead of the current labels."),
+    labels: list[str] = typer.Option(None, "--label", "-l", help="Only objects whose current label is this (repeatable)."),
+    workspace: WorkspaceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the current labels (object_id, label, note, who, when) or the whole history as CSV."""
+    _, store = _store(workspace, config)
+    with store:
+        path = store.export_csv(out, history=history, labels=labels or None)
+    console.print(f"written: [bold]{escape(str(path))}[/]")
