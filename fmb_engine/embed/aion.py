@@ -181,8 +181,9 @@ def euclid_to_hsc(hidden: int) -> UNetAdapter:
     return UNetAdapter(4, 5, hidden)
 
 
-def load_adapter(path: Path):
-    """Read ``euclid_to_hsc`` from FMB's ``adapters_final.pt`` (weights_only=True), load strictly."""
+def load_adapter(path: Path) -> tuple[UNetAdapter, dict[str, Any]]:
+    """Read ``euclid_to_hsc`` from FMB's ``adapters_final.pt`` (weights_only=True), load strictly;
+    returns the adapter and the checkpoint's ``args`` (the settings it was trained with)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -204,7 +205,7 @@ def load_adapter(path: Path):
         raise ConfigError(f"{path}: args.hidden={args.get('hidden')} but the weights have hidden={hidden}")
     model = euclid_to_hsc(hidden)
     load_strict(model, state, f"{path} [euclid_to_hsc]")
-    return model.eval()
+    return model.eval(), dict(args) if isinstance(args, dict) else {}
 
 
 # --------------------------------------------------------------------------- AION model + codecs
@@ -295,6 +296,20 @@ class AIONEmbedder(Embedder):
             f"Looked in:{looked}\nSet 'adapter' to the file or to the directory holding it."
         )
 
+    def _adopt_training_scale(self, trained: dict[str, Any], path: Path) -> None:
+        """The adapter only knows inputs clamped as in its training: use its ``max_abs``. A
+        different training ``image_size`` changes the pixel scale it saw, which is worth a warning
+        but not a change (the size fed to AION is fixed by its image tokens)."""
+        cfg: AIONConfig = self.config
+        max_abs = trained.get("max_abs")
+        if isinstance(max_abs, (int, float)) and float(max_abs) != cfg.max_abs:
+            log.warning("%s was trained with max_abs=%s; using it instead of the configured %s", path, max_abs,
+                        cfg.max_abs)
+            self.config = cfg.model_copy(update={"max_abs": float(max_abs)})
+        size = trained.get("image_size")
+        if isinstance(size, int) and size != cfg.image_size:
+            log.warning("%s was trained on %d px images; embedding at %d px", path, size, cfg.image_size)
+
     def load(self) -> dict[str, Any]:
         """Load (once) the transformer, both codecs and the adapter."""
         if self._parts is None:
@@ -304,7 +319,8 @@ class AIONEmbedder(Embedder):
             model = load_aion(snapshot)
             image_codec = load_codec(snapshot, mods.HSCImage)
             spectrum_codec = load_codec(snapshot, mods.DESISpectrum)
-            adapter = load_adapter(adapter_path)
+            adapter, trained = load_adapter(adapter_path)
+            self._adopt_training_scale(trained, adapter_path)
             for key in (mods.HSCImage.token_key, mods.DESISpectrum.token_key):
                 if key not in model.encoder_embeddings:
                     raise ConfigError(f"{snapshot}: the AION model has no encoder input {key!r}")

@@ -205,7 +205,7 @@ class Task(TrainTask):
         log.info("aion-adapter: codec from %s%s", self.snapshot, f", adapters from {init_path}" if init_path else "")
 
     def _load_init(self, path: Path) -> None:
-        e2h = load_adapter(path)  # weights_only=True, strict, checks args.hidden
+        e2h, _ = load_adapter(path)  # weights_only=True, strict, checks args.hidden
         hidden = int(e2h.inc.net[0].weight.shape[0])
         if hidden != self.config.hidden:
             raise ConfigError(f"init {path}: the adapters have hidden={hidden} but the config says "

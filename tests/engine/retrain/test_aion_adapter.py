@@ -109,6 +109,11 @@ def test_export_loads_through_the_embedder(trained, tiny):
     assert all(v.shape == (3, 32) and np.isfinite(v).all() for v in out.values())
     loaded = emb.load()["adapter"].state_dict()
     assert all(torch.equal(loaded[k], v.cpu()) for k, v in task.e2h.state_dict().items())
+    # the embedder clamps as in training: a different configured max_abs gives way to the adapter's
+    other = AIONEmbedder(AIONConfig(weights=str(tiny["snap"]), adapter=str(folder), image_size=96, max_abs=5.0,
+                                    device="cpu", batch_size=2))
+    other.load()
+    assert other.config.max_abs == 100.0
 
 
 def test_ste_trains_the_adapters_and_leaves_the_codec_frozen(trained, tiny):
