@@ -6,6 +6,7 @@ here are recorded, polled, cancelled and resubmitted exactly like runs from the 
 
 * ``data.mock``          -> ``submit(make_mock)``
 * ``embed.<model>``      -> ``fmb_engine.jobs.stages.submit_embedding`` (a job array of ``tasks`` shards)
+* ``retrain.<task>``     -> ``fmb_engine.jobs.stages.submit_retrain`` (one adaptation run; resumes when requeued)
 * ``detect``             -> ``fmb_engine.jobs.stages.submit_detect`` (flows, mismatch, fusion, systems table)
 * ``analyze.rankings``   -> ``submit(analyze_rankings)`` (Spearman / Jaccard for the Compare screen)
 * ``analyze.similarity`` -> ``submit(analyze_similarity)`` (neighbours for the Object screen)
@@ -84,6 +85,15 @@ def _embed(model: str) -> Submitter:
     return submit_
 
 
+def _retrain(task: str) -> Submitter:
+    def submit_(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
+        from fmb_engine.jobs.stages import submit_retrain
+
+        return submit_retrain(ws, _survey(ws), task, resolved, True, executor, _jobs(ws))
+
+    return submit_
+
+
 def _detect(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
     from fmb_engine.detect.run import PARTS
     from fmb_engine.jobs.stages import submit_detect
@@ -101,6 +111,11 @@ def catalog() -> list[StageSpec]:
     for name in base.names():
         specs.append(StageSpec(f"embed.{name}", f"embed.{name}", f"embed {name} — embeddings of the survey",
                                _embed(name), sharded=True))
+    from fmb_engine.retrain.run import TASKS, section_of
+
+    for task in TASKS:
+        specs.append(StageSpec(f"retrain.{task}", section_of(task), f"retrain {task} — adapt the model on the survey",
+                               _retrain(task)))
     specs.append(StageSpec("detect", "detect", "detect all — flows, mismatch, fusion, systems table", _detect))
     specs.append(StageSpec("analyze.rankings", "analyze", "analyze rankings — Spearman / Jaccard between systems",
                            _plain("analyze.rankings", _analyze_rankings)))

@@ -7,6 +7,7 @@ from typing import Any
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual import work
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
@@ -173,10 +174,15 @@ class RunsScreen(FMBScreen):
         self.query_one("#form-title", Static).update(f"[b]{spec.title}[/] · config section [b]{spec.section}[/]")
         for wid in ("#tasks", "#tasks-label"):
             self.query_one(wid).display = spec.sharded
+        self._show_form(ConfigForm(spec.section, SECTIONS[spec.section], rows, override_all=bool(self.base_problem)))
+
+    @work(exclusive=True, group="form")
+    async def _show_form(self, form: ConfigForm) -> None:
+        """Replace the form once the old one is really gone (moving quickly through the stage list
+        must never show two forms, or a form of a stage no longer highlighted)."""
         holder = self.query_one("#form-holder", VerticalScroll)
-        holder.remove_children()
-        holder.mount(ConfigForm(spec.section, SECTIONS[spec.section], rows, id="config-form",
-                                override_all=bool(self.base_problem)))
+        await holder.remove_children()
+        await holder.mount(form)
 
     def on_config_form_changed(self, message: ConfigForm.Changed) -> None:
         self.validate()
@@ -228,7 +234,7 @@ class RunsScreen(FMBScreen):
             self.fmb.notify("fix the values flagged in red first", severity="error")
             return
         choice = self.query_one("#executor", Select).value
-        executor = None if choice in ("__config__", "__loading__", Select.BLANK) else str(choice)
+        executor = None if choice in ("__config__", "__loading__", Select.NULL) else str(choice)
         try:
             tasks = int(self.query_one("#tasks", Input).value or "1")
         except ValueError:

@@ -134,7 +134,7 @@ class ConfigForm(VerticalScroll):
             return Switch(bool(value), id=wid, classes="field-editor")
         options = choices(annotation)
         if options is not None:
-            return Select([(o, o) for o in options], value=str(value) if value is not None else Select.BLANK,
+            return Select([(o, o) for o in options], value=str(value) if value is not None else Select.NULL,
                           allow_blank=is_optional(annotation), id=wid, classes="field-editor", compact=True)
         return Input(to_text(value), id=wid, classes="field-editor", compact=True,
                      placeholder="(none)" if is_optional(annotation) else "")
@@ -147,7 +147,7 @@ class ConfigForm(VerticalScroll):
             if isinstance(widget, Switch):
                 out[key] = widget.value
             elif isinstance(widget, Select):
-                out[key] = None if widget.value is Select.BLANK else widget.value
+                out[key] = None if widget.value is Select.NULL else widget.value
             else:
                 try:
                     out[key] = parse(info.annotation, widget.value)  # type: ignore[union-attr]

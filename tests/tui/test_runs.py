@@ -31,6 +31,7 @@ async def test_form_origins_errors_and_submit(tui_ws, config):
         await wait_for(pilot, lambda: bool(screen.query(ConfigForm)), "the stage catalogue")
         stages = [o.id for o in screen.query_one("#stages", OptionList).options]
         assert stages[0] == "data.mock" and "embed.pca" in stages
+        assert {"retrain.aion-adapter", "retrain.astroclip-heads", "retrain.astropt"} <= set(stages)
         form = screen.query_one(ConfigForm)
         # defaults shown with their layer; the workspace value names fmb.yaml
         assert form.query_one("#edit-objects", Input).value == "2000"
@@ -86,3 +87,26 @@ async def test_invalid_workspace_config_is_shown_not_raised(tui_ws, config):
         form.query_one("#edit-objects", Input).value = "30"
         await settle(pilot)
         assert screen.validate() and screen.resolved.values.objects == 30
+
+
+async def test_retrain_form_is_generated_and_validates(tui_ws, config):
+    """The retrain tasks' forms come from their schemas like every stage's (tuples, optionals, literals)."""
+    app = FMBApp(tui_ws, config, start="runs")
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: bool(screen.query(ConfigForm)), "the stage catalogue")
+        screen.choose("retrain.astropt")
+        await settle(pilot)
+        form = screen.query_one(ConfigForm)
+        assert form.query_one("#edit-steps", Input).value == "3000"
+        form.query_one("#edit-steps", Input).value = "20"
+        await settle(pilot)
+        assert screen.validate() and screen.resolved.values.steps == 20
+        assert screen.resolved.values.betas == (0.9, 0.95)
+        # an optional choice (patch_order: None = the layout's) starts blank and stays None
+        assert form.query_one("#edit-patch_order", Select).value is Select.NULL
+        assert screen.resolved.values.patch_order is None
+        form.query_one("#edit-steps", Input).value = "0"
+        await settle(pilot)
+        assert not screen.validate() and "Traceback" not in flat_text(app)
+
