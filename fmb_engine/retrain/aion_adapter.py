@@ -63,7 +63,7 @@ from fmb_engine.embed.aion import (
 from fmb_engine.embed.weights import import_optional, load_strict, resolve_dir, resolve_file
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.retrain.config import TrainConfig
-from fmb_engine.retrain.loop import TrainTask
+from fmb_engine.retrain.loop import TrainTask, file_fingerprint
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.workspace import atomic_path
 
@@ -221,6 +221,10 @@ class Task(TrainTask):
 
     def modules(self) -> dict[str, nn.Module]:
         return {"euclid_to_hsc": self.e2h, "hsc_to_euclid": self.h2e}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The frozen codec is not in the checkpoints: a resumed run must find the same one."""
+        return file_fingerprint(self.snapshot / "codecs" / "image" / "model.safetensors")
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         return [{"params": [p for m in (self.e2h, self.h2e) for p in m.parameters() if p.requires_grad]}]

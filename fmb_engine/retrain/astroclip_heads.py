@@ -67,7 +67,7 @@ from fmb_engine.embed.astroclip.checkpoint import save_checkpoint
 from fmb_engine.embed.astroclip.embedder import AstroCLIPConfig, AstroCLIPEmbedder
 from fmb_engine.errors import ConfigError
 from fmb_engine.retrain.config import TrainConfig
-from fmb_engine.retrain.loop import TrainTask
+from fmb_engine.retrain.loop import TrainTask, file_fingerprint
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.workspace import atomic_path
 
@@ -204,6 +204,10 @@ class Task(TrainTask):
     def modules(self) -> dict[str, nn.Module]:
         """The trainable parts (heads, unfrozen ViT blocks, logit scale); see ``__init__``."""
         return self._state
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The frozen towers are re-read from the starting checkpoint on resume: it must be unchanged."""
+        return file_fingerprint(self.source)
 
     def describe(self) -> dict[str, Any]:
         """Parameter counts of both whole towers and the logit scale (total and trainable)."""

@@ -107,6 +107,11 @@ class TrainTask(ABC):
             trainable = any(p.requires_grad for p in module.parameters())
             module.train(mode and trainable)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must find unchanged besides its checkpoint (e.g. the frozen starting
+        weights a checkpoint does not hold): plain values, compared on resume."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Facts for the manifest: parameter counts per module."""
         out = {}
@@ -115,6 +120,13 @@ class TrainTask(ABC):
             out[key] = {"parameters": sum(p.numel() for p in params),
                         "trainable": sum(p.numel() for p in params if p.requires_grad)}
         return out
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """Path, size and modification time of a (possibly multi-GB) weights file: cheap, and enough
+    to notice that it was replaced."""
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 # --------------------------------------------------------------------------- data
@@ -306,13 +318,17 @@ class _Run:
             "modules": {k: m.state_dict() for k, m in self.task.modules().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "config": self.cfg.model_dump(),
+            "config": self.cfg.model_dump(), "fingerprint": self.task.fingerprint(),
         })
 
     def restore(self, path: Path) -> None:
         state = Checkpoints.load(path)
         if state["task"] != self.task.name:
             raise DataError(f"{path}: a checkpoint of retrain {state['task']!r}, not {self.task.name!r}")
+        now = self.task.fingerprint()
+        if state.get("fingerprint", {}) != now:
+            raise DataError(f"{path} was written from other starting files ({state.get('fingerprint')}, now {now}); "
+                            "resuming would mix them: start over with --fresh, or restore those files")
         for key, module in self.task.modules().items():
             module.load_state_dict(state["modules"][key])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -19,7 +19,7 @@ from torch import nn
 
 from fmb_engine.errors import DataError
 from fmb_engine.retrain.config import TrainConfig
-from fmb_engine.retrain.loop import Checkpoints, TrainingError, TrainTask, lr_at, train
+from fmb_engine.retrain.loop import Checkpoints, TrainingError, TrainTask, file_fingerprint, lr_at, train
 from fmb_engine.workspace import atomic_path
 
 
@@ -179,3 +179,21 @@ def test_objects_without_spectrum_are_counted(workspace, small_survey, tmp_path)
     assert sum(dropped.values()) == n // 10 and set(dropped) == {"train: missing spectrum", "test: missing spectrum"}
     assert manifest["counts"]["train_objects"] + manifest["counts"]["val_objects"] + n // 10 == n
     assert math.isfinite(result.history[-1]["train_loss"])
+
+
+def test_changed_starting_files_are_refused_on_resume(tmp_path, small_survey):
+    """A task whose checkpoints do not hold everything (a frozen backbone) must find it unchanged."""
+    base = tmp_path / "frozen.bin"
+    base.write_bytes(b"weights v1")
+
+    class Frozen(ProbeTask):
+        def fingerprint(self):
+            return file_fingerprint(base)
+
+    folder = tmp_path / "run"
+    train(Frozen(_cfg(steps=4)), None, small_survey, folder)
+    base.write_bytes(b"weights v2, longer")
+    with pytest.raises(DataError, match="other starting files.*--fresh"):
+        train(Frozen(_cfg(steps=8)), None, small_survey, folder)
+    assert train(Frozen(_cfg(steps=4)), None, small_survey, folder, resume=False).steps == 4
+
