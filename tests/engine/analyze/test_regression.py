@@ -1,6 +1,7 @@
 """Regression probes: R², bootstrap intervals, participation ratio (ridge exact, GBM TreeSHAP) and
 its derived measures, random baseline on the same objects."""
 
+import json
 import sys
 
 import numpy as np
@@ -157,10 +158,16 @@ def test_probes_in_worker_processes_give_the_same_results(analysed):
     ws, survey = analysed
     base = {"targets": ["redshift"], "models": ["cca"], "modalities": ["spectrum", "image"], "bootstrap": 20,
             "gbm_iter": 10, "min_train": 20, "shap_max_rows": 30}
-    one = analyze_regression(ws, load("analyze", ws, cli=base | {"n_jobs": 1}), survey).summary["results"]
+    first = analyze_regression(ws, load("analyze", ws, cli=base | {"n_jobs": 1}), survey)
+    one = first.summary["results"]
+    timings = json.loads(first.manifest.read_text())["timings_s"]
+    assert sorted(v == 0.0 for k, v in timings.items() if k.endswith(":random")) == [False, True]  # fitted once
     two = analyze_regression(ws, load("analyze", ws, cli=base | {"n_jobs": 2}), survey).summary["results"]
     assert len(one) == 4
     pd.testing.assert_frame_equal(one, two)
+    # cca's image and spectrum vectors have one dimension and the same objects: one random baseline
+    rnd = one[one.features == "random"].drop(columns=["modality"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(rnd.iloc[[0]].reset_index(drop=True), rnd.iloc[[1]].reset_index(drop=True))
 
 
 def test_regression_door_without_shap_fails_first(analysed, monkeypatch):
