@@ -46,3 +46,30 @@ def test_real_umap_is_seeded_on_tiny_data():
     params = {"n_neighbors": 5, "min_dist": 0.1, "metric": "euclidean", "seed": 1}
     a, b = umap_projector(x, params), umap_projector(x, params)
     assert a.shape == (40, 2) and np.allclose(a, b)
+
+
+def test_distance_path():
+    from fmb_engine.analyze.umap_embed import SMALL_DATA, distance_path
+
+    assert distance_path(2000, "euclidean") == "precomputed" and distance_path(2000, "cosine") == "precomputed"
+    assert distance_path(SMALL_DATA, "euclidean") == "umap"  # UMAP's approximate neighbours from here on
+    assert distance_path(100, "correlation") == "umap"  # not vectorised by scikit-learn: UMAP's own metric
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_precomputed_distances_give_umaps_own_neighbour_graph(metric):
+    """The small-data shortcut changes how distances are computed, not the graph UMAP lays out."""
+    import warnings
+
+    import umap
+    from sklearn.metrics import pairwise_distances
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 6)) @ rng.normal(size=(6, 24)) + 0.3 * rng.normal(size=(300, 24))).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        own = umap.UMAP(metric=metric, random_state=1, n_jobs=1, n_epochs=10).fit(x)
+        pre = umap.UMAP(metric="precomputed", random_state=1, n_jobs=1, n_epochs=10).fit(pairwise_distances(x, metric=metric))
+    assert np.array_equal(own.graph_.indices, pre.graph_.indices)
+    assert abs(own.graph_ - pre.graph_).max() < 1e-4
