@@ -3,6 +3,7 @@ artifacts under ``analysis/`` atomically plus a run manifest, and returns a Stag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,21 @@ def embedding_files(ws: Workspace, models: list[str]) -> list[Path]:
     return embedding_runs(ws, models)
 
 
+def valid_vectors(ws: Workspace, cfg: AnalyzeConfig, manifest: RunManifest) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """``(run, modality, object ids, vectors)`` of the chosen runs and modalities, valid rows only:
+    each run is recorded as an input, the invalid (imputed) rows are counted as dropped."""
+    from fmb_engine.embed.store import EmbeddingReader
+
+    for path in embedding_files(ws, cfg.models):
+        manifest.input(f"embeddings:{path.stem}", path)
+        with EmbeddingReader(path) as reader:
+            ids_all = reader.object_ids.astype(str)
+            for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
+                valid = reader.valid(modality)
+                manifest.dropped(f"{path.stem}/{modality}:invalid", int((~valid).sum()))
+                yield path.stem, modality, ids_all[valid], reader.load(modality)[valid]
+
+
 def _finish(manifest: RunManifest, outputs: dict[str, Path], summary: dict) -> StageResult:
     for name, path in outputs.items():
         manifest.output(name, path)
@@ -113,7 +129,6 @@ def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | N
     """Exact cosine k-NN per model and modality (valid rows only) -> analysis/similarity/neighbours.parquet
     (every object queried) or query_neighbours.parquet (``queries`` given)."""
     from fmb_engine.analyze.similarity import has_faiss, knn, neighbour_table
-    from fmb_engine.embed.store import EmbeddingReader
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
@@ -121,28 +136,20 @@ def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | N
     backend = "faiss" if cfg.backend == "faiss" or (cfg.backend == "auto" and has_faiss()) else "torch"
     manifest.count("backend", backend)
     tables = []
-    for path in embedding_files(ws, cfg.models):
-        manifest.input(f"embeddings:{path.stem}", path)
-        with EmbeddingReader(path) as reader:
-            ids_all = reader.object_ids.astype(str)
-            for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
-                valid = reader.valid(modality)
-                x = reader.load(modality)[valid]
-                ids = ids_all[valid]
-                manifest.dropped(f"{path.stem}/{modality}:invalid", int((~valid).sum()))
-                if queries:
-                    pos = {o: i for i, o in enumerate(ids)}
-                    missing = [q for q in queries if q not in pos]
-                    if missing:
-                        manifest.warn(f"{path.stem}/{modality}: {len(missing)} query id(s) not found: {', '.join(missing[:10])}")
-                        manifest.dropped(f"{path.stem}/{modality}:query_not_found", len(missing))
-                    rows = np.array([pos[q] for q in queries if q in pos], np.int64)
-                else:
-                    rows = np.arange(len(ids))
-                with manifest.phase(f"knn:{path.stem}/{modality}"):
-                    idx, sims = knn(x, x[rows], cfg.k, self_rows=rows, chunk=cfg.chunk, backend=backend)
-                tables.append(neighbour_table(ids[rows], ids, idx, sims, path.stem, modality))
-                reporter.log(f"{path.stem}/{modality}: {len(rows):,} queries x {len(ids):,} objects")
+    for run, modality, ids, x in valid_vectors(ws, cfg, manifest):
+        if queries:
+            pos = {o: i for i, o in enumerate(ids)}
+            missing = [q for q in queries if q not in pos]
+            if missing:
+                manifest.warn(f"{run}/{modality}: {len(missing)} query id(s) not found: {', '.join(missing[:10])}")
+                manifest.dropped(f"{run}/{modality}:query_not_found", len(missing))
+            rows = np.array([pos[q] for q in queries if q in pos], np.int64)
+        else:
+            rows = np.arange(len(ids))
+        with manifest.phase(f"knn:{run}/{modality}"):
+            idx, sims = knn(x, x[rows], cfg.k, self_rows=rows, chunk=cfg.chunk, backend=backend)
+        tables.append(neighbour_table(ids[rows], ids, idx, sims, run, modality))
+        reporter.log(f"{run}/{modality}: {len(rows):,} queries x {len(ids):,} objects")
     if not tables:
         raise DataError("no embeddings matched the chosen models / modalities")
     table = pd.concat(tables, ignore_index=True)
@@ -211,6 +218,9 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
     missing = [t for t in cfg.targets if t not in catalog.columns]
     if missing:
         raise DataError(f"survey has no column(s) {', '.join(missing)}; columns: {', '.join(catalog.columns)}")
+    runs = embedding_files(ws, cfg.models)
+    for path in runs:
+        manifest.input(f"embeddings:{path.stem}", path)
     rows, preds, phis = [], [], []
     kwargs = dict(alpha=cfg.ridge_alpha, gbm_iter=cfg.gbm_iter, gbm_early_stopping=cfg.gbm_early_stopping,
                   bootstrap=cfg.bootstrap, seed=cfg.seed,
@@ -221,7 +231,7 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
         y_all = pd.to_numeric(catalog[target], errors="coerce")
         y_all = y_all[np.isfinite(y_all)]
         train_ids, test_ids = split_ids(y_all.index.to_numpy(), cfg.test_fraction, cfg.seed)
-        for path in embedding_files(ws, cfg.models):
+        for path in runs:
             jobs = []  # (key, test ids, train x, train y, test x, test y): one run's probes go side by side
             # The random baseline depends only on (seed, dimension, objects): modalities of one run
             # with the same dimension and valid objects share it, so it is fitted once.
@@ -278,7 +288,6 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
 def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, projector=None) -> StageResult:
     """Seeded 2-D UMAP per model/modality, cached by input digest -> analysis/umap/coords.parquet."""
     from fmb_engine.analyze.umap_embed import project
-    from fmb_engine.embed.store import EmbeddingReader
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
@@ -286,23 +295,17 @@ def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = 
     params = {"n_neighbors": cfg.umap_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric, "seed": cfg.seed}
     out = ws.folder("analysis") / "umap"
     frames, cached = [], {}
-    for path in embedding_files(ws, cfg.models):
-        manifest.input(f"embeddings:{path.stem}", path)
-        with EmbeddingReader(path) as reader:
-            ids_all = reader.object_ids.astype(str)
-            for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
-                valid = reader.valid(modality)
-                x, ids = reader.load(modality)[valid], ids_all[valid]
-                if len(ids) > cfg.umap_max_points:
-                    keep = np.sort(np.random.default_rng(cfg.seed).choice(len(ids), cfg.umap_max_points, replace=False))
-                    manifest.dropped(f"{path.stem}/{modality}:subsampled", len(ids) - len(keep))
-                    x, ids = x[keep], ids[keep]
-                with manifest.phase(f"umap:{path.stem}/{modality}"):
-                    coords, key, hit = project(x, params, out / "cache", projector)
-                cached[f"{path.stem}/{modality}"] = {"digest": key, "cached": hit}
-                frames.append(pd.DataFrame({"object_id": ids, "model": path.stem, "modality": modality,
-                                            "x": coords[:, 0], "y": coords[:, 1]}))
-                reporter.log(f"umap {path.stem}/{modality}: {len(ids):,} points" + (" (cached)" if hit else ""))
+    for run, modality, ids, x in valid_vectors(ws, cfg, manifest):
+        if len(ids) > cfg.umap_max_points:
+            keep = np.sort(np.random.default_rng(cfg.seed).choice(len(ids), cfg.umap_max_points, replace=False))
+            manifest.dropped(f"{run}/{modality}:subsampled", len(ids) - len(keep))
+            x, ids = x[keep], ids[keep]
+        with manifest.phase(f"umap:{run}/{modality}"):
+            coords, key, hit = project(x, params, out / "cache", projector)
+        cached[f"{run}/{modality}"] = {"digest": key, "cached": hit}
+        frames.append(pd.DataFrame({"object_id": ids, "model": run, "modality": modality,
+                                    "x": coords[:, 0], "y": coords[:, 1]}))
+        reporter.log(f"umap {run}/{modality}: {len(ids):,} points" + (" (cached)" if hit else ""))
     table = pd.concat(frames, ignore_index=True)
     manifest.count("projections", cached)
     outputs = {"coords": _parquet(table, out / "coords.parquet")}
@@ -310,4 +313,4 @@ def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = 
 
 
 __all__ = ["analyze_neighbor_ranks", "analyze_rankings", "analyze_regression", "analyze_similarity", "analyze_umap",
-           "load_ranks", "read_query_ids"]
+           "load_ranks", "read_query_ids", "valid_vectors"]

@@ -162,6 +162,7 @@ def test_probes_in_worker_processes_give_the_same_results(analysed):
     one = first.summary["results"]
     timings = json.loads(first.manifest.read_text())["timings_s"]
     assert sorted(v == 0.0 for k, v in timings.items() if k.endswith(":random")) == [False, True]  # fitted once
+    assert "embeddings:cca" in json.loads(first.manifest.read_text())["inputs"]  # what was read is recorded
     two = analyze_regression(ws, load("analyze", ws, cli=base | {"n_jobs": 2}), survey).summary["results"]
     assert len(one) == 4
     pd.testing.assert_frame_equal(one, two)

@@ -1,5 +1,7 @@
 """UMAP coordinates: cache by input digest (cheap injected projector) and one real, tiny, seeded run."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -34,6 +36,8 @@ def test_umap_door_with_injected_projector(analysed):
     first = analyze_umap(ws, cfg, projector=lambda x, p: np.asarray(x[:, :2], np.float32))
     again = analyze_umap(ws, cfg, projector=lambda x, p: pytest.fail("should be cached"))
     assert all(v["cached"] for v in again.summary["projections"].values())
+    manifest = json.loads(first.manifest.read_text())
+    assert "embeddings:pca" in manifest["inputs"] and "pca/image:invalid" in manifest["dropped"]  # counted, even 0
     coords = pd.read_parquet(first.outputs["coords"])
     assert set(coords.columns) == {"object_id", "model", "modality", "x", "y"} and len(coords) > 0
 
