@@ -54,18 +54,9 @@ def load_section(name: str, ws: Workspace | None):
     except ConfigError as exc:
         if "unknown section" not in str(exc):
             raise
-    import yaml
+    from fmb_engine.config import read_layer_file, resolve
 
-    from fmb_engine.config import Layer, resolve
-
-    layers = []
-    if ws is not None and ws.config_file.is_file():
-        try:
-            data = yaml.safe_load(ws.config_file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{ws.config_file}: not valid YAML: {exc}") from None
-        if isinstance(data, dict):
-            layers.append(Layer(str(ws.config_file), data))
+    layers = [read_layer_file(ws.config_file, check=False)] if ws is not None and ws.config_file.is_file() else []
     return resolve(name, layers)
 
 

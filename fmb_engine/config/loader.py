@@ -50,8 +50,11 @@ def _suggest(name: str, valid: list[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def read_layer_file(path: str | Path) -> Layer:
-    """Read and structurally check one YAML config file (``yaml.safe_load``)."""
+def read_layer_file(path: str | Path, check: bool = True) -> Layer:
+    """Read and structurally check one YAML config file (``yaml.safe_load``).
+
+    ``check=False`` skips :func:`check_layer` (unknown sections), for a reader that resolves
+    only sections it knows (a section's own keys are still validated when it is resolved)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -63,7 +66,8 @@ def read_layer_file(path: str | Path) -> Layer:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (general:, mock:, ...), got {type(data).__name__}")
-    return check_layer(Layer(str(path), data))
+    layer = Layer(str(path), data)
+    return check_layer(layer) if check else layer
 
 
 def section_body(data: dict[str, Any], section: str) -> dict[str, Any]:
