@@ -426,11 +426,11 @@ def train(task: TrainTask, ws: Workspace | None, survey: Path, folder: Path, *, 
     reporter = reporter or Silent()
     cfg = task.config
     manifest = RunManifest(ws, f"retrain-{task.name}", config_record or {"values": cfg.model_dump()}, seed=cfg.seed)
-    manifest.input("survey", survey)
     folder.mkdir(parents=True, exist_ok=True)
     ckpts = Checkpoints(folder / "checkpoints", cfg.keep_checkpoints)
 
     with SurveyReader(survey) as reader:
+        manifest.input("survey", survey, digest=reader.digest)  # the store's own digest: no re-hash of GBs
         train_rows = usable_rows(reader, cfg.train_split, task.needs, cfg.max_objects, manifest)
         val_rows = usable_rows(reader, cfg.val_split, task.needs, cfg.max_objects, manifest)
         manifest.count("train_objects", int(train_rows.size))
