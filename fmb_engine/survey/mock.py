@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fmb_engine.parallel import available_cores
 from fmb_engine.survey.bands import (
     ABSORPTION_LINES,
     ANOMALY_CLASSES,
@@ -585,7 +585,7 @@ def render_chunks(
     the wall time on two cores. Output is identical: each chunk has its own seed.
     """
     if workers == 0:
-        workers = 1 if (os.cpu_count() or 1) > 1 and len(chunks) > 2 else -1
+        workers = 1 if available_cores() > 1 and len(chunks) > 2 else -1
     if workers < 0 or len(chunks) <= 1:
         _init_worker(pop, size, seed)
         for chunk, rows in chunks:
