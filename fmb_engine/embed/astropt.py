@@ -179,7 +179,7 @@ def _registry_from_fields(m, modalities) -> Any:
     return m.ModalityRegistry(configs)
 
 
-def _default_registry(m, cfg: AstroPTConfig) -> Any:
+def default_registry(m, cfg: AstroPTConfig) -> Any:
     """Registry of FMB's multimodal model (images: RGB patches, spectra: flux patches), from this config."""
     p, s = cfg.image_patch_size, cfg.spectrum_patch_size
     return m.ModalityRegistry(
@@ -227,7 +227,7 @@ def build_model(ckpt: dict[str, Any], cfg: AstroPTConfig, path: Path):
     elif model_args.get("modalities"):
         registry = _registry_from_fields(m, model_args["modalities"])
     else:
-        registry = _default_registry(m, cfg)
+        registry = default_registry(m, cfg)
     model_args.pop("modalities", None)
     try:
         gpt_config = m.GPTConfig(**model_args)
@@ -278,6 +278,14 @@ class AstroPTEmbedder(Embedder):
             cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroPT"
         )
 
+    def attach(self, model, source: str = "<given model>"):
+        """Use ``model`` (a loaded one, or one being trained) on the configured device, checked as
+        a loaded checkpoint is; returns it."""
+        self._check(model, Path(source))
+        self._device = resolve_device(self.config.device)
+        self._model = model.to(self._device)
+        return self._model
+
     def load(self):
         """Load (once) and return the GPT on the configured device."""
         if self._model is None:
@@ -289,9 +297,7 @@ class AstroPTEmbedder(Embedder):
                 ckpt = read_checkpoint_safe(path)
                 self._adopt_preprocess(ckpt.get("preprocess"), path)
                 model = build_model(ckpt, self.config, path)
-            self._check(model, path)
-            self._device = resolve_device(cfg.device)
-            self._model = model.to(self._device)
+            self.attach(model, str(path))
             log.info("AstroPT loaded from %s", path)
         return self._model
 

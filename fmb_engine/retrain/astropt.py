@@ -163,7 +163,7 @@ class Task(TrainTask):
 
     def __init__(self, config: Config, device: str):
         super().__init__(config, device)
-        from fmb_engine.embed.astropt import INSTALL_HINT, AstroPTConfig, AstroPTEmbedder, _default_registry
+        from fmb_engine.embed.astropt import INSTALL_HINT, AstroPTConfig, AstroPTEmbedder, default_registry
         from fmb_engine.embed.weights import import_optional
 
         m = import_optional("astropt.model", "astropt", INSTALL_HINT)
@@ -180,9 +180,9 @@ class Task(TrainTask):
         self.embedder = AstroPTEmbedder(embed_cfg)
         if cfg.weights is not None:
             self.init_path: Path | None = self.embedder.checkpoint_path()
-            model = self.embedder.load()  # safe loader, strict weights, modality checks
-            self._check_architecture(model)
-            _set_dropout(model, cfg.dropout)
+            self.model = self.embedder.load()  # safe loader, strict weights, modality checks
+            self._check_architecture(self.model)
+            _set_dropout(self.model, cfg.dropout)
         else:
             self.init_path = None
             gpt_config = m.GPTConfig(
@@ -190,10 +190,8 @@ class Task(TrainTask):
                 dropout=cfg.dropout, bias=cfg.bias, attn_type="causal", tokeniser=cfg.tokeniser,
             )
             with contextlib.redirect_stdout(io.StringIO()):  # upstream prints the parameter count
-                model = m.GPT(gpt_config, _default_registry(m, embed_cfg))
-            self.embedder._check(model, Path("<fresh model>"))
-            self.embedder._model, self.embedder._device = model.to(device), device
-        self.model = self.embedder._model
+                model = m.GPT(gpt_config, default_registry(m, embed_cfg))
+            self.model = self.embedder.attach(model, "<fresh model>")
         reg = self.model.modality_registry
         img, spec = reg.get_config("images"), reg.get_config("spectra")
         self.n_img, self.n_spec = token_counts(cfg.image_size_resolved(), img.patch_size, cfg.spectrum_length,
