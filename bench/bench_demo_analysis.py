@@ -47,6 +47,7 @@ def main() -> None:
     from fmb_engine.cli.demo import best_fused
     from fmb_engine.config import load
     from fmb_engine.figures import run as figures
+    from fmb_engine.rankings import list_systems
     from fmb_engine.sections import register_all
     from fmb_engine.workspace import Workspace
 
@@ -69,8 +70,7 @@ def main() -> None:
     t_first = time.perf_counter() - t
     shutil.rmtree(ws.folder("analysis") / "umap", ignore_errors=True)  # UMAP must really run again
 
-    systems = sorted(c.split(":", 1)[1] for c in __import__("pandas").read_parquet(
-        ws.folder("scores") / "systems.parquet", columns=None).columns if c.startswith("rank:"))
+    systems = sorted(list_systems(ws))
     steps = [
         ("analyze rankings", lambda: analyze.analyze_rankings(ws, cfg)),
         ("analyze similarity", lambda: analyze.analyze_similarity(ws, cfg)),

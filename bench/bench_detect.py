@@ -160,6 +160,7 @@ def run_ours(data: dict, flow_kw: dict, pre_kw: dict, n_jobs: int, raw_mismatch:
 # ---------------------------------------------------------------- the stage door
 def _stage_in_child(root: str, preset: str, n_jobs: int, queue) -> None:
     import json
+    from pathlib import Path
 
     from fmb_engine.config import Resolved
     from fmb_engine.detect.run import DetectConfig, detect
@@ -169,7 +170,7 @@ def _stage_in_child(root: str, preset: str, n_jobs: int, queue) -> None:
     with threadpool_limits(1):
         cfg = DetectConfig(preset=preset, baselines=False, n_jobs=n_jobs, threads=1, device="cpu")
         t0 = time.perf_counter()
-        result = detect(Workspace(__import__("pathlib").Path(root)), Resolved("detect", cfg, {}))
+        result = detect(Workspace(Path(root)), Resolved("detect", cfg, {}))
         wall = time.perf_counter() - t0
     queue.put({"wall": wall, "jobs": cfg.flow_jobs(), "peak_mb": peak_mb(),
                "timings": json.loads(result.manifest.read_text())["timings_s"]})
