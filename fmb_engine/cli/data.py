@@ -46,25 +46,41 @@ def mock(
 
 @app.command("import")
 def import_cmd(
-    source: Path = typer.Argument(..., help="save_to_disk folder(s) or parquet file(s) of the Euclid x DESI dataset."),
+    source: Path = typer.Argument(None, help="A parquet/arrow file or a dataset folder (save_to_disk, DatasetDict, parquet shards)."),
+    split: list[str] = typer.Option(None, "--split", help="Split to import, or the name of a source's only split; "
+                                    "NAME=PATH assigns a file or folder to a split. Repeatable."),
     catalog: str = typer.Option(None, "--catalog", help="FITS catalogue joined on TARGETID (Z, LOGM, LOGSFR)."),
     name: str = typer.Option(None, "--name", help="Survey name (written to survey/<name>.h5)."),
     image_size: int = typer.Option(None, "--image-size", help="Resample band images to this size."),
     missing: str = typer.Option(None, "--missing", help="keep (flag) or drop rows with a missing band/spectrum."),
+    resample: bool = typer.Option(None, "--resample", help="Resample non-square band images (else those rows are dropped)."),
+    skip_bad_files: bool = typer.Option(None, "--skip-bad-files", help="Import the readable files; record the bad ones in the manifest."),
     limit: int = typer.Option(None, "--limit", help="Import at most this many rows."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Convert a local copy of the published dataset into the survey store (offline, resumable)."""
     ws = find_workspace(workspace)
-    resolved = section("import", ws, config, catalog=catalog, name=name, image_size=image_size, missing=missing, limit=limit)
+    resolved = section("import", ws, config, catalog=catalog, name=name, image_size=image_size, missing=missing, limit=limit,
+                       splits=split or None, resample=resample, skip_bad_files=skip_bad_files)
     result = import_dataset(ws, source, resolved, reporter())
     print_summary(result.summary)
-    if result.summary.get("dropped"):
-        console.print(f"dropped rows: {result.summary['dropped']}")
-    if result.summary.get("kept_with"):
-        console.print(f"kept, flagged: {result.summary['kept_with']}")
+    print_import_report(result.summary)
     print_result(result)
+
+
+def print_import_report(summary: dict) -> None:
+    """Split naming, bad files and the rows not taken as is (details in the manifest)."""
+    console.print(f"split naming: {escape(summary['split_naming'])}")
+    if summary["ignored_splits"]:
+        ignored = ", ".join(f"{k} ({v} file(s))" for k, v in summary["ignored_splits"].items())
+        console.print(f"ignored splits: {escape(ignored)} (import them with --split NAME)")
+    for bad in summary["bad_files"]:
+        console.print(f"skipped bad file: {escape(bad['path'])}: {escape(bad['reason'])}"
+                      + (f" ({bad['rows_imported']} objects imported before)" if bad["rows_imported"] else ""))
+    for title, key in (("dropped", "dropped"), ("kept, flagged", "kept_with"), ("repaired", "repaired")):
+        for reason, n in summary[key].items():
+            console.print(f"{title}: {n:,} x {escape(reason)}")
 
 
 def print_summary(summary: dict) -> None:

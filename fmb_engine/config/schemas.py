@@ -62,7 +62,9 @@ class ImportConfig(Section):
         None, description="Optional FITS catalogue joined on TARGETID for Z, LOGM, LOGSFR."
     )
     splits: list[str] = Field(
-        default_factory=lambda: ["train", "test"], description="Dataset splits to import (others are ignored)."
+        default_factory=lambda: ["train", "test"],
+        description="Splits to import when the source has several (others are ignored); for a source with one split, "
+        "its name. NAME=PATH assigns a file or folder to split NAME.",
     )
     image_size: int = Field(
         64, ge=16, le=512, description="Band images are resampled to this size (bilinear) when they differ."
@@ -75,6 +77,12 @@ class ImportConfig(Section):
     batch_size: int = Field(256, ge=1, description="Rows converted and written per chunk (bounds memory).")
     compression: Literal["lzf", "gzip", "none"] = Field("lzf", description="HDF5 compression.")
     limit: int | None = Field(None, ge=1, description="Import at most this many rows (for a quick look).")
+    resample: bool = Field(
+        False, description="Resample band images that are not square to image_size (else such rows are dropped)."
+    )
+    skip_bad_files: bool = Field(
+        False, description="Import the readable files and record unreadable ones in the manifest (else stop)."
+    )
 
 
 #: Section name -> schema. The order is the order of ``config show``. Dotted names

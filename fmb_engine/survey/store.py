@@ -278,6 +278,11 @@ class SurveyWriter:
         if self._file:
             self._file.close()
 
+    def discard(self) -> None:
+        """Close and delete the partial file (a failed write with nothing worth resuming)."""
+        self.abort()
+        self.partial.unlink(missing_ok=True)
+
     def __enter__(self) -> SurveyWriter:
         return self
 

@@ -7,7 +7,8 @@ from astropy.table import Table
 from fmb_engine.config import load
 from fmb_engine.errors import DataError
 from fmb_engine.survey.importers import euclid_desi
-from fmb_engine.survey.importers.euclid_desi import import_dataset, spectrum_to_grid
+from fmb_engine.survey.importers.euclid_desi import import_dataset
+from fmb_engine.survey.importers.rows import spectrum_to_grid
 from fmb_engine.survey.bands import wavelength_grid
 from fmb_engine.survey.store import SurveyReader
 
@@ -24,12 +25,18 @@ def run(ws, src, **kw):
 def test_save_to_disk_import_counts_every_bad_row_and_keeps_flagged_ones(workspace, tmp_path):
     src = write_save_to_disk(tmp_path / "hf", n=12)
     result, manifest = run(workspace, src)
-    assert manifest["dropped"] == {"missing_object_id": 2, "duplicate_object_id": 2}
+    assert manifest["dropped"] == {"object_id: missing (and no targetid)": 2, "object_id: duplicate of an earlier row": 2}
     counts = manifest["counts"]
-    assert counts["kept_with:missing_band:NISP_J"] == 2
-    assert counts["kept_with:missing_spectrum"] == 2
-    assert counts["kept_with:bad_spectrum_shape"] == 2
+    assert counts["kept_with:NISP_J_image: missing"] == 2
+    assert counts["kept_with:spectrum: missing"] == 2
+    assert counts["kept_with:spectrum: flux, wavelength and error lengths differ"] == 2
     assert counts["masked_input_pixels"] == 2 * 10  # the zero-error pixels
+    kept = manifest["rows"]["kept"]["NISP_J_image: missing"]
+    assert sorted(kept["examples"]) == ["2700000000000000001", "2700000000000010001"] and kept["count"] == 2
+    assert manifest["rows"]["dropped"]["object_id: missing (and no targetid)"]["examples"] == [
+        "row 4 of train/data-00000-of-00001.arrow", "row 4 of test/data-00000-of-00001.arrow"]
+    zero_err = manifest["rows"]["repaired"]["spectrum.error: zero, negative or non-finite values, masked"]
+    assert zero_err["count"] == 2 and "2700000000000000003" in zero_err["examples"]
     assert counts["rows_read"] == 24 and counts["objects"] == 20
     with SurveyReader(result.outputs["survey"]) as r:
         assert r.splits() == {"train": 10, "test": 10}
@@ -50,9 +57,9 @@ def test_save_to_disk_import_counts_every_bad_row_and_keeps_flagged_ones(workspa
 def test_parquet_import_with_drop_policy(workspace, tmp_path):
     src = write_parquet(tmp_path / "pq", n=12, splits=("train",))
     result, manifest = run(workspace, src, missing="drop", name="pq")
-    assert manifest["dropped"]["missing_band:NISP_J"] == 1
-    assert manifest["dropped"]["missing_spectrum"] == 1
-    assert manifest["dropped"]["bad_spectrum_shape"] == 1
+    assert manifest["dropped"]["NISP_J_image: missing"] == 1
+    assert manifest["dropped"]["spectrum: missing"] == 1
+    assert manifest["dropped"]["spectrum: flux, wavelength and error lengths differ"] == 1
     assert result.summary["objects"] == 12 - (len(BAD_ROWS) - 1)  # the zero-error row stays: only its pixels are masked
 
 
@@ -70,7 +77,7 @@ def test_catalogue_join_fills_physical_parameters(workspace, tmp_path):
 
 def test_interrupted_import_resumes_without_duplicates(workspace, tmp_path, monkeypatch):
     src = write_save_to_disk(tmp_path / "hf", n=12)
-    real = euclid_desi._convert_batch
+    real = euclid_desi.convert_batch
     calls = {"n": 0}
 
     def flaky(*args, **kw):
@@ -79,14 +86,14 @@ def test_interrupted_import_resumes_without_duplicates(workspace, tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(euclid_desi, "_convert_batch", flaky)
+    monkeypatch.setattr(euclid_desi, "convert_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         run(workspace, src)
-    monkeypatch.setattr(euclid_desi, "_convert_batch", real)
+    monkeypatch.setattr(euclid_desi, "convert_batch", real)
     result, manifest = run(workspace, src)
     fresh, _ = run(workspace, src, name="fresh")
     assert manifest["counts"]["objects"] == 20
-    assert manifest["dropped"] == {"missing_object_id": 2, "duplicate_object_id": 2}
+    assert manifest["dropped"] == {"object_id: missing (and no targetid)": 2, "object_id: duplicate of an earlier row": 2}
     with SurveyReader(result.outputs["survey"]) as a, SurveyReader(fresh.outputs["survey"]) as b:
         assert list(a.object_ids) == list(b.object_ids)
 
