@@ -88,7 +88,7 @@ def _write(writer: SurveyWriter, chunk: Chunk, state: dict[str, Any]) -> None:
     )
 
 
-def _check_files(files: list[SourceFile], need_targetid: bool, skip_bad: bool) -> tuple[list[SourceFile], list[int | None], list[dict]]:
+def _check_files(files: list[SourceFile], need_targetid: bool, skip_bad: bool) -> tuple[list[SourceFile], list[int], list[dict]]:
     """Open every file before anything is written: the readable ones, their row counts, the bad ones."""
     good, rows, bad = [], [], []
     for src in files:
@@ -138,10 +138,8 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
     if writer.resumed_from:
         reporter.log(f"resuming {writer.partial.name} after {writer.resumed_from} objects")
         seen = writer.written_ids()
-    total = sum(totals) if all(t is not None for t in totals) else None  # type: ignore[misc]
-    if total is not None and cfg.limit:
-        total = min(total, cfg.limit)
-    consumed = sum((totals[i] or 0) for i in range(state["file"])) + state["row"]
+    total = min(sum(totals), cfg.limit) if cfg.limit else sum(totals)
+    consumed = sum(totals[: state["file"]]) + state["row"]
 
     def checkpoint(file_index: int, row: int) -> dict[str, Any]:
         return {"file": file_index, "row": row, "rows": log.state(), "bad_files": bad_files}

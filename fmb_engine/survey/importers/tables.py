@@ -11,7 +11,6 @@ bad files together or skip them (``--skip-bad-files``).
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fmb_engine.errors import DataError
 from fmb_engine.survey.bands import DATASET_BAND_COLUMNS
-from fmb_engine.survey.importers.layout import SourceFile, arrow_files
+from fmb_engine.survey.importers.layout import SourceFile
 
 SPECTRUM_FIELDS = ("flux", "wavelength", "error")
 BAND_COLUMNS = tuple(DATASET_BAND_COLUMNS.values())
@@ -111,7 +110,7 @@ def _arrow_reader(src: SourceFile) -> pa.RecordBatchStreamReader | pa.RecordBatc
         return pa.ipc.open_file(source)
 
 
-def inspect(src: SourceFile, need_targetid: bool) -> int | None:
+def inspect(src: SourceFile, need_targetid: bool) -> int:
     """Check that ``src`` opens and has the dataset's columns; returns its row count when known."""
     try:
         if src.kind == "parquet":
@@ -119,24 +118,19 @@ def inspect(src: SourceFile, need_targetid: bool) -> int | None:
             schema, rows = meta.schema.to_arrow_schema(), meta.num_rows
         else:
             reader = _arrow_reader(src)
-            schema, rows = reader.schema, _arrow_rows(src, reader)
+            schema, rows = reader.schema, _arrow_rows(reader)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise BadFile(src.path, f"not a readable {src.kind} file ({_short(exc)}); is it truncated or corrupt?") from None
     check_schema(src.path, schema, need_targetid)
     return rows
 
 
-def _arrow_rows(src: SourceFile, reader) -> int | None:
+def _arrow_rows(reader: pa.RecordBatchStreamReader | pa.RecordBatchFileReader) -> int:
+    """Rows of a memory-mapped Arrow file: walks the batch headers only (no data is copied),
+    so a truncated stream is found here, before anything is written."""
     if isinstance(reader, pa.RecordBatchFileReader):
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-    info = src.path.parent / "dataset_info.json"
-    if info.is_file() and len(arrow_files(src.path.parent)) == 1:
-        try:
-            splits = json.loads(info.read_text()).get("splits") or {}
-            return int(splits[src.split]["num_examples"]) or None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-    return None
+    return sum(batch.num_rows for batch in reader)
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

@@ -110,3 +110,20 @@ def write_parquet(root: Path, n: int = 12, splits=("train", "test"), **kw) -> Pa
         table = pa.Table.from_pylist(make_rows(n, split, seed=k, **kw), schema=SCHEMA)
         pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet", row_group_size=5)
     return root
+
+
+def write_table(path: Path, n: int = 4, split: str = "train", seed: int = 0, table: pa.Table | None = None, **kw) -> Path:
+    """One file in the dataset's columns: ``.parquet``, or ``.arrow`` (an IPC stream, as save_to_disk writes)."""
+    table = table if table is not None else pa.Table.from_pylist(make_rows(n, split, seed=seed, bad=False, **kw), schema=SCHEMA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pq.write_table(table, path, row_group_size=2)
+    else:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=2):
+                writer.write_batch(batch)
+    return path
+
+
+def good_table(n: int = 4, split: str = "train", seed: int = 0, **kw) -> pa.Table:
+    return pa.Table.from_pylist(make_rows(n, split, seed=seed, bad=False, **kw), schema=SCHEMA)
