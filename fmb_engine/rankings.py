@@ -145,6 +145,25 @@ def load_table(ws: Workspace, systems: list[str] | None = None) -> pa.Table:
         raise RankingsError(f"{path}: cannot read ({exc}); {DETECT_HINT} again") from None
     if table.column("object_id").null_count:
         raise DataError(f"{path}: {table.column('object_id').null_count} rows have no object_id")
+    return _checked_types(table, path)
+
+
+def _checked_types(table: pa.Table, path: Path) -> pa.Table:
+    """Ranks integer, scores numeric, object ids text (integer ids are turned into text)."""
+    import pyarrow as pa
+
+    for name, ok, expected in (
+        *((c, pa.types.is_integer, "integers") for c in table.column_names if c.startswith(RANK_PREFIX)),
+        *((c, lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), "numbers")
+          for c in table.column_names if c.startswith(SCORE_PREFIX)),
+        ("object_id", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t), "text"),
+    ):
+        if not ok(table.schema.field(name).type):
+            raise RankingsError(f"{path}: column {name!r} has type {table.schema.field(name).type}, expected {expected}; "
+                                f"{DETECT_HINT} again")
+    ids = table.schema.get_field_index("object_id")
+    if pa.types.is_integer(table.schema.field(ids).type):
+        table = table.set_column(ids, "object_id", table.column(ids).cast(pa.string()))
     return table
 
 

@@ -62,6 +62,8 @@ def read_layer_file(path: str | Path, check: bool = True) -> Layer:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

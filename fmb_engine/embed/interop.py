@@ -107,10 +107,18 @@ def _records(obj: Any, path: Path) -> list[Mapping[str, Any]]:
     raise DataError(f"{path}: expected a list of per-object dicts (or one dict), got {type(obj).__name__}")
 
 
-def read_reference_pt(path: str | Path, family: str | None = None) -> ReferenceEmbeddings:
-    """Read a reference ``.pt`` file into arrays (safe loading; see the module docstring)."""
+def _vector(value: Any, path: Path, i: int, key: str) -> np.ndarray:
+    """One record's embedding as a flat float32 array; DataError naming the record and key otherwise."""
     import torch
 
+    try:
+        return torch.as_tensor(value).detach().to(torch.float32).reshape(-1).numpy()
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"{path}: record {i}: {key} is a {type(value).__name__}, expected a tensor or a list of numbers") from None
+
+
+def read_reference_pt(path: str | Path, family: str | None = None) -> ReferenceEmbeddings:
+    """Read a reference ``.pt`` file into arrays (safe loading; see the module docstring)."""
     path = Path(path)
     records = _records(_load_safely(path), path)
     if not records:
@@ -119,7 +127,10 @@ def read_reference_pt(path: str | Path, family: str | None = None) -> ReferenceE
     for rec in records:
         all_keys.update(rec)
     present = sorted(k for k in all_keys if k in K.KEY_TO_MODALITY)
-    family = family or K.detect_family(present)
+    try:
+        family = family or K.detect_family(present)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}; record keys found: {', '.join(sorted(map(str, all_keys)))}") from None
     wanted = {K.FAMILIES[family][m]: m for m in MODALITY_ORDER if K.FAMILIES[family][m] in all_keys}
     foreign = [k for k in present if k not in wanted]
     if foreign:
@@ -129,8 +140,8 @@ def read_reference_pt(path: str | Path, family: str | None = None) -> ReferenceE
     n = len(records)
     dims: dict[str, int] = {}
     for key in wanted:
-        first = next((r[key] for r in records if r.get(key) is not None), None)
-        dims[key] = int(torch.as_tensor(first).numel())
+        first = next(i for i, r in enumerate(records) if r.get(key) is not None)
+        dims[key] = int(_vector(records[first][key], path, first, key).size)
     vectors = {m: np.full((n, dims[k]), np.nan, np.float32) for k, m in wanted.items()}
     valid = {m: np.ones(n, bool) for m in wanted.values()}
     reasons = np.full(n, "", dtype=object)
@@ -168,7 +179,7 @@ def read_reference_pt(path: str | Path, family: str | None = None) -> ReferenceE
                 valid[mod][i] = False
                 why.append(f"missing_{key}")
                 continue
-            vec = torch.as_tensor(value).detach().to(torch.float32).reshape(-1).numpy()
+            vec = _vector(value, path, i, key)
             if vec.size != dims[key]:
                 raise DataError(f"{path}: record {i} ({ids[i]}): {key} has {vec.size} values, the first record {dims[key]}")
             vectors[mod][i] = vec

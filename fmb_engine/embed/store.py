@@ -245,11 +245,22 @@ class EmbeddingReader:
         if not self.path.exists():
             raise DataError(f"embedding file not found: {self.path}")
         self._file = open_checked(self.path, FORMAT, FORMAT_VERSION, "embedding")
+        try:
+            self._read_header()
+        except (KeyError, ValueError, TypeError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+            self._file.close()
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise DataError(f"{self.path}: damaged embedding file ({detail}); re-create it (embed again, or embed import)") from None
+        self._ids: np.ndarray | None = None
+        self._index: dict[str, int] | None = None
+
+    def _read_header(self) -> None:
+        """Attributes, and the shape/dtype of every dataset (metadata only), so a damaged file fails at open."""
         a = self._file.attrs
         self.embedder = str(a["embedder"])
         self.aligned = bool(a["aligned"])
         self.modalities: tuple[str, ...] = tuple(json.loads(a["modalities"]))
-        self.dims: dict[str, int] = json.loads(a["dims"])
+        self.dims: dict[str, int] = {str(m): int(d) for m, d in json.loads(a["dims"]).items()}
         self.n_objects = int(a["n_objects"])
         self.config: dict[str, Any] = json.loads(a["config"])
         self.weights_digest = str(a["weights_digest"])
@@ -258,8 +269,15 @@ class EmbeddingReader:
         self.created = str(a["created"])
         self.versions: dict[str, str] = json.loads(a["versions"])
         self.extra: dict[str, Any] = json.loads(a["extra"])
-        self._ids: np.ndarray | None = None
-        self._index: dict[str, int] | None = None
+        n = self.n_objects
+        expected = {"object_id": ((n,), "S"), "row": ((n,), "i"), "reason": ((n,), "S")}
+        for mod in self.modalities:
+            expected[f"vectors/{mod}"] = ((n, self.dims[mod]), "f")
+            expected[f"valid/{mod}"] = ((n,), "b")
+        for name, (shape, kind) in expected.items():
+            ds = self._file[name]
+            if ds.shape != shape or ds.dtype.kind != kind:
+                raise ValueError(f"/{name} is {ds.shape} {ds.dtype}, expected {shape} of kind {kind!r}")
 
     @property
     def meta(self) -> EmbeddingMeta:

@@ -347,6 +347,19 @@ class SurveyReader:
                 f"{self.path}: incomplete survey file: writing was interrupted after {n}{of} objects. "
                 "Rerun the command that wrote it to resume, or delete the file."
             )
+        try:
+            self._read_header()
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            self._file.close()
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise DataError(f"{self.path}: damaged survey file ({detail}); re-create it with the command that wrote it") from None
+        self._index: dict[str, int] | None = None
+        self._table: pd.DataFrame | None = None
+
+    def _read_header(self) -> None:
+        """Attributes and the shape/dtype of every dataset (metadata only): a damaged or foreign
+        file fails here, with the name of what is wrong, instead of in the middle of a stage."""
+        attrs = self._file.attrs
         self.n_objects = int(attrs["n_objects"])
         self.image_size = int(attrs["image_size"])
         self.bands = tuple(str(b) for b in attrs["bands"])
@@ -355,8 +368,19 @@ class SurveyReader:
         self.params = json.loads(attrs["params"])
         self.wavelength = self._file["spectra/wavelength"][:]
         self.has_rgb = "rgb" in self._file["images"]
-        self._index: dict[str, int] | None = None
-        self._table: pd.DataFrame | None = None
+        n, size, n_wave = self.n_objects, self.image_size, self.wavelength.shape[0]
+        expected = {f"objects/{name}": ((n,), np.dtype(dtype).kind) for name, (dtype, _) in COLUMNS.items()}
+        expected |= {
+            "objects/has_bands": ((n, len(BANDS)), "b"),
+            "images/bands": ((n, len(BANDS), size, size), "f"),
+            "spectra/flux": ((n, n_wave), "f"), "spectra/ivar": ((n, n_wave), "f"), "spectra/mask": ((n, n_wave), "b"),
+        }
+        if self.has_rgb:
+            expected["images/rgb"] = ((n, size, size, 3), "u")
+        for name, (shape, kind) in expected.items():
+            ds = self._file[name]
+            if ds.shape != shape or ds.dtype.kind != kind:
+                raise ValueError(f"/{name} is {ds.shape} {ds.dtype}, expected {shape} of kind {kind!r}")
 
     # -- metadata ---------------------------------------------------------------------------
     def column(self, name: str) -> np.ndarray:
