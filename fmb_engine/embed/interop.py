@@ -136,7 +136,8 @@ def read_reference_pt(path: str | Path, family: str | None = None) -> ReferenceE
     if foreign:
         raise DataError(f"{path}: keys {foreign} do not belong to the {family!r} key family {K.FAMILIES[family]}")
     if not wanted:
-        raise DataError(f"{path}: no embedding key of the {family!r} family {sorted(K.FAMILIES[family].values())}")
+        raise DataError(f"{path}: no embedding key of the {family!r} family {sorted(K.FAMILIES[family].values())}; "
+                        f"record keys found: {', '.join(sorted(map(str, all_keys)))}")
     n = len(records)
     dims: dict[str, int] = {}
     for key in wanted:
