@@ -271,6 +271,9 @@ def convert_batch(batch: pa.RecordBatch, first_row: int, src: SourceFile, rules:
                     if not np.isfinite(z):
                         z = row.get("redshift", np.nan)
                     logm, logsfr = row.get("logM", np.nan), row.get("logSFR", np.nan)
+        except RowProblem as exc:
+            log.add("dropped", str(exc), ident)
+            continue
         except Exception as exc:  # one bad row must never stop an import; its reason names the column
             log.add("dropped", f"{column}: unreadable ({_short(exc)})", ident)
             continue
