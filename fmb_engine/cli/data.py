@@ -81,6 +81,10 @@ def print_import_report(summary: dict) -> None:
     for title, key in (("dropped", "dropped"), ("kept, flagged", "kept_with"), ("repaired", "repaired")):
         for reason, n in summary[key].items():
             console.print(f"{title}: {n:,} x {escape(reason)}")
+    if any(reason.endswith("expected square") for reason in summary["dropped"]):
+        console.print("(--resample resamples stamps that are not square instead of dropping their rows)")
+    if summary["dropped"] or summary["kept_with"] or summary["repaired"]:
+        console.print("the first 20 object ids of every reason are in the manifest (rows)")
 
 
 def print_summary(summary: dict) -> None:

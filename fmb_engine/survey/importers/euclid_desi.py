@@ -183,6 +183,8 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
         else:
             writer.abort()  # the .partial resumes when the command is run again
         failed = isinstance(exc, FMBError)
+        if isinstance(exc, BadFile):
+            bad_files.append({"path": str(exc.path), "reason": exc.reason, "rows_imported": writer.n_written - written_before})
         manifest.data["bad_files"] = bad_files
         manifest.write(status="failed" if failed else "interrupted")
         raise

@@ -312,6 +312,8 @@ def test_a_failed_import_leaves_no_partial_and_a_fixed_file_resumes(ws, tmp_path
     with pytest.raises(DataError, match=r"one\.parquet: unreadable after row 2"):
         import_dataset(ws, src, load("import", cli=CFG | {"name": "resumed"}))
     assert partial.is_file()
+    failed = [json.loads(p.read_text()) for p in ws.folder("runs").glob("*-data.import-*.json")]
+    assert [(m["status"], m["bad_files"][0]["rows_imported"]) for m in failed] == [("failed", 2)]
     src.write_bytes(good)
     result = import_dataset(ws, src, load("import", cli=CFG | {"name": "resumed"}))
     assert not partial.exists()
