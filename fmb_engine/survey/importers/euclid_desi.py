@@ -118,7 +118,7 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
     files, totals, bad_files = _check_files(layout.files, catalogue is not None, cfg.skip_bad_files)
     for bad in bad_files:
         reporter.log(f"skipping bad file {bad['path']}: {bad['reason']}")
-    where = str(Path(source).expanduser().resolve()) if source is not None else layout.naming
+    where = str(Path(source).expanduser().resolve()) if source is not None else "the --split NAME=PATH files"
     manifest = RunManifest(ws, "data.import", config_record(resolved) | {"source": where})
     params: dict[str, Any] = {"source": where, "files": [f"{f.split}={f.path}" for f in files], "image_size": cfg.image_size,
                               "missing": cfg.missing, "resample": cfg.resample, "limit": cfg.limit}

@@ -130,7 +130,7 @@ def _scan(path: Path) -> list[tuple[Path, str, str | None]]:
         return [(p, "arrow", s) for s in declared for p in arrow_files(path / s)]
     found: list[tuple[Path, str, str | None]] = []
     for child in sorted(p for p in path.iterdir() if p.is_dir() and _is_save_to_disk(p)):
-        named = _state_split(child) or split_from_name(child.name) or child.name
+        named = _state_split(child) or split_from_name(child.name)
         found += [(p, "arrow", named) for p in arrow_files(child)]
     if found:
         return found

@@ -92,3 +92,16 @@ def test_an_unsupported_file_type_is_named(tmp_path):
     (tmp_path / "data.h5").write_bytes(b"x")
     with pytest.raises(LayoutError, match=r"data\.h5: a \.h5 file; expected a \.parquet or \.arrow file"):
         plan(tmp_path / "data.h5", ["train", "test"], False)
+
+
+def test_save_to_disk_folders_without_split_names_are_one_split(tmp_path):
+    for name in ("part1", "part2"):
+        write_table(tmp_path / "copy" / name / "data-00000-of-00001.arrow", n=2)
+    layout = plan(tmp_path / "copy", ["train", "test"], False)
+    assert {f.split for f in layout.files} == {"train"} and len(layout.files) == 2
+    (tmp_path / "copy" / "part2" / "state.json").write_text(json.dumps({"_split": "test", "_data_files": []}))
+    with pytest.raises(LayoutError, match=r"1 file\(s\) without a split name \(part1/data-00000-of-00001\.arrow\)"):
+        plan(tmp_path / "copy", ["train", "test"], False)
+    (tmp_path / "copy" / "part1" / "state.json").write_text(json.dumps({"_split": "train", "_data_files": []}))
+    layout = plan(tmp_path / "copy", ["train", "test"], False)
+    assert sorted(f.split for f in layout.files) == ["test", "train"]  # state.json names the splits
