@@ -30,7 +30,7 @@ from fmb_engine.errors import DataError, FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.survey.bands import BANDS, wavelength_grid
-from fmb_engine.survey.importers.layout import SourceFile, plan
+from fmb_engine.survey.importers.layout import Layout, SourceFile, plan
 from fmb_engine.survey.importers.rows import Chunk, RowLog, RowRules, convert_batch
 from fmb_engine.survey.importers.tables import BadFile, batches, inspect
 from fmb_engine.survey.store import SurveyReader, SurveyWriter
@@ -144,6 +144,7 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
     def checkpoint(file_index: int, row: int) -> dict[str, Any]:
         return {"file": file_index, "row": row, "rows": log.state(), "bad_files": bad_files}
 
+    written_before = writer.n_written
     try:
         with reporter.task(f"import -> {out.name}", total) as task, manifest.phase("convert+write"):
             task.advance(consumed)
@@ -186,6 +187,7 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
         if isinstance(exc, BadFile):
             bad_files.append({"path": str(exc.path), "reason": exc.reason, "rows_imported": writer.n_written - written_before})
         manifest.data["bad_files"] = bad_files
+        manifest.data["rows"] = log.reasons
         manifest.write(status="failed" if failed else "interrupted")
         raise
     with SurveyReader(out) as reader:
@@ -199,7 +201,7 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
     return StageResult({"survey": out}, manifest.write(), summary)
 
 
-def _record(manifest: RunManifest, log: RowLog, bad_files: list[dict], layout: Any, consumed: int, summary: dict) -> None:
+def _record(manifest: RunManifest, log: RowLog, bad_files: list[dict], layout: Layout, consumed: int, summary: dict) -> None:
     """Counts, per-reason row log and bad files into the manifest (docs/formats.md, run manifest)."""
     manifest.data["dropped"] = log.totals("dropped")
     manifest.data["rows"] = {action: log.reasons[action] for action in ("dropped", "kept", "repaired")}
