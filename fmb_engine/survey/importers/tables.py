@@ -146,10 +146,9 @@ def batches(src: SourceFile, batch_size: int) -> Iterator[tuple[int, pa.RecordBa
             stream: Iterator[pa.RecordBatch] = pq.ParquetFile(src.path).iter_batches(batch_size=batch_size)
         else:
             reader = _arrow_reader(src)
-            if isinstance(reader, pa.RecordBatchFileReader):
-                stream = (b for i in range(reader.num_record_batches) for b in reader.get_batch(i).to_batches(batch_size))
-            else:
-                stream = (b for batch in reader for b in pa.Table.from_batches([batch]).to_batches(batch_size))
+            read = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
+                if isinstance(reader, pa.RecordBatchFileReader) else iter(reader)
+            stream = (b for batch in read for b in pa.Table.from_batches([batch]).to_batches(batch_size))
         for batch in stream:
             yield row, batch
             row += batch.num_rows

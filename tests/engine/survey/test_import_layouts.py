@@ -105,3 +105,15 @@ def test_save_to_disk_folders_without_split_names_are_one_split(tmp_path):
     (tmp_path / "copy" / "part1" / "state.json").write_text(json.dumps({"_split": "train", "_data_files": []}))
     layout = plan(tmp_path / "copy", ["train", "test"], False)
     assert sorted(f.split for f in layout.files) == ["test", "train"]  # state.json names the splits
+
+
+def test_an_arrow_ipc_file_imports_like_a_stream(workspace, tmp_path):
+    import pyarrow as pa
+
+    from .hf_fixture import good_table
+
+    path = tmp_path / "table.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, good_table(3).schema) as writer:
+        writer.write_table(good_table(3), max_chunksize=2)
+    _, splits, manifest = run(workspace, path)
+    assert splits == {"train": 3} and manifest["counts"]["rows_read"] == 3
