@@ -110,7 +110,9 @@ def _scan(path: Path) -> list[tuple[Path, str, str | None]]:
         if path.suffix == ".parquet":
             return [(path, "parquet", split_from_name(path.stem))]
         if path.suffix == ".arrow":
-            named = _state_split(path.parent) or split_from_name(path.parent.name) or split_from_name(path.stem)
+            in_save_to_disk = (path.parent / "state.json").is_file()
+            named = (_state_split(path.parent) or split_from_name(path.parent.name)) if in_save_to_disk else None
+            named = named or split_from_name(path.stem)
             return [(path, "arrow", named)]
         raise LayoutError(
             f"{path}: a {path.suffix or 'suffix-less'} file; expected a .parquet or .arrow file, or a dataset folder"
