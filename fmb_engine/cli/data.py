@@ -47,7 +47,7 @@ def mock(
 @app.command("import")
 def import_cmd(
     source: Path = typer.Argument(None, help="A parquet/arrow file or a dataset folder (save_to_disk, DatasetDict, parquet shards)."),
-    split: list[str] = typer.Option(None, "--split", help="Split to import, or the name of a source's only split; "
+    split: list[str] = typer.Option(None, "--split", metavar="NAME|NAME=PATH", help="Split to import, or the name of a source's only split; "
                                     "NAME=PATH assigns a file or folder to a split. Repeatable."),
     catalog: str = typer.Option(None, "--catalog", help="FITS catalogue joined on TARGETID (Z, LOGM, LOGSFR)."),
     name: str = typer.Option(None, "--name", help="Survey name (written to survey/<name>.h5)."),
