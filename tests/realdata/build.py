@@ -1,17 +1,21 @@
-"""Packs real public spectra and images, shipped inside PyPI wheels, into the dataset's layout.
+"""Packs real public spectra and images into the Euclid x DESI dataset's column layout.
 
-Nothing here is simulated. The inputs are files that installed packages carry:
+Nothing here is simulated. The inputs are real observations shipped by PyPI packages:
 
-* spectra: the four DESI Early Data Release extracts (first five fibres of a tile
-  and of a healpix coadd, both as coadd and per-exposure files) in specutils'
-  test data;
-* images: the Hubble Deep Field colour JPEG in scikit-image's ``skimage.data``.
+* DESI EDR spectra: the four extracts in specutils' test data (installed, ``dev``
+  extra) and two single-fibre coadds with their redrock redshifts from
+  fastspecfit's test data (copied, trimmed, into ``data/``);
+* an SDSS quasar, a Magellan/MagE and a Keck/ESI quasar spectrum from linetools'
+  test files (copied into ``data/``);
+* images: the Hubble Deep Field colour JPEG in scikit-image's ``skimage.data``
+  (installed, ``dev`` extra).
 
 The builder only selects and repacks: it splices each DESI spectrum's B/R/Z arms
-(dropping the overlap pixels of the bluer arm, never interpolating), turns DESI's
-ivar into the dataset's ``error`` (inf where ivar is 0, as DESI marks unusable
-pixels), and cuts square stamps around the brightest HDF sources. The importer
-does all resampling. Sources, licences and the band mapping: docs/realdata.md.
+(dropping the bluer arm's overlap pixels, never interpolating), turns ivar into
+the dataset's ``error`` (inf where ivar is 0, i.e. unusable), computes the
+wavelengths the FITS headers describe, and cuts square stamps around the
+brightest HDF sources. The importer does all resampling. Sources, licences and
+the band mapping: docs/realdata.md.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ DESI_FILES = {
     "hpx26065_spectra": ("specutils", "specutils/io/default_loaders/tests/desi_test_data/spectra-sv3-dark-26065.fits"),
 }
 HDF_IMAGE = ("scikit-image", "skimage/data/hubble_deep_field.jpg")
+#: Files copied from packages too heavy for the dev extra (see data/README.md).
+DATA = Path(__file__).parent / "data"
+DESI_EXTRACTS = {
+    "tile80613_coadd": "fastspecfit_coadd-4-80613-thru20210324.fits.gz",
+    "hpx27247_coadd": "fastspecfit_coadd-special-dark-27247.fits.gz",
+}
 
 STAMP = 64  #: stamp side in HDF pixels (the importer resamples to its image_size)
 IMAGE_ONLY = 20  #: extra HDF stamps without a spectrum (the dataset's missing-spectrum case)
@@ -73,31 +83,73 @@ def source_file(distribution: str, inner: str) -> Path:
 @dataclass(frozen=True)
 class Spectrum:
     object_id: str
-    targetid: int
+    targetid: int | None
+    redshift: float | None
     wavelength: np.ndarray
     flux: np.ndarray
     error: np.ndarray
 
 
-def desi_spectra() -> list[Spectrum]:
-    """Every fibre of the four DESI files, arms spliced in wavelength order."""
+def _error_from_ivar(ivar: np.ndarray) -> np.ndarray:
+    """1/sqrt(ivar); inf where ivar is 0 (the pixel is unusable)."""
+    good = ivar > 0
+    return np.where(good, 1.0 / np.sqrt(np.where(good, ivar, 1.0)), np.inf).astype(np.float32)
+
+
+def _desi_fibres(key: str, path: Path) -> list[Spectrum]:
+    """Every fibre of one DESI coadd/spectra file, arms spliced in wavelength order."""
     from astropy.io import fits
 
-    out = []
-    for key, (dist, inner) in DESI_FILES.items():
-        with fits.open(source_file(dist, inner)) as hdus:
-            targetids = np.asarray(hdus["FIBERMAP"].data["TARGETID"], dtype=np.int64)
-            arms = [(hdus[f"{a}_WAVELENGTH"].data, hdus[f"{a}_FLUX"].data, hdus[f"{a}_IVAR"].data) for a in "BRZ"]
-            # keep each arm up to where the next one starts: a selection, not a resampling
-            keep = [w < arms[k + 1][0][0] if k + 1 < len(arms) else np.ones(w.size, bool) for k, (w, _, _) in enumerate(arms)]
-            wave = np.concatenate([w[m] for (w, _, _), m in zip(arms, keep)])
-            for row, tid in enumerate(targetids):
-                flux = np.concatenate([f[row][m] for (_, f, _), m in zip(arms, keep)])
-                ivar = np.concatenate([iv[row][m] for (_, _, iv), m in zip(arms, keep)])
-                with np.errstate(divide="ignore"):
-                    error = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.inf)
-                out.append(Spectrum(f"{key}_{row}", int(tid), wave.astype(np.float32), flux.astype(np.float32),
-                                    error.astype(np.float32)))
+    with fits.open(path) as hdus:
+        targetids = np.asarray(hdus["FIBERMAP"].data["TARGETID"], dtype=np.int64)
+        z = dict(zip(hdus["REDSHIFTS"].data["TARGETID"], hdus["REDSHIFTS"].data["Z"], strict=True)) if "REDSHIFTS" in hdus else {}
+        arms = [(hdus[f"{a}_WAVELENGTH"].data, hdus[f"{a}_FLUX"].data, hdus[f"{a}_IVAR"].data) for a in "BRZ"]
+        # each arm up to where the next one starts: a selection, not a resampling
+        keep = [w < arms[k + 1][0][0] if k + 1 < len(arms) else np.ones(w.size, bool) for k, (w, _, _) in enumerate(arms)]
+        wave = np.concatenate([w[m] for (w, _, _), m in zip(arms, keep, strict=True)]).astype(np.float32)
+        out = []
+        for row, tid in enumerate(targetids):
+            flux = np.concatenate([f[row][m] for (_, f, _), m in zip(arms, keep, strict=True)])
+            ivar = np.concatenate([iv[row][m] for (_, _, iv), m in zip(arms, keep, strict=True)])
+            redshift = float(z[tid]) if tid in z else None
+            out.append(Spectrum(f"{key}_{row}", int(tid), redshift, wave, flux.astype(np.float32), _error_from_ivar(ivar)))
+    return out
+
+
+def _log_linear_wavelength(header) -> np.ndarray:
+    """Wavelengths of a 1-D image with a log10-linear axis (CRVAL1/CDELT1 or CD1_1, CRPIX1)."""
+    step = header.get("CDELT1", header.get("CD1_1"))
+    pixel = np.arange(header["NAXIS1"]) + 1 - header.get("CRPIX1", 1)
+    return (10.0 ** (header["CRVAL1"] + step * pixel)).astype(np.float32)
+
+
+def _flux_error_pair(object_id: str, flux_file: str, error_file: str) -> Spectrum:
+    """A flux image and its error image (linetools' MagE/ESI files)."""
+    from astropy.io import fits
+
+    with fits.open(DATA / flux_file) as f, fits.open(DATA / error_file) as e:
+        error = e[0].data.astype(np.float32)
+        error = np.where(error > 0, error, np.inf).astype(np.float32)  # 0 marks an unusable pixel
+        return Spectrum(object_id, None, None, _log_linear_wavelength(f[0].header), f[0].data.astype(np.float32), error)
+
+
+def _sdss_quasar() -> Spectrum:
+    """linetools' SDSS file: flux, ivar and log10 wavelength in HDUs 0, 1, 2."""
+    from astropy.io import fits
+
+    with fits.open(DATA / "linetools_SDSSJ220248.31+123656.3.fits.gz") as h:
+        return Spectrum("sdss_J220248.31+123656.3", None, None, (10.0 ** h[2].data).astype(np.float32),
+                        h[0].data.astype(np.float32), _error_from_ivar(h[1].data))
+
+
+def real_spectra() -> list[Spectrum]:
+    """Every real spectrum of the fixture, in a fixed order."""
+    out = [s for key, (dist, inner) in DESI_FILES.items() for s in _desi_fibres(key, source_file(dist, inner))]
+    for key, name in DESI_EXTRACTS.items():
+        out += _desi_fibres(key, DATA / name)
+    out.append(_sdss_quasar())
+    out.append(_flux_error_pair("mage_UM184", "linetools_UM184_nF.fits.gz", "linetools_UM184_nE.fits.gz"))
+    out.append(_flux_error_pair("esi_PH957", "linetools_PH957_f.fits.gz", "linetools_PH957_e.fits.gz"))
     return out
 
 
@@ -135,7 +187,7 @@ def _row(object_id: str, targetid: int | None, stamp: np.ndarray, spectrum: Spec
     return {
         "object_id": object_id,
         "targetid": targetid,
-        "redshift": None,  # these DESI extracts carry no redshift table
+        "redshift": None if spectrum is None else spectrum.redshift,
         "RGB_image": {"bytes": _png(stamp), "path": None},
         # VIS (broad optical) <- the stamp's mean light; NISP Y/J/H <- its B/G/R channels, bluest to reddest
         "VIS_image": channels.mean(axis=2).tolist(),
@@ -148,8 +200,8 @@ def _row(object_id: str, targetid: int | None, stamp: np.ndarray, spectrum: Spec
 
 
 def build_rows() -> list[dict]:
-    """All fixture rows: one per DESI fibre, then image-only objects, each with its own HDF stamp."""
-    spectra = desi_spectra()
+    """All fixture rows: one per real spectrum, then image-only objects, each with its own HDF stamp."""
+    spectra = real_spectra()
     stamps = hdf_stamps(len(spectra) + IMAGE_ONLY)
     rows = [_row(s.object_id, s.targetid, stamps[k], s) for k, s in enumerate(spectra)]
     rows += [_row(f"hdf_{k}", None, stamps[len(spectra) + k], None) for k in range(IMAGE_ONLY)]
@@ -167,5 +219,5 @@ def write_dataset(folder: Path) -> dict[str, list[str]]:
 
 
 def usable_spectra() -> set[str]:
-    """Ids of the DESI fibres with at least one pixel of positive ivar (sky and unassigned fibres have none)."""
-    return {s.object_id for s in desi_spectra() if np.isfinite(s.error).any()}
+    """Ids of the spectra with at least one usable pixel (DESI's sky and unassigned fibres have none)."""
+    return {s.object_id for s in real_spectra() if np.isfinite(s.error).any()}
