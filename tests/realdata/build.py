@@ -7,14 +7,14 @@ Nothing here is simulated. The inputs are real observations shipped by PyPI pack
   fastspecfit's test data (copied, trimmed, into ``data/``);
 * an SDSS quasar, a Magellan/MagE and a Keck/ESI quasar spectrum from linetools'
   test files (copied into ``data/``);
-* images: the Hubble Deep Field colour JPEG in scikit-image's ``skimage.data``
+* images: the Hubble eXtreme Deep Field (XDF) colour JPEG in scikit-image's ``skimage.data``
   (installed, ``dev`` extra).
 
 The builder only selects and repacks: it splices each DESI spectrum's B/R/Z arms
 (dropping the bluer arm's overlap pixels, never interpolating), turns ivar into
 the dataset's ``error`` (inf where ivar is 0, i.e. unusable), computes the
 wavelengths the FITS headers describe, and cuts square stamps around the
-brightest HDF sources. The importer does all resampling. Sources, licences and
+brightest XDF sources. The importer does all resampling. Sources, licences and
 the band mapping: docs/realdata.md.
 """
 
@@ -37,7 +37,7 @@ DESI_FILES = {
     "hpx26065_coadd": ("specutils", "specutils/io/default_loaders/tests/desi_test_data/coadd-sv3-dark-26065.fits"),
     "hpx26065_spectra": ("specutils", "specutils/io/default_loaders/tests/desi_test_data/spectra-sv3-dark-26065.fits"),
 }
-HDF_IMAGE = ("scikit-image", "skimage/data/hubble_deep_field.jpg")
+XDF_IMAGE = ("scikit-image", "skimage/data/hubble_deep_field.jpg")
 #: Files copied from packages too heavy for the dev extra (see data/README.md).
 DATA = Path(__file__).parent / "data"
 DESI_EXTRACTS = {
@@ -45,8 +45,8 @@ DESI_EXTRACTS = {
     "hpx27247_coadd": "fastspecfit_coadd-special-dark-27247.fits.gz",
 }
 
-STAMP = 64  #: stamp side in HDF pixels (the importer resamples to its image_size)
-IMAGE_ONLY = 20  #: extra HDF stamps without a spectrum (the dataset's missing-spectrum case)
+STAMP = 64  #: stamp side in XDF pixels (the importer resamples to its image_size)
+IMAGE_ONLY = 20  #: extra XDF stamps without a spectrum (the dataset's missing-spectrum case)
 TEST_EVERY = 4  #: every 4th object goes to the test split
 
 SPECTRUM = pa.struct([("flux", pa.list_(pa.float32())), ("wavelength", pa.list_(pa.float32())), ("error", pa.list_(pa.float32()))])
@@ -153,11 +153,11 @@ def real_spectra() -> list[Spectrum]:
     return out
 
 
-def hdf_stamps(n: int, size: int = STAMP) -> list[np.ndarray]:
-    """``n`` RGB stamps centred on the brightest separated sources of the Hubble Deep Field."""
+def xdf_stamps(n: int, size: int = STAMP) -> list[np.ndarray]:
+    """``n`` RGB stamps centred on the brightest separated sources of the Hubble eXtreme Deep Field."""
     from scipy import ndimage
 
-    rgb = np.asarray(Image.open(source_file(*HDF_IMAGE)).convert("RGB"))
+    rgb = np.asarray(Image.open(source_file(*XDF_IMAGE)).convert("RGB"))
     light = ndimage.gaussian_filter(rgb.astype(np.float32).mean(axis=2), 2.0)
     half = size // 2
     peaks = (light == ndimage.maximum_filter(light, size=half)) & (light > np.percentile(light, 90))
@@ -173,7 +173,7 @@ def hdf_stamps(n: int, size: int = STAMP) -> list[np.ndarray]:
         stamps.append(rgb[y - half:y + half, x - half:x + half])
         if len(stamps) == n:
             return stamps
-    raise MissingSource(f"the HDF image has only {len(stamps)} separated sources; {n} needed")
+    raise MissingSource(f"the XDF image has only {len(stamps)} separated sources; {n} needed")
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -200,11 +200,11 @@ def _row(object_id: str, targetid: int | None, stamp: np.ndarray, spectrum: Spec
 
 
 def build_rows() -> list[dict]:
-    """All fixture rows: one per real spectrum, then image-only objects, each with its own HDF stamp."""
+    """All fixture rows: one per real spectrum, then image-only objects, each with its own XDF stamp."""
     spectra = real_spectra()
-    stamps = hdf_stamps(len(spectra) + IMAGE_ONLY)
+    stamps = xdf_stamps(len(spectra) + IMAGE_ONLY)
     rows = [_row(s.object_id, s.targetid, stamps[k], s) for k, s in enumerate(spectra)]
-    rows += [_row(f"hdf_{k}", None, stamps[len(spectra) + k], None) for k in range(IMAGE_ONLY)]
+    rows += [_row(f"xdf_{k}", None, stamps[len(spectra) + k], None) for k in range(IMAGE_ONLY)]
     return rows
 
 

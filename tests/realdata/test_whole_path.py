@@ -2,7 +2,7 @@
 
 The fixture (see build.py) is 45 objects: 25 real spectra (10 with usable pixels;
 DESI's sky and unassigned fibres have none) and 20 image-only objects, every one
-with its own Hubble Deep Field stamp. The CLI runs in-process through Typer's
+with its own Hubble eXtreme Deep Field stamp. The CLI runs in-process through Typer's
 CliRunner (one import of torch for every command); the TUI through Textual's Pilot.
 """
 
