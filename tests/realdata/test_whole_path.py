@@ -26,7 +26,8 @@ FAST_DETECT = "detect:\n  epochs: 2\n  iforest_trees: 50\n"
 def _fmb(*args: str) -> str:
     from fmb_engine.cli.main import app
 
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1"})
+    env = {"COLUMNS": "200", "NO_COLOR": "1", "FMB_WORKSPACE": None}  # None: unset for the command
+    result = CliRunner().invoke(app, list(args), env=env)
     if result.exit_code != 0:
         raise AssertionError(f"fmb-engine {' '.join(args)} exited {result.exit_code}:\n{result.output}\n{result.exception!r}")
     return result.output
@@ -45,9 +46,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, l
 @pytest.fixture(scope="module")
 def workspace(dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A workspace taken through every CLI stage once; each stage's output is kept for the tests."""
-    import os
-
-    os.environ.pop("FMB_WORKSPACE", None)
     folder, _ = dataset
     root = tmp_path_factory.mktemp("realdata-ws") / "ws"
     task = root.parent / "task.yaml"
@@ -154,9 +152,15 @@ async def test_tui_anomalies_and_object_show_the_real_objects(workspace):
         assert table.n_rows == 45
         text = screen_text(app)
         assert top in text
+        assert "z=nan" not in text  # most real rows have no redshift: the preview says z=?
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, ObjectScreen) and app.screen.object_id == top
         text = screen_text(app)
         assert top in text and f"rank 1 in {system}" in text
         assert "Traceback" not in text
+        # an image-only object (no spectrum in the dataset) opens with its image and a plain message
+        app.push_screen(ObjectScreen("xdf_0"))
+        await settle(pilot)
+        text = screen_text(app)
+        assert "xdf_0" in text and "no spectrum for this object" in text and "Traceback" not in text
