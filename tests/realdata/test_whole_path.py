@@ -164,3 +164,16 @@ async def test_tui_anomalies_and_object_show_the_real_objects(workspace):
         await settle(pilot)
         text = screen_text(app)
         assert "xdf_0" in text and "no spectrum for this object" in text and "Traceback" not in text
+
+
+def test_import_dropping_incomplete_rows_keeps_the_usable_spectra(dataset, tmp_path):
+    from fmb_engine.survey.store import SurveyReader
+
+    folder, _ = dataset
+    ws = tmp_path / "ws"
+    _fmb("init", str(ws))
+    out = _fmb("data", "import", str(folder), "--name", "complete", "--missing", "drop", "-w", str(ws))
+    assert "dropped rows" in out
+    with SurveyReader(ws / "survey" / "complete.h5") as reader:
+        assert set(reader.object_ids) == usable_spectra()
+        assert bool(np.all(reader.column("has_spectrum")))
