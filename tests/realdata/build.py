@@ -173,7 +173,7 @@ def xdf_stamps(n: int, size: int = STAMP) -> list[np.ndarray]:
         stamps.append(rgb[y - half:y + half, x - half:x + half])
         if len(stamps) == n:
             return stamps
-    raise MissingSource(f"the XDF image has only {len(stamps)} separated sources; {n} needed")
+    raise ValueError(f"the XDF image has only {len(stamps)} separated sources; {n} needed")
 
 
 def _png(rgb: np.ndarray) -> bytes:

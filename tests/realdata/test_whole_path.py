@@ -3,7 +3,7 @@
 The fixture (see build.py) is 45 objects: 25 real spectra (10 with usable pixels;
 DESI's sky and unassigned fibres have none) and 20 image-only objects, every one
 with its own Hubble eXtreme Deep Field stamp. The CLI runs in-process through Typer's
-CliRunner (one import of torch for every command); the TUI through Textual's Pilot.
+CliRunner (torch and the rest load once for all commands); the TUI through Textual's Pilot.
 """
 
 from __future__ import annotations
