@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -87,6 +88,12 @@ def print_import_report(summary: dict) -> None:
         console.print("the first 20 object ids of every reason are in the manifest (rows)")
 
 
+def _redshift_range(span: dict) -> str:
+    if not (math.isfinite(span["min"]) and math.isfinite(span["max"])):
+        return "none known"
+    return f"{span['min']:.3f} - {span['max']:.3f}"
+
+
 def print_summary(summary: dict) -> None:
     table = Table(show_header=False, show_edge=False, box=None)
     table.add_column(style="cyan")
@@ -98,7 +105,7 @@ def print_summary(summary: dict) -> None:
         ("splits", ", ".join(f"{k}: {v:,}" for k, v in summary["splits"].items())),
         ("bands", ", ".join(summary["bands"]) + f"  ({summary['image_size']}x{summary['image_size']} px, RGB: {'yes' if summary['rgb'] else 'no'})"),
         ("spectra", f"{wl['min']:.1f}-{wl['max']:.1f} A, {wl['bins']} bins of {wl['step']:.2f} A"),
-        ("redshift", f"{summary['redshift']['min']:.3f} - {summary['redshift']['max']:.3f}"),
+        ("redshift", _redshift_range(summary["redshift"])),
         ("missing spectra", str(summary["missing_spectrum"])),
         ("anomaly classes", ", ".join(f"{k}: {v}" for k, v in summary["anomaly_classes"].items()) or "none labelled"),
         ("digest", summary["digest"]),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fmb_engine.errors import DataError
-from fmb_engine.figures.panels import draw_band, draw_rgb, draw_spectrum
+from fmb_engine.figures.panels import draw_band, draw_rgb, draw_spectrum, redshift_text
 from fmb_engine.figures.style import fmb_style, pyplot, save
 
 
@@ -56,7 +56,6 @@ def outlier_grid(survey: Path, objects: pd.DataFrame, path: Path, columns: int =
         for i, rec in enumerate(objects.itertuples(index=False)):
             r, c = divmod(i, columns)
             obj = reader.get(str(rec.object_id))
-            z = float(obj.meta.get("redshift", np.nan))
             parts = [str(rec.object_id)]
             rank = getattr(rec, "rank", np.nan)
             score = getattr(rec, "score", np.nan)
@@ -64,7 +63,7 @@ def outlier_grid(survey: Path, objects: pd.DataFrame, path: Path, columns: int =
                 parts.append(f"rank {int(rank)}")
             if pd.notna(score):
                 parts.append(f"score {float(score):.3g}")
-            parts.append(f"z = {z:.3f}")
+            parts.append(redshift_text(obj))
             draw_rgb(fig.add_subplot(grid[r, 2 * c]), obj, "\n".join(parts))
             ax = fig.add_subplot(grid[r, 2 * c + 1])
             draw_spectrum(ax, obj, smooth=smooth, absorption=False, label_lines=(r == 0))
@@ -96,9 +95,8 @@ def object_figure(survey: Path, object_id: str, path: Path, smooth: float = 2.0)
         draw_spectrum(ax, obj, smooth=smooth)
         ax.set_xlabel("observed wavelength [Å]")
         ax.set_ylabel("flux [10⁻¹⁷ erg s⁻¹ cm⁻² Å⁻¹]")
-        z = float(obj.meta.get("redshift", np.nan))
         label = obj.meta.get("anomaly_class") or ""
-        fig.suptitle(f"{obj.object_id}   z = {z:.3f}" + (f"   [{label}]" if label else ""))
+        fig.suptitle(f"{obj.object_id}   {redshift_text(obj)}" + (f"   [{label}]" if label else ""))
         return save(fig, path)
 
 
@@ -119,8 +117,7 @@ def neighbour_grid(survey: Path, neighbours: pd.DataFrame, queries: Sequence[str
             entries = [(qid, "query", None)] + [(r.neighbour_id, f"#{r.neighbour}", r.similarity) for r in part.itertuples()]
             for c, (oid, tag, sim) in enumerate(entries):
                 obj = reader.get(str(oid))
-                z = float(obj.meta.get("redshift", np.nan))
-                cap = f"{tag} {oid}\nz = {z:.3f}" + (f"  cos {sim:.3f}" if sim is not None else "")
+                cap = f"{tag} {oid}\n{redshift_text(obj)}" + (f"  cos {sim:.3f}" if sim is not None else "")
                 ax = fig.add_subplot(grid[2 * b, c])
                 draw_rgb(ax, obj, cap)
                 if c == 0:

@@ -8,6 +8,12 @@ from fmb_engine.survey.bands import ABSORPTION_LINES, BANDS, EMISSION_LINES
 from fmb_engine.survey.composite import asinh_rgb
 
 
+def redshift_text(obj) -> str:
+    """'z = 0.123', or 'z unknown' for an object imported without a redshift (never 'nan')."""
+    z = float(obj.meta.get("redshift", np.nan))
+    return f"z = {z:.3f}" if np.isfinite(z) else "z unknown"
+
+
 def smooth_spectrum(flux: np.ndarray, mask: np.ndarray | None, sigma: float) -> np.ndarray:
     """Masked pixels -> NaN; Gaussian smoothing (σ in pixels) normalised by the unmasked weight."""
     good = np.isfinite(flux) if mask is None else (~np.asarray(mask, bool) & np.isfinite(flux))

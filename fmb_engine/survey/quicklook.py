@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmb_engine.figures.panels import redshift_text
 from fmb_engine.survey.bands import EMISSION_LINES
 from fmb_engine.survey.composite import asinh_rgb
 from fmb_engine.survey.store import SurveyObject
@@ -63,7 +64,7 @@ def render_quicklook(obj: SurveyObject, path: Path, smooth: int = 5) -> Path:
     ax.set_xlabel("observed wavelength [Å]")
     ax.set_ylabel("flux [1e-17 erg/s/cm²/Å]")
     label = obj.meta.get("anomaly_class") or ""
-    fig.suptitle(f"{obj.object_id}   z = {z:.3f}   split = {obj.meta.get('split')}" + (f"   [{label}]" if label else ""))
+    fig.suptitle(f"{obj.object_id}   {redshift_text(obj)}   split = {obj.meta.get('split')}" + (f"   [{label}]" if label else ""))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -74,6 +74,14 @@ def _rows_per_chunk(bytes_per_row: int, target: int = 1 << 20) -> int:
     return max(1, min(1024, target // max(1, bytes_per_row)))
 
 
+def _finite_range(values: np.ndarray) -> dict[str, float]:
+    """Min and max of the finite values; NaN for both when there are none (e.g. no redshifts imported)."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return {"min": float("nan"), "max": float("nan")}
+    return {"min": float(finite.min()), "max": float(finite.max())}
+
+
 def partial_path(final: Path) -> Path:
     return final.with_name(final.name + ".partial")
 
@@ -510,8 +518,7 @@ class SurveyReader:
                            "step": float(np.median(np.diff(self.wavelength))) if self.wavelength.size > 1 else 0.0},
             "anomaly_classes": dict(zip(values.tolist(), counts.tolist(), strict=True)),
             "missing_spectrum": int((~table["has_spectrum"].to_numpy(dtype=bool)).sum()),
-            "redshift": {"min": float(np.nanmin(table["redshift"])) if self.n_objects else float("nan"),
-                         "max": float(np.nanmax(table["redshift"])) if self.n_objects else float("nan")},
+            "redshift": _finite_range(table["redshift"].to_numpy(dtype=np.float64)),
             "generator": self.generator,
             "digest": self.digest,
         }

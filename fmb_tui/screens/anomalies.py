@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, ProgressBar, Static
@@ -199,7 +201,8 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         parts = [f"[b]{oid}[/]"]
         if obj is not None:
             z = obj.meta.get("redshift")
-            parts.append(f"z={float(z):.3f}" if z is not None else "z=?")
+            known = z is not None and math.isfinite(float(z))  # imported rows may have none (NaN)
+            parts.append(f"z={float(z):.3f}" if known else "z=?")
             if obj.meta.get("anomaly_class"):
                 parts.append(f"injected: {obj.meta['anomaly_class']}")
         if label:
