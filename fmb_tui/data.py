@@ -145,7 +145,7 @@ class WorkspaceData:
         chosen = rankings.default_system(systems, system or self.config.system)
         table = rankings.load_table(self.ws, [chosen])
         mtime = rankings.systems_path(self.ws).stat().st_mtime
-        return RankingData.from_table(table, systems, mtime), chosen
+        return RankingData.from_table(table, systems, mtime, rankings.provenance(self.ws)), chosen
 
     def load_systems(self, data: RankingData, systems: list[str]) -> dict[str, tuple]:
         """More systems' columns for ``data``, as numpy arrays ready to add (all the copying happens here)."""

@@ -23,14 +23,18 @@ from fmb_engine.rankings import parse_system
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from fmb_engine.rankings import Provenance
+
 
 class RankingData:
     """Object ids plus rank/score arrays of every loaded system."""
 
-    def __init__(self, ids: pa.Array, systems: list[str], source_mtime: float = 0.0):
+    def __init__(self, ids: pa.Array, systems: list[str], source_mtime: float = 0.0,
+                 provenance: Provenance | None = None):
         self.ids = ids
         self.n = len(ids)
         self.systems = list(systems)
+        self.provenance = provenance
         self.ranks: dict[str, np.ndarray] = {}
         self.scores: dict[str, np.ndarray] = {}
         self.source_mtime = source_mtime
@@ -38,8 +42,9 @@ class RankingData:
         self._index: dict[str, int] | None = None
 
     @classmethod
-    def from_table(cls, table: pa.Table, systems: list[str], source_mtime: float = 0.0) -> RankingData:
-        data = cls(table.column("object_id").combine_chunks(), systems, source_mtime)
+    def from_table(cls, table: pa.Table, systems: list[str], source_mtime: float = 0.0,
+                   provenance: Provenance | None = None) -> RankingData:
+        data = cls(table.column("object_id").combine_chunks(), systems, source_mtime, provenance)
         data.add_from_table(table)
         return data
 
@@ -114,6 +119,27 @@ class RankingData:
             return 0
         top = self.order_by_rank(system)[: min(k, self.n)]
         return sum(1 for oid in self.ids_at(top) if oid in labels)
+
+
+def describe_sources(prov: Provenance | None) -> str | None:
+    """One line naming the detect runs behind the systems, when they are not all from the latest one.
+
+    None when every system comes from the run that wrote the file (nothing worth a line).
+    """
+    if prov is None or (not prov.kept and not prov.dropped):
+        return None
+
+    def when(model: str) -> str:
+        started = str(prov.runs[model].get("started") or "?")
+        return started[:16].replace("T", " ")
+
+    parts = [f"{m} {when(m)}" for m in prov.scored if m in prov.runs]
+    text = f"systems from {len({when(m) for m in prov.runs})} detect runs: latest " + ", ".join(parts)
+    if prov.kept:
+        text += " · kept from older runs: " + ", ".join(f"{m} {when(m)}" for m in prov.kept)
+    if prov.dropped:
+        text += " · dropped (embeddings removed): " + ", ".join(prov.dropped)
+    return text
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, ProgressBar, Static
@@ -20,6 +21,7 @@ MORE_SYSTEMS_DELAY_S = 0.2  # let the first rows paint before the other systems'
 
 class AnomaliesScreen(TriageMixin, FMBScreen):
     NAME = "anomalies"
+    DEFAULT_CSS = "#anomalies-sources { height: auto; padding: 0 1; color: $warning; display: none; }"
     BINDINGS = FMBScreen.screen_bindings("anomalies")
 
     def __init__(self) -> None:
@@ -38,6 +40,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         cfg = self.fmb.tui_config
         yield Header()
         yield Static("opening the ranking…", id="anomalies-status")
+        yield Static("", id="anomalies-sources")
         with Horizontal(id="triage-bar"):
             yield ProgressBar(total=cfg.top_k, show_eta=False, show_percentage=False, id="topk-bar")
             yield Static("", id="topk-text")
@@ -85,6 +88,10 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         data, system = result
         self.rdata = data
         self.spec = rm.ViewSpec(system)
+        sources = rm.describe_sources(data.provenance)
+        line = self.query_one("#anomalies-sources", Static)
+        line.update(Text(sources or ""))
+        line.display = sources is not None
         self._more_pending = True  # the other systems' columns load once the first rows are on screen
         self.recompute(cursor=0)
 

@@ -1,0 +1,46 @@
+"""Usability fixes of the explorer (issue 11): what a real user met, each reproduced as a Pilot test."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from fmb_engine.rankings import PROVENANCE_KEY, systems_path
+from fmb_tui.app import FMBApp
+
+from .conftest import settle
+from .screen_text import flat_text
+
+pytestmark = pytest.mark.asyncio
+
+
+def _record_provenance(ws, record: dict) -> None:
+    path = systems_path(ws)
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                  PROVENANCE_KEY: json.dumps(record).encode()}), path)
+
+
+async def test_anomalies_says_which_systems_come_from_older_detect_runs(tui_ws, config):
+    _record_provenance(tui_ws, {
+        "runs": {"astropt": {"run_id": "20261203T2140-detect-a", "started": "2026-12-03T21:40:00+0000"},
+                 "aion": {"run_id": "20261201T1002-detect-b", "started": "2026-12-01T10:02:00+0000"}},
+        "scored": ["astropt"], "dropped": ["cca"]})
+    app = FMBApp(tui_ws, config, start="anomalies")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        text = flat_text(app)
+        assert "systems from 2 detect runs: latest astropt 2026-12-03 21:40" in text
+        assert "kept from older runs: aion 2026-12-01 10:02" in text
+        assert "dropped (embeddings removed): cca" in text
+
+
+async def test_a_ranking_from_one_detect_run_has_no_sources_line(tui_ws, config):
+    _record_provenance(tui_ws, {"runs": {"astropt": {"run_id": "x", "started": "2026-12-03T21:40:00"},
+                                         "aion": {"run_id": "x", "started": "2026-12-03T21:40:00"}},
+                                "scored": ["astropt", "aion"], "dropped": []})
+    app = FMBApp(tui_ws, config, start="anomalies")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        assert not app.screen.query_one("#anomalies-sources").display
+        assert "detect runs" not in flat_text(app)
