@@ -184,8 +184,23 @@ def sort_keys(data: RankingData) -> list[tuple[str, str]]:
     keys = [("rank", "rank (current system)"), ("score", "score (current system)"), ("object_id", "object id"),
             ("label", "triage label")]
     for s in data.systems:
-        keys += [(f"rank:{s}", f"rank in {s}"), (f"score:{s}", f"score in {s}")]
+        name = with_short(s)
+        keys += [(f"rank:{s}", f"rank in {name}"), (f"score:{s}", f"score in {name}")]
     return keys
+
+
+def with_short(system: str) -> str:
+    """``cca/image/flow (cca/img/flow)``: the full name plus the column header's abbreviation,
+    so typing either in a chooser finds the system."""
+    short = short_system(system)
+    return system if short == system else f"{system} ({short})"
+
+
+def sort_column(spec: ViewSpec) -> str:
+    """The table column the view is sorted by (``rank``/``score`` of another system resolve to theirs)."""
+    if spec.sort.startswith(("rank:", "score:")) and spec.sort.split(":", 1)[1] == spec.system:
+        return spec.sort.split(":", 1)[0]
+    return spec.sort
 
 
 def _resolve(spec: ViewSpec, key: str) -> str:

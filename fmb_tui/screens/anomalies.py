@@ -120,7 +120,9 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         if spec != self.spec or self.rdata is None:
             return
         self.table.set_view(self.rdata, order, spec.system, self.fmb.labels, self.fmb.notes,
-                            keep_row=self._pending_keep, cursor=self._pending_cursor)
+                            keep_row=self._pending_keep, cursor=self._pending_cursor,
+                            sorted_by=(rm.sort_column(spec), spec.descending))
+        self.table.show_column(rm.sort_column(spec))
         self.update_status()
         self.update_progress()
         if self._more_pending:
@@ -265,7 +267,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         for name in self.rdata.systems:
             s = rm.parse_system(name)
             kind = "fusion" if s.fused else s.modality
-            options.append((name, f"{name}   ({kind}{'' if self.rdata.loaded(name) else ', loading'})"))
+            options.append((name, f"{rm.with_short(name)}   {kind}{'' if self.rdata.loaded(name) else ', loading'}"))
         options.sort(key=lambda o: (not rm.parse_system(o[0]).fused, o[0]))
 
         def chosen(name: str | None) -> None:

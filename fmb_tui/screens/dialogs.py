@@ -90,7 +90,7 @@ class PromptDialog(ModalScreen[str | None]):
 
 
 class ChoiceDialog(ModalScreen[str | None]):
-    """Pick one of many options; typing filters them."""
+    """Pick one of many options; typing filters them (every typed word must occur, in any order)."""
 
     DEFAULT_CSS = "ChoiceDialog { align: center middle; } ChoiceDialog OptionList { height: auto; max-height: 16; }" + DIALOG_CSS
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -112,8 +112,8 @@ class ChoiceDialog(ModalScreen[str | None]):
     def _fill(self, text: str) -> None:
         ol = self.query_one(OptionList)
         ol.clear_options()
-        text = text.lower()
-        shown = [(k, t) for k, t in self.options if text in t.lower() or text in k.lower()]
+        words = text.lower().split()
+        shown = [(k, t) for k, t in self.options if all(w in t.lower() or w in k.lower() for w in words)]
         ol.add_options([Option(t, id=k) for k, t in shown])
         keys = [k for k, _ in shown]
         if shown:

@@ -9,7 +9,7 @@ from fmb_engine.rankings import PROVENANCE_KEY, systems_path
 from fmb_tui.app import FMBApp
 
 from .conftest import settle
-from .screen_text import flat_text
+from .screen_text import flat_text, screen_text
 
 pytestmark = pytest.mark.asyncio
 
@@ -44,3 +44,28 @@ async def test_a_ranking_from_one_detect_run_has_no_sources_line(tui_ws, config)
         await settle(pilot)
         assert not app.screen.query_one("#anomalies-sources").display
         assert "detect runs" not in flat_text(app)
+
+
+async def test_sort_by_the_abbreviated_header_name_scrolls_that_column_into_view(tui_ws, config):
+    app = FMBApp(tui_ws, config, start="anomalies")
+    async with app.run_test(size=(90, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        table = screen.table
+        assert "aion/spec/flow" not in screen_text(app)  # far right: off screen at first
+        await pilot.press("s")
+        await settle(pilot)
+        await pilot.press(*"score aion/spec/flow", "enter")  # what the header shows, not the full name
+        await settle(pilot)
+        assert screen.spec.sort == "score:aion/spectrum/flow" and screen.spec.descending
+        header = screen_text(app).splitlines()
+        group_line = next(i for i, line in enumerate(header) if "aion/spec/flow" in line)
+        start = header[group_line].index("aion/spec/flow")
+        assert "score↓" in header[group_line + 1][start:start + 20]  # the sorted column, marked
+        assert table.col_offset > 0
+        # the system chooser finds a system by its header abbreviation too
+        await pilot.press("m")
+        await settle(pilot)
+        await pilot.press(*"aion/img/flow", "enter")
+        await settle(pilot)
+        assert screen.spec.system == "aion/image/flow"

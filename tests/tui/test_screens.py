@@ -147,7 +147,7 @@ async def test_no_color(tui_ws, config, monkeypatch):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         text = screen_text(app)
-        assert "rank object_id" in text and "1 artefact" in text
+        assert "rank↑ object_id" in text and "1 artefact" in text
 
 
 async def test_screens_fit_80x24(tui_ws, config):
