@@ -38,14 +38,21 @@ class ObjectScreen(TriageMixin, FMBScreen):
         yield Static(self.object_id, id="object-meta")
         yield SpectrumPlot(smoothing=self.fmb.tui_config.smoothing, id="object-spectrum")
         with Horizontal(id="object-bottom"):
-            yield ImageView(id="object-image")
+            with Vertical(id="object-image-box"):
+                yield Static("", id="image-title")
+                yield ImageView(id="object-image")
             with Vertical(id="object-neighbours-box"):
                 yield Static("nearest neighbours", id="neighbours-title")
                 yield OptionList(id="neighbours")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.show_band()
         self.load(self.object_id)
+
+    def show_band(self) -> None:
+        """Name the band the image shows (the image alone does not say)."""
+        self.query_one("#image-title", Static).update(f"band: [b]{self.query_one(ImageView).band_title}[/]")
 
     def load(self, object_id: str) -> None:
         self.object_id = object_id
@@ -161,6 +168,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
 
     def action_cycle_band(self) -> None:
         self.query_one(ImageView).cycle_band()
+        self.show_band()
 
     def action_focus_neighbours(self) -> None:
         ol = self.query_one("#neighbours", OptionList)

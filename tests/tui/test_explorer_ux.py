@@ -69,3 +69,16 @@ async def test_sort_by_the_abbreviated_header_name_scrolls_that_column_into_view
         await pilot.press(*"aion/img/flow", "enter")
         await settle(pilot)
         assert screen.spec.system == "aion/image/flow"
+
+
+async def test_object_screen_names_the_band_it_shows(tui_ws, config):
+    app = FMBApp(tui_ws, config, start="anomalies")
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "band: RGB colour" in flat_text(app)
+        await pilot.press("b")
+        assert "band: VIS" in flat_text(app)
+        await pilot.press("b")
+        assert "band: NISP Y" in flat_text(app)
