@@ -172,6 +172,14 @@ class WorkspaceData:
                 self._labels = LabelStore.for_workspace(self.ws, user=self.config.user, journal=self.config.label_journal)
             return self._labels
 
+    def label_history(self, object_id: str, limit: int = 4) -> list:
+        """The object's last label/note changes, newest first (none before anyone labelled: no store is created)."""
+        from fmb_engine.triage.labels import labels_path
+
+        if not labels_path(self.ws).is_file():
+            return []
+        return self.labels().history(object_id, limit=limit)[::-1]
+
     # --- analysis outputs ------------------------------------------------------------------
 
     def neighbours(self, object_id: str):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, OptionList, Static
@@ -13,6 +15,17 @@ from fmb_engine.errors import FMBError
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.triage import TriageMixin
 from fmb_tui.widgets.plots import ImageView, SpectrumPlot
+
+
+def describe_history(events) -> str:
+    """``label lens by ana 12-03 21:05 · note by bo 12-02 10:11``: who changed what, newest first."""
+    parts = []
+    for e in events:
+        what = f"{e.field} {e.value}" if e.field == "label" and e.value else f"{e.field} cleared" if not e.value else e.field
+        if e.undoes:
+            what += " (undo)"
+        parts.append(f"{what} by [b]{escape(e.user)}[/] {time.strftime('%m-%d %H:%M', time.localtime(e.time))}")
+    return "history: " + " · ".join(parts) if parts else "history: never labelled"
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -32,6 +45,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
         self.object_id = object_id
         self.navigator = navigator
         self.obj = None
+        self.history = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -56,9 +70,23 @@ class ObjectScreen(TriageMixin, FMBScreen):
 
     def load(self, object_id: str) -> None:
         self.object_id = object_id
+        self.history = ""
         self.query_one("#object-meta", Static).update(f"[b]{object_id}[/] · reading…")
         self.background("object", self.data.get_object, object_id, group="object")
         self.background("neighbours", self._neighbours, object_id, group="neighbours")
+        self.load_history()
+
+    def load_history(self) -> None:
+        self.background("history", self._history, self.object_id, group="history")
+
+    def _history(self, object_id: str):
+        return object_id, self.data.label_history(object_id)
+
+    def _done_history(self, result) -> None:
+        object_id, events = result
+        if object_id == self.object_id:
+            self.history = describe_history(events)
+            self.update_meta()
 
     def _neighbours(self, object_id: str):
         try:
@@ -120,7 +148,8 @@ class ObjectScreen(TriageMixin, FMBScreen):
         view = spec.view
         if view is not None:
             line2.append(f"λ {view.lo:.0f}–{view.hi:.0f} Å, smoothing {view.smoothing}")
-        self.query_one("#object-meta", Static).update(" · ".join(line1) + "\n" + " · ".join(line2))
+        lines = [" · ".join(line1), " · ".join(line2)] + ([self.history] if self.history else [])
+        self.query_one("#object-meta", Static).update("\n".join(lines))
 
     # --- triage hooks ----------------------------------------------------------------------------
 
@@ -136,6 +165,10 @@ class ObjectScreen(TriageMixin, FMBScreen):
     def triage_changed(self) -> None:
         if self.is_mounted:
             self.update_meta()
+
+    def on_label_saved(self, message) -> None:
+        super().on_label_saved(message)
+        self.load_history()  # the change is committed now: show who made it
 
     def triage_move(self, delta: int) -> None:
         if self.navigator is None:

@@ -6,9 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fmb_engine.rankings import PROVENANCE_KEY, systems_path
+from fmb_engine.triage.config import TuiConfig
 from fmb_tui.app import FMBApp
 
-from .conftest import settle
+from .conftest import saved, settle
 from .screen_text import flat_text, screen_text
 
 pytestmark = pytest.mark.asyncio
@@ -82,3 +83,25 @@ async def test_object_screen_names_the_band_it_shows(tui_ws, config):
         assert "band: VIS" in flat_text(app)
         await pilot.press("b")
         assert "band: NISP Y" in flat_text(app)
+
+
+async def test_object_screen_shows_who_gave_each_label(tui_ws, config):
+    from fmb_engine.triage.labels import LabelStore
+
+    app = FMBApp(tui_ws, TuiConfig(user="ana"), start="anomalies")
+    async with app.run_test(size=(120, 34)) as pilot:
+        await settle(pilot)
+        oid = app.screen.table.current_id()
+        with LabelStore.for_workspace(tui_ws, user="bo") as store:  # someone else labelled it before
+            store.set_label(oid, "lens")
+        app.reload_labels()
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "history: label lens by bo" in flat_text(app)
+        await pilot.press("2")  # ana relabels it: the history names her, newest first
+        await saved(pilot)
+        await settle(pilot)
+        text = flat_text(app)
+        assert "history: label interesting by ana" in text and "label lens by bo" in text
+        assert text.index("by ana") < text.index("by bo")
