@@ -121,6 +121,10 @@ ACTIONS: tuple[Action, ...] = (
     # compare
     _A("compare.toggle", "t", "toggle_matrix", "Spearman/Jaccard", "Switch between the Spearman and Jaccard matrices."),
     _A("compare.reload", "r", "reload", "Reload", "Read the matrices again."),
+    _A("compare.left", "h", "move(0,-1)", "Left", "Move to the cell on the left (← too; the system names stay put).", show=False),
+    _A("compare.right", "l", "move(0,1)", "Right", "Move to the cell on the right (→ too).", show=False),
+    _A("compare.down", "j", "move(1,0)", "Down", "Move to the cell below (↓ too).", show=False),
+    _A("compare.up", "k", "move(-1,0)", "Up", "Move to the cell above (↑ too).", show=False),
     # figures
     _A("figures.export", "ctrl+s", "export", "Export", "Render the chosen figure for the chosen objects."),
 )

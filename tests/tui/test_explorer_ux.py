@@ -105,3 +105,23 @@ async def test_object_screen_shows_who_gave_each_label(tui_ws, config):
         text = flat_text(app)
         assert "history: label interesting by ana" in text and "label lens by bo" in text
         assert text.index("by ana") < text.index("by bo")
+
+
+async def test_compare_keeps_row_names_when_scrolled_and_moves_sideways(tui_ws, config):
+    from textual.widgets import DataTable
+
+    app = FMBApp(tui_ws, config, start="compare")
+    async with app.run_test(size=(50, 24)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one(DataTable)
+        assert app.focused is table
+        start = table.cursor_coordinate
+        await pilot.press("right")
+        assert table.cursor_coordinate.column == start.column + 1
+        await pilot.press("l", "l", "l", "l", "l", "l", "l")
+        await pilot.pause()
+        assert table.cursor_coordinate.column == len(table.columns) - 1
+        assert table.scroll_x > 0  # the matrix scrolled sideways…
+        assert "astropt/image/flow" in flat_text(app)  # …and the row names stayed on screen
+        await pilot.press("h", "j")
+        assert table.cursor_coordinate.column == len(table.columns) - 2 and table.cursor_coordinate.row == start.row + 1
