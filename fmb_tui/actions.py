@@ -76,6 +76,8 @@ ACTIONS: tuple[Action, ...] = (
         for i in range(1, 10)
     ),
     _A("triage.clear", "0", "label(0)", "Clear", "Clear the current object's label.", show=False),
+    _A("triage.next_unlabelled", "N", "next_unlabelled", "Next unlabelled",
+       "Move to the next candidate without a label, in the order shown (skips what is triaged)."),
     _A("triage.note", "n", "note", "Note", "Add or edit a free-text note on the current object."),
     _A("triage.undo", "u", "undo", "Undo", "Undo your last label or note (not other users')."),
     _A("triage.export", "e", "export_labels", "Export", "Export the labels as CSV into the workspace's triage/ folder."),

@@ -230,6 +230,18 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
     def triage_move(self, delta: int) -> None:
         self.table.move_cursor(self.table.cursor + delta)
 
+    def triage_next_unlabelled(self) -> bool:
+        """Cursor to the next unlabelled row of the current order; False (and a hint) when there is none."""
+        table = self.table
+        if self.rdata is None or not table.n_rows:
+            return False
+        position = rm.next_unlabelled(self.rdata, table.order, table.cursor, self.fmb.labels)
+        if position is None:
+            self.fmb.notify("every candidate below the cursor is labelled (g goes to the top)")
+            return False
+        table.move_cursor(position)
+        return True
+
     def step(self, delta: int) -> tuple[str | None, str | None, int | None]:
         """Used by the Object screen to walk the same ranking."""
         self.triage_move(delta)

@@ -178,6 +178,15 @@ class ObjectScreen(TriageMixin, FMBScreen):
         if oid is not None and oid != self.object_id:
             self.load(oid)
 
+    def triage_next_unlabelled(self) -> None:
+        if self.navigator is None:
+            self.fmb.notify("opened from a neighbour: there is no ranking to walk (escape goes back)")
+            return
+        if self.navigator.triage_next_unlabelled():
+            oid, _, _ = self.navigator.triage_target()
+            if oid is not None and oid != self.object_id:
+                self.load(oid)
+
     # --- actions -------------------------------------------------------------------------------------
 
     def action_back(self) -> None:

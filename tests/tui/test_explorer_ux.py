@@ -125,3 +125,30 @@ async def test_compare_keeps_row_names_when_scrolled_and_moves_sideways(tui_ws, 
         assert "astropt/image/flow" in flat_text(app)  # …and the row names stayed on screen
         await pilot.press("h", "j")
         assert table.cursor_coordinate.column == len(table.columns) - 2 and table.cursor_coordinate.row == start.row + 1
+
+
+async def test_next_unlabelled_skips_what_is_triaged_in_the_order_shown(tui_ws, config):
+    app = FMBApp(tui_ws, config, start="anomalies")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        table = screen.table
+        ids = screen.rdata.ids_at(table.order[:6])
+        for oid in ids[1:4]:  # rows 2..4 are labelled already
+            app.labels[oid] = "artefact"
+        screen.triage_changed()
+        await pilot.press("N")
+        assert table.cursor == 4
+        await pilot.press("N")
+        assert table.cursor == 5
+        # from the Object screen, the same key walks the ranking it came from
+        await pilot.press("g", "enter")
+        await settle(pilot)
+        await pilot.press("N")
+        await settle(pilot)
+        assert app.screen.object_id == ids[4] and table.cursor == 4
+        # at the end of the order: a hint, the cursor stays
+        await pilot.press("escape", "G")
+        await settle(pilot)
+        await pilot.press("N")
+        assert table.cursor == table.n_rows - 1
