@@ -152,3 +152,74 @@ async def test_next_unlabelled_skips_what_is_triaged_in_the_order_shown(tui_ws, 
         await settle(pilot)
         await pilot.press("N")
         assert table.cursor == table.n_rows - 1
+
+
+async def test_escape_leaves_a_text_field_without_closing_the_screen(tui_ws, config):
+    from textual.widgets import Input, OptionList, SelectionList
+
+    from fmb_tui.screens.dialogs import FilterDialog
+    from fmb_tui.screens.figures import FiguresScreen
+    from fmb_tui.screens.runs import RunsScreen
+    from fmb_tui.widgets.config_form import ConfigForm
+
+    from .test_runs import wait_for
+
+    app = FMBApp(tui_ws, config, start="figures")
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        screen.query_one("#fig-k", Input).focus()
+        await pilot.press("escape")
+        assert isinstance(app.screen, FiguresScreen) and app.focused is screen.query_one("#fig-kind")
+        # the run config form: escape leaves its field; the screen stays
+        await pilot.press("R")
+        runs = app.screen
+        await wait_for(pilot, lambda: bool(runs.query(ConfigForm)), "the stage catalogue")
+        await settle(pilot)
+        runs.query_one(ConfigForm).query_one("#edit-objects", Input).focus()
+        await settle(pilot)
+        assert isinstance(app.focused, Input)
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen) and not isinstance(app.focused, Input)
+        assert isinstance(app.focused, OptionList)  # the stage list, the screen's first widget
+        # a dialog with several fields: the first escape leaves the text field, the second cancels
+        await pilot.press("A")
+        await settle(pilot)
+        await pilot.press("f")
+        await settle(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, FilterDialog)
+        dialog.query_one("#filter-min", Input).focus()
+        await pilot.press("escape")
+        assert app.screen is dialog and isinstance(app.focused, SelectionList)
+        await pilot.press("escape")
+        assert app.screen is not dialog
+        # outside a text field escape keeps its meaning: the Object screen goes back
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.NAME == "anomalies"
+
+
+async def test_ctrl_s_accepts_every_dialog(tui_ws, config):
+    app = FMBApp(tui_ws, config, start="anomalies")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        oid = screen.table.current_id()
+        await pilot.press("n")  # note: a prompt
+        await settle(pilot)
+        await pilot.press(*"odd", "ctrl+s")
+        await saved(pilot)
+        assert app.notes.get(oid) == "odd"
+        await pilot.press("m")  # a choice
+        await settle(pilot)
+        await pilot.press(*"aion fused", "ctrl+s")
+        await settle(pilot)
+        assert screen.spec.system == "aion/fused/geo"
+        await pilot.press("f")  # the filter form
+        await settle(pilot)
+        await pilot.press("tab", *"0.5", "ctrl+s")
+        await settle(pilot)
+        assert screen.spec.score_min == 0.5
