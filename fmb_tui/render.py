@@ -83,15 +83,15 @@ def _ticks(lo: float, hi: float, n: int) -> list[float]:
 
 
 def axis_labels(values: list[float]) -> tuple[list[str], str]:
-    """Tick labels of at most 5 characters for the flux axis, and the factor they leave out (``×1e-17``).
+    """Tick labels of at most 6 characters for the flux axis, and the factor they leave out (``×1e-17``).
 
     Fluxes in physical units (1e-17 erg/s/cm²/Å) or counts (1e5) need 8+ characters each in
-    ``g`` format and pushed the axis out of line. With the values scaled so that the largest is
-    1..999 and a fixed number of decimals, every label fits the axis margin.
+    ``g`` format and pushed the axis out of line. Values whose largest magnitude is 0.1..999
+    are written as they are; others are scaled to 1..9.99 with the factor named once.
     """
     biggest = max((abs(v) for v in values if np.isfinite(v)), default=0.0)
     exponent = 0
-    if biggest and not 1 <= biggest < 1000:
+    if biggest and not 0.1 <= biggest < 1000:
         exponent = int(np.floor(np.log10(biggest)))
         values = [v / 10.0**exponent for v in values]
         biggest /= 10.0**exponent
@@ -113,7 +113,7 @@ def spectrum_text(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, ma
     good = (~np.asarray(mask, dtype=bool)) & (np.asarray(ivar) > 0) & np.isfinite(flux)
     view = view or SpectrumView(float(wave[0]), float(wave[-1]))
     ys = smoothed if smoothed is not None else smooth(np.asarray(flux), good, view.smoothing)
-    margin = 7  # flux labels (at most 5 characters, see axis_labels), a space, the axis
+    margin = 7  # flux labels (at most 6 characters, see axis_labels) and the axis
     pw, ph = width - margin, max(1, height - 3)  # plot cells
     sel = (wave >= view.lo) & (wave <= view.hi)
     cols_px, rows_px = 2 * pw, 4 * ph
