@@ -223,3 +223,23 @@ async def test_ctrl_s_accepts_every_dialog(tui_ws, config):
         await pilot.press("tab", *"0.5", "ctrl+s")
         await settle(pilot)
         assert screen.spec.score_min == 0.5
+
+
+async def test_a_partial_detect_run_is_named_on_the_anomalies_screen(analysed, tmp_path):
+    """End to end: `detect --models cca` on a cca + pca workspace keeps pca's systems, and the screen says so."""
+    import shutil
+
+    from fmb_engine.config import load
+    from fmb_engine.detect.run import detect
+    from fmb_engine.workspace import Workspace
+
+    src, _ = analysed
+    shutil.copytree(src.root, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    detect(ws, load("detect", ws, cli={"models": ["cca"]}), parts=("fuse",))
+    app = FMBApp(ws, TuiConfig(), start="anomalies")
+    async with app.run_test(size=(140, 30)) as pilot:
+        await settle(pilot)
+        assert any(s.startswith("pca/") for s in app.screen.rdata.systems)
+        text = flat_text(app)
+        assert "systems from 2 detect runs: latest cca" in text and "kept from older runs: pca" in text
