@@ -21,7 +21,10 @@ def describe_history(events) -> str:
     """``label lens by ana 12-03 21:05 · note by bo 12-02 10:11``: who changed what, newest first."""
     parts = []
     for e in events:
-        what = f"{e.field} {e.value}" if e.field == "label" and e.value else f"{e.field} cleared" if not e.value else e.field
+        if not e.value:
+            what = f"{e.field} cleared"
+        else:  # a label is short and worth showing; a note is just "note"
+            what = f"label {e.value}" if e.field == "label" else e.field
         if e.undoes:
             what += " (undo)"
         parts.append(f"{what} by [b]{escape(e.user)}[/] {time.strftime('%m-%d %H:%M', time.localtime(e.time))}")
