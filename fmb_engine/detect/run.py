@@ -12,7 +12,9 @@ Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
   ``multimodal/filtered/top{K}_{model}_{fusion}_filtered.csv`` — fusion;
 * ``models/<model>/flow_<modality>.npz`` — fitted preprocessing + flow, to score new objects;
 * ``systems.parquet`` — one row per object, ``rank:<system>`` and ``score:<system>``
-  for every system ``<model>/<modality>/<method>`` (higher score = more anomalous).
+  for every system ``<model>/<modality>/<method>`` (higher score = more anomalous), of the runs
+  scored now and of the other runs kept from earlier detect runs (:func:`systems_runs`); its
+  ``fmb:systems`` metadata says which detect run scored each.
 """
 
 from __future__ import annotations
