@@ -104,6 +104,45 @@ def systems_in(columns: list[str], where: str = "systems.parquet") -> list[str]:
     return ranks
 
 
+#: Parquet key-value metadata of systems.parquet: which detect run scored each embedding run's systems.
+PROVENANCE_KEY = b"fmb:systems"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the systems of a ranking come from.
+
+    ``runs``: embedding run (model) -> ``{"run_id": detect run id or None, "started": ISO time}``;
+    ``scored``: the models the detect run that wrote the file scored itself (the others were
+    kept from earlier detect runs); ``dropped``: models whose systems that run removed because
+    their embeddings are gone.
+    """
+
+    runs: dict[str, dict]
+    scored: list[str]
+    dropped: list[str]
+
+    @property
+    def kept(self) -> list[str]:
+        return [m for m in self.runs if m not in self.scored]
+
+
+def provenance(ws: Workspace) -> Provenance | None:
+    """The provenance recorded in systems.parquet; None for a file written without it."""
+    import json
+
+    meta = _schema(ws).metadata or {}
+    raw = meta.get(PROVENANCE_KEY)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+        return Provenance(dict(value["runs"]), list(value["scored"]), list(value.get("dropped", [])))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RankingsError(f"{systems_path(ws)}: unreadable {PROVENANCE_KEY.decode()} metadata ({exc}); "
+                            f"{DETECT_HINT} again") from None
+
+
 def list_systems(ws: Workspace) -> list[str]:
     """Every system in the workspace's ranking (reads only the file's schema)."""
     return systems_in(list(_schema(ws).names), str(systems_path(ws)))

@@ -76,6 +76,8 @@ ACTIONS: tuple[Action, ...] = (
         for i in range(1, 10)
     ),
     _A("triage.clear", "0", "label(0)", "Clear", "Clear the current object's label.", show=False),
+    _A("triage.next_unlabelled", "N", "next_unlabelled", "Next unlabelled",
+       "Move to the next candidate without a label, in the order shown (skips what is triaged)."),
     _A("triage.note", "n", "note", "Note", "Add or edit a free-text note on the current object."),
     _A("triage.undo", "u", "undo", "Undo", "Undo your last label or note (not other users')."),
     _A("triage.export", "e", "export_labels", "Export", "Export the labels as CSV into the workspace's triage/ folder."),
@@ -121,6 +123,10 @@ ACTIONS: tuple[Action, ...] = (
     # compare
     _A("compare.toggle", "t", "toggle_matrix", "Spearman/Jaccard", "Switch between the Spearman and Jaccard matrices."),
     _A("compare.reload", "r", "reload", "Reload", "Read the matrices again."),
+    _A("compare.left", "h", "move(0,-1)", "Left", "Move to the cell on the left (← too; the system names stay put).", show=False),
+    _A("compare.right", "l", "move(0,1)", "Right", "Move to the cell on the right (→ too).", show=False),
+    _A("compare.down", "j", "move(1,0)", "Down", "Move to the cell below (↓ too).", show=False),
+    _A("compare.up", "k", "move(-1,0)", "Up", "Move to the cell above (↑ too).", show=False),
     # figures
     _A("figures.export", "ctrl+s", "export", "Export", "Render the chosen figure for the chosen objects."),
 )

@@ -145,7 +145,7 @@ class WorkspaceData:
         chosen = rankings.default_system(systems, system or self.config.system)
         table = rankings.load_table(self.ws, [chosen])
         mtime = rankings.systems_path(self.ws).stat().st_mtime
-        return RankingData.from_table(table, systems, mtime), chosen
+        return RankingData.from_table(table, systems, mtime, rankings.provenance(self.ws)), chosen
 
     def load_systems(self, data: RankingData, systems: list[str]) -> dict[str, tuple]:
         """More systems' columns for ``data``, as numpy arrays ready to add (all the copying happens here)."""
@@ -171,6 +171,14 @@ class WorkspaceData:
             if self._labels is None:
                 self._labels = LabelStore.for_workspace(self.ws, user=self.config.user, journal=self.config.label_journal)
             return self._labels
+
+    def label_history(self, object_id: str, limit: int = 4) -> list:
+        """The object's last label/note changes, newest first (none before anyone labelled: no store is created)."""
+        from fmb_engine.triage.labels import labels_path
+
+        if not labels_path(self.ws).is_file():
+            return []
+        return self.labels().history(object_id, limit=limit)[::-1]
 
     # --- analysis outputs ------------------------------------------------------------------
 

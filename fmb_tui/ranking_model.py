@@ -23,14 +23,18 @@ from fmb_engine.rankings import parse_system
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from fmb_engine.rankings import Provenance
+
 
 class RankingData:
     """Object ids plus rank/score arrays of every loaded system."""
 
-    def __init__(self, ids: pa.Array, systems: list[str], source_mtime: float = 0.0):
+    def __init__(self, ids: pa.Array, systems: list[str], source_mtime: float = 0.0,
+                 provenance: Provenance | None = None):
         self.ids = ids
         self.n = len(ids)
         self.systems = list(systems)
+        self.provenance = provenance
         self.ranks: dict[str, np.ndarray] = {}
         self.scores: dict[str, np.ndarray] = {}
         self.source_mtime = source_mtime
@@ -38,8 +42,9 @@ class RankingData:
         self._index: dict[str, int] | None = None
 
     @classmethod
-    def from_table(cls, table: pa.Table, systems: list[str], source_mtime: float = 0.0) -> RankingData:
-        data = cls(table.column("object_id").combine_chunks(), systems, source_mtime)
+    def from_table(cls, table: pa.Table, systems: list[str], source_mtime: float = 0.0,
+                   provenance: Provenance | None = None) -> RankingData:
+        data = cls(table.column("object_id").combine_chunks(), systems, source_mtime, provenance)
         data.add_from_table(table)
         return data
 
@@ -116,6 +121,41 @@ class RankingData:
         return sum(1 for oid in self.ids_at(top) if oid in labels)
 
 
+def describe_sources(prov: Provenance | None) -> str | None:
+    """One line naming the detect runs behind the systems, when they are not all from the latest one.
+
+    None when every system comes from the run that wrote the file (nothing worth a line).
+    """
+    if prov is None or (not prov.kept and not prov.dropped):
+        return None
+
+    def when(model: str) -> str:
+        started = str(prov.runs[model].get("started") or "?")
+        return started[:16].replace("T", " ")
+
+    parts = [f"{m} {when(m)}" for m in prov.scored if m in prov.runs]
+    text = f"systems from {len({when(m) for m in prov.runs})} detect runs: latest " + ", ".join(parts)
+    if prov.kept:
+        text += " · kept from older runs: " + ", ".join(f"{m} {when(m)}" for m in prov.kept)
+    if prov.dropped:
+        text += " · dropped (embeddings removed): " + ", ".join(prov.dropped)
+    return text
+
+
+def next_unlabelled(data: RankingData, order: np.ndarray, position: int, labels: dict[str, str]) -> int | None:
+    """Position of the first unlabelled row after ``position`` in ``order``; None when all below are labelled.
+
+    Vectorised (one membership test over the ids), so it is instant for a million rows.
+    """
+    rest = np.asarray(order[position + 1:], dtype=np.int64)
+    if not rest.size:
+        return None
+    labelled = np.zeros(data.n, dtype=bool)
+    labelled[data.rows_of(list(labels))] = True
+    free = np.flatnonzero(~labelled[rest])
+    return None if not free.size else position + 1 + int(free[0])
+
+
 @dataclass(frozen=True)
 class ViewSpec:
     """What the table shows. ``sort`` is a column key: rank | score | object_id | label | rank:<s> | score:<s>."""
@@ -158,8 +198,23 @@ def sort_keys(data: RankingData) -> list[tuple[str, str]]:
     keys = [("rank", "rank (current system)"), ("score", "score (current system)"), ("object_id", "object id"),
             ("label", "triage label")]
     for s in data.systems:
-        keys += [(f"rank:{s}", f"rank in {s}"), (f"score:{s}", f"score in {s}")]
+        name = with_short(s)
+        keys += [(f"rank:{s}", f"rank in {name}"), (f"score:{s}", f"score in {name}")]
     return keys
+
+
+def with_short(system: str) -> str:
+    """``cca/image/flow (cca/img/flow)``: the full name plus the column header's abbreviation,
+    so typing either in a chooser finds the system."""
+    short = short_system(system)
+    return system if short == system else f"{system} ({short})"
+
+
+def sort_column(spec: ViewSpec) -> str:
+    """The table column the view is sorted by (``rank``/``score`` of another system resolve to theirs)."""
+    if spec.sort.startswith(("rank:", "score:")) and spec.sort.split(":", 1)[1] == spec.system:
+        return spec.sort.split(":", 1)[0]
+    return spec.sort
 
 
 def _resolve(spec: ViewSpec, key: str) -> str:

@@ -82,11 +82,22 @@ def _ticks(lo: float, hi: float, n: int) -> list[float]:
     return [float(v) for v in np.arange(first, hi + 1e-9, step)]
 
 
-def _fmt(v: float) -> str:
-    a = abs(v)
-    if a >= 1000 or (a and a < 0.01):
-        return f"{v:.2g}"
-    return f"{v:.3g}"
+def axis_labels(values: list[float]) -> tuple[list[str], str]:
+    """Tick labels of at most 6 characters for the flux axis, and the factor they leave out (``×1e-17``).
+
+    Fluxes in physical units (1e-17 erg/s/cm²/Å) or counts (1e5) need 8+ characters each in
+    ``g`` format and pushed the axis out of line. Values whose largest magnitude is 0.1..999
+    are written as they are; others are scaled to 1..9.99 with the factor named once.
+    """
+    biggest = max((abs(v) for v in values if np.isfinite(v)), default=0.0)
+    exponent = 0
+    if biggest and not 0.1 <= biggest < 1000:
+        exponent = int(np.floor(np.log10(biggest)))
+        values = [v / 10.0**exponent for v in values]
+        biggest /= 10.0**exponent
+    decimals = max(0, 2 - int(np.floor(np.log10(biggest)))) if biggest else 0
+    labels = [f"{v:.{decimals}f}" for v in values]
+    return labels, (f"×1e{exponent}" if exponent else "")
 
 
 def spectrum_text(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray,
@@ -102,10 +113,8 @@ def spectrum_text(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, ma
     good = (~np.asarray(mask, dtype=bool)) & (np.asarray(ivar) > 0) & np.isfinite(flux)
     view = view or SpectrumView(float(wave[0]), float(wave[-1]))
     ys = smoothed if smoothed is not None else smooth(np.asarray(flux), good, view.smoothing)
-    margin = 7
-    pw, ph = width - margin, height - 3  # plot cells
-    if ph < 1:
-        ph = 1
+    margin = 7  # flux labels (at most 6 characters, see axis_labels) and the axis
+    pw, ph = width - margin, max(1, height - 3)  # plot cells
     sel = (wave >= view.lo) & (wave <= view.hi)
     cols_px, rows_px = 2 * pw, 4 * ph
     span = view.hi - view.lo
@@ -129,6 +138,9 @@ def spectrum_text(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, ma
         ymin, ymax = 0.0, 1.0
     pad = 0.06 * (ymax - ymin) if ymax > ymin else 1.0
     ymin, ymax = ymin - pad, ymax + pad
+    at = {ph - 1: ymin, 0: ymax} | ({ph // 2: 0.5 * (ymin + ymax)} if ph >= 5 else {})  # 1 row: the top wins
+    texts, factor = axis_labels(list(at.values()))
+    y_labels = dict(zip(at, texts, strict=True))
 
     bits = np.zeros((ph, pw), dtype=np.uint8)
     if mean.size:
@@ -165,13 +177,10 @@ def spectrum_text(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, ma
         if name and all(label_row[c + k] == " " for k in range(len(name)) if c + k < pw) and c + len(name) <= pw:
             for k, ch in enumerate(name):
                 label_row[c + k] = ch
-    text.append(" " * margin)
+    text.append(f"{factor[:margin - 1]:>{margin - 1}} ", AXIS_STYLE)  # the factor the flux labels leave out
     text.append("".join(label_row), LINE_STYLE)
     text.append("\n")
     # plot rows
-    y_labels = {0: _fmt(ymax), ph - 1: _fmt(ymin)}
-    if ph >= 5:
-        y_labels[ph // 2] = _fmt(0.5 * (ymin + ymax))
     for r in range(ph):
         text.append(f"{y_labels.get(r, ''):>{margin - 1}}", AXIS_STYLE)
         text.append("┤" if r in y_labels else "│", AXIS_STYLE)

@@ -21,13 +21,26 @@ def _store(workspace, config):
     path = labels_path(ws)
     if not path.is_file():
         raise DataError(f"no labels yet: {path} does not exist (label objects in `fmb-tui {ws.root}`)")
-    return ws, LabelStore.for_workspace(ws, journal=section("tui", ws, config).values.label_journal)
+    tui = section("tui", ws, config).values
+    return ws, LabelStore.for_workspace(ws, journal=tui.label_journal), list(tui.labels)
+
+
+def check_labels(wanted: list[str], configured: list[str], used: list[str]) -> None:
+    """Refuse a label that is neither in the label set (``tui.labels``) nor given to any object.
+
+    A typo would otherwise export an empty file that looks like "nothing labelled that yet".
+    """
+    known = list(dict.fromkeys([*configured, *used]))
+    unknown = [lbl for lbl in wanted if lbl not in known]
+    if unknown:
+        raise DataError(f"unknown label(s) {', '.join(map(repr, unknown))}; known labels: {', '.join(known)} "
+                        "(the tui.labels set and every label given so far); nothing written")
 
 
 @app.command()
 def summary(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """Objects per label, and the people and sessions that labelled them."""
-    ws, store = _store(workspace, config)
+    ws, store, _ = _store(workspace, config)
     with store:
         counts = store.counts()
         events = store.history()
@@ -51,7 +64,9 @@ def export(
     config: ConfigOpt = None,
 ) -> None:
     """Write the current labels (object_id, label, note, who, when) or the whole history as CSV."""
-    _, store = _store(workspace, config)
+    _, store, configured = _store(workspace, config)
     with store:
+        if labels:
+            check_labels(labels, configured, list(store.counts()))
         path = store.export_csv(out, history=history, labels=labels or None)
     console.print(f"written: [bold]{escape(str(path))}[/]")

@@ -12,11 +12,15 @@ Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
   ``multimodal/filtered/top{K}_{model}_{fusion}_filtered.csv`` — fusion;
 * ``models/<model>/flow_<modality>.npz`` — fitted preprocessing + flow, to score new objects;
 * ``systems.parquet`` — one row per object, ``rank:<system>`` and ``score:<system>``
-  for every system ``<model>/<modality>/<method>`` (higher score = more anomalous).
+  for every system ``<model>/<modality>/<method>`` (higher score = more anomalous), of the runs
+  scored now and of the other runs kept from earlier detect runs (:func:`systems_runs`); its
+  ``fmb:systems`` metadata says which detect run scored each.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +38,7 @@ from fmb_engine.detect.tables import anomaly_table, rank_descending
 from fmb_engine.embed.base import resolve_device
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
-from fmb_engine.errors import DataError
+from fmb_engine.errors import DataError, FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
@@ -280,6 +284,68 @@ def build_systems_table(ws: Workspace, models: list[str]) -> pd.DataFrame:
     return table[ordered].reset_index()
 
 
+def scored_models(ws: Workspace) -> set[str]:
+    """Embedding runs that have score tables in ``scores/`` (from this or any earlier detect run)."""
+    out = ws.folder("scores")
+    return {p.stem[len(prefix):] for prefix in ("anomaly_scores_", "baseline_scores_", "cosine_scores_")
+            for p in out.glob(f"{prefix}*.csv")}
+
+
+def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest) -> tuple[dict[str, dict], list[str]]:
+    """Which embedding runs the systems table holds, and which detect run scored each.
+
+    Rule (docs/formats.md): the runs this detect run scored, plus every other run that still
+    has score tables *and* its embedding store: a detect run over fewer runs keeps the
+    others' systems (with their older provenance) instead of dropping them. Runs whose
+    embeddings were removed are dropped from the table (and named in the manifest).
+    Returns (model -> {"run_id", "started"}, dropped models).
+    """
+    from fmb_engine import rankings
+
+    previous: dict[str, dict] = {}
+    try:
+        if (prov := rankings.provenance(ws)) is not None:
+            previous = prov.runs
+    except FMBError:  # no table yet, or an unreadable one: it is rebuilt from the score tables
+        pass
+    embedded = {p.stem for p in ws.folder("embeddings").glob("*.h5")}
+    others = sorted(scored_models(ws) - set(models))
+    now = {"run_id": manifest.run_id, "started": manifest.data["started"]}
+    runs = {m: dict(now) for m in models}
+    for model in (m for m in others if m in embedded):
+        newest = max(p.stat().st_mtime for p in ws.folder("scores").glob(f"*_scores_{model}.csv"))
+        runs[model] = previous.get(model) or {"run_id": None, "started": time.strftime(
+            "%Y-%m-%dT%H:%M:%S%z", time.localtime(newest))}
+    return runs, [m for m in others if m not in embedded]
+
+
+def write_systems_table(ws: Workspace, table: pd.DataFrame, runs: dict[str, dict], scored: list[str],
+                        dropped: list[str]) -> Path:
+    """systems.parquet with the provenance of its systems in the file's metadata (atomic)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fmb_engine.rankings import PROVENANCE_KEY, systems_path
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    record = json.dumps({"runs": runs, "scored": scored, "dropped": dropped}, sort_keys=True)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: record.encode()})
+    out = systems_path(ws)
+    with atomic_path(out) as tmp:
+        pq.write_table(arrow, tmp)
+    return out
+
+
+def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd.DataFrame:
+    """This run's fused scores plus the earlier rows of the runs it did not fuse (kept, like their systems)."""
+    new = pd.concat(fused, ignore_index=True)
+    if path.is_file():
+        old = pd.read_csv(path, dtype={"object_id": str})
+        if "model" in old.columns:
+            new = pd.concat([old[~old["model"].isin(models)], new], ignore_index=True)
+    return new
+
+
 PARTS = ("flows", "mismatch", "fuse")
 
 
@@ -300,17 +366,21 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         if "fuse" in parts:
             with manifest.phase("fuse"):
                 fused = [fuse_run(ws, m, cfg, manifest) for m in models]
-            _write_csv(pd.concat(fused, ignore_index=True), scores_dir / "multimodal" / "all_scores.csv")
+            all_scores = scores_dir / "multimodal" / "all_scores.csv"
+            _write_csv(_merge_fused(all_scores, fused, models), all_scores)
         with manifest.phase("systems"):
-            table = build_systems_table(ws, models)
-            out = scores_dir / "systems.parquet"
-            with atomic_path(out) as tmp:
-                table.to_parquet(tmp, index=False)
+            runs, dropped = systems_runs(ws, models, manifest)
+            table = build_systems_table(ws, list(runs))
+            out = write_systems_table(ws, table, runs, models, dropped)
     except BaseException:
         manifest.write(status="interrupted")
         raise
     systems = sorted(c.split(":", 1)[1] for c in table.columns if c.startswith("rank:"))
     manifest.count("systems", systems)
+    manifest.count("systems_runs", {m: "scored now" if m in models else f"kept from {r['run_id'] or r['started']}"
+                                    for m, r in runs.items()})
+    for model in dropped:
+        manifest.warn(f"systems of {model} dropped from systems.parquet: embeddings/{model}.h5 no longer exists")
     manifest.output("systems", out)
     manifest.output("scores", scores_dir)
     return StageResult({"systems": out, "scores": scores_dir}, manifest.write(), {"systems": systems, "objects": len(table)})

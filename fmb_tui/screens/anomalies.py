@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, ProgressBar, Static
@@ -22,6 +23,7 @@ MORE_SYSTEMS_DELAY_S = 0.2  # let the first rows paint before the other systems'
 
 class AnomaliesScreen(TriageMixin, FMBScreen):
     NAME = "anomalies"
+    DEFAULT_CSS = "#anomalies-sources { height: auto; padding: 0 1; color: $warning; display: none; }"
     BINDINGS = FMBScreen.screen_bindings("anomalies")
 
     def __init__(self) -> None:
@@ -40,6 +42,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         cfg = self.fmb.tui_config
         yield Header()
         yield Static("opening the ranking…", id="anomalies-status")
+        yield Static("", id="anomalies-sources")
         with Horizontal(id="triage-bar"):
             yield ProgressBar(total=cfg.top_k, show_eta=False, show_percentage=False, id="topk-bar")
             yield Static("", id="topk-text")
@@ -87,6 +90,10 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         data, system = result
         self.rdata = data
         self.spec = rm.ViewSpec(system)
+        sources = rm.describe_sources(data.provenance)
+        line = self.query_one("#anomalies-sources", Static)
+        line.update(Text(sources or ""))
+        line.display = sources is not None
         self._more_pending = True  # the other systems' columns load once the first rows are on screen
         self.recompute(cursor=0)
 
@@ -115,7 +122,9 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         if spec != self.spec or self.rdata is None:
             return
         self.table.set_view(self.rdata, order, spec.system, self.fmb.labels, self.fmb.notes,
-                            keep_row=self._pending_keep, cursor=self._pending_cursor)
+                            keep_row=self._pending_keep, cursor=self._pending_cursor,
+                            sorted_by=(rm.sort_column(spec), spec.descending))
+        self.table.show_column(rm.sort_column(spec))
         self.update_status()
         self.update_progress()
         if self._more_pending:
@@ -224,6 +233,18 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
     def triage_move(self, delta: int) -> None:
         self.table.move_cursor(self.table.cursor + delta)
 
+    def triage_next_unlabelled(self) -> bool:
+        """Cursor to the next unlabelled row of the current order; False (and a hint) when there is none."""
+        table = self.table
+        if self.rdata is None or not table.n_rows:
+            return False
+        position = rm.next_unlabelled(self.rdata, table.order, table.cursor, self.fmb.labels)
+        if position is None:
+            self.fmb.notify("every candidate below the cursor is labelled (g goes to the top)")
+            return False
+        table.move_cursor(position)
+        return True
+
     def step(self, delta: int) -> tuple[str | None, str | None, int | None]:
         """Used by the Object screen to walk the same ranking."""
         self.triage_move(delta)
@@ -261,7 +282,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         for name in self.rdata.systems:
             s = rm.parse_system(name)
             kind = "fusion" if s.fused else s.modality
-            options.append((name, f"{name}   ({kind}{'' if self.rdata.loaded(name) else ', loading'})"))
+            options.append((name, f"{rm.with_short(name)}   {kind}{'' if self.rdata.loaded(name) else ', loading'}"))
         options.sort(key=lambda o: (not rm.parse_system(o[0]).fused, o[0]))
 
         def chosen(name: str | None) -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from textual.actions import SkipAction
+from textual.binding import Binding
+from textual.containers import ScrollableContainer
 from textual.message import Message
 from textual.screen import Screen
+from textual.scroll_view import ScrollView
+from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from fmb_tui import actions
@@ -28,6 +33,14 @@ class FMBScreen(Screen):
     """Base screen: ``background(tag, fn, ...)`` runs ``fn`` in a thread and calls ``_done_<tag>(result)``."""
 
     NAME = ""
+    # Esc in a text field leaves the field (every letter key types into it, so nothing else would);
+    # anywhere else it falls through to the screen's own escape binding (e.g. Object: back).
+    BINDINGS = [Binding("escape", "leave_field", "Leave field", show=False, priority=True)]
+
+    def action_leave_field(self) -> None:
+        if not isinstance(self.focused, Input):
+            raise SkipAction()
+        leave_field(self)
 
     @property
     def fmb(self) -> FMBApp:
@@ -73,3 +86,11 @@ class FMBScreen(Screen):
     @classmethod
     def screen_bindings(cls, name: str):
         return actions.bindings(*actions.SCREEN_SCOPES[name])
+
+
+def leave_field(screen: Screen) -> None:
+    """Move the focus out of a text field: to the screen's first focusable control that is not one
+    (lists and tables are controls; a scrolling container of fields only when there is nothing else)."""
+    others = [w for w in screen.focus_chain if not isinstance(w, Input)]
+    controls = [w for w in others if not isinstance(w, ScrollableContainer) or isinstance(w, ScrollView)]
+    screen.set_focus((controls or others or [None])[0])

@@ -48,12 +48,21 @@ class CompareScreen(FMBScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="compare-title")
-        yield DataTable(id="compare-table", cursor_type="cell", zebra_stripes=False)
+        yield DataTable(id="compare-table", cursor_type="cell", zebra_stripes=False, fixed_columns=1)
         yield Static("", id="compare-legend", classes="muted")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one(DataTable).focus()  # arrow keys move through the matrix at once
         self.action_reload()
+
+    def action_move(self, rows: int, columns: int) -> None:
+        """Vim keys for the matrix (the arrows are the table's own)."""
+        table = self.query_one(DataTable)
+        if table.row_count:
+            row, column = table.cursor_coordinate
+            table.move_cursor(row=max(0, min(row + rows, table.row_count - 1)),
+                              column=max(0, min(column + columns, len(table.columns) - 1)), scroll=True)
 
     def action_reload(self) -> None:
         self.background("matrices", self._load)

@@ -57,10 +57,10 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 class PromptDialog(ModalScreen[str | None]):
-    """One line of text; enter accepts, escape cancels. ``check`` returns an error message or None."""
+    """One line of text; enter or ctrl+s accepts, escape cancels. ``check`` returns an error message or None."""
 
     DEFAULT_CSS = "PromptDialog { align: center middle; }" + DIALOG_CSS
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "accept", "OK")]
 
     def __init__(self, title: str, value: str = "", placeholder: str = "", hint: str = "", check=None) -> None:
         super().__init__()
@@ -77,23 +77,27 @@ class PromptDialog(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        problem = self.check(event.value) if self.check else None
+        self.action_accept()
+
+    def action_accept(self) -> None:
+        value = self.query_one(Input).value
+        problem = self.check(value) if self.check else None
         if problem:
             hint = self.query_one("#prompt-hint", Static)
             hint.update(problem)
             hint.add_class("error")
             return
-        self.dismiss(event.value)
+        self.dismiss(value)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
 
 
 class ChoiceDialog(ModalScreen[str | None]):
-    """Pick one of many options; typing filters them."""
+    """Pick one of many options; typing filters them (every typed word must occur, in any order)."""
 
     DEFAULT_CSS = "ChoiceDialog { align: center middle; } ChoiceDialog OptionList { height: auto; max-height: 16; }" + DIALOG_CSS
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "accept", "OK")]
 
     def __init__(self, title: str, options: list[tuple[str, str]], current: str | None = None) -> None:
         super().__init__()
@@ -112,8 +116,8 @@ class ChoiceDialog(ModalScreen[str | None]):
     def _fill(self, text: str) -> None:
         ol = self.query_one(OptionList)
         ol.clear_options()
-        text = text.lower()
-        shown = [(k, t) for k, t in self.options if text in t.lower() or text in k.lower()]
+        words = text.lower().split()
+        shown = [(k, t) for k, t in self.options if all(w in t.lower() or w in k.lower() for w in words)]
         ol.add_options([Option(t, id=k) for k, t in shown])
         keys = [k for k, _ in shown]
         if shown:
@@ -131,6 +135,9 @@ class ChoiceDialog(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        self.action_accept()
+
+    def action_accept(self) -> None:
         ol = self.query_one(OptionList)
         if ol.highlighted is not None:
             self.dismiss(ol.get_option_at_index(ol.highlighted).id)
@@ -157,7 +164,8 @@ class FilterDialog(ModalScreen[dict | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static("Filter the ranking (enter or ctrl+s applies, escape cancels)", classes="title")
+            yield Static("Filter the ranking (enter or ctrl+s applies; escape leaves a text field, then cancels)",
+                         classes="title")
             yield Label("labels (none ticked = any label)")
             options = [("(unlabelled)", "", self.chosen is not None and "" in self.chosen)]
             options += [(lbl, lbl, self.chosen is not None and lbl in self.chosen) for lbl in self.labels]
@@ -195,6 +203,9 @@ class FilterDialog(ModalScreen[dict | None]):
                       "text": self.query_one("#filter-text", Input).value.strip()})
 
     def action_cancel(self) -> None:
+        if isinstance(self.focused, Input):  # several fields: the first escape only leaves the text field
+            self.query_one(SelectionList).focus()
+            return
         self.dismiss(None)
 
 

@@ -25,6 +25,13 @@ FIGURES = {
 MAX_SHEETS = 50
 
 
+def grid_path(ws, label: str, system: str | None) -> Path:
+    """Where the outlier grid of a label set goes: named after the label (and the ranking that
+    gives its ranks), so exporting another label set never overwrites this one."""
+    tag = f"label-{label}" + (f"_{system.replace('/', '_')}" if system else "")
+    return ws.folder("figures") / "outliers" / f"outliers_{tag}"
+
+
 def export_figure(ws, survey: Path, kind: str, chosen: str, system: str | None, k: int,
                   labels: dict[str, str]) -> list[Path]:
     """Run the engine's figure door for the chosen objects; returns the files written (PNG + PDF)."""
@@ -42,7 +49,8 @@ def export_figure(ws, survey: Path, kind: str, chosen: str, system: str | None, 
         if not ids:
             raise FMBError(f"no object is labelled {label!r} yet")
     if kind == "grid":
-        return list(fig.outlier_grid_figure(ws, survey, system=system, ids=ids, top_k=k).summary["files"])
+        out = None if ids is None else grid_path(ws, chosen.split(":", 1)[1], system)
+        return list(fig.outlier_grid_figure(ws, survey, system=system, ids=ids, top_k=k, out=out).summary["files"])
     if ids is None:
         from fmb_engine.figures.objects import top_ids
 

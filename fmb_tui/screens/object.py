@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, OptionList, Static
@@ -13,6 +15,20 @@ from fmb_engine.errors import FMBError
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.triage import TriageMixin
 from fmb_tui.widgets.plots import ImageView, SpectrumPlot
+
+
+def describe_history(events) -> str:
+    """``label lens by ana 12-03 21:05 · note by bo 12-02 10:11``: who changed what, newest first."""
+    parts = []
+    for e in events:
+        if not e.value:
+            what = f"{e.field} cleared"
+        else:  # a label is short and worth showing; a note is just "note"
+            what = f"label {e.value}" if e.field == "label" else e.field
+        if e.undoes:
+            what += " (undo)"
+        parts.append(f"{what} by [b]{escape(e.user)}[/] {time.strftime('%m-%d %H:%M', time.localtime(e.time))}")
+    return "history: " + " · ".join(parts) if parts else "history: never labelled"
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -32,26 +48,48 @@ class ObjectScreen(TriageMixin, FMBScreen):
         self.object_id = object_id
         self.navigator = navigator
         self.obj = None
+        self.history = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(self.object_id, id="object-meta")
         yield SpectrumPlot(smoothing=self.fmb.tui_config.smoothing, id="object-spectrum")
         with Horizontal(id="object-bottom"):
-            yield ImageView(id="object-image")
+            with Vertical(id="object-image-box"):
+                yield Static("", id="image-title")
+                yield ImageView(id="object-image")
             with Vertical(id="object-neighbours-box"):
                 yield Static("nearest neighbours", id="neighbours-title")
                 yield OptionList(id="neighbours")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.show_band()
         self.load(self.object_id)
+
+    def show_band(self) -> None:
+        """Name the band the image shows (the image alone does not say)."""
+        self.query_one("#image-title", Static).update(f"band: [b]{self.query_one(ImageView).band_title}[/]")
 
     def load(self, object_id: str) -> None:
         self.object_id = object_id
+        self.history = ""
         self.query_one("#object-meta", Static).update(f"[b]{object_id}[/] · reading…")
         self.background("object", self.data.get_object, object_id, group="object")
         self.background("neighbours", self._neighbours, object_id, group="neighbours")
+        self.load_history()
+
+    def load_history(self) -> None:
+        self.background("history", self._history, self.object_id, group="history")
+
+    def _history(self, object_id: str):
+        return object_id, self.data.label_history(object_id)
+
+    def _done_history(self, result) -> None:
+        object_id, events = result
+        if object_id == self.object_id:
+            self.history = describe_history(events)
+            self.update_meta()
 
     def _neighbours(self, object_id: str):
         try:
@@ -113,7 +151,8 @@ class ObjectScreen(TriageMixin, FMBScreen):
         view = spec.view
         if view is not None:
             line2.append(f"λ {view.lo:.0f}–{view.hi:.0f} Å, smoothing {view.smoothing}")
-        self.query_one("#object-meta", Static).update(" · ".join(line1) + "\n" + " · ".join(line2))
+        lines = [" · ".join(line1), " · ".join(line2)] + ([self.history] if self.history else [])
+        self.query_one("#object-meta", Static).update("\n".join(lines))
 
     # --- triage hooks ----------------------------------------------------------------------------
 
@@ -130,6 +169,10 @@ class ObjectScreen(TriageMixin, FMBScreen):
         if self.is_mounted:
             self.update_meta()
 
+    def on_label_saved(self, message) -> None:
+        super().on_label_saved(message)
+        self.load_history()  # the change is committed now: show who made it
+
     def triage_move(self, delta: int) -> None:
         if self.navigator is None:
             self.fmb.notify("opened from a neighbour: there is no ranking to walk (escape goes back)")
@@ -137,6 +180,15 @@ class ObjectScreen(TriageMixin, FMBScreen):
         oid, _, _ = self.navigator.step(delta)
         if oid is not None and oid != self.object_id:
             self.load(oid)
+
+    def triage_next_unlabelled(self) -> None:
+        if self.navigator is None:
+            self.fmb.notify("opened from a neighbour: there is no ranking to walk (escape goes back)")
+            return
+        if self.navigator.triage_next_unlabelled():
+            oid, _, _ = self.navigator.triage_target()
+            if oid is not None and oid != self.object_id:
+                self.load(oid)
 
     # --- actions -------------------------------------------------------------------------------------
 
@@ -161,6 +213,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
 
     def action_cycle_band(self) -> None:
         self.query_one(ImageView).cycle_band()
+        self.show_band()
 
     def action_focus_neighbours(self) -> None:
         ol = self.query_one("#neighbours", OptionList)

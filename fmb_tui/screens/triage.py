@@ -9,7 +9,8 @@ from fmb_tui.screens.dialogs import PromptDialog
 
 
 class TriageMixin:
-    """Needs ``triage_target() -> (object_id, system, rank)``, ``triage_changed()`` and ``triage_move(delta)``."""
+    """Needs ``triage_target() -> (object_id, system, rank)``, ``triage_changed()``, ``triage_move(delta)``
+    and ``triage_next_unlabelled()``."""
 
     def triage_target(self) -> tuple[str | None, str | None, int | None]:
         raise NotImplementedError
@@ -20,6 +21,9 @@ class TriageMixin:
     def triage_move(self, delta: int) -> None:
         raise NotImplementedError
 
+    def triage_next_unlabelled(self) -> None:
+        raise NotImplementedError
+
     # --- actions ---------------------------------------------------------------------------
 
     def action_cursor_next(self) -> None:
@@ -27,6 +31,9 @@ class TriageMixin:
 
     def action_cursor_previous(self) -> None:
         self.triage_move(-1)
+
+    def action_next_unlabelled(self) -> None:
+        self.triage_next_unlabelled()
 
     def action_label(self, number: int) -> None:
         app = self.fmb  # type: ignore[attr-defined]

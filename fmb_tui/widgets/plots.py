@@ -9,6 +9,8 @@ from textual.widget import Widget
 from fmb_tui.render import SpectrumView, grey_rgb, halfblock_text, smooth, spectrum_text
 
 BAND_CHOICES = ("RGB", "VIS", "NISP_Y", "NISP_J", "NISP_H")
+#: What a reader calls each choice (the Object screen's title over the image).
+BAND_TITLES = {"RGB": "RGB colour", "VIS": "VIS", "NISP_Y": "NISP Y", "NISP_J": "NISP J", "NISP_H": "NISP H"}
 
 
 class SpectrumPlot(Widget):
@@ -105,6 +107,10 @@ class ImageView(Widget):
     def show_message(self, message: str) -> None:
         self.obj, self.message = None, message
         self.refresh()
+
+    @property
+    def band_title(self) -> str:
+        return BAND_TITLES[BAND_CHOICES[self.band]]
 
     def cycle_band(self) -> str:
         self.band = (self.band + 1) % len(BAND_CHOICES)

@@ -59,6 +59,7 @@ class RankingTable(Widget, can_focus=True):
         self.top = 0
         self.col_offset = 0
         self._columns: list[Column] = []
+        self.sorted_by: tuple[str, bool] | None = None
         self.empty_message = "loading the ranking…"
         self.label_styles = {lbl: Style(color=LABEL_COLOURS[i % len(LABEL_COLOURS)], bold=True)
                              for i, lbl in enumerate(label_set or [])}
@@ -88,9 +89,14 @@ class RankingTable(Widget, can_focus=True):
         return None if row is None or self.data is None else self.data.id_at(row)
 
     def set_view(self, data: RankingData, order: np.ndarray, system: str, labels: dict[str, str],
-                 notes: dict[str, str], keep_row: int | None = None, cursor: int | None = None) -> None:
-        """Show ``order`` (rows of ``data``); keep the cursor on ``keep_row`` when it is still shown."""
+                 notes: dict[str, str], keep_row: int | None = None, cursor: int | None = None,
+                 sorted_by: tuple[str, bool] | None = None) -> None:
+        """Show ``order`` (rows of ``data``); keep the cursor on ``keep_row`` when it is still shown.
+
+        ``sorted_by`` (column key, descending) puts an arrow on that column's header.
+        """
         self.data, self.order, self.system = data, np.asarray(order, dtype=np.int64), system
+        self.sorted_by = sorted_by
         self.formatter = RowFormatter(data, system, labels, notes)
         sample = data.ids_at(self.order[: min(200, self.order.size)]) if self.order.size else []
         id_width = min(30, max(9, max((len(s) for s in sample), default=9)))
@@ -143,6 +149,20 @@ class RankingTable(Widget, can_focus=True):
             self.refresh()
         row = self.current_row()
         self.post_message(self.CursorMoved(position, row, None if row is None else self.data.id_at(row)))  # type: ignore[union-attr]
+
+    def show_column(self, key: str) -> None:
+        """Scroll the system columns so that column ``key`` is on screen (a no-op for a fixed one)."""
+        scrolling = self._scrolling()
+        index = next((i for i, c in enumerate(scrolling) if c.key == key), None)
+        if index is None:
+            return
+        if index < self.col_offset or self._columns.index(scrolling[index]) not in self._visible_indices():
+            self.col_offset = index - index % 2  # a system's rank and score stay together
+            self._strips.clear()
+            self.refresh()
+
+    def _visible_indices(self) -> set[int]:
+        return {self._columns.index(c) for c in self._visible_columns(self.size.width or 80)}
 
     def scroll_columns(self, delta: int) -> None:
         scrolling = self._scrolling()
@@ -197,6 +217,11 @@ class RankingTable(Widget, can_focus=True):
             used += col.width + 1
         return out
 
+    def _title(self, col: Column) -> str:
+        if self.sorted_by is None or self.sorted_by[0] != col.key:
+            return col.title
+        return col.title + ("↓" if self.sorted_by[1] else "↑")
+
     @staticmethod
     def _pad(text: str, col: Column) -> str:
         if len(text) > col.width:
@@ -226,7 +251,7 @@ class RankingTable(Widget, can_focus=True):
             return self._finish(segs, width, style)
         if y == 1:
             style = base + self._style("ranking-table--header")
-            return self._finish([Segment(self._pad(col.title, col), style) for col in cols], width, style)
+            return self._finish([Segment(self._pad(self._title(col), col), style) for col in cols], width, style)
         position = self.top + y - HEADER_LINES
         if position >= self.n_rows:
             lines = self._wrapped(width)

@@ -31,7 +31,7 @@ async def test_ranking_opens_sorted_by_rank_with_every_system(tui_ws, config):
         assert ranks == [1, 2, 3, 4, 5]
         assert all(data.loaded(s) for s in data.systems)  # the other systems arrived in the background
         text = screen_text(app)
-        assert "rank object_id" in text and "top-100: 0/100 labelled" in text
+        assert "rank↑ object_id" in text and "top-100: 0/100 labelled" in text
         await pilot.press("j", "j", "k")
         assert table.cursor == 1
         await pilot.press("G")

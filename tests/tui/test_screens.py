@@ -76,7 +76,17 @@ async def test_figures_export_through_the_engine(tui_ws, config):
         await pilot.pause()
         await pilot.press("ctrl+s")
         await settle(pilot)
-        assert (tui_ws.folder("figures") / "outliers" / "outliers_ids.pdf").read_bytes()[:4] == b"%PDF"
+        by_label = tui_ws.folder("figures") / "outliers" / "outliers_label-interesting_astropt_fused_geo.pdf"
+        assert by_label.read_bytes()[:4] == b"%PDF" and str(by_label) in str(screen.query_one("#fig-output").render())
+        with LabelStore.for_workspace(tui_ws) as s:  # another label set gets a file of its own
+            s.set_label("mock42-0000007", "AGN")
+        app.reload_labels()
+        await settle(pilot)
+        screen.query_one("#fig-set").value = "label:AGN"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert by_label.is_file() and by_label.with_name("outliers_label-AGN_astropt_fused_geo.pdf").is_file()
         screen.query_one("#fig-set").value = "label:lens"
         await pilot.pause()
         await pilot.press("ctrl+s")
@@ -137,7 +147,7 @@ async def test_no_color(tui_ws, config, monkeypatch):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         text = screen_text(app)
-        assert "rank object_id" in text and "1 artefact" in text
+        assert "rank↑ object_id" in text and "1 artefact" in text
 
 
 async def test_screens_fit_80x24(tui_ws, config):

@@ -38,3 +38,18 @@ def test_summary_and_export(workspace, tmp_path):
 def test_no_labels_yet_is_a_clear_error(workspace):
     result = CliRunner().invoke(app, ["triage", "summary", "--workspace", str(workspace.root)])
     assert isinstance(result.exception, DataError) and "no labels yet" in str(result.exception)
+
+
+def test_export_of_an_unknown_label_is_an_error_and_writes_nothing(workspace, tmp_path):
+    with LabelStore.for_workspace(workspace, user="ana") as store:
+        store.set_label("a", "lens")
+    out = tmp_path / "labels.csv"
+    result = CliRunner().invoke(app, ["triage", "export", str(out), "-l", "lnes", "--workspace", str(workspace.root)])
+    assert isinstance(result.exception, DataError)
+    message = str(result.exception)
+    assert "'lnes'" in message and "lens" in message and "interesting" in message  # given + configured labels
+    assert result.exception.exit_code == 2 and not out.exists()
+    # a configured label nobody has used yet is known: an empty (header-only) export is the right answer
+    assert CliRunner().invoke(app, ["triage", "export", str(out), "-l", "interesting",
+                                    "--workspace", str(workspace.root)]).exit_code == 0
+    assert out.read_text().splitlines() == ["object_id,label,note,label_user,label_time,note_user,note_time"]
