@@ -134,7 +134,8 @@ def describe_sources(prov: Provenance | None) -> str | None:
         return started[:16].replace("T", " ")
 
     parts = [f"{m} {when(m)}" for m in prov.scored if m in prov.runs]
-    text = f"systems from {len({when(m) for m in prov.runs})} detect runs: latest " + ", ".join(parts)
+    n_runs = len({prov.runs[m].get("run_id") or when(m) for m in prov.runs})
+    text = f"systems from {n_runs} detect run{'s' if n_runs != 1 else ''}: latest " + ", ".join(parts)
     if prov.kept:
         text += " · kept from older runs: " + ", ".join(f"{m} {when(m)}" for m in prov.kept)
     if prov.dropped:
