@@ -137,4 +137,5 @@ def test_arrow_files_without_state_json_are_named_by_their_own_names(tmp_path):
         write_table(tmp_path / "0.0.0" / "abc" / name, n=2)
     layout = plan(tmp_path / "0.0.0" / "abc", ["train", "test"], False)
     assert sorted((f.path.name, f.split) for f in layout.files) == [
-        ("euclid-test-00000-of-00002.arrow", "test"), ("euclid-test-00001-of-00002.arrow", "test"), ("parquet-train.arrow", "train")]
+        ("euclid-test-00000-of-00002.arrow", "test"), ("euclid-test-00001-of-00002.arrow", "test"),
+        ("parquet-train.arrow", "train")]
