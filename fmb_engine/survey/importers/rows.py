@@ -254,8 +254,11 @@ def convert_batch(batch: pa.RecordBatch, first_row: int, src: SourceFile, rules:
                 for p in problems:
                     log.add("dropped", p, oid)
                 continue
-            column = "RGB_image"
-            rgb = decode_rgb(lists["RGB_image"][i], src.path.parent, size)
+            try:  # the RGB is a thumbnail the bands can replace: an unreadable one never costs the object
+                rgb = decode_rgb(lists["RGB_image"][i], src.path.parent, size)
+            except Exception as exc:  # noqa: BLE001 - PIL and file access raise many types
+                rgb = None
+                repairs.append(f"RGB_image: unreadable ({type(exc).__name__}), composite made from the bands")
             if rgb is None:
                 rgb = asinh_rgb(bands)
             column = "redshift"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # load_dataset of local files must never try the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -163,3 +164,18 @@ def _hub_cache(root: Path, dd: DatasetDict) -> Path:
 
 LAYOUTS = ("save_to_disk-DatasetDict", "save_to_disk-Dataset", "reference", "to_parquet-hub-names", "hub-cache",
            "datasets-cache")
+
+
+def write_parquet_with_image_paths(root: Path) -> tuple[Path, Source, list[Path]]:
+    """The train split with ``RGB_image`` given as PNG files: ``to_parquet`` keeps only their
+    paths (it does not embed the bytes), so the parquet needs the PNGs where they were."""
+    src = make_split("train", 0)
+    pngs = []
+    for i, img in enumerate(src.rgb):
+        if img is not None:
+            pngs.append(root / f"rgb_{i}.png")
+            PILImage.fromarray(img).save(pngs[-1])
+    columns = src.columns() | {"RGB_image": [str(root / f"rgb_{i}.png") if img is not None else None
+                                             for i, img in enumerate(src.rgb)]}
+    Dataset.from_dict(columns, features=features("sequence")).to_parquet(str(root / "train-00000-of-00001.parquet"))
+    return root / "train-00000-of-00001.parquet", src, pngs

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("datasets", reason="the importer's format tests need the `datasets` library (pip install -e .[dev])")
@@ -24,7 +25,8 @@ from fmb_engine.cli.main import app  # noqa: E402
 from fmb_engine.survey.composite import asinh_rgb  # noqa: E402
 from fmb_engine.survey.store import SurveyReader  # noqa: E402
 
-from .hf_datasets_builder import BAND_COLUMNS, LAYOUTS, N_ROWS, STAMP, make_dataset_dict, write_layout  # noqa: E402
+from .hf_datasets_builder import (  # noqa: E402
+    BAND_COLUMNS, LAYOUTS, N_ROWS, STAMP, make_dataset_dict, write_layout, write_parquet_with_image_paths)
 
 #: Which splits each layout yields (save_to_disk-Dataset holds the test split only).
 SPLITS = {layout: ("train", "test") for layout in LAYOUTS} | {"save_to_disk-Dataset": ("test",)}
@@ -45,7 +47,7 @@ def _import(ws, source):
     result = CliRunner().invoke(app, ["data", "import", str(source), "--workspace", str(ws.root), "--image-size", str(STAMP),
                                       "--name", "hf"])
     assert result.exit_code == 0, result.output
-    (manifest,) = ws.folder("runs").glob("*data.import*.json")
+    manifest = max(ws.folder("runs").glob("*data.import*.json"), key=lambda p: p.stat().st_mtime_ns)  # this run's
     return json.loads(manifest.read_text()), result.output
 
 
@@ -142,3 +144,19 @@ def test_a_file_of_the_hub_cache_is_read_through_its_link(written, workspace):
     with SurveyReader(workspace.survey_path("hf")) as r:
         assert r.splits() == {"test": N_ROWS - 2}
     assert [k for k in manifest["inputs"] if k.startswith("source:")] == [f"source:{link}"]
+
+
+def test_rgb_images_kept_as_file_paths_are_read_and_a_lost_file_costs_only_the_thumbnail(workspace, tmp_path):
+    parquet, src, pngs = write_parquet_with_image_paths(tmp_path)
+    assert pq.read_table(parquet).column("RGB_image")[0]["bytes"].as_py() is None  # only the path was written
+    _import(workspace, parquet)
+    with SurveyReader(workspace.survey_path("hf")) as r:
+        assert np.array_equal(r.get(_expected_id(src, 0)).rgb, src.rgb[0])
+    pngs[0].unlink()
+    manifest, _ = _import(workspace, parquet)
+    assert manifest["rows"]["repaired"]["RGB_image: unreadable (FileNotFoundError), composite made from the bands"] == {
+        "count": 1, "examples": [_expected_id(src, 0)]}
+    with SurveyReader(workspace.survey_path("hf")) as r:
+        assert r.splits() == {"train": N_ROWS - 2}
+        obj = r.get(_expected_id(src, 0))
+        assert np.array_equal(obj.rgb, asinh_rgb(obj.images))
