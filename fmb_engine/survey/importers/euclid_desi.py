@@ -30,7 +30,7 @@ from fmb_engine.errors import DataError, FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.survey.bands import BANDS, wavelength_grid
-from fmb_engine.survey.importers.layout import Layout, SourceFile, plan
+from fmb_engine.survey.importers.layout import Layout, SourceFile, absolute, plan
 from fmb_engine.survey.importers.rows import Chunk, RowLog, RowRules, convert_batch
 from fmb_engine.survey.importers.tables import BadFile, batches, inspect
 from fmb_engine.survey.store import SurveyReader, SurveyWriter
@@ -118,15 +118,17 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
     files, totals, bad_files = _check_files(layout.files, catalogue is not None, cfg.skip_bad_files)
     for bad in bad_files:
         reporter.log(f"skipping bad file {bad['path']}: {bad['reason']}")
-    where = str(Path(source).expanduser().resolve()) if source is not None else "the --split NAME=PATH files"
+    where = str(absolute(source)) if source is not None else "the --split NAME=PATH files"
     manifest = RunManifest(ws, "data.import", config_record(resolved) | {"source": where})
     params: dict[str, Any] = {"source": where, "files": [f"{f.split}={f.path}" for f in files], "image_size": cfg.image_size,
                               "missing": cfg.missing, "resample": cfg.resample, "limit": cfg.limit}
     if catalogue is not None:
         manifest.input("catalog", Path(cfg.catalog).expanduser())
         params["catalog_digest"] = manifest.data["inputs"]["catalog"]["digest"]
-    for f in files:
-        manifest.input(f"source:{f.path.name}", f.path, digest=f"size={f.path.stat().st_size}")
+    base = absolute(source) if source is not None and Path(source).expanduser().is_dir() else None
+    for f in files:  # keyed by the path under SOURCE: every split of save_to_disk has a data-00000-of-00001.arrow
+        key = f.path.relative_to(base) if base is not None and f.path.is_relative_to(base) else f.path
+        manifest.input(f"source:{key}", f.path, digest=f"size={f.path.stat().st_size}")
     out = ws.survey_path(cfg.name)
     rules = RowRules(cfg.image_size, cfg.missing, cfg.resample, wavelength_grid())
     writer = SurveyWriter(out, image_size=cfg.image_size, wavelength=rules.grid, rgb=True, generator="fmb.import.euclid_desi",

@@ -22,6 +22,7 @@ Rules (docs/formats.md, "Importing the Euclid x DESI dataset"):
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ class Layout:
 def split_from_name(name: str) -> str | None:
     """``train-00000-of-00003`` -> ``train``; ``..._test`` -> ``test``; other names -> None."""
     for split in KNOWN_SPLITS:
-        if name == split or re.match(rf"{split}[-_.]", name) or re.search(rf"[-_]{split}$", name):
+        if (name == split or re.match(rf"{split}[-_.]", name) or re.search(rf"[-_]{split}$", name)
+                or re.search(rf"-{split}-\d+-of-\d+$", name)):  # the `datasets` cache: <builder>-train-00000-of-00003
             return split
     return None
 
@@ -91,6 +93,41 @@ def _is_save_to_disk(folder: Path) -> bool:
     return (folder / "state.json").is_file() or any(folder.glob("*.arrow"))
 
 
+def _arrow_folder(folder: Path) -> list[tuple[Path, str, str | None]]:
+    """The .arrow files of one folder and their splits.
+
+    A ``save_to_disk`` folder (``state.json``) holds one split: its ``_split``, else the
+    folder's name. A folder of .arrow files without ``state.json`` is what ``load_dataset``
+    leaves in the ``datasets`` cache (``parquet-train.arrow``, ``parquet-test.arrow``): each
+    file is named by its own name first, so the splits are not merged into one.
+    """
+    if (folder / "state.json").is_file():
+        named = _state_split(folder) or split_from_name(folder.name)
+        return [(p, "arrow", named) for p in arrow_files(folder)]
+    return [(p, "arrow", split_from_name(p.stem) or split_from_name(folder.name)) for p in arrow_files(folder)]
+
+
+def _hub_snapshot(repo: Path) -> Path:
+    """The snapshot of a Hugging Face hub cache folder (``datasets--owner--name``) to read.
+
+    Every revision downloaded is a folder under ``snapshots/``; reading them all would import
+    each object once per revision. ``refs/main`` names the current one.
+    """
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if snapshot.is_dir():
+            return snapshot
+    snapshots = sorted(p for p in (repo / "snapshots").iterdir() if p.is_dir())
+    if len(snapshots) == 1:
+        return snapshots[0]
+    raise LayoutError(
+        f"{repo}: a Hugging Face hub cache folder with {len(snapshots)} snapshots "
+        f"({', '.join(p.name for p in snapshots) or 'none'}) and no usable refs/main; "
+        "point SOURCE at one of them (snapshots/<revision>)"
+    )
+
+
 def _found(folder: Path, limit: int = 12) -> str:
     entries = sorted(folder.iterdir())
     if not entries:
@@ -118,8 +155,9 @@ def _scan(path: Path) -> list[tuple[Path, str, str | None]]:
             f"{path}: a {path.suffix or 'suffix-less'} file; expected a .parquet or .arrow file, or a dataset folder"
         )
     if _is_save_to_disk(path):
-        named = _state_split(path) or split_from_name(path.name)
-        return [(p, "arrow", named) for p in arrow_files(path)]
+        return _arrow_folder(path)
+    if (path / "snapshots").is_dir():
+        return _scan(_hub_snapshot(path))
     dict_file = path / "dataset_dict.json"
     if dict_file.is_file():
         try:
@@ -132,8 +170,7 @@ def _scan(path: Path) -> list[tuple[Path, str, str | None]]:
         return [(p, "arrow", s) for s in declared for p in arrow_files(path / s)]
     found: list[tuple[Path, str, str | None]] = []
     for child in sorted(p for p in path.iterdir() if p.is_dir() and _is_save_to_disk(p)):
-        named = _state_split(child) or split_from_name(child.name)
-        found += [(p, "arrow", named) for p in arrow_files(child)]
+        found += _arrow_folder(child)
     if found:
         return found
     for p in sorted(path.rglob("*.parquet")):
@@ -150,11 +187,18 @@ def _scan(path: Path) -> list[tuple[Path, str, str | None]]:
     return found
 
 
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute *without* following symlinks: in the Hugging Face hub cache
+    ``train-00000-of-00003.parquet`` is a link to ``blobs/<hash>``, whose name says neither
+    the file type nor the split."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
 def _resolve_path(text: str, source: Path | None) -> Path:
     path = Path(text).expanduser()
     if not path.is_absolute() and not path.exists() and source is not None and source.is_dir():
         path = source / path
-    return path.resolve()
+    return absolute(path)
 
 
 def plan(source: str | Path | None, splits: list[str], splits_given: bool) -> Layout:
@@ -163,7 +207,7 @@ def plan(source: str | Path | None, splits: list[str], splits_given: bool) -> La
     ``splits`` are the ``--split`` values (``NAME`` or ``NAME=PATH``); ``splits_given``
     says whether the user set them (the default selects ``train`` and ``test``).
     """
-    source_path = Path(source).expanduser().resolve() if source is not None else None
+    source_path = absolute(source) if source is not None else None
     assigned = [s for s in splits if "=" in s]
     names = [s for s in splits if "=" not in s]
     if assigned:

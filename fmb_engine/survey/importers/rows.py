@@ -228,14 +228,15 @@ def convert_batch(batch: pa.RecordBatch, first_row: int, src: SourceFile, rules:
             ivar = np.zeros(grid.size, np.float32)
             mask = np.ones(grid.size, dtype=bool)
             n_bad = 0
+            absent = next((k for k in SPECTRUM_FIELDS if not spec_parts[k][i]), None)
             if spec_null[i]:
                 problems.append("spectrum: missing")
-            elif not spec_parts["flux"][i]:
-                problems.append("spectrum.flux: missing or empty")
+            elif absent:
+                problems.append(f"spectrum.{absent}: missing or empty")
             else:
                 f = np.asarray(spec_parts["flux"][i], dtype=np.float64)
-                w = np.asarray(spec_parts["wavelength"][i] or [], dtype=np.float64)
-                e = np.asarray(spec_parts["error"][i] or [], dtype=np.float64)
+                w = np.asarray(spec_parts["wavelength"][i], dtype=np.float64)
+                e = np.asarray(spec_parts["error"][i], dtype=np.float64)
                 if not (f.shape == w.shape == e.shape):
                     problems.append("spectrum: flux, wavelength and error lengths differ")
                 else:
@@ -253,8 +254,11 @@ def convert_batch(batch: pa.RecordBatch, first_row: int, src: SourceFile, rules:
                 for p in problems:
                     log.add("dropped", p, oid)
                 continue
-            column = "RGB_image"
-            rgb = decode_rgb(lists["RGB_image"][i], src.path.parent, size)
+            try:  # the RGB is a thumbnail the bands can replace: an unreadable one never costs the object
+                rgb = decode_rgb(lists["RGB_image"][i], src.path.parent, size)
+            except Exception as exc:  # noqa: BLE001 - PIL and file access raise many types
+                rgb = None
+                repairs.append(f"RGB_image: unreadable ({type(exc).__name__}), composite made from the bands")
             if rgb is None:
                 rgb = asinh_rgb(bands)
             column = "redshift"

@@ -117,3 +117,25 @@ def test_an_arrow_ipc_file_imports_like_a_stream(workspace, tmp_path):
         writer.write_table(good_table(3), max_chunksize=2)
     _, splits, manifest = run(workspace, path)
     assert splits == {"train": 3} and manifest["counts"]["rows_read"] == 3
+
+
+def test_a_hub_cache_folder_reads_the_snapshot_of_refs_main_only(tmp_path):
+    repo = tmp_path / "datasets--owner--name"
+    for rev in ("aaa", "bbb"):
+        write_table(repo / "snapshots" / rev / "data" / "train-00000-of-00001.parquet", n=2)
+    with pytest.raises(LayoutError, match=r"hub cache folder with 2 snapshots \(aaa, bbb\).*snapshots/<revision>"):
+        plan(repo, ["train", "test"], False)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("bbb\n")
+    layout = plan(repo, ["train", "test"], False)
+    assert [f.path.relative_to(repo).parts[:2] for f in layout.files] == [("snapshots", "bbb")]
+
+
+def test_arrow_files_without_state_json_are_named_by_their_own_names(tmp_path):
+    """The `datasets` cache of load_dataset: one folder, a file per split (and per shard)."""
+    for name in ("parquet-train.arrow", "euclid-test-00000-of-00002.arrow", "euclid-test-00001-of-00002.arrow"):
+        write_table(tmp_path / "0.0.0" / "abc" / name, n=2)
+    layout = plan(tmp_path / "0.0.0" / "abc", ["train", "test"], False)
+    assert sorted((f.path.name, f.split) for f in layout.files) == [
+        ("euclid-test-00000-of-00002.arrow", "test"), ("euclid-test-00001-of-00002.arrow", "test"),
+        ("parquet-train.arrow", "train")]
