@@ -365,7 +365,7 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         skipped = manifest.data.get("skipped_systems", [])
         if not scored:
             reasons = "; ".join(f"{s['system']}: {s['reason']}" for s in skipped)
-            raise DataError(f"no system could be scored ({reasons or 'nothing to score'}); see docs/science.md, detection")
+            raise DataError(f"no system could be scored: {reasons or 'nothing to score'}. See docs/science.md (detection)")
         with manifest.phase("systems"):
             table = build_systems_table(ws, models)
             out = scores_dir / "systems.parquet"

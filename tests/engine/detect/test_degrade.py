@@ -69,7 +69,7 @@ def test_spectrum_systems_are_skipped_and_recorded_images_are_scored(few_spectra
 
 def test_the_run_fails_only_when_no_system_can_be_scored(few_spectra):
     ws, _ = few_spectra
-    with pytest.raises(DataError, match=r"no system could be scored \(cca/cross/mismatch: only 6 usable objects"):
+    with pytest.raises(DataError, match=r"no system could be scored: cca/cross/mismatch: only 6 usable objects"):
         detect(ws, load("detect", ws, cli=FAST), parts=("mismatch",))
     failed = sorted(ws.folder("runs").glob("*-detect.mismatch-*.json"))
     assert json.loads(failed[-1].read_text())["status"] == "failed"
