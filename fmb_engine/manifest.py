@@ -85,6 +85,10 @@ class RunManifest:
     def warn(self, message: str) -> None:
         self.data["warnings"].append(message)
 
+    def skip(self, system: str, reason: str) -> None:
+        """A system the stage could not compute (the rest of the run went on)."""
+        self.data.setdefault("skipped_systems", []).append({"system": system, "reason": reason})
+
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()

@@ -26,6 +26,11 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
         return
     result = detect(ws, resolved, reporter(), parts=parts)
     console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects")
+    by_reason: dict[str, list[str]] = {}
+    for skip in result.summary["skipped"]:
+        by_reason.setdefault(skip["reason"], []).append(skip["system"])
+    for reason, systems in by_reason.items():
+        console.print(f"[yellow]skipped {escape(', '.join(systems))}: {escape(reason)}[/]")
     console.print(f"scores: [bold]{escape(str(result.outputs['scores']))}[/]  (systems table: {escape(str(result.outputs['systems']))})")
     console.print(f"manifest: {escape(str(result.manifest))}")
 

@@ -37,6 +37,23 @@ ArrayOpt = Annotated[int, typer.Option("--shards", min=1, help="With --executor:
 FitFromOpt = Annotated[Path | None, typer.Option("--fit-from", help="pca/cca: reuse the fit stored in this embedding file.")]
 
 
+#: Why an object's vector of some modality is not valid, in words, per reason of the embedding store.
+_REASON_WORDS = {"missing_band": "missing an image band", "no_spectrum": "without a usable spectrum",
+                 "no_valid_spectrum_pixels": "without a usable spectrum"}
+
+
+def modality_counts(modalities: dict[str, dict]) -> str:
+    """``image: 45 embedded; spectrum: 10 embedded, 35 without a usable spectrum`` (per modality, valid vectors)."""
+    parts = []
+    for m, c in modalities.items():
+        text = f"{m}: {c['embedded']} embedded"
+        if c["missing"]:
+            words = dict.fromkeys(_REASON_WORDS.get(r.split(":", 1)[0], "with a non-finite vector") for r in c["by_reason"])
+            text += f", {c['missing']} {' or '.join(words) or 'not valid'}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from,
            shard=None, shards=None, executor=None, array=1) -> None:
     ws = find_workspace(workspace)
@@ -57,8 +74,8 @@ def _embed(name, workspace, config, survey, batch_size, device, weights, start, 
                           force=force, fit_from=fit_from)
     s = result.summary
     if "embeddings" in result.outputs:
-        extra = f", {s['not_embeddable']} flagged not embeddable" if s.get("not_embeddable") else ""
-        console.print(f"[green]done[/]: {escape(str(result.outputs['embeddings']))} ({s.get('objects')} objects{extra})")
+        console.print(f"[green]done[/]: {escape(str(result.outputs['embeddings']))} ({s.get('objects')} objects; "
+                      f"{escape(modality_counts(s['modalities']))})")
     else:
         missing = ", ".join(f"[{a}, {b})" for a, b in s.get("missing", [])[:5])
         console.print(f"[yellow]partial[/]: rows {s['range'][0]}-{s['range'][1]} embedded; still missing {missing}")

@@ -15,6 +15,13 @@ Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
   for every system ``<model>/<modality>/<method>`` (higher score = more anomalous), of the runs
   scored now and of the other runs kept from earlier detect runs (:func:`systems_runs`); its
   ``fmb:systems`` metadata says which detect run scored each.
+
+Detection degrades per system, not per run: a flow or baseline whose modality
+has fewer than ``MIN_ROWS`` usable rows, a mismatch with fewer objects usable in
+both modalities, and the fusion of a model missing one of its three inputs are
+skipped; each is logged and listed under ``skipped_systems`` in the manifest,
+its table keeps a header only (a stale one is never read). The run fails only
+when it scores no system at all.
 """
 
 from __future__ import annotations
@@ -31,10 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmb_engine.config import Resolved
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
 from fmb_engine.detect.flows import fit_flows, score_out_of_fold, split_preset
-from fmb_engine.detect.fusion import FUSION_METHODS, fuse
-from fmb_engine.detect.mismatch import mismatch_scores
+from fmb_engine.detect.fusion import FUSION_COLUMNS, FUSION_METHODS, fuse
+from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, mismatch_scores
 from fmb_engine.detect.preprocess import Preprocessor, finite_rows
-from fmb_engine.detect.tables import anomaly_table, rank_descending
+from fmb_engine.detect.tables import ANOMALY_COLUMNS, anomaly_table, rank_descending
 from fmb_engine.embed.base import resolve_device
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
@@ -43,6 +50,9 @@ from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.workspace import Workspace, atomic_path
+
+#: Usable rows a flow, a baseline or the mismatch needs; with fewer that system is skipped.
+MIN_ROWS = 10
 
 FLOW_KEYS = ("flow_type", "num_transforms", "hidden_features", "pca_components", "epochs", "batch_size", "lr",
              "weight_decay", "clip_sigma", "grad_clip")
@@ -140,9 +150,6 @@ def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path) -> di
     """-log p per row for each modality's vectors; each fitted preprocessing + flow is saved
     to ``folder/flow_<modality>.npz``. The modalities' flows train side by side (``n_jobs``)."""
     pre_kw, flow_kw = cfg.flow_params()
-    for modality, x in xs.items():
-        if x.shape[0] < 10:
-            raise DataError(f"only {x.shape[0]} usable {modality} rows for a flow (need >= 10)")
     pres = {m: Preprocessor(**pre_kw).fit(x) for m, x in xs.items()}
     zs = {m: pres[m].transform(x) for m, x in xs.items()}
     flows = fit_flows(zs, n_jobs=cfg.flow_jobs(), **flow_kw)
@@ -159,11 +166,27 @@ def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path) -> di
     return out
 
 
+def _skip(manifest: RunManifest, systems: list[str], reason: str) -> None:
+    """Warn about the systems a run cannot score and list them in the manifest (the CLI prints them)."""
+    manifest.warn(f"skipped {', '.join(systems)}: {reason}")
+    for system in systems:
+        manifest.skip(system, reason)
+
+
+def _too_few(n: int, what: str) -> str | None:
+    """The skip reason when ``n`` usable rows are below :data:`MIN_ROWS`, else None."""
+    return f"only {n} usable {what} (a system needs >= {MIN_ROWS})" if n < MIN_ROWS else None
+
+
 def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifest, reporter: Reporter,
-              flows: bool, mismatch: bool) -> None:
-    """Flows (+ baselines) per modality and/or the cross-modal mismatch of one embedding run."""
+              flows: bool, mismatch: bool) -> list[str]:
+    """Flows (+ baselines) per modality and/or the cross-modal mismatch of one embedding run.
+
+    Returns the systems scored; those with too few usable rows are skipped (:func:`_skip`).
+    """
     model = path.stem
     out = ws.folder("scores")
+    scored: list[str] = []
     with EmbeddingReader(path) as reader:
         meta = reader.meta
         ids = np.asarray(reader.object_ids, dtype=object)
@@ -177,12 +200,19 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
         if flows:
             flow_tables, baseline_tables = [], []
             keeps = {m: _usable(vectors[m], valid[m], manifest, f"{model}/{m}") for m in meta.modalities}
-            with manifest.phase(f"flows:{model}"):
-                nlps = _flow_nlps({m: vectors[m][keeps[m]] for m in meta.modalities}, cfg, out / "models" / model)
+            methods = ("flow", "iforest", "knn") if cfg.baselines else ("flow",)
             for modality in meta.modalities:
-                keep = keeps[modality]
+                if reason := _too_few(int(keeps[modality].sum()), f"{modality} rows"):
+                    _skip(manifest, [system_name(model, modality, m) for m in methods], reason)
+                    (out / "models" / model / f"flow_{modality}.npz").unlink(missing_ok=True)
+                    task.advance(len(methods))
+                    del keeps[modality]
+            with manifest.phase(f"flows:{model}"):
+                nlps = _flow_nlps({m: vectors[m][k] for m, k in keeps.items()}, cfg, out / "models" / model)
+            for modality, keep in keeps.items():
                 x, key = vectors[modality][keep], reference_key(family, modality)
                 flow_tables.append(anomaly_table(ids[keep], -nlps[modality], key))
+                scored.append(system_name(model, modality, "flow"))
                 task.advance()
                 if cfg.baselines:
                     with manifest.phase(f"baselines:{model}/{modality}"):
@@ -190,22 +220,35 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                         knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1))).fit(x)
                         for method, score in (("iforest", forest.score_samples(x)), ("knn", knn.score_samples())):
                             baseline_tables.append(detector_table(ids[keep], score, key).assign(method=method))
+                            scored.append(system_name(model, modality, method))
                             task.advance()
-            _write_csv(pd.concat(flow_tables, ignore_index=True), out / f"anomaly_scores_{model}.csv")
-            if baseline_tables:
-                _write_csv(pd.concat(baseline_tables, ignore_index=True), out / f"baseline_scores_{model}.csv")
+            _write_csv(_concat(flow_tables, ANOMALY_COLUMNS), out / f"anomaly_scores_{model}.csv")
+            if cfg.baselines:
+                _write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")), out / f"baseline_scores_{model}.csv")
         if mismatch:
             if not {"image", "spectrum"} <= set(meta.modalities):
                 manifest.warn(f"{model}: no image and spectrum vectors, no mismatch")
-                return
+                return scored
             keep = _usable(vectors["image"], valid["image"], manifest, f"{model}/mismatch:image")
             keep &= _usable(vectors["spectrum"], valid["spectrum"], manifest, f"{model}/mismatch:spectrum")
-            with manifest.phase(f"mismatch:{model}"):
-                result = mismatch_scores(vectors["image"][keep], vectors["spectrum"][keep], aligned=bool(meta.aligned),
-                                         alpha=cfg.mismatch_alpha, seed=cfg.seed)
-            _write_csv(result.table(ids[keep]).sort_values("rank"), out / f"cosine_scores_{model}.csv")
-            manifest.count(f"mismatch_method:{model}", result.method)
+            if reason := _too_few(int(keep.sum()), "objects with both image and spectrum rows"):
+                _skip(manifest, [system_name(model, "cross", "mismatch")], reason)
+                table = pd.DataFrame(columns=list(MISMATCH_COLUMNS))
+            else:
+                with manifest.phase(f"mismatch:{model}"):
+                    result = mismatch_scores(vectors["image"][keep], vectors["spectrum"][keep],
+                                             aligned=bool(meta.aligned), alpha=cfg.mismatch_alpha, seed=cfg.seed)
+                table = result.table(ids[keep]).sort_values("rank")
+                manifest.count(f"mismatch_method:{model}", result.method)
+                scored.append(system_name(model, "cross", "mismatch"))
+            _write_csv(table, out / f"cosine_scores_{model}.csv")
             task.advance()
+    return scored
+
+
+def _concat(tables: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
+    """The tables one under the other; a header-only table when every system was skipped."""
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(columns))
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
@@ -214,20 +257,32 @@ def _read(path: Path, what: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"object_id": str})
 
 
-def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest) -> pd.DataFrame:
+def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest) -> pd.DataFrame | None:
     """Fuse image flow, spectrum flow and mismatch ranks of one run (reads their tables).
 
     The modality of each table row comes from the key table of ``embed.keys``
     (AION's joint key is joint, not image: reference bug L1); p = (N - rank + 1) / N
-    re-ranked within the objects all three systems scored (bug L2).
+    re-ranked within the objects all three systems scored (bug L2). Fusion needs
+    all three: when one was skipped (or the run has one modality) the model's
+    fusion is skipped too (None) and its stale top-k tables are removed.
     """
     out = ws.folder("scores")
+    ranked_path = out / "multimodal" / "ranked" / f"top{cfg.top_k}_{model}_{cfg.fusion}.csv"
+    filtered_path = out / "multimodal" / "filtered" / f"top{cfg.top_k}_{model}_{cfg.fusion}_filtered.csv"
     flows = _read(out / f"anomaly_scores_{model}.csv", "flows")
-    mis = _read(out / f"cosine_scores_{model}.csv", "mismatch")
     flows["modality"] = flows["embedding_key"].map(modality_of)
     img = flows[flows["modality"] == "image"].set_index("object_id")["neg_log_prob"]
     spec = flows[flows["modality"] == "spectrum"].set_index("object_id")["neg_log_prob"]
-    mis_s = mis.set_index("object_id")["mismatch_score"]
+    mis_s = pd.Series(dtype=float)
+    if len(img) and len(spec):
+        mis_s = _read(out / f"cosine_scores_{model}.csv", "mismatch").set_index("object_id")["mismatch_score"]
+    if missing := [name for name, series in (("image flow", img), ("spectrum flow", spec), ("mismatch", mis_s))
+                   if not len(series)]:
+        _skip(manifest, [system_name(model, "fused", m) for m in FUSION_METHODS],
+              f"fusion needs image flow, spectrum flow and mismatch scores; no {', no '.join(missing)} scores")
+        ranked_path.unlink(missing_ok=True)
+        filtered_path.unlink(missing_ok=True)
+        return None
     joined = pd.concat({"img": img, "spec": spec, "mis": mis_s}, axis=1, join="inner")
     for name, series in (("image", img), ("spectrum", spec), ("mismatch", mis_s)):
         if (lost := len(series) - len(joined)):
@@ -238,11 +293,11 @@ def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest
                  thresholds={"img": cfg.t_img, "spec": cfg.t_spec, "mis": cfg.t_mis})
     fused.insert(1, "model", model)
     ranked = fused.sort_values("rank_fused").head(cfg.top_k)
-    _write_csv(ranked, out / "multimodal" / "ranked" / f"top{cfg.top_k}_{model}_{cfg.fusion}.csv")
+    _write_csv(ranked, ranked_path)
     filtered = fused[fused["passes_thresholds"]].sort_values("rank_fused").head(cfg.top_k)
     if filtered.empty:
         manifest.warn(f"{model}: no object passes t_img={cfg.t_img}, t_spec={cfg.t_spec}, t_mis={cfg.t_mis}")
-    _write_csv(filtered, out / "multimodal" / "filtered" / f"top{cfg.top_k}_{model}_{cfg.fusion}_filtered.csv")
+    _write_csv(filtered, filtered_path)
     return fused
 
 
@@ -258,7 +313,9 @@ def system_scores(ws: Workspace, model: str) -> dict[str, pd.Series]:
             for (modality, method), part in table.groupby(["modality", method_col or "modality"], sort=False):
                 found[system_name(model, modality, method if method_col else "flow")] = part.set_index("object_id")[score_col]
     if (path := out / f"cosine_scores_{model}.csv").is_file():
-        found[system_name(model, "cross", "mismatch")] = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")["mismatch_score"]
+        mismatch = pd.read_csv(path, dtype={"object_id": str})
+        if len(mismatch):  # header only: the mismatch was skipped
+            found[system_name(model, "cross", "mismatch")] = mismatch.set_index("object_id")["mismatch_score"]
     if (path := out / "multimodal" / "all_scores.csv").is_file():
         fused = pd.read_csv(path, dtype={"object_id": str})
         fused = fused[fused["model"] == model].set_index("object_id")
@@ -338,7 +395,7 @@ def write_systems_table(ws: Workspace, table: pd.DataFrame, runs: dict[str, dict
 
 def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd.DataFrame:
     """This run's fused scores plus the earlier rows of the runs it did not fuse (kept, like their systems)."""
-    new = pd.concat(fused, ignore_index=True)
+    new = _concat(fused, ("object_id", "model", *FUSION_COLUMNS[1:]))
     if path.is_file():
         old = pd.read_csv(path, dtype={"object_id": str})
         if "model" in old.columns:
@@ -359,21 +416,28 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
     runs = embedding_runs(ws, cfg.models)
     models = [p.stem for p in runs]
     scores_dir = ws.folder("scores")
+    scored: list[str] = []
     try:
         if "flows" in parts or "mismatch" in parts:
             for path in runs:
-                score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts, mismatch="mismatch" in parts)
+                scored += score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts, mismatch="mismatch" in parts)
         if "fuse" in parts:
             with manifest.phase("fuse"):
-                fused = [fuse_run(ws, m, cfg, manifest) for m in models]
+                fused = {m: fuse_run(ws, m, cfg, manifest) for m in models}
+            fused = {m: table for m, table in fused.items() if table is not None}
+            scored += [system_name(m, "fused", method) for m in fused for method in FUSION_METHODS]
             all_scores = scores_dir / "multimodal" / "all_scores.csv"
-            _write_csv(_merge_fused(all_scores, fused, models), all_scores)
+            _write_csv(_merge_fused(all_scores, list(fused.values()), models), all_scores)
+        skipped = manifest.data.get("skipped_systems", [])
+        if not scored:
+            reasons = "; ".join(f"{s['system']}: {s['reason']}" for s in skipped)
+            raise DataError(f"no system could be scored: {reasons or 'nothing to score'}. See docs/science.md (detection)")
         with manifest.phase("systems"):
             runs, dropped = systems_runs(ws, models, manifest)
             table = build_systems_table(ws, list(runs))
             out = write_systems_table(ws, table, runs, models, dropped)
-    except BaseException:
-        manifest.write(status="interrupted")
+    except BaseException as exc:
+        manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
         raise
     systems = sorted(c.split(":", 1)[1] for c in table.columns if c.startswith("rank:"))
     manifest.count("systems", systems)
@@ -383,4 +447,5 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         manifest.warn(f"systems of {model} dropped from systems.parquet: embeddings/{model}.h5 no longer exists")
     manifest.output("systems", out)
     manifest.output("scores", scores_dir)
-    return StageResult({"systems": out, "scores": scores_dir}, manifest.write(), {"systems": systems, "objects": len(table)})
+    return StageResult({"systems": out, "scores": scores_dir}, manifest.write(),
+                       {"systems": systems, "objects": len(table), "skipped": skipped})

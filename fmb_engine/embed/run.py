@@ -574,11 +574,32 @@ def merge_shards(
     return final, {"shards": len(shards), "duplicates_dropped": duplicates, "objects": n}
 
 
+_REASON_MODALITIES = {"missing_band": ("image", "joint"), "no_spectrum": ("spectrum", "joint"),
+                      "no_valid_spectrum_pixels": ("spectrum", "joint")}
+
+
+def _concerns(part: str, modality: str) -> bool:
+    """Whether a reason part explains why ``modality``'s vector is not valid (``non_finite_<m>`` only its own)."""
+    if part.startswith("non_finite_"):
+        return part == f"non_finite_{modality}"
+    return modality in _REASON_MODALITIES.get(part.split(":", 1)[0], (modality,))
+
+
 def _not_embeddable_summary(path: Path) -> dict[str, Any]:
+    """Counts per reason, and per modality how many vectors are valid and why the others are not.
+
+    An object without a spectrum is not embeddable *as a spectrum* only: its image is
+    embedded and scored, so the per-modality view is what a user needs to read.
+    """
     with EmbeddingReader(path) as r:
         reasons = r.reasons()
         ids = r.object_ids
-        per_mod = {m: int((~r.valid(m)).sum()) for m in r.modalities}
+        valid = {m: r.valid(m) for m in r.modalities}
+    per_mod = {m: int((~v).sum()) for m, v in valid.items()}
+    modalities = {}
+    for m, v in valid.items():
+        why = Counter(part for reason in reasons[~v] for part in str(reason).split(";") if _concerns(part, m))
+        modalities[m] = {"embedded": int(v.sum()), "missing": int((~v).sum()), "by_reason": dict(why)}
     counter: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     for i in np.flatnonzero(reasons != ""):
@@ -588,7 +609,7 @@ def _not_embeddable_summary(path: Path) -> dict[str, Any]:
             if len(lst) < _MANIFEST_IDS:
                 lst.append(str(ids[i]))
     return {"objects": int((reasons != "").sum()), "by_reason": dict(counter), "invalid_per_modality": per_mod,
-            "examples": examples}
+            "modalities": modalities, "examples": examples}
 
 
 def embed_survey(
@@ -657,7 +678,8 @@ def embed_survey(
             ne = _not_embeddable_summary(run.final)
             manifest.count("objects", run.n)
             manifest.count("not_embeddable", ne)
-            summary |= {"objects": run.n, "not_embeddable": ne["objects"], "not_embeddable_by_reason": ne["by_reason"]}
+            summary |= {"objects": run.n, "not_embeddable": ne["objects"], "not_embeddable_by_reason": ne["by_reason"],
+                        "modalities": ne["modalities"]}
             manifest.output("embeddings", run.final)
             outputs["embeddings"] = run.final
         else:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fmb_engine.errors import DataError
-from fmb_engine.figures.panels import draw_band, draw_rgb, draw_spectrum, redshift_text
+from fmb_engine.figures.panels import draw_band, draw_rgb, draw_spectrum, redshift_text, short_id
 from fmb_engine.figures.style import fmb_style, pyplot, save
 
 
@@ -42,7 +42,9 @@ def top_ids(table: pd.DataFrame, k: int, system: str | None = None) -> pd.DataFr
 
 def outlier_grid(survey: Path, objects: pd.DataFrame, path: Path, columns: int = 2, smooth: float = 2.0,
                  title: str | None = None) -> list[Path]:
-    """Per object: asinh RGB (id, rank, score, z) + spectrum with lines; ``objects`` has object_id[, rank, score]."""
+    """Per object: asinh RGB (id, rank, score, z) + spectrum with lines; ``objects`` has object_id[, rank, score].
+
+    Long ids are shortened in the captions (:func:`~fmb_engine.figures.panels.short_id`)."""
     from fmb_engine.survey.store import SurveyReader
 
     if not len(objects):
@@ -56,7 +58,7 @@ def outlier_grid(survey: Path, objects: pd.DataFrame, path: Path, columns: int =
         for i, rec in enumerate(objects.itertuples(index=False)):
             r, c = divmod(i, columns)
             obj = reader.get(str(rec.object_id))
-            parts = [str(rec.object_id)]
+            parts = [short_id(rec.object_id)]
             rank = getattr(rec, "rank", np.nan)
             score = getattr(rec, "score", np.nan)
             if pd.notna(rank):
@@ -117,7 +119,7 @@ def neighbour_grid(survey: Path, neighbours: pd.DataFrame, queries: Sequence[str
             entries = [(qid, "query", None)] + [(r.neighbour_id, f"#{r.neighbour}", r.similarity) for r in part.itertuples()]
             for c, (oid, tag, sim) in enumerate(entries):
                 obj = reader.get(str(oid))
-                cap = f"{tag} {oid}\n{redshift_text(obj)}" + (f"  cos {sim:.3f}" if sim is not None else "")
+                cap = f"{tag}\n{short_id(oid)}\n{redshift_text(obj)}" + (f"  cos {sim:.3f}" if sim is not None else "")
                 ax = fig.add_subplot(grid[2 * b, c])
                 draw_rgb(ax, obj, cap)
                 if c == 0:

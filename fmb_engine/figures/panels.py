@@ -8,6 +8,21 @@ from fmb_engine.survey.bands import ABSORPTION_LINES, BANDS, EMISSION_LINES
 from fmb_engine.survey.composite import asinh_rgb
 
 
+#: Longest object id shown in a panel caption: at the captions' 6 pt it fits the grids' image
+#: panels, about one inch wide (24-character SDSS ids such as ``sdss_J220248.31+123656.3`` did not).
+ID_CHARS = 16
+
+
+def short_id(object_id: str, max_chars: int = ID_CHARS) -> str:
+    """``object_id`` as is, or cut in the middle with an ellipsis to ``max_chars`` characters:
+    both ends stay readable (survey prefix, coordinate / fibre suffix); the full id is in the tables."""
+    text = str(object_id)
+    if len(text) <= max_chars:
+        return text
+    tail = max_chars // 2
+    return f"{text[:max_chars - 1 - tail]}…{text[-tail:]}"
+
+
 def redshift_text(obj) -> str:
     """'z = 0.123', or 'z unknown' for an object imported without a redshift (never 'nan')."""
     z = float(obj.meta.get("redshift", np.nan))

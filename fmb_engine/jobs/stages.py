@@ -56,7 +56,8 @@ def detect_task(root: str, values: dict[str, Any], sources: dict[str, str], part
     from fmb_engine.detect.run import detect
 
     result = detect(Workspace(Path(root)), _resolved("detect", values, sources), parts=parts)
-    return {"systems": len(result.summary["systems"]), "manifest": str(result.manifest)}
+    return {"systems": len(result.summary["systems"]), "skipped": [s["system"] for s in result.summary["skipped"]],
+            "manifest": str(result.manifest)}
 
 
 def submit_detect(ws: Workspace, resolved: Resolved, parts: tuple[str, ...], executor: str | None,

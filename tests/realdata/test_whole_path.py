@@ -111,8 +111,9 @@ def test_import_info_and_show(workspace, dataset):
 def test_embed_detect_and_figures(workspace):
     root: Path = workspace["root"]  # type: ignore[assignment]
     for text in workspace["embed"]:
-        assert "(45 objects, 35 flagged not embeddable)" in text
+        assert "(45 objects; image: 45 embedded; spectrum: 10 embedded, 35 without a usable spectrum" in text
     assert "over 45 objects" in workspace["detect"]
+    assert "skipped" not in workspace["detect"]  # ten usable spectra: every system is scored
     systems = pd.read_parquet(root / "scores" / "systems.parquet")
     assert len(systems) == 45
     # every object has an image score; only the ten usable spectra have spectrum, mismatch and fused ranks

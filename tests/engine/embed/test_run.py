@@ -249,6 +249,16 @@ def test_not_embeddable_objects_are_flagged(ws, mock_file):
                                                        "no_valid_spectrum_pixels": 1}
     assert ne["invalid_per_modality"] == {"image": 1, "spectrum": 2, "joint": 3}
     assert res.summary["not_embeddable"] == 3
+    # per modality: an object without a spectrum still has its image embedded
+    assert ne["modalities"]["image"] == {"embedded": N - 1, "missing": 1, "by_reason": {"missing_band:NISP_Y": 1}}
+    assert ne["modalities"]["spectrum"] == {"embedded": N - 2, "missing": 2,
+                                            "by_reason": {"no_spectrum": 1, "no_valid_spectrum_pixels": 1}}
+    assert ne["modalities"]["joint"]["missing"] == 3 and res.summary["modalities"] == ne["modalities"]
+    from fmb_engine.cli.embed import modality_counts
+
+    assert modality_counts(ne["modalities"]) == (
+        f"image: {N - 1} embedded, 1 missing an image band; spectrum: {N - 2} embedded, 2 without a usable spectrum; "
+        f"joint: {N - 3} embedded, 3 missing an image band or without a usable spectrum")
 
 
 def test_sections_registered_without_model_packages():
