@@ -139,13 +139,16 @@ def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path) -> di
     for modality, x in xs.items():
         if x.shape[0] < 10:
             raise DataError(f"only {x.shape[0]} usable {modality} rows for a flow (need >= 10)")
+        if cfg.out_of_fold >= 2 and x.shape[0] < 2 * cfg.out_of_fold:
+            raise DataError(f"out_of_fold={cfg.out_of_fold} needs at least 2 rows per fold: only {x.shape[0]} "
+                            f"usable {modality} rows; lower --out-of-fold")
     pres = {m: Preprocessor(**pre_kw).fit(x) for m, x in xs.items()}
     zs = {m: pres[m].transform(x) for m, x in xs.items()}
     flows = fit_flows(zs, n_jobs=cfg.flow_jobs(), **flow_kw)
     out = {}
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2:
-            out[modality] = -score_out_of_fold(x, cfg.out_of_fold, cfg.seed, preprocess=pre_kw, **flow_kw)
+            out[modality] = -score_out_of_fold(x, cfg.out_of_fold, preprocess=pre_kw, **flow_kw)  # seed: in flow_kw
         else:
             out[modality] = -flows[modality].score_samples(zs[modality])
         state = ({f"pre.{k}": v for k, v in pres[modality].state_dict().items()}

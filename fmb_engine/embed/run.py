@@ -245,9 +245,19 @@ def _up_to_date(run: _Run) -> bool:
         return False
     try:
         with EmbeddingReader(run.final) as r:
-            return r.extra.get("run_key") == run.key and r.n_objects == run.n
+            same = r.extra.get("run_key") == run.key and r.n_objects == run.n
+            return same and (not type(run.embedder).needs_fit or bool(r.state()))  # a fit must travel with it
     except DataError:
         return False
+
+
+def up_to_date(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, output: Path | None = None) -> bool:
+    """True when the final embedding file was made by this exact run (config, weights, survey)."""
+    run = _open_run(ws, survey_path, model, resolved, Silent(), output)
+    try:
+        return _up_to_date(run)
+    finally:
+        run.reader.close()
 
 
 def _prepare_shard_dir(run: _Run) -> None:
@@ -305,12 +315,12 @@ def _prepare_embedder(run: _Run, manifest: RunManifest | None = None) -> None:
                 run.fit_info = json.loads(f.attrs.get("fit_info", "{}"))
     elif run.final.exists():
         with EmbeddingReader(run.final) as r:
-            if r.extra.get("run_key") == run.key:
-                state, run.fit_info = r.state(), r.extra.get("fit", {})
+            if r.extra.get("run_key") == run.key and (stored := r.state()):  # files merged without state: refit
+                state, run.fit_info = stored, r.extra.get("fit", {})
     if state is not None:
         emb.load_state_dict(state)
         run.reporter.log(f"{run.model}: reusing the stored fit ({run.fit_info.get('fit_objects', '?')} train objects)")
-        if run.fixed_state is not None and not state_file.exists():
+        if not state_file.exists():  # the merge copies state.h5 into the final file: keep it for every source
             _save_state(run, state_file, state)
     else:
         rows = _fit_rows(run, manifest)
