@@ -43,6 +43,9 @@ def reporter() -> RichReporter:
 
 
 def survey_file(ws: Workspace, config: Path | None, survey: str | None) -> Path:
-    """The survey a command works on: --survey, else general.survey."""
+    """The active survey (fmb_engine.survey.active): --survey, else general.survey; an error when its file is missing."""
+    from fmb_engine.survey.active import resolve_survey
+
     general = section("general", ws, config, survey=survey)
-    return ws.survey_path(general.values.survey)  # type: ignore[attr-defined]
+    origin = "--survey" if survey is not None else f"general.survey from {general.sources['survey']}"
+    return resolve_survey(ws, general.values.survey, origin)  # type: ignore[attr-defined]

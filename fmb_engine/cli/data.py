@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -11,7 +12,8 @@ from rich.table import Table
 from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.survey.importers.euclid_desi import import_dataset
 from fmb_engine.survey.quicklook import render_quicklook
-from fmb_engine.survey.stages import StageResult, make_mock, write_index
+from fmb_engine.survey.active import check_replace, record_active
+from fmb_engine.survey.stages import StageResult, make_mock, mock_params, write_index
 from fmb_engine.survey.store import SurveyReader
 
 app = typer.Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
@@ -32,16 +34,38 @@ def mock(
     anomaly_fraction: float = typer.Option(None, "--anomaly-fraction", help="Fraction of injected anomalies."),
     image_size: int = typer.Option(None, "--image-size", help="Cutout size in pixels."),
     name: str = typer.Option(None, "--name", help="Survey name (written to survey/<name>.h5)."),
+    force: bool = typer.Option(False, "--force", help="Replace a survey that embeddings were made from (they become stale)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Simulate the mock survey (images + spectra, injected labelled anomalies)."""
+    """Simulate the mock survey (images + spectra, injected labelled anomalies); it becomes the active survey."""
     ws = find_workspace(workspace)
     resolved = section("mock", ws, config, objects=objects, seed=seed, anomaly_fraction=anomaly_fraction,
                        image_size=image_size, name=name)
+    target = ws.survey_path(resolved.values.name)  # type: ignore[attr-defined]
+    stale = check_replace(ws, target, force, same=_same_mock(target, mock_params(resolved.values)))  # type: ignore[arg-type]
     result = make_mock(ws, resolved, reporter())
     print_summary(result.summary)
     print_result(result)
+    _report_active(ws, result.outputs["survey"], stale)
+
+
+def _same_mock(path: Path, params: dict) -> bool:
+    """True when ``path`` is a mock survey made with these settings (a rerun rewrites the same content)."""
+    if not path.is_file():
+        return False
+    with SurveyReader(path) as reader:
+        return reader.generator == "fmb.mock" and reader.params == json.loads(json.dumps(params, default=str))
+
+
+def _report_active(ws, survey: Path, stale: list[Path]) -> None:
+    """Record ``survey`` as the workspace's active survey and say what a replacement made stale."""
+    value = record_active(ws, survey)
+    console.print(f"active survey: [bold]{escape(value)}[/] (general.survey in {escape(str(ws.config_file))})")
+    if stale:
+        console.print(f"[yellow]stale now ({len(stale)} files made from the replaced survey): rerun embed and detect[/]")
+        for path in stale:
+            console.print(f"  {escape(str(path))}")
 
 
 @app.command("import")
@@ -59,6 +83,7 @@ def import_cmd(
     ws = find_workspace(workspace)
     resolved = section("import", ws, config, catalog=catalog, name=name, image_size=image_size, missing=missing, limit=limit)
     result = import_dataset(ws, source, resolved, reporter())
+    _report_active(ws, result.outputs["survey"], [])
     print_summary(result.summary)
     if result.summary.get("dropped"):
         console.print(f"dropped rows: {result.summary['dropped']}")
