@@ -6,11 +6,14 @@ Commands parse flags, build the effective config (defaults < fmb.yaml <
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from typer.core import TyperCommand
 
 from fmb_engine.config import Resolved, load
 from fmb_engine.progress import RichReporter
@@ -18,6 +21,40 @@ from fmb_engine.workspace import Workspace
 
 console = Console()
 err_console = Console(stderr=True)
+
+#: A token that starts like a negative number: an object id such as Euclid's negative MER ids, never an option.
+NEGATIVE = re.compile(r"-\d")
+
+
+class Command(TyperCommand):
+    """Every fmb-engine command: a negative number (an object id) is an argument, not an unknown option.
+
+    Click reads ``-1000`` as option ``-1``; the parser of each command is given a
+    step before Click's option matching that keeps such a token as an argument
+    (or as the value of the option before it) unless a short option of that name exists.
+    """
+
+    def make_parser(self, ctx):  # the parser class comes from Typer's bundled Click
+        parser = super().make_parser(ctx)
+        process_opts = parser._process_opts
+
+        def keep_numbers(arg: str, state) -> None:
+            if NEGATIVE.match(arg) and arg not in parser._short_opt:
+                state.largs.append(arg)
+            else:
+                process_opts(arg, state)
+
+        parser._process_opts = keep_numbers
+        return parser
+
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands use :class:`Command` (each command group builds its app with it)."""
+
+    def command(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
 
 WorkspaceOpt = Annotated[
     Path | None,

@@ -9,14 +9,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.survey.importers.euclid_desi import import_dataset
 from fmb_engine.survey.quicklook import render_quicklook
 from fmb_engine.survey.active import check_replace, record_active
 from fmb_engine.survey.stages import StageResult, make_mock, mock_params, write_index
 from fmb_engine.survey.store import SurveyReader
 
-app = typer.Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
+app = Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
 SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey name under survey/ or a path (default: general.survey).")
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
 from fmb_engine.embed.run import (
     DEFAULT_SHARD_SIZE,
@@ -20,7 +20,7 @@ from fmb_engine.embed.run import (
 )
 from fmb_engine.errors import ConfigError
 
-app = typer.Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
+app = Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
                   no_args_is_help=True)
 
 register_embed_sections()

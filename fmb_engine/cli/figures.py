@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, section, survey_file
+from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, find_workspace, section, survey_file
 
-app = typer.Typer(help="Publication figures: outliers, objects, heatmaps, displacement, regression, UMAP, similarity.",
+app = Typer(help="Publication figures: outliers, objects, heatmaps, displacement, regression, UMAP, similarity.",
                   no_args_is_help=True)
 
 OutOpt = typer.Option(None, "--out", "-o", help="Output path without suffix (default under figures/).")

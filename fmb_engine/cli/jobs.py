@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, err_console, find_workspace
+from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, err_console, find_workspace
 from fmb_engine.jobs import JobsError, monitor, slurm
 from fmb_engine.jobs import executors as jobs_executors
 from fmb_engine.jobs.config import JobsConfig
@@ -24,7 +24,7 @@ from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_st
 from fmb_engine.jobs.states import COLOURS, State, explain_reason
 from fmb_engine.workspace import Workspace
 
-app = typer.Typer(help="Submitted jobs: list, show, logs, cancel, resubmit, attach.", no_args_is_help=True)
+app = Typer(help="Submitted jobs: list, show, logs, cancel, resubmit, attach.", no_args_is_help=True)
 
 #: The `--executor` flag every submitting command shares (lead: reuse it in the stage CLIs).
 ExecutorOpt = Annotated[

@@ -7,11 +7,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.jobs import ExecutorOpt
 from fmb_engine.retrain.run import TASKS, config_model, register_retrain_sections, retrain, section_of
 
-app = typer.Typer(help="Adapt the foundation models on the survey: AION adapters, AstroCLIP heads, AstroPT.",
+app = Typer(help="Adapt the foundation models on the survey: AION adapters, AstroCLIP heads, AstroPT.",
                   no_args_is_help=True)
 
 register_retrain_sections()
