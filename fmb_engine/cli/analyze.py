@@ -25,7 +25,7 @@ def _outputs(result) -> None:
 
 @app.command()
 def rankings(
-    systems: list[str] = typer.Option(None, "--system", "-s", help="System(s) model/modality/method to compare (default: all)."),
+    systems: list[str] = typer.Option(None, "--system", help="System(s) model/modality/method to compare (default: all)."),
     top_percent: float = typer.Option(None, "--top", help="Top q % for Jaccard, disagreement and retention (default 1)."),
     disagree: float = typer.Option(None, "--disagree", help="Disagreement: beyond this percentile in the other system (default 50)."),
     workspace: WorkspaceOpt = None,
@@ -100,7 +100,7 @@ def regression(
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for R² intervals."),
     seed: int = typer.Option(None, "--seed", help="Seed (analyze.seed)."),
     linear_only: bool = typer.Option(False, "--linear-only", help="Skip the non-linear regressor."),
-    survey: str = typer.Option(None, "--survey", help="Survey with the targets (default: general.survey)."),
+    survey: str = typer.Option(None, "--survey", "-s", help="Survey with the targets (default: general.survey)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:

@@ -16,7 +16,7 @@ app = Typer(help="Adapt the foundation models on the survey: AION adapters, Astr
 
 register_retrain_sections()
 
-SurveyOpt = Annotated[str | None, typer.Option("--survey", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
+SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Optimiser steps in total (retrain.<task>.steps).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per micro-batch.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak learning rate.")]
