@@ -160,6 +160,7 @@ class _Run:
     fit_info: dict[str, Any] = field(default_factory=dict)
     state_digest: str = ""
     fixed_state: dict[str, np.ndarray] | None = None  # a fit reused from another embedding file
+    fit_warnings: list[str] = field(default_factory=list)  # why the fit is weaker than configured
 
     @property
     def n(self) -> int:
@@ -284,8 +285,8 @@ def _fit_rows(run: _Run, manifest: RunManifest | None) -> np.ndarray:
     rows = np.flatnonzero(table["split"].to_numpy() == "train")
     if rows.size == 0:
         rows = np.arange(run.n)
-        if manifest:
-            manifest.warn("the survey has no 'train' split: the embedder was fitted on all objects")
+        run.fit_warnings.append(f"{run.model}: the survey has no 'train' split: fitted on all {run.n} objects, "
+                                "so every object is scored by a fit that saw it")
     limit = getattr(run.cfg, "fit_max_objects", None)
     if limit is not None and rows.size > limit:
         rng = np.random.default_rng([run.cfg.seed, 17])
@@ -339,8 +340,15 @@ def _prepare_embedder(run: _Run, manifest: RunManifest | None = None) -> None:
         run.fit_info = {"rows": int(rows.size), "seconds": round(time.perf_counter() - t0, 3)} | dict(
             getattr(emb, "fit_counts", {})
         )
+        warnings = run.fit_warnings + list(getattr(emb, "fit_warnings", []))
+        if warnings:
+            run.fit_info["warnings"] = warnings
         _save_state(run, state_file, state)
     run.state_digest = state_digest(state)
+    for warning in run.fit_info.get("warnings", []):  # a reused fit repeats its warnings: its weakness stays
+        run.reporter.log(f"warning: {warning}")
+        if manifest:
+            manifest.warn(warning)
 
 
 def _save_state(run: _Run, path: Path, state: dict[str, np.ndarray]) -> None:
@@ -638,6 +646,10 @@ def embed_survey(
             shutil.rmtree(run.shard_dir, ignore_errors=True)
         if not force and _up_to_date(run):
             run.reporter.log(f"{run.final.name} is up to date (same config, weights and survey): nothing to do")
+            with EmbeddingReader(run.final) as r:
+                run.fit_info = dict(r.extra.get("fit", {}))
+            for warning in run.fit_info.get("warnings", []):
+                manifest.warn(warning)
             manifest.count("objects", run.n)
             manifest.count("embedded", 0)
             summary |= {"up_to_date": True, "objects": run.n}
