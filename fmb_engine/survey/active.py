@@ -40,7 +40,7 @@ def resolve_survey(ws: Workspace, name: str, origin: str = "general.survey") -> 
         return path
     found = ", ".join(p.stem for p in ws.surveys()) or "none"
     raise WorkspaceError(
-        f"survey {name!r} ({origin}) not found: {path} does not exist. Surveys in {ws.folder('survey')}: {found}. "
+        f"survey file not found: {path} (survey {name!r}, {origin}). Surveys in {ws.folder('survey')}: {found}. "
         "Choose one with --survey NAME (or set general.survey in fmb.yaml), or create it with "
         "`fmb-engine data mock --name NAME` / `fmb-engine data import SOURCE --name NAME`."
     )
