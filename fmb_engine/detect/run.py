@@ -51,7 +51,7 @@ class DetectConfig(BaseModel):
 
     models: list[str] = Field(default_factory=list, description="Embedding runs to score (names under embeddings/); empty = all.")
     preset: Literal["default", "paper"] = Field(
-        "default", description="Flow preset: paper = the reference configuration exactly; default = ours (docs/science.md)."
+        "default", description="Flow preset: paper = the reference's hyper-parameters on FMB's flow; default = ours (docs/science.md)."
     )
     flow_type: Literal["coupling", "autoregressive"] | None = Field(None, description="Override the preset's flow type.")
     num_transforms: int | None = Field(None, ge=1, description="Override: number of flow transforms.")
