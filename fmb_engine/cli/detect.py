@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.run import PARTS, detect
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
 from fmb_engine.embed.run import (
     DEFAULT_SHARD_SIZE,

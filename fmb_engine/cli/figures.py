@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, find_workspace, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, section, survey_file
 
 app = Typer(help="Publication figures: outliers, objects, heatmaps, displacement, regression, UMAP, similarity.",
                   no_args_is_help=True)

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console, err_console, find_workspace
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
 from fmb_engine.jobs import JobsError, monitor, slurm
 from fmb_engine.jobs import executors as jobs_executors
 from fmb_engine.jobs.config import JobsConfig

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fmb_engine.cli.common import Typer, ConfigOpt, WorkspaceOpt, console
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console
 from fmb_engine.errors import WorkspaceError
 from fmb_engine.workspace import Workspace
 
