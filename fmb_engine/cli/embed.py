@@ -44,8 +44,11 @@ def _embed(name, workspace, config, survey, batch_size, device, weights, start, 
     path = survey_file(ws, config, survey)
     if executor is not None:
         from fmb_engine.cli.jobs import print_submission
+        from fmb_engine.embed.run import discard
         from fmb_engine.jobs.stages import submit_embedding
 
+        if force:  # the array tasks then start from nothing
+            discard(ws, name)
         print_submission(submit_embedding(ws, path, name, resolved, array, executor, section("jobs", ws, config)))
         return
     if shards is not None:

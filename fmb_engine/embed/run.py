@@ -261,6 +261,13 @@ def up_to_date(ws: Workspace, survey_path: Path, model: str, resolved: Resolved,
         run.reader.close()
 
 
+def discard(ws: Workspace, model: str, output: Path | None = None) -> None:
+    """Remove the embedding file of ``model`` and its shards (``--force`` before an array submission)."""
+    final = Path(output) if output is not None else embeddings_path(ws, model)
+    shutil.rmtree(final.with_name(final.stem + ".shards"), ignore_errors=True)
+    final.unlink(missing_ok=True)
+
+
 def _prepare_shard_dir(run: _Run) -> None:
     """Create the shard folder, or empty it when it belongs to another run key."""
     info = run.shard_dir / "run.json"

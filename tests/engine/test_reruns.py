@@ -80,8 +80,8 @@ def outputs(ws: Path) -> dict[str, str]:
     return found
 
 
-def sharded_embed(model: str, ws: Path) -> None:
-    out = cli("embed", model, "--executor", "local", "--shards", "2", ws=ws)
+def sharded_embed(model: str, ws: Path, force: bool) -> None:
+    out = cli("embed", model, "--executor", "local", "--shards", "2", *(["--force"] if force else []), ws=ws)
     run_id = re.search(r"run (\S+):", out).group(1)
     jobs = monitor.wait(Workspace(ws), run_id, timeout_s=600, poll_s=0.5)
     assert [j.state for j in jobs] == [State.COMPLETED, State.COMPLETED], [(j.state, j.reason) for j in jobs]
@@ -90,7 +90,7 @@ def sharded_embed(model: str, ws: Path) -> None:
 def pipeline(ws: Path, again: bool) -> dict[str, str]:
     cli("data", "mock", "--objects", 60, "--image-size", 16, ws=ws)
     cli("embed", "pca", *(["--force"] if again else []), ws=ws)  # a forced rerun recomputes: same vectors
-    sharded_embed("cca", ws)  # first run: computed by 2 array tasks; rerun: up to date
+    sharded_embed("cca", ws, force=again)  # computed by 2 array tasks both times (the rerun discards the first)
     cli("detect", "all", "-c", ws / "task.yaml", ws=ws)
     cli("evaluate", ws=ws)
     cli("analyze", "rankings", ws=ws)
@@ -139,6 +139,17 @@ def test_sharded_embedding_rerun_keeps_the_fit(first_run, tmp_path):
             assert r.state(), "the merged file lost the fitted state"
         seen.append(digest(path))
     assert len(set(seen)) == 1
+    with EmbeddingReader(path) as r:
+        two = {m: r.load(m) for m in r.modalities}
+    from fmb_engine.embed.run import discard
+
+    discard(ws, "pca")  # another shard count: other batch cuts, the same vectors up to float32 rounding
+    for shard in range(3):
+        embed_shard(ws, survey, "pca", resolved, *shard_range(60, shard, 3))
+    path, _ = merge_shards(ws, "pca")
+    with EmbeddingReader(path) as r:
+        for m, vectors in two.items():
+            np.testing.assert_allclose(r.load(m), vectors, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("part", ["flows", "all"])
