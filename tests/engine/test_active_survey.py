@@ -145,3 +145,15 @@ def test_small_survey_or_no_train_split_is_said_and_recorded(tmp_path):
     manifest = json.loads(sorted((ws / "runs").glob("*-embed.pca-*.json"))[-1].read_text())
     assert any("no 'train' split: fitted on all 25 objects" in w for w in manifest["warnings"])
     assert any("25 fit objects allow at most 24 components" in w for w in manifest["warnings"])
+
+
+def test_import_records_the_imported_survey_as_active(tmp_path):
+    from .survey.hf_fixture import write_save_to_disk
+
+    src = write_save_to_disk(tmp_path / "hf", n=12)
+    fmb("init", "ws", cwd=tmp_path)
+    ws = tmp_path / "ws"
+    out = fmb("data", "import", src, "--name", "q1", "--image-size", 24, cwd=ws).stdout
+    assert "active survey: q1" in " ".join(out.split())
+    assert yaml.safe_load((ws / "fmb.yaml").read_text())["general"]["survey"] == "q1"
+    assert str(ws / "survey" / "q1.h5") in fmb("data", "info", cwd=ws).stdout
