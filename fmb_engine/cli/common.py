@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-
 from typer.core import TyperCommand
 
 from fmb_engine.config import Resolved, load
@@ -29,12 +28,15 @@ NEGATIVE = re.compile(r"-\d")
 class Command(TyperCommand):
     """Every fmb-engine command: a negative number (an object id) is an argument, not an unknown option.
 
-    Click reads ``-1000`` as option ``-1``; the parser of each command is given a
-    step before Click's option matching that keeps such a token as an argument
-    (or as the value of the option before it) unless a short option of that name exists.
+    Click reads an argument ``-1000`` as option ``-1`` ("no such option"); the parser
+    of each command gets a step before Click's option matching that keeps such a
+    token as an argument unless a short option of that name exists. (An option's
+    value, ``--id -1000``, is taken by Click before this step and needs nothing.)
+    The step wraps the parser's ``_process_opts``, private to Typer's bundled Click:
+    tests/engine/test_active_survey.py fails loudly if an upgrade changes it.
     """
 
-    def make_parser(self, ctx):  # the parser class comes from Typer's bundled Click
+    def make_parser(self, ctx):
         parser = super().make_parser(ctx)
         process_opts = parser._process_opts
 
