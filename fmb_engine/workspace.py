@@ -33,7 +33,9 @@ _INIT_TEMPLATE = """\
 # command-line flags override these. `fmb-engine config show` prints the
 # effective value of every key and the layer it came from.
 general:
-  # Survey the commands work on: a name under survey/ or a path to an .h5 file.
+  # The active survey every command works on: a name under survey/ or a path to an
+  # .h5 file. `data mock` and `data import` set it to the survey they wrote;
+  # --survey NAME overrides it for one command.
   survey: mock
 """
 

@@ -95,19 +95,17 @@ class WorkspaceData:
     # --- survey ----------------------------------------------------------------------------
 
     def survey_path(self) -> Path:
-        """general.survey when it exists, else the only survey in survey/."""
+        """The workspace's active survey (general.survey, the engine's rule); NoSurvey naming the file when missing."""
+        from fmb_engine.survey.active import resolve_survey
+
+        name = load_section("general", self.ws).values.survey  # type: ignore[attr-defined]
+        if not self.ws.surveys():
+            raise NoSurvey(f"no survey in {self.ws.folder('survey')}: run `fmb-engine data mock` or "
+                           "`fmb-engine data import SOURCE`")
         try:
-            name = load_section("general", self.ws).values.survey  # type: ignore[attr-defined]
-            path = self.ws.survey_path(name)
-        except FMBError:
-            path = None
-        if path is not None and path.is_file():
-            return path
-        surveys = self.ws.surveys()
-        if len(surveys) >= 1:
-            return surveys[0]
-        raise NoSurvey(f"no survey in {self.ws.folder('survey')}: run `fmb-engine data mock` or "
-                       "`fmb-engine data import SOURCE`")
+            return resolve_survey(self.ws, name)
+        except FMBError as exc:
+            raise NoSurvey(str(exc)) from None
 
     def reader(self) -> SurveyReader:
         from fmb_engine.survey.store import SurveyReader

@@ -9,9 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 
 import fmb_engine.analyze.config  # noqa: F401  (registers the `analyze` section)
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 
-app = typer.Typer(help="Analyses: ranking comparisons, similarity search, regression probes, UMAP.", no_args_is_help=True)
+app = Typer(help="Analyses: ranking comparisons, similarity search, regression probes, UMAP.", no_args_is_help=True)
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Embedding run(s) to analyse (default: all).")
 ModalityOpt = typer.Option(None, "--modality", help="Modality(ies): image, spectrum, joint (default: all).")
@@ -25,7 +25,7 @@ def _outputs(result) -> None:
 
 @app.command()
 def rankings(
-    systems: list[str] = typer.Option(None, "--system", "-s", help="System(s) model/modality/method to compare (default: all)."),
+    systems: list[str] = typer.Option(None, "--system", help="System(s) model/modality/method to compare (default: all)."),
     top_percent: float = typer.Option(None, "--top", help="Top q % for Jaccard, disagreement and retention (default 1)."),
     disagree: float = typer.Option(None, "--disagree", help="Disagreement: beyond this percentile in the other system (default 50)."),
     workspace: WorkspaceOpt = None,
@@ -100,7 +100,7 @@ def regression(
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for R² intervals."),
     seed: int = typer.Option(None, "--seed", help="Seed (analyze.seed)."),
     linear_only: bool = typer.Option(False, "--linear-only", help="Skip the non-linear regressor."),
-    survey: str = typer.Option(None, "--survey", help="Survey with the targets (default: general.survey)."),
+    survey: str = typer.Option(None, "--survey", "-s", help="Survey with the targets (default: general.survey)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:

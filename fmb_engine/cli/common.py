@@ -6,11 +6,13 @@ Commands parse flags, build the effective config (defaults < fmb.yaml <
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from fmb_engine.config import Resolved, load
 from fmb_engine.progress import RichReporter
@@ -18,6 +20,43 @@ from fmb_engine.workspace import Workspace
 
 console = Console()
 err_console = Console(stderr=True)
+
+#: A token that starts like a negative number: an object id such as Euclid's negative MER ids, never an option.
+NEGATIVE = re.compile(r"-\d")
+
+
+class Command(TyperCommand):
+    """Every fmb-engine command: a negative number (an object id) is an argument, not an unknown option.
+
+    Click reads an argument ``-1000`` as option ``-1`` ("no such option"); the parser
+    of each command gets a step before Click's option matching that keeps such a
+    token as an argument unless a short option of that name exists. (An option's
+    value, ``--id -1000``, is taken by Click before this step and needs nothing.)
+    The step wraps the parser's ``_process_opts``, private to Typer's bundled Click:
+    tests/engine/test_active_survey.py fails loudly if an upgrade changes it.
+    """
+
+    def make_parser(self, ctx):
+        parser = super().make_parser(ctx)
+        process_opts = parser._process_opts
+
+        def keep_numbers(arg: str, state) -> None:
+            if NEGATIVE.match(arg) and arg not in parser._short_opt:
+                state.largs.append(arg)
+            else:
+                process_opts(arg, state)
+
+        parser._process_opts = keep_numbers
+        return parser
+
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands use :class:`Command` (each command group builds its app with it)."""
+
+    def command(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
 
 WorkspaceOpt = Annotated[
     Path | None,
@@ -43,6 +82,9 @@ def reporter() -> RichReporter:
 
 
 def survey_file(ws: Workspace, config: Path | None, survey: str | None) -> Path:
-    """The survey a command works on: --survey, else general.survey."""
+    """The active survey (fmb_engine.survey.active): --survey, else general.survey; an error when its file is missing."""
+    from fmb_engine.survey.active import resolve_survey
+
     general = section("general", ws, config, survey=survey)
-    return ws.survey_path(general.values.survey)  # type: ignore[attr-defined]
+    origin = "--survey" if survey is not None else f"general.survey from {general.sources['survey']}"
+    return resolve_survey(ws, general.values.survey, origin)  # type: ignore[attr-defined]

@@ -8,12 +8,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console
 from fmb_engine.config import SECTIONS, layers_for, read_layer_file, resolve, template
 from fmb_engine.errors import ConfigError, WorkspaceError
 from fmb_engine.workspace import Workspace
 
-app = typer.Typer(help="Show, validate and template configuration.", no_args_is_help=True)
+app = Typer(help="Show, validate and template configuration.", no_args_is_help=True)
 
 
 @app.command("show")

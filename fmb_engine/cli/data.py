@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,13 +10,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.survey.importers.euclid_desi import import_dataset
 from fmb_engine.survey.quicklook import render_quicklook
-from fmb_engine.survey.stages import StageResult, make_mock, write_index
+from fmb_engine.survey.active import check_replace, record_active
+from fmb_engine.survey.stages import StageResult, make_mock, mock_params, write_index
 from fmb_engine.survey.store import SurveyReader
 
-app = typer.Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
+app = Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
 SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey name under survey/ or a path (default: general.survey).")
 
 
@@ -33,16 +35,38 @@ def mock(
     anomaly_fraction: float = typer.Option(None, "--anomaly-fraction", help="Fraction of injected anomalies."),
     image_size: int = typer.Option(None, "--image-size", help="Cutout size in pixels."),
     name: str = typer.Option(None, "--name", help="Survey name (written to survey/<name>.h5)."),
+    force: bool = typer.Option(False, "--force", help="Replace a survey that embeddings were made from (they become stale)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Simulate the mock survey (images + spectra, injected labelled anomalies)."""
+    """Simulate the mock survey (images + spectra, injected labelled anomalies); it becomes the active survey."""
     ws = find_workspace(workspace)
     resolved = section("mock", ws, config, objects=objects, seed=seed, anomaly_fraction=anomaly_fraction,
                        image_size=image_size, name=name)
+    target = ws.survey_path(resolved.values.name)  # type: ignore[attr-defined]
+    stale = check_replace(ws, target, force, same=_same_mock(target, mock_params(resolved.values)))  # type: ignore[arg-type]
     result = make_mock(ws, resolved, reporter())
     print_summary(result.summary)
     print_result(result)
+    _report_active(ws, result.outputs["survey"], stale)
+
+
+def _same_mock(path: Path, params: dict) -> bool:
+    """True when ``path`` is a mock survey made with these settings (a rerun rewrites the same content)."""
+    if not path.is_file():
+        return False
+    with SurveyReader(path) as reader:
+        return reader.generator == "fmb.mock" and reader.params == json.loads(json.dumps(params, default=str))
+
+
+def _report_active(ws, survey: Path, stale: list[Path]) -> None:
+    """Record ``survey`` as the workspace's active survey and say what a replacement made stale."""
+    value = record_active(ws, survey)
+    console.print(f"active survey: [bold]{escape(value)}[/] (general.survey in {escape(str(ws.config_file))})")
+    if stale:
+        console.print(f"[yellow]stale now ({len(stale)} files made from the replaced survey): rerun embed and detect[/]")
+        for path in stale:
+            console.print(f"  {escape(str(path))}")
 
 
 @app.command("import")
@@ -57,6 +81,7 @@ def import_cmd(
     resample: bool = typer.Option(None, "--resample", help="Resample non-square band images (else those rows are dropped)."),
     skip_bad_files: bool = typer.Option(None, "--skip-bad-files", help="Import the readable files; record the bad ones in the manifest."),
     limit: int = typer.Option(None, "--limit", help="Import at most this many rows."),
+    force: bool = typer.Option(False, "--force", help="Replace a survey that embeddings were made from (they become stale)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -64,10 +89,12 @@ def import_cmd(
     ws = find_workspace(workspace)
     resolved = section("import", ws, config, catalog=catalog, name=name, image_size=image_size, missing=missing, limit=limit,
                        splits=split or None, resample=resample, skip_bad_files=skip_bad_files)
+    stale = check_replace(ws, ws.survey_path(resolved.values.name), force)  # type: ignore[attr-defined]
     result = import_dataset(ws, source, resolved, reporter())
     print_summary(result.summary)
     print_import_report(result.summary)
     print_result(result)
+    _report_active(ws, result.outputs["survey"], stale)
 
 
 def print_import_report(summary: dict) -> None:

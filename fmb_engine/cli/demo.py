@@ -28,6 +28,7 @@ from fmb_engine.figures.run import (
     similarity_figures,
     umap_figures,
 )
+from fmb_engine.survey.active import record_active
 from fmb_engine.survey.quicklook import render_quicklook
 from fmb_engine.survey.stages import make_mock, write_index
 from fmb_engine.survey.store import SurveyReader
@@ -53,6 +54,7 @@ def demo(
     mock_cfg = section("mock", ws, None, objects=objects, seed=seed)
     result = make_mock(ws, mock_cfg, rep)
     survey = result.outputs["survey"]
+    record_active(ws, survey)  # the demo's workspace works on its survey, like after `data mock`
     outputs.append(("mock survey", survey))
     outputs.append(("index", write_index(ws, survey)))
     with SurveyReader(survey) as reader:

@@ -7,11 +7,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.run import PARTS, detect
 
-app = typer.Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
+app = Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
 
 
 def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor=None) -> None:

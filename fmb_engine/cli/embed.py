@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
 from fmb_engine.embed.run import (
     DEFAULT_SHARD_SIZE,
@@ -20,12 +20,12 @@ from fmb_engine.embed.run import (
 )
 from fmb_engine.errors import ConfigError
 
-app = typer.Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
+app = Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
                   no_args_is_help=True)
 
 register_embed_sections()
 
-SurveyOpt = Annotated[str | None, typer.Option("--survey", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
+SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per batch (embed.<model>.batch_size).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (embed.<model>.device).")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights directory or Hugging Face cache (embed.<model>.weights).")]
@@ -61,8 +61,11 @@ def _embed(name, workspace, config, survey, batch_size, device, weights, start, 
     path = survey_file(ws, config, survey)
     if executor is not None:
         from fmb_engine.cli.jobs import print_submission
+        from fmb_engine.embed.run import discard
         from fmb_engine.jobs.stages import submit_embedding
 
+        if force:  # the array tasks then start from nothing
+            discard(ws, name)
         print_submission(submit_embedding(ws, path, name, resolved, array, executor, section("jobs", ws, config)))
         return
     if shards is not None:

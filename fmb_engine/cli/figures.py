@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, section, survey_file
 
-app = typer.Typer(help="Publication figures: outliers, objects, heatmaps, displacement, regression, UMAP, similarity.",
+app = Typer(help="Publication figures: outliers, objects, heatmaps, displacement, regression, UMAP, similarity.",
                   no_args_is_help=True)
 
-OutOpt = typer.Option(None, "--out", "-o", help="Output path without suffix (default under figures/).")
-SurveyOpt = typer.Option(None, "--survey", help="Survey (default: general.survey).")
+OutOpt = typer.Option(None, "--output", "--out", "-o", help="Output path without suffix (default under figures/).")
+SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey (default: general.survey).")
 
 
 def _written(result) -> None:
@@ -23,11 +23,11 @@ def _written(result) -> None:
 
 @app.command("outlier-grid")
 def outlier_grid(
-    system: str = typer.Option(None, "--system", "-s", help="Ranking model/modality/method in scores/systems.parquet."),
+    system: str = typer.Option(None, "--system", help="Ranking model/modality/method in scores/systems.parquet."),
     table: Path = typer.Option(None, "--table", help="Any ranked CSV/parquet with object_id (rank column optional)."),
     ids: list[str] = typer.Option(None, "--id", help="Object id(s) to draw instead of a top-k (repeat)."),
     ids_csv: Path = typer.Option(None, "--ids-csv", help="CSV of object ids to draw."),
-    top_k: int = typer.Option(12, "--top-k", "-k", help="Objects drawn from the top of the ranking."),
+    top_k: int = typer.Option(12, "--top-k", help="Objects drawn from the top of the ranking."),
     columns: int = typer.Option(2, "--columns", help="Objects per row."),
     smooth: float = typer.Option(2.0, "--smooth", help="Gaussian smoothing of spectra (σ in pixels, 0 = none)."),
     out: Path = OutOpt, survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
@@ -58,7 +58,7 @@ def object_(
 @app.command()
 def heatmaps(
     top_percent: float = typer.Option(1.0, "--top", help="q of the Jaccard top-q % (title only)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default figures/rankings)."),
+    out: Path = typer.Option(None, "--output", "--out", "-o", help="Output folder (default figures/rankings)."),
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Clustered Spearman and Jaccard heatmaps (reads analysis/rankings)."""
@@ -69,7 +69,7 @@ def heatmaps(
 
 @app.command()
 def displacement(
-    systems: list[str] = typer.Option(None, "--system", "-s", help="Systems of the grid (default: every flow system)."),
+    systems: list[str] = typer.Option(None, "--system", help="Systems of the grid (default: every flow system)."),
     top_percent: float = typer.Option(1.0, "--top", help="q of the source top-q % (title only)."),
     out: Path = OutOpt, workspace: WorkspaceOpt = None,
 ) -> None:
@@ -83,7 +83,7 @@ def displacement(
 def regression(
     targets: list[str] = typer.Option(None, "--target", "-t", help="Target(s) (default: all probed)."),
     predictor: str = typer.Option("gbm", "--predictor", help="gbm or ridge."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default figures/regression)."),
+    out: Path = typer.Option(None, "--output", "--out", "-o", help="Output folder (default figures/regression)."),
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Held-out truth vs prediction per model x modality with R², its interval and the random baseline."""
@@ -98,9 +98,9 @@ def regression(
 @app.command()
 def umap(
     colour_by: list[str] = typer.Option(None, "--color-by", help="Survey column(s) colouring the points (default redshift)."),
-    thumbnails: int = typer.Option(None, "--thumbnails", "-t", min=0, max=100,
+    thumbnails: int = typer.Option(None, "--thumbnails", min=0, max=100,
                                    help="Thumbnail grid beside each map: N x N cells, 0 = none (default: analyze.umap_thumbnails)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default figures/umap)."),
+    out: Path = typer.Option(None, "--output", "--out", "-o", help="Output folder (default figures/umap)."),
     survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
 ) -> None:
     """UMAP maps per model x modality coloured by a physical parameter, optionally with a thumbnail grid
@@ -118,7 +118,7 @@ def similarity(
     ids_csv: Path = typer.Option(None, "--ids-csv", help="CSV of query ids."),
     top_percent: float = typer.Option(1.0, "--top", help="q of the top-q % share."),
     smooth: float = typer.Option(3.0, "--smooth", help="Gaussian smoothing of spectra (σ in pixels)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default figures/similarity)."),
+    out: Path = typer.Option(None, "--output", "--out", "-o", help="Output folder (default figures/similarity)."),
     survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Neighbour grid of the query ids and the neighbour anomaly-rank histograms."""

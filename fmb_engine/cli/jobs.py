@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, err_console, find_workspace
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
 from fmb_engine.jobs import JobsError, monitor, slurm
 from fmb_engine.jobs import executors as jobs_executors
 from fmb_engine.jobs.config import JobsConfig
@@ -24,7 +24,7 @@ from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_st
 from fmb_engine.jobs.states import COLOURS, State, explain_reason
 from fmb_engine.workspace import Workspace
 
-app = typer.Typer(help="Submitted jobs: list, show, logs, cancel, resubmit, attach.", no_args_is_help=True)
+app = Typer(help="Submitted jobs: list, show, logs, cancel, resubmit, attach.", no_args_is_help=True)
 
 #: The `--executor` flag every submitting command shares (lead: reuse it in the stage CLIs).
 ExecutorOpt = Annotated[
@@ -91,7 +91,7 @@ def _refresh(ws: Workspace, reg, jobs: list[JobRecord] | None = None) -> None:
 @app.command("list")
 def list_cmd(
     stage: str = typer.Option(None, "--stage", help="Only runs of this stage."),
-    limit: int = typer.Option(30, "--limit", "-n", help="Newest N runs (0 = all)."),
+    limit: int = typer.Option(30, "--limit", help="Newest N runs (0 = all)."),
     no_refresh: NoRefreshOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -186,8 +186,8 @@ def logs(
     ref: str = typer.Argument(..., metavar="ID", help="Job id (123 or 123_4), or a run id with --task."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends (polls)."),
     stderr: bool = typer.Option(False, "--stderr", "-e", help="The error stream instead of stdout."),
-    task: int = typer.Option(None, "--task", "-t", help="Task index within a run or array."),
-    tail: int = typer.Option(None, "--tail", "-n", help="Start from the last N lines."),
+    task: int = typer.Option(None, "--task", help="Task index within a run or array."),
+    tail: int = typer.Option(None, "--tail", help="Start from the last N lines."),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between file checks while following."),
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -298,7 +298,7 @@ def print_submission(sub: jobs_executors.Submission) -> None:
 
 @app.command()
 def selftest(
-    shards: int = typer.Option(3, "--shards", "-n", min=1, max=1000, help="Array tasks to submit."),
+    shards: int = typer.Option(3, "--shards", min=1, max=1000, help="Array tasks to submit."),
     executor: ExecutorOpt = None,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the tasks and check their files."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait."),

@@ -21,12 +21,12 @@ from fmb_engine.cli import jobs as jobs_cli  # noqa: E402
 from fmb_engine.cli import models as models_cli  # noqa: E402
 from fmb_engine.cli import retrain as retrain_cli  # noqa: E402
 from fmb_engine.cli import triage as triage_cli  # noqa: E402
-from fmb_engine.cli.common import console, err_console  # noqa: E402
+from fmb_engine.cli.common import Typer, console, err_console  # noqa: E402
 from fmb_engine.cli.demo import demo  # noqa: E402
 from fmb_engine.errors import FMBError  # noqa: E402
 from fmb_engine.workspace import Workspace  # noqa: E402
 
-app = typer.Typer(
+app = Typer(
     name="fmb-engine",
     help="Foundation-model anomaly discovery: survey data, embeddings, retraining, detection, analysis, jobs.",
     no_args_is_help=True,

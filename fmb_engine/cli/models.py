@@ -8,11 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console
 from fmb_engine.errors import WorkspaceError
 from fmb_engine.workspace import Workspace
 
-app = typer.Typer(help="List embedders, check packages/weights/GPU, download weights.", no_args_is_help=True)
+app = Typer(help="List embedders, check packages/weights/GPU, download weights.", no_args_is_help=True)
 
 
 def _maybe_workspace(path: Path | None) -> Workspace | None:

@@ -8,10 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fmb_engine.cli.common import ConfigOpt, WorkspaceOpt, console, find_workspace, section
+from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, section
 from fmb_engine.errors import DataError
 
-app = typer.Typer(help="Triage labels given in fmb-tui: counts, who labelled what, CSV export.", no_args_is_help=True)
+app = Typer(help="Triage labels given in fmb-tui: counts, who labelled what, CSV export.", no_args_is_help=True)
 
 
 def _store(workspace, config):

@@ -65,7 +65,7 @@ class DetectConfig(BaseModel):
 
     models: list[str] = Field(default_factory=list, description="Embedding runs to score (names under embeddings/); empty = all.")
     preset: Literal["default", "paper"] = Field(
-        "default", description="Flow preset: paper = the reference configuration exactly; default = ours (docs/science.md)."
+        "default", description="Flow preset: paper = the reference's hyper-parameters on FMB's flow; default = ours (docs/science.md)."
     )
     flow_type: Literal["coupling", "autoregressive"] | None = Field(None, description="Override the preset's flow type.")
     num_transforms: int | None = Field(None, ge=1, description="Override: number of flow transforms.")
@@ -150,13 +150,17 @@ def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path) -> di
     """-log p per row for each modality's vectors; each fitted preprocessing + flow is saved
     to ``folder/flow_<modality>.npz``. The modalities' flows train side by side (``n_jobs``)."""
     pre_kw, flow_kw = cfg.flow_params()
+    for modality, x in xs.items():
+        if cfg.out_of_fold >= 2 and x.shape[0] < 2 * cfg.out_of_fold:
+            raise DataError(f"out_of_fold={cfg.out_of_fold} needs at least 2 rows per fold: only {x.shape[0]} "
+                            f"usable {modality} rows; lower --out-of-fold")
     pres = {m: Preprocessor(**pre_kw).fit(x) for m, x in xs.items()}
     zs = {m: pres[m].transform(x) for m, x in xs.items()}
     flows = fit_flows(zs, n_jobs=cfg.flow_jobs(), **flow_kw)
     out = {}
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2:
-            out[modality] = -score_out_of_fold(x, cfg.out_of_fold, cfg.seed, preprocess=pre_kw, **flow_kw)
+            out[modality] = -score_out_of_fold(x, cfg.out_of_fold, preprocess=pre_kw, **flow_kw)  # seed: in flow_kw
         else:
             out[modality] = -flows[modality].score_samples(zs[modality])
         state = ({f"pre.{k}": v for k, v in pres[modality].state_dict().items()}

@@ -411,6 +411,8 @@ class _Baseline(Embedder):
         super().__init__(config)
         self.features = Featurizer(self.config)
         self.fit_counts: dict[str, int] = {}
+        #: Why the last fit is weaker than configured (too few objects for the dimensions asked).
+        self.fit_warnings: list[str] = []
         self._state: dict[str, np.ndarray] = {}
 
     @property
@@ -419,6 +421,7 @@ class _Baseline(Embedder):
 
     def fit(self, batches: Iterable[SurveyBatch]) -> _Baseline:
         self.features = Featurizer(self.config)
+        self.fit_warnings = []
         raw, kept, skipped = collect_raw(self.features, batches)
         self.features.fit(raw)
         xi, xs = self.features.transform(raw, np.zeros((kept, raw["pool"].shape[1]), bool), np.zeros(kept, bool),
@@ -429,6 +432,19 @@ class _Baseline(Embedder):
 
     def _fit_linear(self, xi: np.ndarray, xs: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _pca(self, x: np.ndarray, k: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`pca` of ``x``, noting in :attr:`fit_warnings` when there are too few objects for ``k`` axes."""
+        n, d = x.shape
+        got = max(1, min(k, d, n - 1))
+        if got < k:
+            limit = "n - 1" if n - 1 <= d else f"{d} features"
+            self.fit_warnings.append(f"{self.name} {what}: {n} fit objects allow at most {got} components ({limit}), "
+                                     f"{k} asked: dimension reduced to {got}")
+        elif n < 2 * k:
+            self.fit_warnings.append(f"{self.name} {what}: {n} fit objects < 2 x {k} components: "
+                                     "the trailing components are fitted to noise")
+        return pca(x, k)
 
     def _project(self, xi: np.ndarray, xs: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -472,8 +488,8 @@ class PCAEmbedder(_Baseline):
 
     def _fit_linear(self, xi, xs):
         cfg: PCAConfig = self.config
-        mi, vi, li = pca(xi, cfg.image_components)
-        ms, vs, ls = pca(xs, cfg.spectrum_components)
+        mi, vi, li = self._pca(xi, cfg.image_components, "image")
+        ms, vs, ls = self._pca(xs, cfg.spectrum_components, "spectrum")
         return {"image_mean": mi, "image_components": vi, "image_variance": li,
                 "spectrum_mean": ms, "spectrum_components": vs, "spectrum_variance": ls}
 
@@ -507,8 +523,8 @@ class CCAEmbedder(_Baseline):
 
         cfg: CCAConfig = self.config
         n = xi.shape[0]
-        mi, vi, li = pca(xi, cfg.pca_components)
-        ms, vs, ls = pca(xs, cfg.pca_components)
+        mi, vi, li = self._pca(xi, cfg.pca_components, "image PCA")
+        ms, vs, ls = self._pca(xs, cfg.pca_components, "spectrum PCA")
         wi = vi / np.sqrt(li + cfg.ridge * li.mean() + 1e-12)  # whitening projections
         ws = vs / np.sqrt(ls + cfg.ridge * ls.mean() + 1e-12)
         zi = (xi - mi).astype(np.float64) @ wi
@@ -517,6 +533,12 @@ class CCAEmbedder(_Baseline):
         with threadpool_limits(1):
             u, rho, vt = np.linalg.svd(cross, full_matrices=False)
         k = max(1, min(cfg.n_components, rho.size))
+        if k < cfg.n_components:
+            self.fit_warnings.append(f"cca: {n} fit objects give {rho.size} canonical pairs, {cfg.n_components} "
+                                     f"asked: dimension reduced to {k}")
+        if n < 2 * 2 * li.size:
+            self.fit_warnings.append(f"cca: {n} fit objects < 2 x {2 * li.size} whitened variables: the canonical "
+                                     "correlations are overfitted (close to 1 by chance), the pairs are weak")
         u, v = _fix_signs(u[:, :k], vt[:k].T)
         rho = np.clip(rho[:k], 0.0, 1.0)
         return {

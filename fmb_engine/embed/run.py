@@ -160,6 +160,7 @@ class _Run:
     fit_info: dict[str, Any] = field(default_factory=dict)
     state_digest: str = ""
     fixed_state: dict[str, np.ndarray] | None = None  # a fit reused from another embedding file
+    fit_warnings: list[str] = field(default_factory=list)  # why the fit is weaker than configured
 
     @property
     def n(self) -> int:
@@ -245,9 +246,26 @@ def _up_to_date(run: _Run) -> bool:
         return False
     try:
         with EmbeddingReader(run.final) as r:
-            return r.extra.get("run_key") == run.key and r.n_objects == run.n
+            same = r.extra.get("run_key") == run.key and r.n_objects == run.n
+            return same and (not type(run.embedder).needs_fit or bool(r.state()))  # a fit must travel with it
     except DataError:
         return False
+
+
+def up_to_date(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, output: Path | None = None) -> bool:
+    """True when the final embedding file was made by this exact run (config, weights, survey)."""
+    run = _open_run(ws, survey_path, model, resolved, Silent(), output)
+    try:
+        return _up_to_date(run)
+    finally:
+        run.reader.close()
+
+
+def discard(ws: Workspace, model: str, output: Path | None = None) -> None:
+    """Remove the embedding file of ``model`` and its shards (``--force`` before an array submission)."""
+    final = Path(output) if output is not None else embeddings_path(ws, model)
+    shutil.rmtree(final.with_name(final.stem + ".shards"), ignore_errors=True)
+    final.unlink(missing_ok=True)
 
 
 def _prepare_shard_dir(run: _Run) -> None:
@@ -274,8 +292,8 @@ def _fit_rows(run: _Run, manifest: RunManifest | None) -> np.ndarray:
     rows = np.flatnonzero(table["split"].to_numpy() == "train")
     if rows.size == 0:
         rows = np.arange(run.n)
-        if manifest:
-            manifest.warn("the survey has no 'train' split: the embedder was fitted on all objects")
+        run.fit_warnings.append(f"{run.model}: the survey has no 'train' split: fitted on all {run.n} objects, "
+                                "so every object is scored by a fit that saw it")
     limit = getattr(run.cfg, "fit_max_objects", None)
     if limit is not None and rows.size > limit:
         rng = np.random.default_rng([run.cfg.seed, 17])
@@ -305,12 +323,12 @@ def _prepare_embedder(run: _Run, manifest: RunManifest | None = None) -> None:
                 run.fit_info = json.loads(f.attrs.get("fit_info", "{}"))
     elif run.final.exists():
         with EmbeddingReader(run.final) as r:
-            if r.extra.get("run_key") == run.key:
-                state, run.fit_info = r.state(), r.extra.get("fit", {})
+            if r.extra.get("run_key") == run.key and (stored := r.state()):  # files merged without state: refit
+                state, run.fit_info = stored, r.extra.get("fit", {})
     if state is not None:
         emb.load_state_dict(state)
         run.reporter.log(f"{run.model}: reusing the stored fit ({run.fit_info.get('fit_objects', '?')} train objects)")
-        if run.fixed_state is not None and not state_file.exists():
+        if not state_file.exists():  # the merge copies state.h5 into the final file: keep it for every source
             _save_state(run, state_file, state)
     else:
         rows = _fit_rows(run, manifest)
@@ -329,8 +347,15 @@ def _prepare_embedder(run: _Run, manifest: RunManifest | None = None) -> None:
         run.fit_info = {"rows": int(rows.size), "seconds": round(time.perf_counter() - t0, 3)} | dict(
             getattr(emb, "fit_counts", {})
         )
+        warnings = run.fit_warnings + list(getattr(emb, "fit_warnings", []))
+        if warnings:
+            run.fit_info["warnings"] = warnings
         _save_state(run, state_file, state)
     run.state_digest = state_digest(state)
+    for warning in run.fit_info.get("warnings", []):  # a reused fit repeats its warnings: its weakness stays
+        run.reporter.log(f"warning: {warning}")
+        if manifest:
+            manifest.warn(warning)
 
 
 def _save_state(run: _Run, path: Path, state: dict[str, np.ndarray]) -> None:
@@ -649,6 +674,10 @@ def embed_survey(
             shutil.rmtree(run.shard_dir, ignore_errors=True)
         if not force and _up_to_date(run):
             run.reporter.log(f"{run.final.name} is up to date (same config, weights and survey): nothing to do")
+            with EmbeddingReader(run.final) as r:
+                run.fit_info = dict(r.extra.get("fit", {}))
+            for warning in run.fit_info.get("warnings", []):
+                manifest.warn(warning)
             manifest.count("objects", run.n)
             manifest.count("embedded", 0)
             summary |= {"up_to_date": True, "objects": run.n}

@@ -26,12 +26,22 @@ def _resolved(section: str, values: dict[str, Any], sources: dict[str, str]) -> 
 def embedding_shard_task(root: str, survey: str, model: str, values: dict[str, Any], sources: dict[str, str],
                          start: int, stop: int, n_objects: int) -> dict[str, Any]:
     """One array task: embed rows ``[start, stop)``; the task that completes the survey merges."""
-    from fmb_engine.embed.run import coverage, embed_shard, merge_shards
+    from fmb_engine.embed.run import coverage, embed_shard, embeddings_path, merge_shards, up_to_date
+    from fmb_engine.errors import DataError
 
     ws = Workspace(Path(root))
-    info = embed_shard(ws, Path(survey), model, _resolved(f"embed.{model}", values, sources), start, stop)
+    resolved = _resolved(f"embed.{model}", values, sources)
+    if up_to_date(ws, Path(survey), model, resolved):  # a rerun of a finished array has nothing to do
+        return {"embedded": 0, "reused": stop - start, "up_to_date": True}
+    info = embed_shard(ws, Path(survey), model, resolved, start, stop)
     if not coverage(ws, model, n_objects)["missing"]:
-        path, _ = merge_shards(ws, model)  # atomic: two tasks finishing together both write the same file
+        try:
+            path, _ = merge_shards(ws, model)  # atomic: two tasks finishing together both write the same file
+        except (DataError, OSError, KeyError):
+            # the other task's merge finished first and removed the shards under this one
+            if not up_to_date(ws, Path(survey), model, resolved):
+                raise
+            path = embeddings_path(ws, model)
         info = {**info, "merged": str(path)}
     return info
 

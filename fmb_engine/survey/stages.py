@@ -33,13 +33,18 @@ def config_record(resolved: Resolved) -> dict:
     return {"values": resolved.values.model_dump(mode="json"), "sources": resolved.sources}
 
 
+def mock_params(cfg: MockConfig) -> dict:
+    """The settings that decide the mock survey's content (stored in the file; equal settings, equal survey)."""
+    return cfg.model_dump(exclude={"name", "batch_size", "compression"}) | {"batch_size": cfg.batch_size}
+
+
 def make_mock(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:
     """Simulate the mock survey into ``survey/<name>.h5`` (resumes an interrupted run)."""
     cfg: MockConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
     manifest = RunManifest(ws, "data.mock", config_record(resolved), seed=cfg.seed)
     out = ws.survey_path(cfg.name)
-    params = cfg.model_dump(exclude={"name", "batch_size", "compression"}) | {"batch_size": cfg.batch_size}
+    params = mock_params(cfg)
     with manifest.phase("population"):
         pop = mock.draw_population(cfg.objects, cfg.seed, cfg.anomaly_fraction, cfg.train_fraction)
     writer = SurveyWriter(

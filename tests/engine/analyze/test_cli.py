@@ -18,7 +18,7 @@ def _app():
 def test_cli_rankings_and_heatmaps(analysed):
     ws, _ = analysed
     runner = CliRunner()
-    r = runner.invoke(_app(), ["analyze", "rankings", "-w", str(ws.root), "-s", "cca/image/flow", "-s", "pca/image/flow",
+    r = runner.invoke(_app(), ["analyze", "rankings", "-w", str(ws.root), "--system", "cca/image/flow", "--system", "pca/image/flow",
                                "--top", "5"])
     assert r.exit_code == 0, r.output
     assert "2 systems" in r.output
@@ -31,7 +31,7 @@ def test_cli_unknown_system_is_a_user_error(analysed):
     from fmb_engine.errors import DataError
 
     ws, _ = analysed
-    r = CliRunner().invoke(_app(), ["analyze", "rankings", "-w", str(ws.root), "-s", "nope/x/y", "-s", "cca/image/flow"])
+    r = CliRunner().invoke(_app(), ["analyze", "rankings", "-w", str(ws.root), "--system", "nope/x/y", "--system", "cca/image/flow"])
     assert r.exit_code != 0 and isinstance(r.exception, DataError) and "nope/x/y" in str(r.exception)
 
 

@@ -228,7 +228,7 @@ def test_cli_list_show_logs_resubmit(workspace, tmp_path, monkeypatch):
     assert again.exit_code == 0 and "resubmitted 1 task(s)" in again.output
     refreshed = runner.invoke(app, ["jobs", "refresh", *ws])
     assert refreshed.exit_code == 0 and "polled 0 job(s)" in refreshed.output
-    selftest_run = runner.invoke(app, ["jobs", "selftest", "-n", "2", "-x", "debug", *ws])
+    selftest_run = runner.invoke(app, ["jobs", "selftest", "--shards", "2", "-x", "debug", *ws])
     assert selftest_run.exit_code == 0 and "selftest passed" in selftest_run.output
     missing = runner.invoke(app, ["jobs", "show", "nope", *ws])
     assert isinstance(missing.exception, JobsError) and "no run or job 'nope'" in str(missing.exception)

@@ -169,6 +169,15 @@ def test_cli_sharded_embedding_and_detect_through_slurm(tmp_path):
     jobs = poll_until(ws, run_id, done, timeout_s=120)
     assert [j.state for j in jobs] == [State.COMPLETED, State.COMPLETED]
     assert (ws.folder("embeddings") / "pca.h5").is_file()
+    for rerun in (["--force"], []):  # reruns: recomputed by the array, then up to date (the fit must survive both)
+        out = fmb("embed", "pca", "--executor", "slurm", "--shards", "2", *rerun)
+        run_id = out.split("run ", 1)[1].split(":", 1)[0].strip()
+        jobs = poll_until(ws, run_id, done, timeout_s=120)
+        assert [j.state for j in jobs] == [State.COMPLETED, State.COMPLETED], [(j.state, j.reason) for j in jobs]
+    from fmb_engine.embed.store import EmbeddingReader
+
+    with EmbeddingReader(ws.folder("embeddings") / "pca.h5") as reader:
+        assert reader.state()
     out = fmb("detect", "all", "--executor", "slurm")
     run_id = out.split("run ", 1)[1].split(":", 1)[0].strip()
     (job,) = poll_until(ws, run_id, done, timeout_s=120)
