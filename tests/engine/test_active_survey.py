@@ -157,3 +157,11 @@ def test_import_records_the_imported_survey_as_active(tmp_path):
     assert "active survey: q1" in " ".join(out.split())
     assert yaml.safe_load((ws / "fmb.yaml").read_text())["general"]["survey"] == "q1"
     assert str(ws / "survey" / "q1.h5") in fmb("data", "info", cwd=ws).stdout
+    # a re-import over a survey that embeddings were made from needs --force, like `data mock`
+    fmb("embed", "pca", cwd=ws)
+    before = (ws / "survey" / "q1.h5").read_bytes()
+    proc = fmb("data", "import", src, "--name", "q1", "--image-size", 24, cwd=ws, check=False)
+    assert proc.returncode == 2 and "Nothing was changed" in " ".join(proc.stderr.split())
+    assert (ws / "survey" / "q1.h5").read_bytes() == before
+    forced = fmb("data", "import", src, "--name", "q1", "--image-size", 24, "--force", cwd=ws).stdout
+    assert "stale now" in forced and "pca.h5" in forced
