@@ -42,9 +42,11 @@ def _jobs(ws: Workspace) -> Resolved:
 
 
 def _survey(ws: Workspace):
+    """The active survey's file; a missing one is the engine's clear error, before anything is submitted."""
     from fmb_engine.config import load
+    from fmb_engine.survey.active import resolve_survey
 
-    return ws.survey_path(load("general", ws).values.survey)  # type: ignore[attr-defined]
+    return resolve_survey(ws, load("general", ws).values.survey)  # type: ignore[attr-defined]
 
 
 def _plain(stage: str, door: Callable[[], Callable]) -> Submitter:
