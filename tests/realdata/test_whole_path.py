@@ -58,7 +58,7 @@ def workspace(dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ob
     out["show"] = _fmb("data", "show", "sdss_J220248.31+123656.3", "-s", SURVEY, "-w", ws)
     out["embed"] = [_fmb("embed", model, "--survey", SURVEY, "-w", ws) for model in ("pca", "cca")]
     out["detect"] = _fmb("detect", "all", "-c", str(task), "-w", ws)
-    out["grid"] = _fmb("figures", "outlier-grid", "--system", "cca/fused/geo", "-k", "6", "--survey", SURVEY, "-w", ws)
+    out["grid"] = _fmb("figures", "outlier-grid", "--system", "cca/fused/geo", "--top-k", "6", "--survey", SURVEY, "-w", ws)
     out["object"] = _fmb("figures", "object", "hpx27247_coadd_0", "--survey", SURVEY, "-w", ws)
     return out
 
