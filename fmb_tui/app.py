@@ -14,8 +14,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
-import traceback
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -23,14 +21,16 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.message import Message
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerFailed, WorkerState
 
 from fmb_engine.errors import FMBError
 from fmb_engine.triage.config import TuiConfig
 from fmb_engine.workspace import Workspace
 from fmb_tui import actions
 from fmb_tui.data import WorkspaceData, load_tui_config
+from fmb_tui.error_log import ErrorLog, GuardedDispatch, error_log_path
 from fmb_tui.label_writer import LabelOp, LabelWriter
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.anomalies import AnomaliesScreen
 from fmb_tui.screens.compare import CompareScreen
 from fmb_tui.screens.dialogs import HelpScreen
@@ -48,7 +48,7 @@ class LabelsReloaded(Message):
         self.labels, self.notes, self.version, self.ticket = labels, notes, version, ticket
 
 
-class FMBApp(App):
+class FMBApp(GuardedDispatch, App):
     """The explorer. ``workspace`` is opened as it is; ``config`` defaults to the workspace's ``tui`` section."""
 
     TITLE = "fmb-tui"
@@ -64,6 +64,8 @@ class FMBApp(App):
     }
     #: seconds between checks for labels written by other sessions
     LABEL_SYNC_S = 3.0
+    #: tests set this: an internal error is then also re-raised by ``run_test`` (after being logged)
+    strict_errors = False
 
     def __init__(self, workspace: Workspace, config: TuiConfig | None = None, *, start: str = "workspace",
                  system: str | None = None, root_label: str | None = None, watch_terminal: bool = True):
@@ -89,6 +91,7 @@ class FMBApp(App):
         self._watch_terminal = watch_terminal
         self._parent_pid = os.getppid()
         self._quitting = False
+        self.error_log = ErrorLog(error_log_path(workspace.root))
 
     # --- start and stop ------------------------------------------------------------------
 
@@ -170,7 +173,8 @@ class FMBApp(App):
                 title = f"{where}: {action.description}"
                 if action.id.startswith("triage.label_"):
                     title = f"triage: label {text.split(chr(39))[1]}" if "'" in text else title
-            yield SystemCommand(title, f"{text} [{keys}]", partial(self._palette_run, action, current))
+            # the palette parses help as markup: label names and key names ("[") are escaped
+            yield SystemCommand(escape(title), escape(f"{text} [{keys}]"), partial(self._palette_run, action, current))
 
     async def _palette_run(self, action: actions.Action, current: str) -> None:
         scopes = actions.SCREEN_SCOPES.get(current, ())
@@ -228,8 +232,9 @@ class FMBApp(App):
         self.labels, self.notes = message.labels, message.notes
         self._label_version = message.version
         self.labels_loaded = True
-        with contextlib.suppress(Exception):
-            self.screen.triage_changed()  # type: ignore[attr-defined]
+        triage_changed = getattr(self.screen, "triage_changed", None)
+        if triage_changed is not None:
+            triage_changed()
 
     def _check_labels(self) -> None:
         if self.label_writer.pending():
@@ -250,19 +255,41 @@ class FMBApp(App):
 
     # --- errors ----------------------------------------------------------------------------
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Notifications are plain text unless asked otherwise (messages quote paths, ids, exception text)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
     def show_error(self, exc: BaseException, context: str | None = None) -> None:
-        """An engine error shows its message; anything else a one-line summary (traceback to a log file)."""
+        """An engine error shows its message; anything else goes to the error log and a one-line notification."""
+        self.report_error(exc, context or "")
+
+    def report_error(self, exc: BaseException, context: str = "") -> None:
+        if isinstance(exc, WorkerFailed) and isinstance(exc.error, BaseException):
+            exc = exc.error
         if isinstance(exc, FMBError):
             self.notify(str(exc), title="error", severity="error", timeout=10)
             return
-        log = self.workspace.root / "triage" / "tui-errors.log"
-        with contextlib.suppress(OSError):
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a", encoding="utf-8") as fh:
-                fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {context or ''}\n")
-                fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        self.notify(f"{type(exc).__name__}: {exc} (details in {log})", title="internal error", severity="error",
-                    timeout=12)
+        if self.strict_errors and self._exception is None:
+            self._exception = exc  # type: ignore[assignment]
+            self._exception_event.set()
+        if self.error_log.write(exc, context):
+            self.notify(f"{type(exc).__name__}: {exc} (traceback in {self.error_log.path})",
+                        title="internal error", severity="error", timeout=12)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual calls this for an exception no handler caught (worker, timer, render): log and notify, keep running.
+
+        Before the first screen is up there is nothing to notify on: Textual's own handling
+        (exit with the traceback) applies.
+        """
+        if not self.is_running or self._exit or not self.screen_stack:
+            super()._handle_exception(error)
+            return
+        try:
+            self.report_error(error, context="uncaught")
+        except Exception:  # noqa: BLE001 - reporting itself failed: fall back to Textual's exit with traceback
+            super()._handle_exception(error)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:

@@ -8,6 +8,7 @@ from textual.widgets import Footer, Header, ProgressBar, Static
 
 from fmb_engine.rankings import RankingsError
 from fmb_tui import ranking_model as rm
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.dialogs import ChoiceDialog, FilterDialog, PromptDialog
 from fmb_tui.screens.triage import TriageMixin
@@ -41,7 +42,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         with Horizontal(id="triage-bar"):
             yield ProgressBar(total=cfg.top_k, show_eta=False, show_percentage=False, id="topk-bar")
             yield Static("", id="topk-text")
-        legend = "  ".join(f"[b {LABEL_COLOURS[i % len(LABEL_COLOURS)]}]{i + 1}[/] {lbl}" for i, lbl in enumerate(cfg.labels))
+        legend = "  ".join(f"[b {LABEL_COLOURS[i % len(LABEL_COLOURS)]}]{i + 1}[/] {escape(lbl)}" for i, lbl in enumerate(cfg.labels))
         yield Static(legend + "  [b]0[/] clear  [b]n[/] note  [b]u[/] undo", id="label-legend")
         yield RankingTable(label_set=list(cfg.labels), id="ranking")
         with Horizontal(id="preview"):
@@ -77,7 +78,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
 
     def work_failed(self, tag: str, error: BaseException) -> None:
         if tag == "opened":
-            self.query_one("#anomalies-status", Static).update(str(error))
+            self.query_one("#anomalies-status", Static).update(escape(error))
             self.table.empty_message = str(error) if isinstance(error, RankingsError) else "no ranking"
             self.table.refresh()
 
@@ -134,7 +135,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         where = f"row {table.cursor + 1:,} of {table.n_rows:,}" if table.n_rows else "no rows"
         if self.spec.filtered:
             where += f" (of {self.rdata.n:,})"
-        text = f"[b]{self.spec.system}[/] · {self.spec.describe()} · {where}{more}{' · working…' if busy else ''}"
+        text = f"[b]{escape(self.spec.system)}[/] · {escape(self.spec.describe())} · {where}{more}{' · working…' if busy else ''}"
         self.query_one("#anomalies-status", Static).update(text, layout=False)
 
     def update_progress(self) -> None:
@@ -196,16 +197,16 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
             return
         label = self.fmb.labels.get(oid)
         note = self.fmb.notes.get(oid)
-        parts = [f"[b]{oid}[/]"]
+        parts = [f"[b]{escape(oid)}[/]"]
         if obj is not None:
             z = obj.meta.get("redshift")
             parts.append(f"z={float(z):.3f}" if z is not None else "z=?")
             if obj.meta.get("anomaly_class"):
-                parts.append(f"injected: {obj.meta['anomaly_class']}")
+                parts.append(f"injected: {escape(obj.meta['anomaly_class'])}")
         if label:
-            parts.append(f"label [b]{label}[/]")
+            parts.append(f"label [b]{escape(label)}[/]")
         if note:
-            parts.append(f"note: {note[:40]}")
+            parts.append(f"note: {escape(note[:40])}")
         self.query_one("#preview-title", Static).update(" · ".join(parts), layout=False)
 
     # --- triage hooks --------------------------------------------------------------------------

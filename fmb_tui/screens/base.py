@@ -10,6 +10,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from fmb_tui import actions
+from fmb_tui.error_log import GuardedDispatch
 
 if TYPE_CHECKING:
     from fmb_tui.app import FMBApp
@@ -24,7 +25,7 @@ class WorkDone(Message):
         self.tag, self.value = tag, value
 
 
-class FMBScreen(Screen):
+class FMBScreen(GuardedDispatch, Screen):
     """Base screen: ``background(tag, fn, ...)`` runs ``fn`` in a thread and calls ``_done_<tag>(result)``."""
 
     NAME = ""
@@ -57,10 +58,7 @@ class FMBScreen(Screen):
     def on_work_done(self, message: WorkDone) -> None:
         handler = getattr(self, f"_done_{message.tag}", None)
         if handler is not None:
-            try:
-                handler(message.value)
-            except Exception as exc:  # noqa: BLE001 - shown as a message, never a traceback
-                self.fmb.show_error(exc)
+            handler(message.value)  # an exception here is logged and notified (GuardedDispatch)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:

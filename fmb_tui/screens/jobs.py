@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Footer, Header, Log, Static
 from fmb_engine.jobs.states import COLOURS, RESUBMITTABLE, State, explain_reason
 from fmb_tui import clock
 from fmb_tui.data import elapsed, read_new
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.dialogs import ConfirmDialog
 
@@ -133,7 +134,7 @@ class JobsScreen(FMBScreen):
 
     def work_failed(self, tag: str, error: BaseException) -> None:
         if tag == "snapshot":
-            self.query_one("#jobs-status", Static).update(f"[red]poll failed[/]: {error}")
+            self.query_one("#jobs-status", Static).update(f"[red]poll failed[/]: {escape(error)}")
             self._rearm()
 
     def _done_snapshot(self, result) -> None:
@@ -147,7 +148,7 @@ class JobsScreen(FMBScreen):
         self.params = {r.run_id: r.params for r in runs}
         self.apply(jobs)
         active = sum(1 for j in jobs if j.active)
-        problems = f" · [yellow]{'; '.join(report.problems)[:120]}[/]" if report.problems else ""
+        problems = f" · [yellow]{escape('; '.join(report.problems)[:120])}[/]" if report.problems else ""
         slow = f" (took {report.seconds:.1f}s)" if report.seconds >= 1.0 else ""
         status.update(f"{len(jobs)} job(s), {active} active · polled {report.polled} at "
                       f"{time.strftime('%H:%M:%S', time.localtime(clock.now()))}{slow} · "
@@ -209,7 +210,7 @@ class JobsScreen(FMBScreen):
             title.update("")
             return
         path = job.stdout if self.stream == "stdout" else job.stderr
-        title.update(f"[b]{self.stream}[/] of {job.job_id} ({job.stage}) · {path or 'no log path recorded'} · e switches")
+        title.update(f"[b]{self.stream}[/] of {escape(job.job_id)} ({escape(job.stage)}) · {escape(path or 'no log path recorded')} · e switches")
         self._tail()
 
     def action_toggle_stream(self) -> None:
