@@ -14,6 +14,8 @@ import contextlib
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -29,7 +31,7 @@ from fmb_engine.workspace import Workspace
 from fmb_tui import actions
 from fmb_tui.data import WorkspaceData, load_tui_config
 from fmb_tui.error_log import ErrorLog, GuardedDispatch, error_log_path
-from fmb_tui.label_writer import LabelOp, LabelWriter
+from fmb_tui.label_writer import LabelOp, LabelWriter, replay_spool, spool_path
 from fmb_tui.safe_text import escape
 from fmb_tui.screens.anomalies import AnomaliesScreen
 from fmb_tui.screens.compare import CompareScreen
@@ -64,6 +66,9 @@ class FMBApp(GuardedDispatch, App):
     }
     #: seconds between checks for labels written by other sessions
     LABEL_SYNC_S = 3.0
+    #: after a hang-up: seconds the label writer gets before what is left is spooled, then before a forced exit
+    HANGUP_DRAIN_S = 2.0
+    HANGUP_EXIT_S = 2.0
     #: tests set this: an internal error is then also re-raised by ``run_test`` (after being logged)
     strict_errors = False
 
@@ -91,6 +96,7 @@ class FMBApp(GuardedDispatch, App):
         self._watch_terminal = watch_terminal
         self._parent_pid = os.getppid()
         self._quitting = False
+        self._hangup_sig: int | None = None
         self.error_log = ErrorLog(error_log_path(workspace.root))
 
     # --- start and stop ------------------------------------------------------------------
@@ -114,12 +120,39 @@ class FMBApp(GuardedDispatch, App):
                 loop.add_signal_handler(sig, self._hangup, sig)
 
     def _hangup(self, sig: int = signal.SIGHUP) -> None:
-        """The terminal went away (SSH dropped) or we were asked to stop: save labels, exit."""
-        if self._quitting:
-            return
+        """The terminal went away (SSH dropped, tmux killed) or we were asked to stop: keep the labels, exit in seconds.
+
+        Never waits on the event loop: a helper thread gives the label writer
+        :data:`HANGUP_DRAIN_S` to commit, spools whatever is still not committed (another
+        user may hold the write lock for long), and ends the app; if the app has not
+        ended :data:`HANGUP_EXIT_S` later (a dead terminal can block output), the process
+        ends itself. A second signal skips the wait.
+        """
+        if self._hangup_sig is not None:
+            self._spool_labels()
+            os._exit(128 + int(sig))
+        self._hangup_sig = int(sig)
         self._quitting = True
-        self.label_writer.close(timeout=10.0)
-        self.exit(return_code=128 + int(sig))
+        threading.Thread(target=self._finish_hangup, name="fmb-hangup", daemon=True).start()
+
+    def _finish_hangup(self) -> None:
+        code = 128 + int(self._hangup_sig or signal.SIGHUP)
+        if not self.label_writer.close(timeout=self.HANGUP_DRAIN_S):
+            self._spool_labels()
+        with contextlib.suppress(Exception):  # the app may already be gone
+            self.call_from_thread(self.exit, return_code=code)
+        time.sleep(self.HANGUP_EXIT_S)
+        os._exit(code)
+
+    def _spool_labels(self) -> None:
+        from fmb_engine.triage.labels import labels_path
+
+        path = spool_path(labels_path(self.workspace))
+        n = self.label_writer.spool(path)
+        if n:
+            with contextlib.suppress(OSError):
+                self.error_log.note(f"hang-up: {n} label change(s) not committed yet were spooled to {path}; "
+                                    "the next fmb-tui start commits them")
 
     def _check_terminal(self) -> None:
         """Orphaned (re-parented since start) or no terminal any more: exit instead of spinning on a dead TTY."""
@@ -144,7 +177,9 @@ class FMBApp(GuardedDispatch, App):
 
     def on_unmount(self) -> None:
         # however the app ends (quit, exit from a test harness, an error): commit what is queued
-        self.label_writer.close(timeout=35.0)
+        # (after a hang-up the helper thread has already committed or spooled it)
+        if self._hangup_sig is None:
+            self.label_writer.close(timeout=35.0)
         self.data.close()
 
     # --- navigation ------------------------------------------------------------------------
@@ -217,6 +252,12 @@ class FMBApp(GuardedDispatch, App):
         def load() -> None:
             from fmb_engine.triage.labels import labels_path
 
+            spooled = spool_path(labels_path(self.workspace))
+            if spooled.is_file():
+                n = replay_spool(spooled, self.data.labels())
+                if n:
+                    self.call_from_thread(self.notify, f"{n} label change(s) left by a hung-up session saved",
+                                          title="labels")
             if not labels_path(self.workspace).is_file():
                 self.post_message(LabelsReloaded({}, {}, 0, ticket))
                 return

@@ -51,6 +51,12 @@ class ErrorLog:
             pass  # the notification still says what happened
         return True
 
+    def note(self, line: str) -> None:
+        """One line that is not an error but must be findable later (e.g. labels spooled at a hang-up)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} note: {line}\n")
+
 
 class GuardedDispatch:
     """Mixin for the app and screens: an exception in a message handler is reported, and the loop goes on."""
