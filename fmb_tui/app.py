@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from textual.app import App, SystemCommand
+from textual.command import CommandList, CommandPalette
 from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerFailed, WorkerState
@@ -48,6 +49,21 @@ class LabelsReloaded(Message):
     def __init__(self, labels: dict[str, str], notes: dict[str, str], version: int, ticket: int) -> None:
         super().__init__()
         self.labels, self.notes, self.version, self.ticket = labels, notes, version, ticket
+
+
+class Palette(CommandPalette):
+    """Textual's command palette, except that paging before its list is laid out does nothing.
+
+    (Textual 8.2.8 raises KeyError on page up / down pressed just as the list fills; the
+    random explorer found it.)
+    """
+
+    def _action_command_list(self, action: str) -> None:
+        if action in ("page_up", "page_down"):
+            commands = self.query_one(CommandList)
+            if (commands.highlighted or 0) not in commands._index_to_line:
+                return
+        super()._action_command_list(action)
 
 
 class FMBApp(GuardedDispatch, App):
@@ -187,6 +203,10 @@ class FMBApp(GuardedDispatch, App):
     def action_show_screen(self, name: str) -> None:
         if self.current_mode != name:
             self.switch_mode(name)
+
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not CommandPalette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
 
     def action_help(self) -> None:
         scopes = list(actions.SCREEN_SCOPES.get(getattr(self.screen, "NAME", ""), ()))

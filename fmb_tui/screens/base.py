@@ -70,4 +70,4 @@ class FMBScreen(GuardedDispatch, Screen):
 
     @classmethod
     def screen_bindings(cls, name: str):
-        return actions.bindings(*actions.SCREEN_SCOPES[name])
+        return actions.bindings(*actions.SCREEN_SCOPES[name], lead=actions.LEAD)

@@ -221,16 +221,28 @@ class HelpScreen(GuardedDispatch, ModalScreen[None]):
                          classes="hint")
             yield DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
 
+    #: the action id column is shown from this terminal width on (below, the descriptions need the room)
+    IDS_FROM_WIDTH = 100
+
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("keys", "action id", "does")
-        order = list(self.scopes or []) + [s for s in actions.SCOPES if s not in (self.scopes or [])]
+        rows = actions.rows(self.keymap, self.labels,
+                            list(self.scopes or []) + [s for s in actions.SCOPES if s not in (self.scopes or [])])
+        keys_width = max(len(keys) for _, keys, _, _ in rows)
+        ids_width = max(len(action_id) for _, _, action_id, _ in rows)
+        show_ids = self.app.size.width >= self.IDS_FROM_WIDTH
+        # the box is 96% wide; each column has one cell of padding on each side, plus the scroll bar
+        room = int(self.app.size.width * 0.96) - 4 - (keys_width + 2) - ((ids_width + 2) if show_ids else 0)
+        table.add_column("keys", width=keys_width)
+        table.add_column("does", width=max(20, room))
+        if show_ids:
+            table.add_column("action id", width=ids_width)
         current = None
-        for scope, keys, action_id, text in actions.rows(self.keymap, self.labels, order):
+        for scope, keys, action_id, text in rows:
             if scope != current:
                 current = scope
-                table.add_row("", "", Text(scope, style="bold underline"))
-            table.add_row(Text(keys), Text(action_id), Text(text))
+                table.add_row("", Text(scope, style="bold underline"), *([""] if show_ids else []))
+            table.add_row(Text(keys), Text(text), *([Text(action_id)] if show_ids else []))
         table.focus()
 
     def action_close(self) -> None:

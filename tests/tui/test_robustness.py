@@ -13,6 +13,7 @@ from fmb_tui.screens.workspace import WorkspaceScreen
 from fmb_tui.widgets.config_form import ConfigForm
 
 from .conftest import settle
+from .screen_text import screen_text
 from .fuzz_explorer import MARKUP_TEXT, add_odd_records
 
 pytestmark = pytest.mark.asyncio
@@ -114,3 +115,39 @@ async def test_runs_screen_with_odd_records_and_fast_stage_switching(tui_ws, con
         highlighted = stages.options[stages.highlighted].id
         assert len(screen.query(ConfigForm)) == 1
         assert screen.current_form().section == screen.specs[highlighted].section
+
+
+def _styled_lines(app, attribute: str, min_chars: int = 20) -> list[str]:
+    """Lines of the painted screen with at least ``min_chars`` characters carrying ``attribute`` (reverse, underline)."""
+    screen = app.screen
+    screen._refresh_layout(app.size)
+    out = []
+    for strip in screen._compositor.render_strips():
+        marked = "".join(seg.text for seg in strip if seg.style is not None and getattr(seg.style, attribute))
+        if len(marked.strip()) >= min_chars:
+            out.append(marked)
+    return out
+
+
+async def test_no_color_keeps_cursors_visible_and_help_is_reachable_at_80x24(tui_ws, config, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = FMBApp(tui_ws, config, start="anomalies")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.no_color
+        first = app.screen.query_one("RankingTable").current_id()
+        cursor_rows = _styled_lines(app, "reverse")
+        assert len(cursor_rows) == 1 and first in cursor_rows[0]  # the cursor row, and only it, in reverse
+        footer = screen_text(app).splitlines()[-1]
+        assert footer.lstrip().startswith("? Help")  # the key to every other key fits at 80 columns
+        await pilot.press("question_mark")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "Move to the next candidate." in text and "Label the current object 'artefact'." in text
+        await pilot.press("escape")
+        await app.switch_mode("runs")
+        for _ in range(300):
+            await settle(pilot, 1)
+            if app.screen.query(ConfigForm):
+                break
+        assert any("data.mock" in line for line in _styled_lines(app, "underline", 9))  # the highlighted stage
