@@ -399,11 +399,7 @@ class Registry(SQLiteStore):
                 "SELECT state, COUNT(*) AS n FROM jobs WHERE run_id = ? AND superseded_by IS NULL GROUP BY state",
                 (run_id,),
             ).fetchall()
-        out: dict[State, int] = {}
-        for r in rows:  # a state this version does not know (a newer fmb, a hand edit) counts as UNKNOWN
-            state = State(r["state"]) if r["state"] in State.__members__ else State.UNKNOWN
-            out[state] = out.get(state, 0) + r["n"]
-        return out
+        return {State(r["state"]): r["n"] for r in rows}
 
 
 def run_state(counts: dict[State, int]) -> State:

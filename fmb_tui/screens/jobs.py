@@ -38,10 +38,7 @@ def limit_of(params: dict) -> str:
 
 def job_row(job, params: dict, now: float) -> tuple:
     """The table cells of one job; every text is literal (reasons, errors and node lists contain brackets)."""
-    try:
-        state = State(job.state)
-    except ValueError:  # a state this version does not know: shown as it is
-        state = None
+    state = State(job.state)  # the registry reads a state this version does not know as UNKNOWN
     if state is State.PENDING:
         detail = explain_reason(job.reason) or (job.reason or "")
     else:
@@ -50,7 +47,7 @@ def job_row(job, params: dict, now: float) -> tuple:
         Text(str(job.stage or "?")),
         Text(str(job.job_id)),
         str(job.task_index) + (f"·{job.attempt}" if job.attempt > 1 else ""),
-        Text(state.value if state else str(job.state), style=COLOURS.get(state, "")),
+        Text(state.value, style=COLOURS.get(state, "")),
         f"{elapsed(job.started, job.ended, now)}/{limit_of(params)}",
         Text(str(detail)),
         Text(str(job.node or "")),
