@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Log, Static
+from textual.widgets.data_table import CellDoesNotExist
 
 from fmb_engine.jobs.states import COLOURS, RESUBMITTABLE, State, explain_reason
 from fmb_tui import clock
@@ -187,7 +188,7 @@ class JobsScreen(FMBScreen):
             return None
         try:
             return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-        except Exception:  # noqa: BLE001 - empty or moving table
+        except CellDoesNotExist:  # the cursor is on a row being replaced
             return None
 
     def current_job(self):

@@ -44,13 +44,21 @@ def _pairs(value: Any, limit: int = 12) -> list[tuple[str, Any]]:
     return [("", value)]
 
 
-def manifest_summary(m: Any) -> tuple[str, str, Text]:
-    """(started, stage, coloured status) of any record, however incomplete; never raises."""
+def _when(started: Any) -> str:
+    """``2026-12-03T21:35:43+0000`` -> ``12-03 21:35`` (the table is half a terminal wide); other text as it is."""
+    text = str(started or "")
+    if len(text) >= 16 and text[4] == "-" and text[10] in "T ":
+        return f"{text[5:10]} {text[11:16]}"
+    return _short(text, 11)
+
+
+def manifest_summary(m: Any) -> tuple[str, Text, str]:
+    """(started, coloured status, stage) of any record, however incomplete; never raises."""
     if not isinstance(m, dict):
-        return "", "?", Text("unreadable", style="red")
-    status = _short(m.get("status") or "?", 20)
-    return (_short(m.get("started") or "", 19), _short(m.get("stage") or "?", 30),
-            Text(status, style=STATUS_COLOURS.get(status, "")))
+        return "", Text("unreadable", style="red"), "?"
+    status = _short(m.get("status") or "?", 12)
+    return (_when(m.get("started")), Text(status, style=STATUS_COLOURS.get(status, "")),
+            _short(m.get("stage") or "?", 30))
 
 
 def manifest_text(m: Any) -> Text:
@@ -59,9 +67,9 @@ def manifest_text(m: Any) -> Text:
     if not isinstance(m, dict):
         out.append(f"not a run record: {_short(m, 200)}", style="red")
         return out
-    started, _stage, status = manifest_summary(m)
+    _, status, _ = manifest_summary(m)
     out.append(_short(m.get("run_id") or "?", 80), style="bold")
-    out.append(" · ").append_text(status).append(f" · {started}")
+    out.append(" · ").append_text(status).append(f" · {_short(m.get('started') or '', 30)}")
 
     def section(title: str, items: list[tuple[str, Any]], note=None) -> None:
         if not items:
@@ -135,8 +143,8 @@ class RunsScreen(FMBScreen):
     def on_mount(self) -> None:
         table = self.query_one("#manifests", DataTable)
         table.add_column("started", key="started")
-        table.add_column("stage", key="stage")
         table.add_column("status", key="status")
+        table.add_column("stage", key="stage")
         self.background("catalog", self._load_catalog)
         self.background("manifests", self._load_manifests)
 
@@ -183,8 +191,8 @@ class RunsScreen(FMBScreen):
         table = self.query_one("#manifests", DataTable)
         table.clear()
         for i, m in enumerate(manifests):
-            started, stage, status = manifest_summary(m)
-            table.add_row(Text(started), Text(stage), status, key=str(i))
+            started, status, stage = manifest_summary(m)
+            table.add_row(Text(started), status, Text(stage), key=str(i))
         self.show_manifest(0)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -83,7 +83,7 @@ def test_every_odd_run_record_renders(tui_ws):
     records = read_manifests(tui_ws)
     assert sum(1 for r in records if r.get("status") == "unreadable") == 3  # a list, truncated JSON, binary
     for record in records + [None, "text", 3]:
-        started, stage, status = manifest_summary(record)
+        started, status, stage = manifest_summary(record)
         assert isinstance(status, Text) and isinstance(stage, str)
         assert isinstance(manifest_text(record), Text)
     markup = next(r for r in records if r.get("run_id") == MARKUP_TEXT)
