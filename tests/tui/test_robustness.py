@@ -78,7 +78,7 @@ async def test_an_exception_in_a_worker_is_logged_not_fatal(tui_ws, config):
         assert "ValueError: in a thread" in log and "KeyError: 'in a task that would end the app'" in log
 
 
-def test_every_odd_run_record_renders(tui_ws):
+async def test_every_odd_run_record_renders(tui_ws):
     add_odd_records(tui_ws)
     records = read_manifests(tui_ws)
     assert sum(1 for r in records if r.get("status") == "unreadable") == 3  # a list, truncated JSON, binary
