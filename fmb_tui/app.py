@@ -321,11 +321,8 @@ class FMBApp(GuardedDispatch, App):
         """Notifications are plain text unless asked otherwise (messages quote paths, ids, exception text)."""
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
-    def show_error(self, exc: BaseException, context: str | None = None) -> None:
-        """An engine error shows its message; anything else goes to the error log and a one-line notification."""
-        self.report_error(exc, context or "")
-
     def report_error(self, exc: BaseException, context: str = "") -> None:
+        """An engine error shows its message; anything else goes to the error log and a one-line notification."""
         if isinstance(exc, WorkerFailed) and isinstance(exc.error, BaseException):
             exc = exc.error
         if isinstance(exc, FMBError):
@@ -354,7 +351,7 @@ class FMBApp(GuardedDispatch, App):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
-            self.show_error(event.worker.error, context=event.worker.name)
+            self.report_error(event.worker.error, context=f"worker {event.worker.name}")
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class FMBScreen(GuardedDispatch, Screen):
 
         The worker never touches widgets: it posts :class:`WorkDone`, whose handler runs on
         the event loop. A newer job of the same group supersedes an older one (its result
-        is dropped). Exceptions become readable notifications (see ``FMBApp.show_error``).
+        is dropped). Exceptions become readable notifications (see ``FMBApp.report_error``).
         """
 
         def job() -> None:
@@ -62,7 +62,7 @@ class FMBScreen(GuardedDispatch, Screen):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
-            self.fmb.show_error(event.worker.error, context=event.worker.name)
+            self.fmb.report_error(event.worker.error, context=f"worker {event.worker.name}")
             self.work_failed(event.worker.name, event.worker.error)
 
     def work_failed(self, tag: str, error: BaseException) -> None:
