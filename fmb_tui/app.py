@@ -201,7 +201,9 @@ class FMBApp(GuardedDispatch, App):
     # --- navigation ------------------------------------------------------------------------
 
     def action_show_screen(self, name: str) -> None:
-        if self.current_mode != name:
+        # never switch under an open palette: it would stay on this screen's stack and, closed
+        # later, pop a screen of the other one (Textual raises ScreenStackError)
+        if self.current_mode != name and not CommandPalette.is_open(self):
             self.switch_mode(name)
 
     def action_command_palette(self) -> None:
@@ -232,6 +234,8 @@ class FMBApp(GuardedDispatch, App):
             yield SystemCommand(escape(title), escape(f"{text} [{keys}]"), partial(self._palette_run, action, current))
 
     async def _palette_run(self, action: actions.Action, current: str) -> None:
+        if CommandPalette.is_open(self):  # reopened (fast keys) before the chosen command ran: close it first
+            await self.pop_screen()
         scopes = actions.SCREEN_SCOPES.get(current, ())
         if action.scope != "app" and action.scope not in scopes:
             target = "anomalies" if action.scope == "triage" else action.scope

@@ -28,7 +28,9 @@ async def test_command_palette_opens_and_filters_on_every_screen(tui_ws, config)
             await pilot.press("ctrl+p")
             await pilot.press(*"label")  # the help of the label commands shows their keys: "[1]"
             await settle(pilot)
-            await pilot.press("escape")
+            app.action_show_screen("jobs" if screen != "jobs" else "runs")  # a screen key reaching the app
+            await settle(pilot)
+            await pilot.press("escape")  # the palette closes on the screen it was opened on
             await settle(pilot)
             assert app.current_mode == screen
     assert app.error_log.count == 0
