@@ -29,6 +29,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self.spec: rm.ViewSpec | None = None
         self._preview_timer = None
         self._preview_id: str | None = None
+        self._preview_obj = None  # the object read for the preview (its metadata stays in the title on relabels)
         self._pending_keep: int | None = None
         self._pending_cursor: int | None = None
         self._more_pending = False
@@ -165,7 +166,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self._preview_timer = self.set_timer(PREVIEW_DELAY_S, lambda: self.load_preview(message.object_id))
 
     def load_preview(self, object_id: str) -> None:
-        self._preview_id = object_id
+        self._preview_id, self._preview_obj = object_id, None
         self.update_title()
         if not self.query_one("#preview").display:
             return
@@ -189,10 +190,11 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         else:
             spectrum.set_object(obj)
             image.set_object(obj)
-        self.update_title(obj)
+        self._preview_obj = obj
+        self.update_title()
 
-    def update_title(self, obj=None) -> None:
-        oid = self._preview_id
+    def update_title(self) -> None:
+        oid, obj = self._preview_id, self._preview_obj
         if oid is None:
             return
         label = self.fmb.labels.get(oid)
