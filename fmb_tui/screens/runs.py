@@ -7,6 +7,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual import work
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
@@ -261,7 +262,10 @@ class RunsScreen(FMBScreen):
         form = self.current_form()
         if form is None:
             return False
-        changed = form.changed()
+        try:
+            changed = form.changed()
+        except NoMatches:  # its fields are being removed (another stage was highlighted): nothing to check
+            return False
         errors = {k: str(v) for k, v in changed.items() if isinstance(v, ValueError)}
         ok_values = {k: v for k, v in changed.items() if not isinstance(v, ValueError)}
         sources: dict[str, str] = {}
