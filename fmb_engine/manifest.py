@@ -111,9 +111,19 @@ class RunManifest:
 
 
 def read_manifests(workspace: Workspace) -> list[dict[str, Any]]:
-    """All manifests of a workspace, newest first."""
+    """All manifests of a workspace, newest first.
+
+    A file that is not a JSON object (truncated, hand-edited, another tool's) is kept in
+    the list as ``{"status": "unreadable", "error": ..., "path": ...}`` so that readers
+    show it instead of hiding it or failing on it.
+    """
     out = []
     for path in sorted(workspace.folder("runs").glob("*.json"), reverse=True):
-        with contextlib.suppress(json.JSONDecodeError, OSError):
-            out.append(json.loads(path.read_text(encoding="utf-8")) | {"path": str(path)})
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:  # JSON or UTF-8 errors, unreadable file
+            record = {"status": "unreadable", "error": f"{type(exc).__name__}: {exc}"}
+        if not isinstance(record, dict):
+            record = {"status": "unreadable", "error": f"expected a JSON object, found {type(record).__name__}"}
+        out.append(record | {"path": str(path)})
     return out

@@ -134,15 +134,19 @@ ACTIONS: tuple[Action, ...] = (
 BY_ID: dict[str, Action] = {a.id: a for a in ACTIONS}
 
 
-def bindings(*scopes: str):
-    """Textual ``Binding`` objects of the given scopes (import textual lazily: this module is docs-safe)."""
+#: shown first in every screen's footer, so that the key to all the others is visible even at 80 columns
+LEAD = ("app.help",)
+
+
+def bindings(*scopes: str, lead: Iterable[str] = ()):
+    """Textual ``Binding`` objects of ``lead`` (action ids) and then of the given scopes.
+
+    Textual is imported lazily: this module is docs-safe.
+    """
     from textual.binding import Binding
 
-    return [
-        Binding(a.key, a.action, a.description, show=a.show, id=a.id, priority=a.priority)
-        for a in ACTIONS
-        if a.scope in scopes
-    ]
+    chosen = [BY_ID[i] for i in lead] + [a for a in ACTIONS if a.scope in scopes]
+    return [Binding(a.key, a.action, a.description, show=a.show, id=a.id, priority=a.priority) for a in chosen]
 
 
 def check_keymap(keymap: dict[str, str]) -> dict[str, str]:

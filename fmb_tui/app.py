@@ -14,23 +14,26 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
-import traceback
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
 from textual.app import App, SystemCommand
+from textual.command import CommandList, CommandPalette
 from textual.message import Message
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerFailed, WorkerState
 
 from fmb_engine.errors import FMBError
 from fmb_engine.triage.config import TuiConfig
 from fmb_engine.workspace import Workspace
 from fmb_tui import actions
 from fmb_tui.data import WorkspaceData, load_tui_config
-from fmb_tui.label_writer import LabelOp, LabelWriter
+from fmb_tui.error_log import ErrorLog, GuardedDispatch, error_log_path
+from fmb_tui.label_writer import LabelOp, LabelWriter, replay_spool, spool_path
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.anomalies import AnomaliesScreen
 from fmb_tui.screens.compare import CompareScreen
 from fmb_tui.screens.dialogs import HelpScreen
@@ -48,7 +51,22 @@ class LabelsReloaded(Message):
         self.labels, self.notes, self.version, self.ticket = labels, notes, version, ticket
 
 
-class FMBApp(App):
+class Palette(CommandPalette):
+    """Textual's command palette, except that paging before its list is laid out does nothing.
+
+    (Textual 8.2.8 raises KeyError on page up / down pressed just as the list fills; the
+    random explorer found it.)
+    """
+
+    def _action_command_list(self, action: str) -> None:
+        if action in ("page_up", "page_down"):
+            commands = self.query_one(CommandList)
+            if (commands.highlighted or 0) not in commands._index_to_line:
+                return
+        super()._action_command_list(action)
+
+
+class FMBApp(GuardedDispatch, App):
     """The explorer. ``workspace`` is opened as it is; ``config`` defaults to the workspace's ``tui`` section."""
 
     TITLE = "fmb-tui"
@@ -64,6 +82,11 @@ class FMBApp(App):
     }
     #: seconds between checks for labels written by other sessions
     LABEL_SYNC_S = 3.0
+    #: after a hang-up: seconds the label writer gets before what is left is spooled, then before a forced exit
+    HANGUP_DRAIN_S = 2.0
+    HANGUP_EXIT_S = 2.0
+    #: tests set this: an internal error is then also re-raised by ``run_test`` (after being logged)
+    strict_errors = False
 
     def __init__(self, workspace: Workspace, config: TuiConfig | None = None, *, start: str = "workspace",
                  system: str | None = None, root_label: str | None = None, watch_terminal: bool = True):
@@ -89,6 +112,8 @@ class FMBApp(App):
         self._watch_terminal = watch_terminal
         self._parent_pid = os.getppid()
         self._quitting = False
+        self._hangup_sig: int | None = None
+        self.error_log = ErrorLog(error_log_path(workspace.root))
 
     # --- start and stop ------------------------------------------------------------------
 
@@ -111,12 +136,39 @@ class FMBApp(App):
                 loop.add_signal_handler(sig, self._hangup, sig)
 
     def _hangup(self, sig: int = signal.SIGHUP) -> None:
-        """The terminal went away (SSH dropped) or we were asked to stop: save labels, exit."""
-        if self._quitting:
-            return
+        """The terminal went away (SSH dropped, tmux killed) or we were asked to stop: keep the labels, exit in seconds.
+
+        Never waits on the event loop: a helper thread gives the label writer
+        :data:`HANGUP_DRAIN_S` to commit, spools whatever is still not committed (another
+        user may hold the write lock for long), and ends the app; if the app has not
+        ended :data:`HANGUP_EXIT_S` later (a dead terminal can block output), the process
+        ends itself. A second signal skips the wait.
+        """
+        if self._hangup_sig is not None:
+            self._spool_labels()
+            os._exit(128 + int(sig))
+        self._hangup_sig = int(sig)
         self._quitting = True
-        self.label_writer.close(timeout=10.0)
-        self.exit(return_code=128 + int(sig))
+        threading.Thread(target=self._finish_hangup, name="fmb-hangup", daemon=True).start()
+
+    def _finish_hangup(self) -> None:
+        code = 128 + int(self._hangup_sig or signal.SIGHUP)
+        if not self.label_writer.close(timeout=self.HANGUP_DRAIN_S):
+            self._spool_labels()
+        with contextlib.suppress(Exception):  # the app may already be gone
+            self.call_from_thread(self.exit, return_code=code)
+        time.sleep(self.HANGUP_EXIT_S)
+        os._exit(code)
+
+    def _spool_labels(self) -> None:
+        from fmb_engine.triage.labels import labels_path
+
+        path = spool_path(labels_path(self.workspace))
+        n = self.label_writer.spool(path)
+        if n:
+            with contextlib.suppress(OSError):
+                self.error_log.note(f"hang-up: {n} label change(s) not committed yet were spooled to {path}; "
+                                    "the next fmb-tui start commits them")
 
     def _check_terminal(self) -> None:
         """Orphaned (re-parented since start) or no terminal any more: exit instead of spinning on a dead TTY."""
@@ -141,14 +193,22 @@ class FMBApp(App):
 
     def on_unmount(self) -> None:
         # however the app ends (quit, exit from a test harness, an error): commit what is queued
-        self.label_writer.close(timeout=35.0)
+        # (after a hang-up the helper thread has already committed or spooled it)
+        if self._hangup_sig is None:
+            self.label_writer.close(timeout=35.0)
         self.data.close()
 
     # --- navigation ------------------------------------------------------------------------
 
     def action_show_screen(self, name: str) -> None:
-        if self.current_mode != name:
+        # never switch under an open palette: it would stay on this screen's stack and, closed
+        # later, pop a screen of the other one (Textual raises ScreenStackError)
+        if self.current_mode != name and not CommandPalette.is_open(self):
             self.switch_mode(name)
+
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not CommandPalette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
 
     def action_help(self) -> None:
         scopes = list(actions.SCREEN_SCOPES.get(getattr(self.screen, "NAME", ""), ()))
@@ -170,9 +230,12 @@ class FMBApp(App):
                 title = f"{where}: {action.description}"
                 if action.id.startswith("triage.label_"):
                     title = f"triage: label {text.split(chr(39))[1]}" if "'" in text else title
-            yield SystemCommand(title, f"{text} [{keys}]", partial(self._palette_run, action, current))
+            # the palette parses help as markup: label names and key names ("[") are escaped
+            yield SystemCommand(escape(title), escape(f"{text} [{keys}]"), partial(self._palette_run, action, current))
 
     async def _palette_run(self, action: actions.Action, current: str) -> None:
+        if CommandPalette.is_open(self):  # reopened (fast keys) before the chosen command ran: close it first
+            await self.pop_screen()
         scopes = actions.SCREEN_SCOPES.get(current, ())
         if action.scope != "app" and action.scope not in scopes:
             target = "anomalies" if action.scope == "triage" else action.scope
@@ -213,6 +276,12 @@ class FMBApp(App):
         def load() -> None:
             from fmb_engine.triage.labels import labels_path
 
+            spooled = spool_path(labels_path(self.workspace))
+            if spooled.is_file():
+                n = replay_spool(spooled, self.data.labels())
+                if n:
+                    self.call_from_thread(self.notify, f"{n} label change(s) left by a hung-up session saved",
+                                          title="labels")
             if not labels_path(self.workspace).is_file():
                 self.post_message(LabelsReloaded({}, {}, 0, ticket))
                 return
@@ -228,8 +297,9 @@ class FMBApp(App):
         self.labels, self.notes = message.labels, message.notes
         self._label_version = message.version
         self.labels_loaded = True
-        with contextlib.suppress(Exception):
-            self.screen.triage_changed()  # type: ignore[attr-defined]
+        triage_changed = getattr(self.screen, "triage_changed", None)
+        if triage_changed is not None:
+            triage_changed()
 
     def _check_labels(self) -> None:
         if self.label_writer.pending():
@@ -250,23 +320,42 @@ class FMBApp(App):
 
     # --- errors ----------------------------------------------------------------------------
 
-    def show_error(self, exc: BaseException, context: str | None = None) -> None:
-        """An engine error shows its message; anything else a one-line summary (traceback to a log file)."""
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Notifications are plain text unless asked otherwise (messages quote paths, ids, exception text)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    def report_error(self, exc: BaseException, context: str = "") -> None:
+        """An engine error shows its message; anything else goes to the error log and a one-line notification."""
+        if isinstance(exc, WorkerFailed) and isinstance(exc.error, BaseException):
+            exc = exc.error
         if isinstance(exc, FMBError):
             self.notify(str(exc), title="error", severity="error", timeout=10)
             return
-        log = self.workspace.root / "triage" / "tui-errors.log"
-        with contextlib.suppress(OSError):
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a", encoding="utf-8") as fh:
-                fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {context or ''}\n")
-                fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        self.notify(f"{type(exc).__name__}: {exc} (details in {log})", title="internal error", severity="error",
-                    timeout=12)
+        if self.strict_errors and self._exception is None:
+            self._exception = exc  # type: ignore[assignment]
+            self._exception_event.set()
+        if self.error_log.write(exc, context):
+            self.notify(f"{type(exc).__name__}: {exc} (traceback in {self.error_log.path})",
+                        title="internal error", severity="error", timeout=12)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual calls this for an exception no handler caught (worker, timer, render): log and notify, keep running.
+
+        Before the first screen is up there is nothing to notify on: Textual's own handling
+        (exit with the traceback) applies.
+        """
+        if not self.is_running or self._exit or not self.screen_stack:
+            super()._handle_exception(error)
+            return
+        try:
+            self.report_error(error, context="uncaught")
+        except Exception:  # noqa: BLE001 - reporting itself failed: fall back to Textual's exit with traceback
+            super()._handle_exception(error)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
-            self.show_error(event.worker.error, context=event.worker.name)
+            self.report_error(event.worker.error, context=f"worker {event.worker.name}")
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -230,8 +230,9 @@ class WorkspaceData:
         if labels_path(self.ws).is_file():
             with contextlib.suppress(FMBError):
                 ov.labels = self.labels().counts()
-        ov.runs = [{"run_id": m.get("run_id", "?"), "stage": m.get("stage", "?"), "status": m.get("status", "?"),
-                    "started": m.get("started", ""), "path": m.get("path")} for m in read_manifests(self.ws)[:6]]
+        ov.runs = [{"run_id": str(m.get("run_id") or "?"), "stage": str(m.get("stage") or "?"),
+                    "status": str(m.get("status") or "?"), "started": str(m.get("started") or ""),
+                    "path": m.get("path")} for m in read_manifests(self.ws)[:6]]
         ov.jobs = self.job_counts()
         ov.next_steps = next_steps(ov)
         return ov

@@ -4,19 +4,30 @@ A label key press puts an operation on a queue and returns at once (the table sh
 new label immediately). The writer thread commits each operation in its own SQLite
 transaction -- a few milliseconds, or up to the busy timeout when another user holds the
 write lock -- and posts :class:`LabelSaved` or :class:`LabelFailed` back to the widget
-that asked. Quitting (or a SIGHUP) drains the queue before the app exits.
+that asked. Quitting drains the queue before the app exits.
+
+A hang-up (SSH drop, ``tmux kill-session``, SIGTERM) must end the process within seconds,
+even while another user holds the database's write lock: :meth:`LabelWriter.spool` then
+writes every operation not yet committed to a spool file next to the store, and the next
+start commits it (:func:`replay_spool`) -- a label shown on screen is never lost.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from textual.message import Message
 
 from fmb_engine.errors import FMBError
+from fmb_engine.workspace import atomic_write_text
+
+#: operations kept across a hang-up (an undo refers to this session's own history, so it is not replayed)
+SPOOLED_KINDS = ("label", "note")
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class LabelWriter:
         self._thread = threading.Thread(target=self._run, name="fmb-label-writer", daemon=True)
         self._started = False
         self._lock = threading.Lock()
+        self._inflight: LabelOp | None = None
+        self.closed = False
 
     def submit(self, op: LabelOp, reply_to) -> None:
         with self._lock:
@@ -65,6 +78,7 @@ class LabelWriter:
                 if item is None:
                     return
                 op, reply_to = item
+                self._inflight = op
                 try:
                     store = self._store_factory()
                     if op.kind == "label":
@@ -82,6 +96,7 @@ class LabelWriter:
                 else:
                     reply_to.post_message(LabelSaved(op, event))
             finally:
+                self._inflight = None
                 self._queue.task_done()
 
     def drain(self, timeout: float = 35.0) -> bool:
@@ -98,8 +113,59 @@ class LabelWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float = 35.0) -> bool:
+        """Drain (up to ``timeout``) and stop the thread; True when everything is committed."""
+        if self.closed:
+            return not self.unsaved()
         ok = self.drain(timeout)
         if self._started:
             self._queue.put(None)
             self._thread.join(timeout=1.0)
+        self.closed = ok
         return ok
+
+    def unsaved(self) -> list[LabelOp]:
+        """The operation being committed and those queued after it, in order."""
+        with self._queue.mutex:
+            queued = [item[0] for item in self._queue.queue if item is not None]
+        inflight = self._inflight
+        return ([inflight] if inflight is not None else []) + queued
+
+    def spool(self, path: Path) -> int:
+        """Stop taking work and append what is not committed to ``path`` (JSON lines); returns how many ops."""
+        self.closed = True
+        ops = [op for op in self.unsaved() if op.kind in SPOOLED_KINDS]
+        if ops:
+            before = path.read_text(encoding="utf-8") if path.is_file() else ""
+            atomic_write_text(path, before + "".join(json.dumps(asdict(op)) + "\n" for op in ops))
+        return len(ops)
+
+
+def spool_path(labels_file: Path) -> Path:
+    return labels_file.with_name(labels_file.stem + "-pending.jsonl")
+
+
+def replay_spool(path: Path, store) -> int:
+    """Commit the operations a hung-up session left in ``path``, then remove it; returns how many were applied.
+
+    An operation whose value the store already holds (it was committed just before the
+    process ended) is skipped, so replaying twice changes nothing.
+    """
+    if not path.is_file():
+        return 0
+    applied = 0
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            op = LabelOp(**json.loads(line))
+        except (ValueError, TypeError) as exc:
+            raise FMBError(f"{path}: line {n} is not a label operation ({exc}); fix or remove the file") from None
+        current = store.get(op.object_id)
+        have = None if current is None else (current.label if op.kind == "label" else current.note)
+        if have == op.value:
+            continue
+        setter = store.set_label if op.kind == "label" else store.set_note
+        setter(op.object_id, op.value, system=op.system, rank=op.rank)
+        applied += 1
+    path.unlink()
+    return applied

@@ -11,6 +11,7 @@ from textual.widgets import Footer, Header, ProgressBar, Static
 
 from fmb_engine.rankings import RankingsError
 from fmb_tui import ranking_model as rm
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.dialogs import ChoiceDialog, FilterDialog, PromptDialog
 from fmb_tui.screens.triage import TriageMixin
@@ -32,6 +33,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self.spec: rm.ViewSpec | None = None
         self._preview_timer = None
         self._preview_id: str | None = None
+        self._preview_obj = None  # the object read for the preview (its metadata stays in the title on relabels)
         self._pending_keep: int | None = None
         self._pending_cursor: int | None = None
         self._more_pending = False
@@ -46,7 +48,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         with Horizontal(id="triage-bar"):
             yield ProgressBar(total=cfg.top_k, show_eta=False, show_percentage=False, id="topk-bar")
             yield Static("", id="topk-text")
-        legend = "  ".join(f"[b {LABEL_COLOURS[i % len(LABEL_COLOURS)]}]{i + 1}[/] {lbl}" for i, lbl in enumerate(cfg.labels))
+        legend = "  ".join(f"[b {LABEL_COLOURS[i % len(LABEL_COLOURS)]}]{i + 1}[/] {escape(lbl)}" for i, lbl in enumerate(cfg.labels))
         yield Static(legend + "  [b]0[/] clear  [b]n[/] note  [b]u[/] undo", id="label-legend")
         yield RankingTable(label_set=list(cfg.labels), id="ranking")
         with Horizontal(id="preview"):
@@ -82,7 +84,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
 
     def work_failed(self, tag: str, error: BaseException) -> None:
         if tag == "opened":
-            self.query_one("#anomalies-status", Static).update(str(error))
+            self.query_one("#anomalies-status", Static).update(escape(error))
             self.table.empty_message = str(error) if isinstance(error, RankingsError) else "no ranking"
             self.table.refresh()
 
@@ -145,7 +147,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         where = f"row {table.cursor + 1:,} of {table.n_rows:,}" if table.n_rows else "no rows"
         if self.spec.filtered:
             where += f" (of {self.rdata.n:,})"
-        text = f"[b]{self.spec.system}[/] · {self.spec.describe()} · {where}{more}{' · working…' if busy else ''}"
+        text = f"[b]{escape(self.spec.system)}[/] · {escape(self.spec.describe())} · {where}{more}{' · working…' if busy else ''}"
         self.query_one("#anomalies-status", Static).update(text, layout=False)
 
     def update_progress(self) -> None:
@@ -175,7 +177,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self._preview_timer = self.set_timer(PREVIEW_DELAY_S, lambda: self.load_preview(message.object_id))
 
     def load_preview(self, object_id: str) -> None:
-        self._preview_id = object_id
+        self._preview_id, self._preview_obj = object_id, None
         self.update_title()
         if not self.query_one("#preview").display:
             return
@@ -199,25 +201,26 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         else:
             spectrum.set_object(obj)
             image.set_object(obj)
-        self.update_title(obj)
+        self._preview_obj = obj
+        self.update_title()
 
-    def update_title(self, obj=None) -> None:
-        oid = self._preview_id
+    def update_title(self) -> None:
+        oid, obj = self._preview_id, self._preview_obj
         if oid is None:
             return
         label = self.fmb.labels.get(oid)
         note = self.fmb.notes.get(oid)
-        parts = [f"[b]{oid}[/]"]
+        parts = [f"[b]{escape(oid)}[/]"]
         if obj is not None:
             z = obj.meta.get("redshift")
             known = z is not None and math.isfinite(float(z))  # imported rows may have none (NaN)
             parts.append(f"z={float(z):.3f}" if known else "z=?")
             if obj.meta.get("anomaly_class"):
-                parts.append(f"injected: {obj.meta['anomaly_class']}")
+                parts.append(f"injected: {escape(obj.meta['anomaly_class'])}")
         if label:
-            parts.append(f"label [b]{label}[/]")
+            parts.append(f"label [b]{escape(label)}[/]")
         if note:
-            parts.append(f"note: {note[:40]}")
+            parts.append(f"note: {escape(note[:40])}")
         self.query_one("#preview-title", Static).update(" · ".join(parts), layout=False)
 
     # --- triage hooks --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from fmb_tui import actions
+from fmb_tui.error_log import GuardedDispatch
 
 if TYPE_CHECKING:
     from fmb_tui.app import FMBApp
@@ -29,7 +30,7 @@ class WorkDone(Message):
         self.tag, self.value = tag, value
 
 
-class FMBScreen(Screen):
+class FMBScreen(GuardedDispatch, Screen):
     """Base screen: ``background(tag, fn, ...)`` runs ``fn`` in a thread and calls ``_done_<tag>(result)``."""
 
     NAME = ""
@@ -56,7 +57,7 @@ class FMBScreen(Screen):
 
         The worker never touches widgets: it posts :class:`WorkDone`, whose handler runs on
         the event loop. A newer job of the same group supersedes an older one (its result
-        is dropped). Exceptions become readable notifications (see ``FMBApp.show_error``).
+        is dropped). Exceptions become readable notifications (see ``FMBApp.report_error``).
         """
 
         def job() -> None:
@@ -70,14 +71,11 @@ class FMBScreen(Screen):
     def on_work_done(self, message: WorkDone) -> None:
         handler = getattr(self, f"_done_{message.tag}", None)
         if handler is not None:
-            try:
-                handler(message.value)
-            except Exception as exc:  # noqa: BLE001 - shown as a message, never a traceback
-                self.fmb.show_error(exc)
+            handler(message.value)  # an exception here is logged and notified (GuardedDispatch)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
-            self.fmb.show_error(event.worker.error, context=event.worker.name)
+            self.fmb.report_error(event.worker.error, context=f"worker {event.worker.name}")
             self.work_failed(event.worker.name, event.worker.error)
 
     def work_failed(self, tag: str, error: BaseException) -> None:
@@ -85,7 +83,7 @@ class FMBScreen(Screen):
 
     @classmethod
     def screen_bindings(cls, name: str):
-        return actions.bindings(*actions.SCREEN_SCOPES[name])
+        return actions.bindings(*actions.SCREEN_SCOPES[name], lead=actions.LEAD)
 
 
 def leave_field(screen: Screen) -> None:

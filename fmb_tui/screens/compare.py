@@ -8,6 +8,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from fmb_engine.errors import FMBError
 from fmb_engine.rankings import COMPARISONS
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 
 TITLES = {
@@ -92,7 +93,7 @@ class CompareScreen(FMBScreen):
         legend = self.query_one("#compare-legend", Static)
         frame = self.matrices.get(self.kind)
         if frame is None:
-            title.update(f"[b]{self.kind}[/]: " + self.problems.get(self.kind, "not loaded yet"))
+            title.update(f"[b]{self.kind}[/]: " + escape(self.problems.get(self.kind, "not loaded yet")))
             legend.update("t switches between Spearman and Jaccard")
             return
         title.update(f"[b]{TITLES[self.kind]}[/]  (t: {'Jaccard' if self.kind == 'spearman' else 'Spearman'})")

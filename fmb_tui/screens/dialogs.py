@@ -15,9 +15,11 @@ from textual.widgets import (
     SelectionList,
     Static,
 )
+from rich.text import Text
 from textual.widgets.option_list import Option
 
 from fmb_tui import actions
+from fmb_tui.error_log import GuardedDispatch
 
 DIALOG_CSS = """
 .dialog { width: 70; max-width: 100%; height: auto; max-height: 90%; border: thick $accent; background: $surface; padding: 0 1; }
@@ -29,7 +31,7 @@ DIALOG_CSS = """
 """
 
 
-class ConfirmDialog(ModalScreen[bool]):
+class ConfirmDialog(GuardedDispatch, ModalScreen[bool]):
     DEFAULT_CSS = "ConfirmDialog { align: center middle; }" + DIALOG_CSS
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
@@ -39,9 +41,9 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.question, classes="title")
+            yield Static(self.question, classes="title", markup=False)
             if self.detail:
-                yield Static(self.detail, classes="hint")
+                yield Static(self.detail, classes="hint", markup=False)
             with Horizontal():
                 yield Button("Yes (y)", id="yes", variant="error")
                 yield Button("No (n)", id="no", variant="primary")
@@ -56,7 +58,7 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class PromptDialog(ModalScreen[str | None]):
+class PromptDialog(GuardedDispatch, ModalScreen[str | None]):
     """One line of text; enter or ctrl+s accepts, escape cancels. ``check`` returns an error message or None."""
 
     DEFAULT_CSS = "PromptDialog { align: center middle; }" + DIALOG_CSS
@@ -68,9 +70,9 @@ class PromptDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.title_text, classes="title")
+            yield Static(self.title_text, classes="title", markup=False)
             yield Input(self.value, placeholder=self.placeholder, id="prompt-input")
-            yield Static(self.hint, classes="hint", id="prompt-hint")
+            yield Static(self.hint, classes="hint", id="prompt-hint", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -93,7 +95,7 @@ class PromptDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ChoiceDialog(ModalScreen[str | None]):
+class ChoiceDialog(GuardedDispatch, ModalScreen[str | None]):
     """Pick one of many options; typing filters them (every typed word must occur, in any order)."""
 
     DEFAULT_CSS = "ChoiceDialog { align: center middle; } ChoiceDialog OptionList { height: auto; max-height: 16; }" + DIALOG_CSS
@@ -105,7 +107,7 @@ class ChoiceDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.title_text, classes="title")
+            yield Static(self.title_text, classes="title", markup=False)
             yield Input(placeholder="type to filter", id="choice-filter")
             yield OptionList(id="choice-list")
 
@@ -118,7 +120,7 @@ class ChoiceDialog(ModalScreen[str | None]):
         ol.clear_options()
         words = text.lower().split()
         shown = [(k, t) for k, t in self.options if all(w in t.lower() or w in k.lower() for w in words)]
-        ol.add_options([Option(t, id=k) for k, t in shown])
+        ol.add_options([Option(Text(t), id=k) for k, t in shown])
         keys = [k for k, _ in shown]
         if shown:
             ol.highlighted = keys.index(self.current) if self.current in keys else 0
@@ -149,7 +151,7 @@ class ChoiceDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class FilterDialog(ModalScreen[dict | None]):
+class FilterDialog(GuardedDispatch, ModalScreen[dict | None]):
     """Label set, score range and id text of the ranking view."""
 
     DEFAULT_CSS = ("FilterDialog { align: center middle; } FilterDialog SelectionList { height: auto; max-height: 8; }"
@@ -209,7 +211,7 @@ class FilterDialog(ModalScreen[dict | None]):
         self.dismiss(None)
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(GuardedDispatch, ModalScreen[None]):
     """Every key, generated from the action registry (with the user's keymap and label set)."""
 
     DEFAULT_CSS = """
@@ -230,18 +232,28 @@ class HelpScreen(ModalScreen[None]):
                          classes="hint")
             yield DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
 
-    def on_mount(self) -> None:
-        from rich.text import Text
+    #: the action id column is shown from this terminal width on (below, the descriptions need the room)
+    IDS_FROM_WIDTH = 100
 
+    def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("keys", "action id", "does")
-        order = list(self.scopes or []) + [s for s in actions.SCOPES if s not in (self.scopes or [])]
+        rows = actions.rows(self.keymap, self.labels,
+                            list(self.scopes or []) + [s for s in actions.SCOPES if s not in (self.scopes or [])])
+        keys_width = max(len(keys) for _, keys, _, _ in rows)
+        ids_width = max(len(action_id) for _, _, action_id, _ in rows)
+        show_ids = self.app.size.width >= self.IDS_FROM_WIDTH
+        # the box is 96% wide; each column has one cell of padding on each side, plus the scroll bar
+        room = int(self.app.size.width * 0.96) - 4 - (keys_width + 2) - ((ids_width + 2) if show_ids else 0)
+        table.add_column("keys", width=keys_width)
+        table.add_column("does", width=max(20, room))
+        if show_ids:
+            table.add_column("action id", width=ids_width)
         current = None
-        for scope, keys, action_id, text in actions.rows(self.keymap, self.labels, order):
+        for scope, keys, action_id, text in rows:
             if scope != current:
                 current = scope
-                table.add_row("", "", Text(scope, style="bold underline"))
-            table.add_row(keys, action_id, text)
+                table.add_row("", Text(scope, style="bold underline"), *([""] if show_ids else []))
+            table.add_row(Text(keys), Text(text), *([Text(action_id)] if show_ids else []))
         table.focus()
 
     def action_close(self) -> None:

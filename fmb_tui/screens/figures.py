@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from fmb_engine.errors import FMBError
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 
 FIGURES = {

@@ -15,10 +15,12 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Log, Static
+from textual.widgets.data_table import CellDoesNotExist
 
 from fmb_engine.jobs.states import COLOURS, RESUBMITTABLE, State, explain_reason
 from fmb_tui import clock
 from fmb_tui.data import elapsed, read_new
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.dialogs import ConfirmDialog
 
@@ -36,19 +38,20 @@ def limit_of(params: dict) -> str:
 
 
 def job_row(job, params: dict, now: float) -> tuple:
-    state = State(job.state)
+    """The table cells of one job; every text is literal (reasons, errors and node lists contain brackets)."""
+    state = State(job.state)  # the registry reads a state this version does not know as UNKNOWN
     if state is State.PENDING:
         detail = explain_reason(job.reason) or (job.reason or "")
     else:
         detail = job.error or ""
     return (
-        job.stage or "?",
-        job.job_id,
+        Text(str(job.stage or "?")),
+        Text(str(job.job_id)),
         str(job.task_index) + (f"·{job.attempt}" if job.attempt > 1 else ""),
         Text(state.value, style=COLOURS.get(state, "")),
         f"{elapsed(job.started, job.ended, now)}/{limit_of(params)}",
-        detail,
-        job.node or "",
+        Text(str(detail)),
+        Text(str(job.node or "")),
     )
 
 
@@ -133,7 +136,7 @@ class JobsScreen(FMBScreen):
 
     def work_failed(self, tag: str, error: BaseException) -> None:
         if tag == "snapshot":
-            self.query_one("#jobs-status", Static).update(f"[red]poll failed[/]: {error}")
+            self.query_one("#jobs-status", Static).update(f"[red]poll failed[/]: {escape(error)}")
             self._rearm()
 
     def _done_snapshot(self, result) -> None:
@@ -147,7 +150,7 @@ class JobsScreen(FMBScreen):
         self.params = {r.run_id: r.params for r in runs}
         self.apply(jobs)
         active = sum(1 for j in jobs if j.active)
-        problems = f" · [yellow]{'; '.join(report.problems)[:120]}[/]" if report.problems else ""
+        problems = f" · [yellow]{escape('; '.join(report.problems)[:120])}[/]" if report.problems else ""
         slow = f" (took {report.seconds:.1f}s)" if report.seconds >= 1.0 else ""
         status.update(f"{len(jobs)} job(s), {active} active · polled {report.polled} at "
                       f"{time.strftime('%H:%M:%S', time.localtime(clock.now()))}{slow} · "
@@ -185,7 +188,7 @@ class JobsScreen(FMBScreen):
             return None
         try:
             return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-        except Exception:  # noqa: BLE001 - empty or moving table
+        except CellDoesNotExist:  # the cursor is on a row being replaced
             return None
 
     def current_job(self):
@@ -209,7 +212,7 @@ class JobsScreen(FMBScreen):
             title.update("")
             return
         path = job.stdout if self.stream == "stdout" else job.stderr
-        title.update(f"[b]{self.stream}[/] of {job.job_id} ({job.stage}) · {path or 'no log path recorded'} · e switches")
+        title.update(f"[b]{self.stream}[/] of {escape(job.job_id)} ({escape(job.stage)}) · {escape(path or 'no log path recorded')} · e switches")
         self._tail()
 
     def action_toggle_stream(self) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import time
 
-from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from fmb_engine.errors import FMBError
+from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.triage import TriageMixin
 from fmb_tui.widgets.plots import ImageView, SpectrumPlot
@@ -52,7 +53,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(self.object_id, id="object-meta")
+        yield Static(escape(self.object_id), id="object-meta")
         yield SpectrumPlot(smoothing=self.fmb.tui_config.smoothing, id="object-spectrum")
         with Horizontal(id="object-bottom"):
             with Vertical(id="object-image-box"):
@@ -74,7 +75,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
     def load(self, object_id: str) -> None:
         self.object_id = object_id
         self.history = ""
-        self.query_one("#object-meta", Static).update(f"[b]{object_id}[/] · reading…")
+        self.query_one("#object-meta", Static).update(f"[b]{escape(object_id)}[/] · reading…")
         self.background("object", self.data.get_object, object_id, group="object")
         self.background("neighbours", self._neighbours, object_id, group="neighbours")
         self.load_history()
@@ -99,7 +100,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
 
     def work_failed(self, tag: str, error: BaseException) -> None:
         if tag == "object":
-            self.query_one("#object-meta", Static).update(f"[b]{self.object_id}[/] · {error}")
+            self.query_one("#object-meta", Static).update(f"[b]{escape(self.object_id)}[/] · {escape(error)}")
             self.query_one(SpectrumPlot).show_message(str(error))
             self.query_one(ImageView).show_message("")
 
@@ -118,14 +119,14 @@ class ObjectScreen(TriageMixin, FMBScreen):
         ol = self.query_one("#neighbours", OptionList)
         ol.clear_options()
         if frame is None or not len(frame):
-            self.query_one("#neighbours-title", Static).update(problem or "no neighbours recorded for this object")
+            self.query_one("#neighbours-title", Static).update(escape(problem or "no neighbours recorded for this object"))
             return
         self.query_one("#neighbours-title", Static).update("nearest neighbours (v, then enter opens one)")
         options = []
         for i, r in enumerate(frame.itertuples(index=False)):
             label = self.fmb.labels.get(r.neighbour_id, "")
             text = f"{r.model}/{r.modality} #{r.neighbour} {r.neighbour_id}  sim {r.similarity:.3f}" + (f"  [{label}]" if label else "")
-            options.append(Option(text, id=f"{i}|{r.neighbour_id}"))
+            options.append(Option(Text(text), id=f"{i}|{r.neighbour_id}"))
         ol.add_options(options)
 
     def update_meta(self) -> None:
@@ -136,17 +137,17 @@ class ObjectScreen(TriageMixin, FMBScreen):
         oid = obj.object_id
         label = self.fmb.labels.get(oid)
         note = self.fmb.notes.get(oid)
-        line1 = [f"[b]{oid}[/]", f"z={_fmt(m.get('redshift'))}", f"split {m.get('split', '?')}"]
+        line1 = [f"[b]{escape(oid)}[/]", f"z={_fmt(m.get('redshift'))}", f"split {escape(m.get('split', '?'))}"]
         if m.get("anomaly_class"):
-            line1.append(f"injected: [b]{m['anomaly_class']}[/]")
+            line1.append(f"injected: [b]{escape(m['anomaly_class'])}[/]")
         _, system, rank = self.triage_target()
         if rank is not None:
-            line1.append(f"rank {rank:,} in {system}")
+            line1.append(f"rank {rank:,} in {escape(system)}")
         line2 = [f"ra {_fmt(m.get('ra'), '.5f')} dec {_fmt(m.get('dec'), '.5f')}", f"logM {_fmt(m.get('logM'), '.2f')}",
                  f"logSFR {_fmt(m.get('logSFR'), '.2f')}"]
-        line2.append(f"label [b]{label}[/]" if label else "unlabelled")
+        line2.append(f"label [b]{escape(label)}[/]" if label else "unlabelled")
         if note:
-            line2.append(f"note: {note[:60]}")
+            line2.append(f"note: {escape(note[:60])}")
         spec = self.query_one(SpectrumPlot)
         view = spec.view
         if view is not None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual import work
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from fmb_engine.errors import ConfigError
+from fmb_tui.safe_text import escape, plain
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.widgets.config_form import FORM_ORIGIN, ConfigForm, error_lines
 
@@ -25,26 +27,83 @@ def nest(section: str, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def manifest_text(m: dict[str, Any]) -> str:
-    lines = [f"[b]{escape(m.get('run_id', '?'))}[/] · {escape(str(m.get('status')))} · {escape(str(m.get('started', '')))}"]
-    cfg = m.get("config") or {}
-    values, sources = cfg.get("values", {}), cfg.get("sources", {})
-    if values:
-        lines.append("[b]config[/] " + ", ".join(
-            f"{escape(str(k))}={escape(str(v))}" + (f" [dim]({escape(str(sources.get(k)))})[/]" if sources.get(k, "default") != "default" else "")
-            for k, v in values.items()))
-    if m.get("counts"):
-        lines.append("[b]counts[/] " + ", ".join(f"{escape(str(k))}={escape(str(v))[:40]}" for k, v in list(m["counts"].items())[:12]))
-    if m.get("dropped"):
-        lines.append("[b]dropped[/] " + ", ".join(f"{escape(str(k))}={v}" for k, v in m["dropped"].items()))
-    if m.get("outputs"):
-        lines.append("[b]outputs[/] " + ", ".join(f"{escape(str(k))}: {escape(str(v))}" for k, v in m["outputs"].items()))
-    if m.get("timings_s"):
-        lines.append(f"[b]time[/] {m['timings_s'].get('total', '?')} s")
-    for w in m.get("warnings") or []:
-        lines.append(f"[yellow]warning[/] {escape(str(w))}")
-    lines.append(f"[dim]{escape(str(m.get('path', '')))}[/]")
-    return "\n".join(lines)
+#: status -> colour in the run table and detail (any other status is shown as it is, uncoloured)
+STATUS_COLOURS = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pairs(value: Any, limit: int = 12) -> list[tuple[str, Any]]:
+    """``(key, value)`` pairs of a mapping, ``(index, item)`` of a list, or one unnamed item of anything else."""
+    if isinstance(value, dict):
+        return [(str(k), v) for k, v in list(value.items())[:limit]]
+    if isinstance(value, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(value[:limit])]
+    return [("", value)]
+
+
+def _when(started: Any) -> str:
+    """``2026-12-03T21:35:43+0000`` -> ``12-03 21:35`` (the table is half a terminal wide); other text as it is."""
+    text = str(started or "")
+    if len(text) >= 16 and text[4] == "-" and text[10] in "T ":
+        return f"{text[5:10]} {text[11:16]}"
+    return _short(text, 11)
+
+
+def manifest_summary(m: Any) -> tuple[str, Text, str]:
+    """(started, coloured status, stage) of any record, however incomplete; never raises."""
+    if not isinstance(m, dict):
+        return "", Text("unreadable", style="red"), "?"
+    status = _short(m.get("status") or "?", 12)
+    return (_when(m.get("started")), Text(status, style=STATUS_COLOURS.get(status, "")),
+            _short(m.get("stage") or "?", 30))
+
+
+def manifest_text(m: Any) -> Text:
+    """The detail of one run record as plain text with styles: unknown fields, odd types and None are shown as they are."""
+    out = Text()
+    if not isinstance(m, dict):
+        out.append(f"not a run record: {_short(m, 200)}", style="red")
+        return out
+    _, status, _ = manifest_summary(m)
+    out.append(_short(m.get("run_id") or "?", 80), style="bold")
+    out.append(" · ").append_text(status).append(f" · {_short(m.get('started') or '', 30)}")
+
+    def section(title: str, items: list[tuple[str, Any]], note=None) -> None:
+        if not items:
+            return
+        out.append("\n").append(title, style="bold").append(" ")
+        for n, (k, v) in enumerate(items):
+            out.append(", " if n else "")
+            out.append(f"{k}={_short(v, 40)}" if k else _short(v, 200))
+            extra = note(k) if note else None
+            if extra:
+                out.append(f" ({extra})", style="dim")
+
+    cfg = m.get("config")
+    if isinstance(cfg, dict) and isinstance(cfg.get("values"), dict):
+        sources = cfg.get("sources") if isinstance(cfg.get("sources"), dict) else {}
+        section("config", _pairs(cfg["values"], 40),
+                lambda k: None if sources.get(k, "default") == "default" else _short(sources.get(k), 30))
+    elif cfg:
+        section("config", _pairs(cfg))
+    for key, title in (("counts", "counts"), ("dropped", "dropped"), ("outputs", "outputs")):
+        if m.get(key):
+            section(title, _pairs(m[key]))
+    timings = m.get("timings_s")
+    if timings:
+        total = timings.get("total", "?") if isinstance(timings, dict) else timings
+        out.append("\n").append("time", style="bold").append(f" {_short(total, 20)} s")
+    if m.get("error"):
+        out.append("\n").append("error", style="bold red").append(f" {_short(m['error'], 300)}")
+    warnings = m.get("warnings")
+    for w in (warnings if isinstance(warnings, list) else [warnings] if warnings else [])[:10]:
+        out.append("\n").append("warning", style="yellow").append(f" {_short(w, 300)}")
+    out.append("\n").append(str(m.get("path") or ""), style="dim")
+    return out
 
 
 class RunsScreen(FMBScreen):
@@ -85,8 +144,8 @@ class RunsScreen(FMBScreen):
     def on_mount(self) -> None:
         table = self.query_one("#manifests", DataTable)
         table.add_column("started", key="started")
-        table.add_column("stage", key="stage")
         table.add_column("status", key="status")
+        table.add_column("stage", key="stage")
         self.background("catalog", self._load_catalog)
         self.background("manifests", self._load_manifests)
 
@@ -111,11 +170,11 @@ class RunsScreen(FMBScreen):
         self.specs = {s.name: s for s in specs}
         ol = self.query_one("#stages", OptionList)
         ol.clear_options()
-        ol.add_options([Option(s.name, id=s.name) for s in specs])
+        ol.add_options([Option(plain(s.name), id=s.name) for s in specs])
         configured = self.jobs_resolved.values.executor
         origin = self.jobs_resolved.sources.get("executor", "default")
         select = self.query_one("#executor", Select)
-        select.set_options([(f"executor: as configured ({configured}, {ConfigForm._short(origin)})", "__config__")]
+        select.set_options([(plain(f"executor: as configured ({configured}, {ConfigForm._short(origin)})"), "__config__")]
                            + [(f"executor: {e}", e) for e in EXECUTORS])
         select.value = "__config__"
         if specs:
@@ -132,19 +191,21 @@ class RunsScreen(FMBScreen):
         self.manifests = manifests
         table = self.query_one("#manifests", DataTable)
         table.clear()
-        colours = {"completed": "green", "failed": "red", "interrupted": "yellow"}
         for i, m in enumerate(manifests):
-            status = str(m.get("status", "?"))
-            table.add_row(str(m.get("started", ""))[:19], m.get("stage", "?"),
-                          f"[{colours.get(status, 'default')}]{escape(status)}[/]", key=str(i))
-        detail = self.query_one("#manifest-detail", Static)
-        detail.update(manifest_text(manifests[0]) if manifests else "no run manifest yet")
+            started, status, stage = manifest_summary(m)
+            table.add_row(Text(started), status, Text(stage), key=str(i))
+        self.show_manifest(0)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "manifests" and event.row_key is not None:
-            i = int(str(event.row_key.value))
-            if i < len(self.manifests):
-                self.query_one("#manifest-detail", Static).update(manifest_text(self.manifests[i]))
+            self.show_manifest(int(str(event.row_key.value)))
+
+    def show_manifest(self, i: int) -> None:
+        detail = self.query_one("#manifest-detail", Static)
+        if i < len(self.manifests):
+            detail.update(manifest_text(self.manifests[i]))
+        else:
+            detail.update("no run manifest yet" if not self.manifests else "")
 
     # --- the form ------------------------------------------------------------------------------
 
@@ -171,7 +232,7 @@ class RunsScreen(FMBScreen):
             rows = [(k, defaults[k], "default") for k in schema.model_fields]
             self.base_problem = f"[red]the configured values are invalid[/]: {escape(str(exc))}"
         problem.update(self.base_problem)
-        self.query_one("#form-title", Static).update(f"[b]{spec.title}[/] · config section [b]{spec.section}[/]")
+        self.query_one("#form-title", Static).update(f"[b]{escape(spec.title)}[/] · config section [b]{escape(spec.section)}[/]")
         for wid in ("#tasks", "#tasks-label"):
             self.query_one(wid).display = spec.sharded
         self._show_form(ConfigForm(spec.section, SECTIONS[spec.section], rows, override_all=bool(self.base_problem)))
@@ -184,6 +245,13 @@ class RunsScreen(FMBScreen):
         await holder.remove_children()
         await holder.mount(form)
 
+    def current_form(self) -> ConfigForm | None:
+        """The mounted form of the highlighted stage; None while it is being replaced (fast scrolling)."""
+        if self.spec is None:
+            return None
+        forms = [f for f in self.query(ConfigForm) if f.is_mounted and f.section == self.spec.section]
+        return forms[-1] if forms else None
+
     def on_config_form_changed(self, message: ConfigForm.Changed) -> None:
         self.validate()
 
@@ -191,8 +259,13 @@ class RunsScreen(FMBScreen):
         """Check the form with the engine's own loader; flag invalid values inline with its message."""
         from fmb_engine.config import Layer, resolve
 
-        form = self.query_one(ConfigForm)
-        changed = form.changed()
+        form = self.current_form()
+        if form is None:
+            return False
+        try:
+            changed = form.changed()
+        except NoMatches:  # its fields are being removed (another stage was highlighted): nothing to check
+            return False
         errors = {k: str(v) for k, v in changed.items() if isinstance(v, ValueError)}
         ok_values = {k: v for k, v in changed.items() if not isinstance(v, ValueError)}
         sources: dict[str, str] = {}
@@ -227,8 +300,8 @@ class RunsScreen(FMBScreen):
             self.action_submit()
 
     def action_submit(self) -> None:
-        if self.spec is None or not self.query(ConfigForm):
-            self.fmb.notify("choose a stage first", severity="warning")
+        if self.current_form() is None:
+            self.fmb.notify("choose a stage first (or wait for its form)", severity="warning")
             return
         if not self.validate() or self.resolved is None:
             self.fmb.notify("fix the values flagged in red first", severity="error")
@@ -244,12 +317,12 @@ class RunsScreen(FMBScreen):
             return
         from fmb_tui.stages import submit_stage
 
-        self.query_one("#form-problem", Static).update(f"submitting {self.spec.name}…")
+        self.query_one("#form-problem", Static).update(f"submitting {escape(self.spec.name)}…")
         self.background("submitted", submit_stage, self.fmb.workspace, self.spec, self.resolved, executor, tasks)
 
     def _done_submitted(self, sub) -> None:
         self.query_one("#form-problem", Static).update(
-            f"[green]submitted[/] run [b]{escape(sub.run_id)}[/] ({sub.executor}): {escape(', '.join(sub.job_ids))} — "
+            f"[green]submitted[/] run [b]{escape(sub.run_id)}[/] ({escape(sub.executor)}): {escape(', '.join(sub.job_ids))} — "
             "follow it on the Jobs screen (J)")
         self.fmb.notify("\n".join(sub.notes), title=f"submitted {sub.stage}")
         self.background("manifests", self._load_manifests)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -72,7 +71,7 @@ def overview_renderables(ov: Overview) -> list:
             table.add_column(no_wrap=True)
         for r in ov.runs:
             colour = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(r["status"], "")
-            table.add_row(f"  {escape(str(r['started'])[:19])}", escape(r["stage"]), Text(r["status"], style=colour))
+            table.add_row(Text(f"  {str(r['started'])[:19]}"), Text(str(r["stage"])), Text(str(r["status"]), style=colour))
         out.append(table)
     section("Next")
     for step in ov.next_steps or ["nothing obvious: browse the Anomalies (A) or submit a run (R)"]:

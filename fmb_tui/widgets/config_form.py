@@ -116,10 +116,10 @@ class ConfigForm(VerticalScroll):
                 with Horizontal(classes="field-row"):
                     yield Label(key, classes="field-key")
                     yield self._editor(key, info.annotation, value)
-                    yield Static(self._short(origin), classes="field-origin", id=f"origin-{key}")
+                    yield Static(self._short(origin), classes="field-origin", id=f"origin-{key}", markup=False)
                 if info.description:
-                    yield Static(info.description, classes="field-help")
-                yield Static("", classes="field-error", id=f"error-{key}")
+                    yield Static(info.description or "", classes="field-help", markup=False)
+                yield Static("", classes="field-error", id=f"error-{key}", markup=False)
 
     @staticmethod
     def _short(origin: str) -> str:

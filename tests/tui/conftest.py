@@ -20,6 +20,14 @@ def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _strict_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An internal error the app logs and survives still fails the test that caused it (run_test re-raises it)."""
+    from fmb_tui.app import FMBApp
+
+    monkeypatch.setattr(FMBApp, "strict_errors", True)
+
+
 @pytest.fixture(scope="session")
 def tui_template(small_survey: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Survey (a link to the shared one) + rankings, comparisons and neighbours; copied per test."""
