@@ -53,6 +53,11 @@ class TuiProcess:
             assert time.monotonic() < end, f"no {text!r} on screen after {timeout}s"
             time.sleep(0.1)
 
+    def ready(self) -> None:
+        """The triage bar is drawn and the ranking's rows are on screen (keys act on a row)."""
+        self.wait_for(b"labelled")
+        self.wait_for(b"    1 ")  # rank 1's row
+
     def press(self, key: str) -> None:
         os.write(self.master, key.encode())
 
@@ -78,7 +83,7 @@ def _labels(root: Path) -> dict[str, str]:
 
 def test_sighup_exits_promptly_and_keeps_the_label(tui_ws):
     tui = TuiProcess(tui_ws.root)
-    tui.wait_for(b"labelled")  # the triage bar: the ranking is on screen
+    tui.ready()  # the triage bar: the ranking is on screen
     tui.press("3")  # AGN on the first candidate ...
     tui.wait_for(b": 1/")  # ... shown as labelled, and at once the terminal goes away
     seconds = tui.exit_seconds(signal.SIGHUP)
@@ -90,7 +95,7 @@ def test_sighup_exits_promptly_and_keeps_the_label(tui_ws):
 def test_sigterm_while_another_user_holds_the_write_lock(tui_ws):
     """The label cannot be committed before the exit: it is spooled and committed by the next start."""
     tui = TuiProcess(tui_ws.root)
-    tui.wait_for(b"labelled")
+    tui.ready()
     tui.press("2")
     deadline = time.monotonic() + 20
     while not labels_path(tui_ws).is_file() or not _labels(tui_ws.root):
