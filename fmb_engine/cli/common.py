@@ -7,6 +7,7 @@ Commands parse flags, build the effective config (defaults < fmb.yaml <
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +19,9 @@ from fmb_engine.config import Resolved, load
 from fmb_engine.progress import RichReporter
 from fmb_engine.workspace import Workspace
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal nothing is wrapped at 80 columns: a script reading "manifest: <path>" gets the whole path.
+console = Console(soft_wrap=not sys.stdout.isatty())
+err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 #: A token that starts like a negative number: an object id such as Euclid's negative MER ids, never an option.
 NEGATIVE = re.compile(r"-\d")

@@ -66,3 +66,12 @@ def test_bad_workspace_config_is_named(tmp_path):
 def test_no_workspace_is_a_clear_error(tmp_path):
     proc = fmb("data", "info", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "no workspace found" in proc.stderr
+
+
+def test_output_off_a_terminal_is_not_wrapped(tmp_path):
+    """A script reads whole lines: a long path is never broken across lines, whatever COLUMNS says."""
+    deep = tmp_path / ("a" * 120)
+    env = {**os.environ, "COLUMNS": "40"}
+    proc = subprocess.run([sys.executable, "-m", "fmb_engine.cli.main", "init", str(deep)],
+                          capture_output=True, text=True, env=env, check=True)
+    assert f"workspace ready: {deep}\n" in proc.stdout
