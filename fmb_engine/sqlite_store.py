@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from fmb_engine.errors import FMBError
-from fmb_engine.workspace import DIR_MODE, FILE_MODE
+from fmb_engine.workspace import file_mode_for, make_dirs
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -50,7 +50,7 @@ class SQLiteStore:
         self.path = Path(path)
         self._lock = threading.RLock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            make_dirs(self.path.parent)
             created = not self.path.exists()
             self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
                                        check_same_thread=False)
@@ -65,7 +65,7 @@ class SQLiteStore:
         self._ensure_schema()
         if created:
             with contextlib.suppress(OSError):
-                os.chmod(self.path, FILE_MODE)
+                os.chmod(self.path, file_mode_for(self.path.parent))
 
     def _set_journal(self, journal: str) -> str:
         wanted = "WAL" if journal == "wal" else "DELETE"

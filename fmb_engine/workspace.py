@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +24,45 @@ ENV_VAR = "FMB_WORKSPACE"
 #: Sub-folders created by ``fmb-engine init``; one per kind of artifact.
 FOLDERS = ("survey", "embeddings", "scores", "analysis", "figures", "runs", "jobs", "checkpoints", "triage")
 
-#: Files in a shared workspace are readable by the group, never by everyone.
+#: Files are readable by the group, never by everyone; in a group-shared folder (setgid bit,
+#: ``fmb-engine init --shared``) they are writable by the group too, and new folders keep the bit.
 FILE_MODE = 0o640
 DIR_MODE = 0o750
+SHARED_FILE_MODE = 0o660
+SHARED_DIR_MODE = 0o2770
+
+
+def is_group_shared(folder: str | os.PathLike[str]) -> bool:
+    """A folder with the setgid bit is group-shared: what is made in it belongs to its group, writable by it."""
+    try:
+        return bool(os.stat(folder).st_mode & stat.S_ISGID)
+    except OSError:
+        return False
+
+
+def file_mode_for(folder: str | os.PathLike[str]) -> int:
+    """The mode of a new file in ``folder`` (the one rule every writer follows; see README "Group workspaces")."""
+    return SHARED_FILE_MODE if is_group_shared(folder) else FILE_MODE
+
+
+def make_dirs(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p`` whose new folders get the mode of the rule, whatever the umask.
+
+    A folder made inside a group-shared one is group-shared too (2770), else 0750.
+    """
+    path = Path(path)
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # made meanwhile by another process
+            continue
+        os.chmod(folder, SHARED_DIR_MODE if is_group_shared(folder.parent) else DIR_MODE)
+    return path
 
 _INIT_TEMPLATE = """\
 # FMB workspace configuration.
@@ -66,11 +103,12 @@ class Workspace:
         return sorted(self.folder("survey").glob("*.h5"))
 
     @classmethod
-    def init(cls, root: str | os.PathLike[str], exist_ok: bool = False) -> Workspace:
+    def init(cls, root: str | os.PathLike[str], exist_ok: bool = False, shared: bool = False) -> Workspace:
         """Create the folder layout and a commented ``fmb.yaml``.
 
         Re-running on an existing workspace with ``exist_ok`` only adds missing
-        folders and never overwrites ``fmb.yaml``.
+        folders and never overwrites ``fmb.yaml``. ``shared`` makes the root and its
+        folders group-shared (setgid, 2770: see :func:`file_mode_for`).
         """
         ws = cls(Path(root).expanduser().resolve())
         if ws.config_file.exists() and not exist_ok:
@@ -78,9 +116,13 @@ class Workspace:
                 f"{ws.root} is already a workspace ({WORKSPACE_FILE} exists); "
                 "use it as it is, or pass --exist-ok to add missing folders"
             )
-        ws.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        make_dirs(ws.root)
+        if shared:
+            os.chmod(ws.root, SHARED_DIR_MODE)
         for name in FOLDERS:
-            (ws.root / name).mkdir(exist_ok=True, mode=DIR_MODE)
+            folder = make_dirs(ws.root / name)
+            if shared:
+                os.chmod(folder, SHARED_DIR_MODE)
         if not ws.config_file.exists():
             atomic_write_text(ws.config_file, _INIT_TEMPLATE)
         return ws
@@ -114,13 +156,15 @@ class Workspace:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str], mode: int = FILE_MODE) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it over ``final`` on success.
 
-    On any exception the temporary file is removed and ``final`` is untouched.
+    On any exception the temporary file is removed and ``final`` is untouched. The
+    file gets ``mode``, by default the folder's rule (:func:`file_mode_for`).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(final.parent)
+    mode = file_mode_for(final.parent) if mode is None else mode
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)

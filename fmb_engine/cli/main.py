@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
+import click
 import typer
 from rich.markup import escape
 
@@ -23,7 +25,7 @@ from fmb_engine.cli import retrain as retrain_cli  # noqa: E402
 from fmb_engine.cli import triage as triage_cli  # noqa: E402
 from fmb_engine.cli.common import Typer, console, err_console  # noqa: E402
 from fmb_engine.cli.demo import demo  # noqa: E402
-from fmb_engine.errors import FMBError  # noqa: E402
+from fmb_engine.errors import FMBError, environment_fault  # noqa: E402
 from fmb_engine.workspace import Workspace  # noqa: E402
 
 app = Typer(
@@ -51,23 +53,49 @@ app.command()(demo)
 def init(
     directory: str = typer.Argument(..., help="Folder to create (or complete) as a workspace."),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Complete an existing workspace instead of failing."),
+    shared: bool = typer.Option(False, "--shared", help="Group-shared workspace: folders 2770 (setgid), files 0660."),
 ) -> None:
     """Create a workspace: fmb.yaml plus survey/, embeddings/, scores/, analysis/, figures/, runs/, jobs/, checkpoints/, triage/."""
-    ws = Workspace.init(directory, exist_ok=exist_ok)
+    ws = Workspace.init(directory, exist_ok=exist_ok, shared=shared)
     console.print(f"workspace ready: [bold]{escape(str(ws.root))}[/]")
     console.print(f"next: cd {escape(str(ws.root))} && fmb-engine data mock")
 
 
+_TERMINATED: list[int] = []
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (scancel, kill, a closing session) unwinds like Ctrl-C: temp files go, manifests say so."""
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors print one clear message and exit non-zero."""
+    """Console entry point: user errors print one clear message and exit with the code of errors.EXIT_CODES."""
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        app(args=argv, standalone_mode=True)
-    except FMBError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        code = app(args=argv, standalone_mode=False)
+    except click.ClickException as exc:  # usage errors: Click's message and code (2)
+        exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: partial outputs are kept and resume on the next run")
-        sys.exit(130)
+    except FMBError as exc:
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:
+        fault = environment_fault(exc)
+        if fault is None:
+            raise
+        _fail(str(fault), fault.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        terminated = bool(_TERMINATED)
+        err_console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]: "
+                          "partial outputs are kept and resume on the next run")
+        sys.exit(143 if terminated else 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from fmb_engine.errors import DataError
 from fmb_engine.hdf5 import open_checked
 from fmb_engine.survey.bands import BANDS
 from fmb_engine.survey.batch import SurveyBatch
-from fmb_engine.workspace import FILE_MODE
+from fmb_engine.workspace import file_mode_for, make_dirs
 
 FORMAT = "fmb-survey"
 FORMAT_VERSION = 1
@@ -115,12 +115,12 @@ class SurveyWriter:
         self.resumed_from = 0
         #: Caller-defined progress saved with every chunk (e.g. source rows consumed).
         self.resume_state: dict[str, Any] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         if resume and self.partial.exists() and self._try_resume(generator):
             return
         self.partial.unlink(missing_ok=True)
         self._file = h5py.File(self.partial, "w")
-        os.chmod(self.partial, FILE_MODE)
+        os.chmod(self.partial, file_mode_for(self.partial.parent))
         self._create(wavelength, rgb, generator, compression, expected_objects)
 
     # -- creation / resume -------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_a_missing_configured_survey_is_an_error_naming_the_file_and_the_choices
     (ws / "fmb.yaml").write_text("general:\n  survey: gone\n")
     for args in (["data", "info"], ["embed", "pca"], ["evaluate"], ["figures", "object", "x"]):
         proc = fmb(*args, cwd=ws, check=False)
-        assert proc.returncode == 2, args
+        assert proc.returncode == 1, args
         err = " ".join(proc.stderr.split())
         assert str(ws / "survey" / "gone.h5") in err and "small" in err and "--survey" in err, err
         assert "Traceback" not in proc.stderr
@@ -108,7 +108,7 @@ def test_negative_object_ids_need_no_double_dash(tmp_path):
     table = pd.read_parquet(next((ws / "analysis" / "similarity").glob("*.parquet")))
     assert set(table["object_id"]) == {"-1000"} and len(table) == 9  # 3 neighbours x 3 modalities
     missing = fmb("data", "show", "-5", cwd=ws, check=False)
-    assert missing.returncode == 2 and "'-5'" in missing.stderr  # an id, not "no such option -5"
+    assert missing.returncode == 1 and "'-5'" in missing.stderr  # an id, not "no such option -5"
     assert ids[0] == "-1000"
 
 
@@ -120,7 +120,7 @@ def test_replacing_a_survey_with_dependents_needs_force_and_lists_them(tmp_path)
     assert "stale" not in again.stdout
     before = survey.read_bytes()
     proc = fmb("data", "mock", "--objects", 50, "--image-size", 16, "--name", "small", cwd=ws, check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     err = " ".join(proc.stderr.split())
     assert "embeddings/pca.h5" in err and "--force" in err and "Nothing was changed" in err
     assert survey.read_bytes() == before
@@ -161,7 +161,7 @@ def test_import_records_the_imported_survey_as_active(tmp_path):
     fmb("embed", "pca", cwd=ws)
     before = (ws / "survey" / "q1.h5").read_bytes()
     proc = fmb("data", "import", src, "--name", "q1", "--image-size", 24, cwd=ws, check=False)
-    assert proc.returncode == 2 and "Nothing was changed" in " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Nothing was changed" in " ".join(proc.stderr.split())
     assert (ws / "survey" / "q1.h5").read_bytes() == before
     forced = fmb("data", "import", src, "--name", "q1", "--image-size", 24, "--force", cwd=ws).stdout
     assert "stale now" in forced and "pca.h5" in forced

@@ -52,7 +52,7 @@ def test_config_show_reports_the_layer_of_each_value(tmp_path):
 def test_user_errors_exit_nonzero_with_one_clear_line(tmp_path, args, message):
     fmb("init", "ws", cwd=tmp_path)
     proc = fmb(*args, cwd=tmp_path / "ws", check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -60,12 +60,12 @@ def test_bad_workspace_config_is_named(tmp_path):
     fmb("init", "ws", cwd=tmp_path)
     (tmp_path / "ws" / "fmb.yaml").write_text("mock:\n  objets: 10\n")
     proc = fmb("data", "mock", cwd=tmp_path / "ws", check=False)
-    assert proc.returncode == 2 and "fmb.yaml: unknown key mock.objets" in proc.stderr and "Did you mean 'objects'" in proc.stderr
+    assert proc.returncode == 1 and "fmb.yaml: unknown key mock.objets" in proc.stderr and "Did you mean 'objects'" in proc.stderr
 
 
 def test_no_workspace_is_a_clear_error(tmp_path):
     proc = fmb("data", "info", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "no workspace found" in proc.stderr
+    assert proc.returncode == 1 and "no workspace found" in proc.stderr
 
 
 def test_output_off_a_terminal_is_not_wrapped(tmp_path):

@@ -17,7 +17,7 @@ def test_bad_workspace_is_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path)])
-    assert exc.value.code == 2
+    assert exc.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and "fmb-engine init" in err
     assert os.environ.get("FMB_WORKSPACE") is None
