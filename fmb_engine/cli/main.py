@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 
-import click
 import typer
 from rich.markup import escape
 
@@ -74,10 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one clear message and exit with the code of errors.EXIT_CODES."""
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        code = app(args=argv, standalone_mode=False)
-    except click.ClickException as exc:  # usage errors: Click's message and code (2)
-        exc.show()
-        sys.exit(exc.exit_code)
+        code = app(args=argv, standalone_mode=False)  # Typer returns 130 for a KeyboardInterrupt in a command
+    except typer.TyperException as exc:  # usage errors (Typer's bundled Click): its message and code (2)
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(exc, "exit_code", 2))
     except FMBError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:
@@ -85,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         if fault is None:
             raise
         _fail(str(fault), fault.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130 or _TERMINATED:
         terminated = bool(_TERMINATED)
         err_console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]: "
                           "partial outputs are kept and resume on the next run")
