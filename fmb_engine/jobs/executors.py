@@ -75,9 +75,7 @@ def jobs_config(ws: Workspace | None = None, config_file: str | os.PathLike[str]
     return load("jobs", ws, config_file, {k: v for k, v in flags.items() if v is not None})
 
 
-def _as_config(ws: Workspace, jobs: Resolved | JobsConfig | None) -> tuple[JobsConfig, str]:
-    if jobs is None:
-        jobs = jobs_config(ws)
+def _as_config(jobs: Resolved | JobsConfig) -> tuple[JobsConfig, str]:
     if isinstance(jobs, Resolved):
         return jobs.values, jobs.sources.get("executor", "default")  # type: ignore[return-value]
     return jobs, "config"
@@ -106,6 +104,51 @@ def choose_executor(requested: str | None, cfg: JobsConfig, origin: str = "confi
     where = {"local": "subprocesses on this machine", "slurm": f"sbatch at {shutil.which('sbatch')}",
              "debug": "in this process, now"}[wanted]
     return ExecutorChoice(wanted, wanted, origin, f"executor: {wanted} ({where}; from {origin})")
+
+
+_SLURM_ONLY = ("partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb", "array_parallelism", "setup",
+               "signal_delay_s", "sbatch_extra")
+#: ``jobs`` settings each executor does not use. submitit's local executor honours only the
+#: time limit, the GPUs (CUDA_VISIBLE_DEVICES), the interpreter and the requeue count; the
+#: debug executor runs in this process and uses none of them.
+UNUSED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "slurm": (),
+    "local": _SLURM_ONLY,
+    "debug": (*_SLURM_ONLY, "timeout_min", "gpus_per_node", "python", "max_num_timeout"),
+}
+
+
+def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Workspace | None) -> list[str]:
+    """Refuse ``jobs`` settings that the chosen executor would ignore; returns warnings.
+
+    A value from a task config (``--config FILE``) or set by the caller is a
+    :class:`~fmb_engine.errors.ConfigError` naming the key, its file and the executor. A
+    value from the workspace's ``fmb.yaml`` is a site default shared by every executor:
+    it only earns a warning (printed with the submission and kept in the run's notes).
+    """
+    unused = UNUSED_SETTINGS[choice.name]
+    if isinstance(jobs, Resolved):
+        values, sources = jobs.values, jobs.sources
+        set_keys = [k for k in unused if sources.get(k, "default") != "default"]
+    else:
+        values, sources = jobs, {}
+        set_keys = [k for k in unused if k in jobs.model_fields_set]
+    workspace_file = ws.config_file.resolve() if ws is not None else None
+    warnings, errors = [], []
+    for key in set_keys:
+        origin = sources.get(key, "the caller")
+        line = f"jobs.{key} = {getattr(values, key)!r} (from {origin}) is ignored by the {choice.name} executor"
+        if workspace_file is not None and origin not in ("the caller", "command line") \
+                and Path(origin).expanduser().resolve() == workspace_file:
+            warnings.append(f"warning: {line}")
+        else:
+            errors.append(line)
+    if errors:
+        from fmb_engine.errors import ConfigError
+
+        raise ConfigError("; ".join(errors) + f". Remove {'it' if len(errors) == 1 else 'them'}, or submit with an "
+                          "executor that uses " + ("it" if len(errors) == 1 else "them") + " (slurm).")
+    return warnings
 
 
 def executor_parameters(choice: ExecutorChoice, cfg: JobsConfig, job_name: str) -> dict[str, Any]:
@@ -279,11 +322,12 @@ def _failure_message(exc: BaseException) -> str:
 def _submit_calls(ws: Workspace, stage: str, calls: Sequence[Call], executor: str | None,
                   jobs: Resolved | JobsConfig | None, snapshot: dict[str, Any] | None, job_name: str | None,
                   registry: Registry | None, is_array: bool) -> Submission:
-    cfg, origin = _as_config(ws, jobs)
+    jobs = jobs if jobs is not None else jobs_config(ws)
+    cfg, origin = _as_config(jobs)
     choice = choose_executor(executor, cfg, origin)
+    notes = [choice.note, *check_settings(choice, jobs, ws)]
     run_id = new_run_id(stage)
     folder = ws.folder("jobs") / run_id
-    notes = [choice.note]
     if choice.name == "slurm" and (warning := _tmp_warning(folder)):
         notes.append(warning)
     name = job_name or f"fmb-{stage}"
@@ -378,7 +422,8 @@ def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolve
     executor unless ``executor`` is given. New tasks join the same run; the old rows are
     kept as history (``superseded_by``).
     """
-    cfg, origin = _as_config(ws, jobs)
+    jobs = jobs if jobs is not None else jobs_config(ws)
+    cfg, origin = _as_config(jobs)
     reg = registry or open_registry(ws, cfg.registry_journal)
     try:
         from fmb_engine.jobs.monitor import refresh
@@ -392,6 +437,7 @@ def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolve
             raise JobsError(f"nothing to resubmit in {run.run_id}: no failed or missing task (states: {states})")
         calls = [_recorded_call(run, job) for job in targets]
         choice = choose_executor(executor or run.executor, cfg, origin if executor is None else "--executor")
+        warnings = check_settings(choice, jobs, ws)
         attempt = max(j.attempt for j in targets) + 1
         folder = Path(run.folder) / f"retry-{attempt}-{int(time.time())}"
         ex = build_executor(choice, folder, cfg, f"fmb-{run.stage}")
@@ -418,7 +464,7 @@ def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolve
         if choice.name in ("debug", "local"):
             refresh(ws, registry=reg, jobs=added)
         return Submission(run_id, run.stage, choice.name, folder, reg.jobs(run_id), list(submitted),
-                          [choice.note, f"resubmitted {len(targets)} task(s): "
+                          [choice.note, *warnings, f"resubmitted {len(targets)} task(s): "
                            + ", ".join(str(j.task_index) for j in targets)])
     finally:
         if registry is None:
@@ -504,5 +550,5 @@ def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor:
 
 __all__ = [
     "Call", "ResumableCall", "ExecutorChoice", "Submission", "EXECUTORS", "attach", "build_executor", "cancel",
-    "choose_executor", "executor_parameters", "jobs_config", "make_call", "resubmit", "submit", "submit_array",
+    "check_settings", "choose_executor", "executor_parameters", "jobs_config", "make_call", "resubmit", "submit", "submit_array",
 ]
