@@ -137,7 +137,9 @@ def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Work
     warnings, errors = [], []
     for key in set_keys:
         origin = sources.get(key, "the caller")
-        line = f"jobs.{key} = {getattr(values, key)!r} (from {origin}) is ignored by the {choice.name} executor"
+        users = " and ".join(name for name, keys in UNUSED_SETTINGS.items() if key not in keys)
+        line = (f"jobs.{key} = {getattr(values, key)!r} (from {origin}) is ignored by the {choice.name} executor "
+                f"(only {users} use{'s' if ' and ' not in users else ''} it)")
         if workspace_file is not None and origin not in ("the caller", "command line") \
                 and Path(origin).expanduser().resolve() == workspace_file:
             warnings.append(f"warning: {line}")
@@ -146,8 +148,8 @@ def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Work
     if errors:
         from fmb_engine.errors import ConfigError
 
-        raise ConfigError("; ".join(errors) + f". Remove {'it' if len(errors) == 1 else 'them'}, or submit with an "
-                          "executor that uses " + ("it" if len(errors) == 1 else "them") + " (slurm).")
+        raise ConfigError("; ".join(errors) + f". Remove {'it' if len(errors) == 1 else 'them'}, or choose an "
+                          "executor that uses " + ("it" if len(errors) == 1 else "them") + "; nothing was submitted.")
     return warnings
 
 
