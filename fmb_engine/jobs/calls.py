@@ -150,8 +150,9 @@ def decode(value: Any) -> Any:
 
 def function_name(fn: Callable[..., Any]) -> str:
     module, qualname = getattr(fn, "__module__", "") or "", getattr(fn, "__qualname__", "") or ""
-    if not module.startswith("fmb_engine.") or not qualname.isidentifier():
-        raise NotRecordable(f"function {module}.{qualname} (only module-level fmb_engine functions are recorded)")
+    if not module.startswith("fmb_engine.") or not qualname.isidentifier() or qualname.startswith("_"):
+        raise NotRecordable(f"function {module}.{qualname} (only public module-level fmb_engine functions "
+                            "are recorded)")
     return f"{module}:{qualname}"
 
 

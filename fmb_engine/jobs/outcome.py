@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,6 @@ class Outcome:
     outputs: dict[str, Any] | None = None
     error: str | None = None  # the last line of the traceback, or why the record is unreadable
     traceback: str | None = None
-    ended: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -121,11 +119,8 @@ def read_outcome(path: str | os.PathLike[str] | None) -> Outcome | None:
     outputs = data.get("outputs")
     if status not in ("success", "error") or not (outputs is None or isinstance(outputs, dict)):
         return _unreadable(path, f"status {status!r} or outputs of type {type(outputs).__name__} not understood")
-    ended = data.get("ended")
     texts = {k: data.get(k) if isinstance(data.get(k), str) else None for k in ("error", "traceback")}
-    return Outcome(status, outputs, texts["error"] or (None if status == "success" else "error"),
-                   texts["traceback"], float(ended) if isinstance(ended, int | float) else None,
-                   {k: data.get(k) for k in ("stage", "function", "host", "pid", "started")})
+    return Outcome(status, outputs, texts["error"] or (None if status == "success" else "error"), texts["traceback"])
 
 
 __all__ = ["Outcome", "outcome_path", "read_outcome", "result_pickle_note", "summarise", "write_outcome"]

@@ -9,6 +9,7 @@ reported.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import pickle
 import stat
@@ -249,3 +250,26 @@ def test_slurm_job_files_follow_the_mode_rule(tmp_path, monkeypatch):
     assert f"{job.job_id}_0_log.out" in files and f"{job.job_id}_outcome.json" in files
     assert set(files.values()) == {0o660}, files
     assert modes["."] == 0o2770
+
+
+def test_calls_are_recorded_as_json_and_rebuilt(workspace):
+    from fmb_engine.config import load
+    from fmb_engine.jobs.calls import call_spec, from_spec, make_call
+    from fmb_engine.survey.stages import make_mock
+
+    resolved = load("mock", workspace, cli={"objects": 50, "seed": 7})
+    call = make_call(make_mock, (workspace, resolved), {}, "data.mock")  # what the TUI's Runs screen submits
+    spec = call_spec(call)
+    assert spec["function"] == "fmb_engine.survey.stages:make_mock"
+    again = from_spec(json.loads(json.dumps(spec)), "data.mock")
+    ws, rebuilt = again.args
+    assert again.fn is make_mock and ws == workspace and rebuilt.values == resolved.values
+    assert rebuilt.sources == resolved.sources
+
+
+def test_a_call_without_json_form_is_not_resubmittable(workspace):
+    bad = executors.submit(workspace, "selftest", selftest.fail, object(), executor="debug")
+    with open_registry(workspace) as reg:
+        assert "argument of type object" in reg.run(bad.run_id).config["calls_not_recorded"]
+    with pytest.raises(JobsError, match="cannot be resubmitted: an argument of type object has no JSON form"):
+        executors.resubmit(workspace, bad.run_id)
