@@ -481,7 +481,9 @@ def _recorded_call(run: RunRecord, job: JobRecord) -> Call:
         raise JobsError(f"{what}: it was submitted outside FMB and attached; its call exists only in submitit's "
                         "pickle, which FMB never loads (a pickle can run code). Resubmit it where it was made.")
     if not isinstance(calls, list) or not 0 <= job.task_index < len(calls):
-        why = run.config.get("calls_not_recorded") or "the registry holds no record of its call"
+        why = run.config.get("calls_not_recorded") or (
+            "the registry holds no JSON record of its call (a run from an older FMB), and its submitted pickle "
+            "is never loaded (a pickle can run code)")
         raise JobsError(f"{what}: {why}. Submit the stage again instead.")
     try:
         return from_spec(calls[job.task_index], run.stage)

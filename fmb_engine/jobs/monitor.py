@@ -119,8 +119,9 @@ def _slurm_update(job: JobRecord, row: slurm_cli.SlurmRow | None, now: float,
         elif outcome is not None:
             update["error"] = outcome.error
         elif row.state is State.COMPLETED:
-            update["error"] = result_pickle_note(job.result_pickle) if job.attached else \
-                "SLURM says completed but the job wrote no outcome record (see the logs)"
+            note = result_pickle_note(job.result_pickle)
+            update["error"] = note if job.attached and note else "; ".join(filter(None, [
+                "SLURM says completed but the job wrote no outcome record (see the logs)", note]))
         if "ended" not in update and job.ended is None:  # squeue alone (no accounting) has no end time
             update["ended"] = _ended_at(job, now)
     return update

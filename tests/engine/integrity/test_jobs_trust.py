@@ -273,3 +273,21 @@ def test_a_call_without_json_form_is_not_resubmittable(workspace):
         assert "argument of type object" in reg.run(bad.run_id).config["calls_not_recorded"]
     with pytest.raises(JobsError, match="cannot be resubmitted: an argument of type object has no JSON form"):
         executors.resubmit(workspace, bad.run_id)
+
+
+def test_a_run_from_an_older_fmb_is_not_resubmitted_from_its_pickle(workspace, marker):
+    """Older runs have no JSON record of their calls: resubmit refuses instead of loading the submitted pickle."""
+    import sqlite3
+
+    from fmb_engine.jobs.registry import REGISTRY_NAME
+
+    bad = executors.submit(workspace, "selftest", selftest.fail, "old", executor="debug")
+    (job,) = bad.records
+    plant(Path(job.submitted_pickle), marker)
+    db = sqlite3.connect(workspace.folder("jobs") / REGISTRY_NAME)
+    db.execute("UPDATE runs SET config_json = ? WHERE run_id = ?", (json.dumps({"stage": {}}), bad.run_id))
+    db.commit()
+    db.close()
+    with pytest.raises(JobsError, match="older FMB.*submitted pickle is never loaded"):
+        executors.resubmit(workspace, bad.run_id)
+    assert not marker.exists()
