@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.jobs import ExecutorOpt
+from fmb_engine.cli.jobs import ExecutorOpt, refuse_ignored_options
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
 from fmb_engine.embed.run import (
@@ -91,6 +91,7 @@ def _make_command(name: str):
     doc = (cls.__doc__ or name).strip().splitlines()[0]
 
     def command(
+        ctx: typer.Context,
         workspace: WorkspaceOpt = None,
         config: ConfigOpt = None,
         survey: SurveyOpt = None,
@@ -105,6 +106,10 @@ def _make_command(name: str):
         executor: ExecutorOpt = None,
         array: ArrayOpt = 1,
     ) -> None:
+        refuse_ignored_options(ctx, executor, in_process_only=("start", "stop", "shard_size", "fit_from"),
+                               submit_only=("array",),
+                               why="the submitted array embeds every row of the survey in --shards tasks, "
+                                   "with the default shard files and the model's own fit")
         _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from,
                executor=executor, array=array)
 

@@ -31,6 +31,40 @@ ExecutorOpt = Annotated[
     str | None,
     typer.Option("--executor", "-x", help="local | slurm | debug | auto (default: config jobs.executor)."),
 ]
+
+
+def _given(ctx: typer.Context, name: str) -> str | None:
+    """The option's long flag when it was given (command line or environment), else None."""
+    source = ctx.get_parameter_source(name)
+    if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+        return None
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def refuse_ignored_options(ctx: typer.Context, executor: str | None, *, in_process_only: tuple[str, ...] = (),
+                           submit_only: tuple[str, ...] = (), why: str = "") -> None:
+    """Options that the chosen way of running would ignore are usage errors (exit 2), never silence.
+
+    ``in_process_only`` (parameter names) are used only when the stage runs here, without
+    ``--executor``; ``submit_only`` only with it. ``why`` says what the executor does instead.
+    """
+    if executor is not None:
+        flags = [f for f in (_given(ctx, n) for n in in_process_only) if f]
+        if flags:
+            one = len(flags) == 1
+            raise typer.BadParameter(
+                f"{', '.join(flags)} {'is' if one else 'are'} ignored by --executor {executor}"
+                + (f" ({why})" if why else "") + f"; drop {'it' if one else 'them'}, or run without --executor",
+                ctx=ctx, param_hint=flags)
+    else:
+        flags = [f for f in (_given(ctx, n) for n in submit_only) if f]
+        if flags:
+            raise typer.BadParameter(
+                f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'} with --executor "
+                "(without it the stage runs here, in this process)", ctx=ctx, param_hint=flags)
+
+
 NoRefreshOpt = Annotated[bool, typer.Option("--no-refresh", help="Show the registry as it is, without polling.")]
 
 
@@ -298,6 +332,7 @@ def print_submission(sub: jobs_executors.Submission) -> None:
 
 @app.command()
 def selftest(
+    ctx: typer.Context,
     shards: int = typer.Option(3, "--shards", min=1, max=1000, help="Array tasks to submit."),
     executor: ExecutorOpt = None,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the tasks and check their files."),
@@ -307,6 +342,10 @@ def selftest(
 ) -> None:
     """Submit a tiny job array (one file per shard) to check that the executor works here."""
     from fmb_engine.jobs.selftest import write_shard
+
+    if not wait and (flag := _given(ctx, "timeout")):
+        raise typer.BadParameter(f"{flag} is ignored with --no-wait (nothing waits); drop one of them", ctx=ctx,
+                                 param_hint=flag)
 
     ws = find_workspace(workspace)
     out = ws.folder("jobs") / "selftest-output" / time.strftime("%Y%m%dT%H%M%S")

@@ -14,10 +14,14 @@ returning, which is its point).
   workspace is under ``/tmp`` gets a warning in its notes).
 * Jobs run with the interpreter that submitted them (or ``jobs.python``), so the
   job sees the same virtual environment.
-* Every call is wrapped in :class:`ResumableCall`, a submitit ``Checkpointable``:
-  on timeout or preemption SLURM signals the job, ``checkpoint()`` requeues the
-  same call, and because stage functions are resumable the rerun continues from the
-  partial outputs already on disk.
+* Every call is wrapped in :class:`~fmb_engine.jobs.calls.ResumableCall`, a submitit
+  ``Checkpointable``: on timeout or preemption SLURM signals the job, ``checkpoint()``
+  requeues the same call, and because stage functions are resumable the rerun continues
+  from the partial outputs already on disk.
+* Results come only from each job's JSON outcome record; submitit's pickles are never
+  loaded here (docs/jobs.md, "Trust"). The calls are recorded as JSON in the registry,
+  and ``resubmit`` rebuilds them from there.
+* Job folders and files get the workspace's modes (:mod:`fmb_engine.jobs.folders`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import reprlib
 import shutil
 import signal
 import sys
@@ -38,60 +41,21 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import DelayedSubmission, JobPaths, cloudpickle_dump
+from submitit.core.utils import JobPaths
 
 from fmb_engine.config import Resolved, load
 from fmb_engine.jobs import JobsError
 from fmb_engine.jobs import slurm as slurm_cli
+from fmb_engine.jobs.calls import Call, NotRecordable, ResumableCall, call_spec, from_spec, make_call
 from fmb_engine.jobs.config import JobsConfig
+from fmb_engine.jobs.folders import apply_modes, creation_umask, verify_folder
+from fmb_engine.jobs.outcome import outcome_path
 from fmb_engine.jobs.registry import JobRecord, Registry, RunRecord, new_run_id, open_registry
 from fmb_engine.jobs.states import RESUBMITTABLE, State, pid_alive
-from fmb_engine.workspace import Workspace
+from fmb_engine.workspace import Workspace, make_dirs
 
 EXECUTORS = ("local", "slurm", "debug")
 _ARRAY_TASK = re.compile(r"^\d+_\d+$")
-
-
-# --- the submitted callable ----------------------------------------------------------------
-
-
-class Call:
-    """``fn(*args, **kwargs)`` as a picklable zero-argument callable (``fn`` must be importable)."""
-
-    def __init__(self, fn: Callable[..., Any], args: tuple = (), kwargs: dict[str, Any] | None = None,
-                 stage: str = "") -> None:
-        self.fn = fn
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.stage = stage
-        self.starts = 0
-
-    def __call__(self) -> Any:
-        self.starts += 1
-        return self.fn(*self.args, **self.kwargs)
-
-    def describe(self) -> str:
-        name = getattr(self.fn, "__qualname__", repr(self.fn))
-        module = getattr(self.fn, "__module__", "")
-        return f"{module}.{name}{reprlib.repr(self.args)}"
-
-
-class ResumableCall(Call, submitit.helpers.Checkpointable):
-    """A :class:`Call` that SLURM requeues on timeout or preemption, keeping its progress.
-
-    Progress lives on disk (stage functions write resumable partial outputs), so the
-    checkpoint only has to resubmit the same call: the rerun continues where it stopped.
-    """
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        print(f"[fmb] {self.stage or 'job'}: time limit or preemption; requeueing {self.describe()} "
-              f"(start {self.starts}); it resumes from its partial outputs", flush=True)
-        return DelayedSubmission(self)
-
-
-def make_call(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any] | None, stage: str,
-              checkpointable: bool = True) -> Call:
-    return (ResumableCall if checkpointable else Call)(fn, args, kwargs, stage)
 
 
 # --- choosing and building the executor -------------------------------------------------------
@@ -111,9 +75,7 @@ def jobs_config(ws: Workspace | None = None, config_file: str | os.PathLike[str]
     return load("jobs", ws, config_file, {k: v for k, v in flags.items() if v is not None})
 
 
-def _as_config(ws: Workspace, jobs: Resolved | JobsConfig | None) -> tuple[JobsConfig, str]:
-    if jobs is None:
-        jobs = jobs_config(ws)
+def _as_config(jobs: Resolved | JobsConfig) -> tuple[JobsConfig, str]:
     if isinstance(jobs, Resolved):
         return jobs.values, jobs.sources.get("executor", "default")  # type: ignore[return-value]
     return jobs, "config"
@@ -144,6 +106,53 @@ def choose_executor(requested: str | None, cfg: JobsConfig, origin: str = "confi
     return ExecutorChoice(wanted, wanted, origin, f"executor: {wanted} ({where}; from {origin})")
 
 
+_SLURM_ONLY = ("partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb", "array_parallelism", "setup",
+               "signal_delay_s", "sbatch_extra")
+#: ``jobs`` settings each executor does not use. submitit's local executor honours only the
+#: time limit, the GPUs (CUDA_VISIBLE_DEVICES), the interpreter and the requeue count; the
+#: debug executor runs in this process and uses none of them.
+UNUSED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "slurm": (),
+    "local": _SLURM_ONLY,
+    "debug": (*_SLURM_ONLY, "timeout_min", "gpus_per_node", "python", "max_num_timeout"),
+}
+
+
+def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Workspace | None) -> list[str]:
+    """Refuse ``jobs`` settings that the chosen executor would ignore; returns warnings.
+
+    A value from a task config (``--config FILE``) or set by the caller is a
+    :class:`~fmb_engine.errors.ConfigError` naming the key, its file and the executor. A
+    value from the workspace's ``fmb.yaml`` is a site default shared by every executor:
+    it only earns a warning (printed with the submission and kept in the run's notes).
+    """
+    unused = UNUSED_SETTINGS[choice.name]
+    if isinstance(jobs, Resolved):
+        values, sources = jobs.values, jobs.sources
+        set_keys = [k for k in unused if sources.get(k, "default") != "default"]
+    else:
+        values, sources = jobs, {}
+        set_keys = [k for k in unused if k in jobs.model_fields_set]
+    workspace_file = ws.config_file.resolve() if ws is not None else None
+    warnings, errors = [], []
+    for key in set_keys:
+        origin = sources.get(key, "the caller")
+        users = " and ".join(name for name, keys in UNUSED_SETTINGS.items() if key not in keys)
+        line = (f"jobs.{key} = {getattr(values, key)!r} (from {origin}) is ignored by the {choice.name} executor "
+                f"(only {users} use{'s' if ' and ' not in users else ''} it)")
+        if workspace_file is not None and origin not in ("the caller", "command line") \
+                and Path(origin).expanduser().resolve() == workspace_file:
+            warnings.append(f"warning: {line}")
+        else:
+            errors.append(line)
+    if errors:
+        from fmb_engine.errors import ConfigError
+
+        raise ConfigError("; ".join(errors) + f". Remove {'it' if len(errors) == 1 else 'them'}, or choose an "
+                          "executor that uses " + ("it" if len(errors) == 1 else "them") + "; nothing was submitted.")
+    return warnings
+
+
 def executor_parameters(choice: ExecutorChoice, cfg: JobsConfig, job_name: str) -> dict[str, Any]:
     """The ``update_parameters`` keywords for submitit's ``AutoExecutor``."""
     params: dict[str, Any] = {
@@ -171,7 +180,8 @@ def executor_parameters(choice: ExecutorChoice, cfg: JobsConfig, job_name: str) 
 
 
 def build_executor(choice: ExecutorChoice, folder: Path, cfg: JobsConfig, job_name: str) -> submitit.Executor:
-    """A submitit executor for ``choice`` writing into ``folder``."""
+    """A submitit executor for ``choice`` writing into ``folder`` (made here with the workspace's mode)."""
+    make_dirs(folder)
     python = cfg.python or sys.executable
     kwargs: dict[str, Any] = {}
     if choice.name == "slurm":
@@ -251,28 +261,18 @@ def submit_array(ws: Workspace, stage: str, fn: Callable[..., Any], list_of_args
 
 
 def _run_debug(ex: submitit.Executor, calls: Sequence[Call]) -> list[Any]:
-    """Run each call now, in this process, writing submitit-style logs and result files."""
+    """Run each call now, in this process, writing submitit-style logs and the outcome records."""
     out = []
     for call in calls:
         job = ex.submit(call)  # a lazy DebugJob: we run it ourselves (no pdb on errors)
         paths: JobPaths = job.paths
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(Exception):
-            job.submission().dump(paths.submitted_pickle)  # lets `jobs resubmit` rerun it
+        make_dirs(paths.folder)
         with open(paths.stdout, "a", encoding="utf-8") as fo, open(paths.stderr, "a", encoding="utf-8") as fe, \
                 contextlib.redirect_stdout(fo), contextlib.redirect_stderr(fe):
             try:
-                outcome: tuple[str, Any] = ("success", call())
-            except Exception:  # noqa: BLE001 - recorded as the job's failure
-                trace = traceback.format_exc()
-                fe.write(trace)
-                outcome = ("error", trace)
-        tmp = paths.result_pickle.with_suffix(".pkl.save_tmp")
-        try:
-            cloudpickle_dump(outcome, tmp)
-        except Exception:  # noqa: BLE001 - an unpicklable result still counts as a success
-            cloudpickle_dump((outcome[0], repr(outcome[1])[:1000]), tmp)
-        os.replace(tmp, paths.result_pickle)
+                call.run(outcome_path(paths.folder, str(job.job_id)))
+            except Exception:  # noqa: BLE001 - recorded as the job's failure in its outcome record
+                fe.write(traceback.format_exc())
         out.append(job)
     return out
 
@@ -293,12 +293,26 @@ def _records(jobs: Sequence[Any], calls: Sequence[Call], now: float, attempt: in
     return records
 
 
-def _submit_to(ex: submitit.Executor, choice: ExecutorChoice, calls: Sequence[Call], is_array: bool) -> list[Any]:
-    if choice.name == "debug":
-        return _run_debug(ex, calls)
-    if len(calls) == 1 and not is_array:
-        return [ex.submit(calls[0])]
-    return list(ex.submit_array(list(calls)))
+def _submit_to(ex: submitit.Executor, choice: ExecutorChoice, calls: Sequence[Call], is_array: bool,
+               folder: Path) -> list[Any]:
+    """Submit under the workspace's umask (sbatch and local jobs inherit it), then fix the modes."""
+    try:
+        with creation_umask(folder):
+            if choice.name == "debug":
+                return _run_debug(ex, calls)
+            if len(calls) == 1 and not is_array:
+                return [ex.submit(calls[0])]
+            return list(ex.submit_array(list(calls)))
+    finally:
+        apply_modes(folder)
+
+
+def _call_specs(calls: Sequence[Call]) -> dict[str, Any]:
+    """The calls as JSON for ``resubmit``, or why they cannot be recorded."""
+    try:
+        return {"calls": [call_spec(c) for c in calls]}
+    except NotRecordable as exc:
+        return {"calls_not_recorded": f"{exc} has no JSON form"}
 
 
 def _failure_message(exc: BaseException) -> str:
@@ -310,18 +324,19 @@ def _failure_message(exc: BaseException) -> str:
 def _submit_calls(ws: Workspace, stage: str, calls: Sequence[Call], executor: str | None,
                   jobs: Resolved | JobsConfig | None, snapshot: dict[str, Any] | None, job_name: str | None,
                   registry: Registry | None, is_array: bool) -> Submission:
-    cfg, origin = _as_config(ws, jobs)
+    jobs = jobs if jobs is not None else jobs_config(ws)
+    cfg, origin = _as_config(jobs)
     choice = choose_executor(executor, cfg, origin)
+    notes = [choice.note, *check_settings(choice, jobs, ws)]
     run_id = new_run_id(stage)
     folder = ws.folder("jobs") / run_id
-    notes = [choice.note]
     if choice.name == "slurm" and (warning := _tmp_warning(folder)):
         notes.append(warning)
     name = job_name or f"fmb-{stage}"
     ex = build_executor(choice, folder, cfg, name)
     now = time.time()
     try:
-        submitted = _submit_to(ex, choice, calls, is_array)
+        submitted = _submit_to(ex, choice, calls, is_array, folder)
     except Exception as exc:  # noqa: BLE001 - sbatch refusals, pickling errors, ...
         shutil.rmtree(folder, ignore_errors=True)
         raise JobsError(f"{choice.name} refused {stage} ({len(calls)} task{'s' if len(calls) != 1 else ''}); "
@@ -329,7 +344,8 @@ def _submit_calls(ws: Workspace, stage: str, calls: Sequence[Call], executor: st
     records = _records(submitted, calls, now)
     run = RunRecord(
         run_id=run_id, stage=stage, executor=choice.name, folder=str(folder),
-        config={"stage": snapshot or {}, "jobs": cfg.model_dump(mode="json"), "executor_choice": choice.note},
+        config={"stage": snapshot or {}, "jobs": cfg.model_dump(mode="json"), "executor_choice": choice.note,
+                **_call_specs(calls)},
         params={k: v for k, v in ex.parameters.items()} | {"python": cfg.python or sys.executable},
         created=now, n_tasks=len(records), is_array=is_array,
     )
@@ -408,7 +424,8 @@ def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolve
     executor unless ``executor`` is given. New tasks join the same run; the old rows are
     kept as history (``superseded_by``).
     """
-    cfg, origin = _as_config(ws, jobs)
+    jobs = jobs if jobs is not None else jobs_config(ws)
+    cfg, origin = _as_config(jobs)
     reg = registry or open_registry(ws, cfg.registry_journal)
     try:
         from fmb_engine.jobs.monitor import refresh
@@ -420,16 +437,15 @@ def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolve
         if not targets:
             states = ", ".join(sorted({j.state.value for j in found}))
             raise JobsError(f"nothing to resubmit in {run.run_id}: no failed or missing task (states: {states})")
-        calls: list[Call] = []
-        for job in targets:
-            calls.append(_load_call(job, run.stage))
+        calls = [_recorded_call(run, job) for job in targets]
         choice = choose_executor(executor or run.executor, cfg, origin if executor is None else "--executor")
+        warnings = check_settings(choice, jobs, ws)
         attempt = max(j.attempt for j in targets) + 1
         folder = Path(run.folder) / f"retry-{attempt}-{int(time.time())}"
         ex = build_executor(choice, folder, cfg, f"fmb-{run.stage}")
         now = time.time()
         try:
-            submitted = _submit_to(ex, choice, calls, is_array=run.is_array or len(calls) > 1)
+            submitted = _submit_to(ex, choice, calls, run.is_array or len(calls) > 1, folder)
         except Exception as exc:  # noqa: BLE001
             shutil.rmtree(folder, ignore_errors=True)
             raise JobsError(f"{choice.name} refused the resubmission of {run.run_id}; nothing was submitted: "
@@ -450,26 +466,29 @@ def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolve
         if choice.name in ("debug", "local"):
             refresh(ws, registry=reg, jobs=added)
         return Submission(run_id, run.stage, choice.name, folder, reg.jobs(run_id), list(submitted),
-                          [choice.note, f"resubmitted {len(targets)} task(s): "
+                          [choice.note, *warnings, f"resubmitted {len(targets)} task(s): "
                            + ", ".join(str(j.task_index) for j in targets)])
     finally:
         if registry is None:
             reg.close()
 
 
-def _load_call(job: JobRecord, stage: str) -> Call:
-    if not job.submitted_pickle or not Path(job.submitted_pickle).is_file():
-        raise JobsError(f"task {job.task_index} ({job.job_id}) cannot be resubmitted: its submitted pickle "
-                        f"{job.submitted_pickle} is missing")
+def _recorded_call(run: RunRecord, job: JobRecord) -> Call:
+    """Task ``job.task_index`` of ``run`` rebuilt from its JSON record (submitit's pickles are never loaded)."""
+    calls = run.config.get("calls")
+    what = f"task {job.task_index} ({job.job_id}) of {run.run_id} cannot be resubmitted"
+    if "attached" in run.config:
+        raise JobsError(f"{what}: it was submitted outside FMB and attached; its call exists only in submitit's "
+                        "pickle, which FMB never loads (a pickle can run code). Resubmit it where it was made.")
+    if not isinstance(calls, list) or not 0 <= job.task_index < len(calls):
+        why = run.config.get("calls_not_recorded") or (
+            "the registry holds no JSON record of its call (a run from an older FMB), and its submitted pickle "
+            "is never loaded (a pickle can run code)")
+        raise JobsError(f"{what}: {why}. Submit the stage again instead.")
     try:
-        delayed = DelayedSubmission.load(job.submitted_pickle)
-    except Exception as exc:  # noqa: BLE001 - moved code, missing module, foreign pickle
-        raise JobsError(f"task {job.task_index} ({job.job_id}) cannot be resubmitted: its submitted pickle does not "
-                        f"load here ({type(exc).__name__}: {exc})") from None
-    fn = delayed.function
-    if isinstance(fn, Call) and not delayed.args and not delayed.kwargs:
-        return fn
-    return make_call(fn, delayed.args, delayed.kwargs, stage)
+        return from_spec(calls[job.task_index], run.stage)
+    except JobsError as exc:
+        raise JobsError(f"{what}: {exc}") from None
 
 
 def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor: str | None = None,
@@ -478,6 +497,9 @@ def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor:
 
     ``folder`` is its submitit folder (``%j`` already replaced), ``job_id`` a job id, an
     array task (``123_4``) or an array id (``123``: every task found in the folder).
+    The folder must pass :func:`~fmb_engine.jobs.folders.verify_folder` (yours, or the
+    workspace group's, and writable by nobody else). Nothing in it is unpickled: its
+    state comes from SLURM or the local process (and an FMB outcome record, if any).
     """
     folder = Path(folder).expanduser().resolve()
     job_id = str(job_id).strip()
@@ -491,8 +513,12 @@ def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor:
     ids = [i for i in ids if (folder / f"{i}_submitted.pkl").is_file()]
     if not ids:
         raise JobsError(f"no submitit job {job_id} in {folder} (expected {job_id}_submitted.pkl "
-                        f"or {job_id}_<task>_submitted.pkl)")
+                        f"or {job_id}_<task>_submitted.pkl): not a submitit folder of that job")
     base = job_id.split("_", 1)[0]
+    task_paths = [JobPaths(folder, job_id=i, task_id=0) for i in ids]
+    verify_folder(ws, folder, [folder / f"{base}_submission.sh"] + [
+        p for paths in task_paths for p in (paths.submitted_pickle, paths.stdout, paths.stderr, paths.result_pickle,
+                                             outcome_path(folder, str(paths.job_id)))])
     if executor is None:
         script = folder / f"{base}_submission.sh"
         executor = "slurm" if script.is_file() and "#SBATCH" in script.read_text(errors="replace") else "local"
@@ -505,8 +531,7 @@ def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor:
                 raise JobsError(f"job {existing.job_id} from {folder} is already registered (run {existing.run_id})")
         submitted = min((folder / f"{i}_submitted.pkl").stat().st_mtime for i in ids)
         records = []
-        for index, jid in enumerate(ids):
-            paths = JobPaths(folder, job_id=jid, task_id=0)
+        for index, (jid, paths) in enumerate(zip(ids, task_paths, strict=True)):
             task = int(jid.rsplit("_", 1)[1]) if "_" in jid else index
             records.append(JobRecord(
                 run_id="", job_id=jid, state=State.PENDING, submitted=submitted,
@@ -529,5 +554,5 @@ def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor:
 
 __all__ = [
     "Call", "ResumableCall", "ExecutorChoice", "Submission", "EXECUTORS", "attach", "build_executor", "cancel",
-    "choose_executor", "executor_parameters", "jobs_config", "make_call", "resubmit", "submit", "submit_array",
+    "check_settings", "choose_executor", "executor_parameters", "jobs_config", "make_call", "resubmit", "submit", "submit_array",
 ]

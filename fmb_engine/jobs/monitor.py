@@ -1,10 +1,11 @@
 """Monitoring: poll once and update the registry; read and follow job logs.
 
 :func:`refresh` asks each executor once about every job that is not finished: one
-batched ``squeue`` + ``sacct`` for SLURM jobs, the controller PID and result file for
-local jobs, the result file for debug jobs. States always come from that poll, never
-from submitit's cached ``job.state`` (minutes stale by design). All changes are
-written in one registry transaction.
+batched ``squeue`` + ``sacct`` for SLURM jobs, the controller PID and outcome record
+for local jobs, the outcome record for debug jobs. States always come from that poll,
+never from submitit's cached ``job.state`` (minutes stale by design), and results
+only from the jobs' JSON outcome records (:mod:`fmb_engine.jobs.outcome`): submitit's
+result pickles are never loaded. All changes are written in one registry transaction.
 
 :func:`logs` reads a job's stdout or stderr; ``follow=True`` keeps reading by
 *polling* the file size (no inotify: it does not fire on NFS/Lustre, where SLURM
@@ -24,15 +25,8 @@ from typing import Any
 from fmb_engine.jobs import JobsError
 from fmb_engine.jobs import slurm as slurm_cli
 from fmb_engine.jobs.registry import JobRecord, Registry, open_registry
-from fmb_engine.jobs.states import (
-    TERMINAL,
-    ResultInfo,
-    State,
-    derive_debug,
-    derive_local,
-    last_error_line,
-    read_result,
-)
+from fmb_engine.jobs.outcome import read_outcome, result_pickle_note
+from fmb_engine.jobs.states import TERMINAL, State, derive_debug, derive_local
 from fmb_engine.workspace import Workspace
 
 #: A SLURM job neither squeue nor sacct knows becomes UNKNOWN after this long
@@ -40,7 +34,6 @@ from fmb_engine.workspace import Workspace
 VANISH_GRACE_S = 120.0
 #: UNKNOWN jobs older than this are no longer polled (they would only widen every sacct query).
 STALE_AFTER_S = 7 * 24 * 3600.0
-MAX_OUTPUTS_CHARS = 4000
 
 
 @dataclass
@@ -50,26 +43,6 @@ class RefreshReport:
     problems: list[str] = field(default_factory=list)
     by_executor: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def outputs_of(result: ResultInfo | None) -> dict[str, Any] | None:
-    """What a job's return value says it wrote: a mapping of names to paths/values, or a path."""
-    if result is None or result.outcome != "success" or result.value is None:
-        return None
-    value = result.value
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        out = {k: (v if isinstance(v, int | float | bool) or v is None else str(v)) for k, v in value.items()
-               if isinstance(v, str | Path | int | float | bool) or v is None}
-    elif isinstance(value, str | Path):
-        out = {"result": str(value)}
-    elif isinstance(value, list | tuple) and all(isinstance(v, str | Path) for v in value):
-        out = {str(i): str(v) for i, v in enumerate(value)}
-    else:
-        out = {"result_type": type(value).__name__}
-    text = repr(out)
-    if len(text) > MAX_OUTPUTS_CHARS:
-        out = {"note": f"{len(out)} outputs (too many to list)"}
-    return out
 
 
 def _changes(job: JobRecord, new: dict[str, Any]) -> dict[str, Any]:
@@ -85,27 +58,33 @@ def _changes(job: JobRecord, new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _from_result(job: JobRecord, now: float) -> dict[str, Any] | None:
-    result = read_result(job.result_pickle)
-    if result is None or result.outcome == "unreadable":
+def _ended_at(job: JobRecord, now: float) -> float:
+    try:
+        return job.outcome_file.stat().st_mtime
+    except OSError:
+        return now
+
+
+def _from_outcome(job: JobRecord, now: float) -> dict[str, Any] | None:
+    """A SLURM job that squeue and sacct no longer know: its outcome record, when there is one."""
+    outcome = read_outcome(job.outcome_file)
+    if outcome is None or not outcome.usable:
         return None
-    update: dict[str, Any] = {"state": result.state, "raw_state": f"result:{result.outcome}", "reason": None}
-    if result.error:
-        update["error"] = last_error_line(result.error)
-    if (outputs := outputs_of(result)) is not None:
-        update["outputs"] = outputs
+    update: dict[str, Any] = {"state": State.COMPLETED if outcome.status == "success" else State.FAILED,
+                              "raw_state": f"outcome:{outcome.status}", "reason": None}
+    if outcome.error:
+        update["error"] = outcome.error
+    if outcome.outputs is not None:
+        update["outputs"] = outcome.outputs
     if job.ended is None:
-        try:
-            update["ended"] = Path(job.result_pickle).stat().st_mtime  # type: ignore[arg-type]
-        except OSError:
-            update["ended"] = now
+        update["ended"] = _ended_at(job, now)
     return update
 
 
 def _slurm_update(job: JobRecord, row: slurm_cli.SlurmRow | None, now: float,
                   sacct_available: bool = True) -> dict[str, Any]:
     if row is None:
-        from_file = _from_result(job, now)
+        from_file = _from_outcome(job, now)
         if from_file is not None:
             return from_file
         seen = job.last_seen or job.submitted
@@ -130,20 +109,21 @@ def _slurm_update(job: JobRecord, row: slurm_cli.SlurmRow | None, now: float,
         if value is not None:
             update[key] = value
     if row.state in TERMINAL or row.state is State.PREEMPTED:
-        result = read_result(job.result_pickle)
-        if result is not None and result.outcome == "error":
+        outcome = read_outcome(job.outcome_file)
+        if outcome is not None and outcome.status == "error":
             update["state"] = State.FAILED if row.state is State.COMPLETED else row.state
-            update["error"] = last_error_line(result.error or "")
-        elif result is not None and result.outcome == "success":
-            if (outputs := outputs_of(result)) is not None:
-                update["outputs"] = outputs
-        elif row.state is State.COMPLETED and result is None:
-            update["error"] = "SLURM says completed but no result file was written (see the logs)"
+            update["error"] = outcome.error
+        elif outcome is not None and outcome.status == "success":
+            if outcome.outputs is not None:
+                update["outputs"] = outcome.outputs
+        elif outcome is not None:
+            update["error"] = outcome.error
+        elif row.state is State.COMPLETED:
+            note = result_pickle_note(job.result_pickle)
+            update["error"] = note if job.attached and note else "; ".join(filter(None, [
+                "SLURM says completed but the job wrote no outcome record (see the logs)", note]))
         if "ended" not in update and job.ended is None:  # squeue alone (no accounting) has no end time
-            try:
-                update["ended"] = Path(job.result_pickle).stat().st_mtime  # type: ignore[arg-type]
-            except (OSError, TypeError):
-                update["ended"] = now
+            update["ended"] = _ended_at(job, now)
     return update
 
 
@@ -169,10 +149,11 @@ def refresh(ws: Workspace, registry: Registry | None = None, jobs: Sequence[JobR
                 updates[job.key] = _slurm_update(job, polled.rows.get(job.job_id), now, polled.sacct_available)  # type: ignore[index]
         for job in todo:
             if job.executor == "local":
-                derived = derive_local(job.job_id, job.submitit_folder, job.result_pickle,
-                                       cancel_requested=bool(job.cancel_requested))
+                derived = derive_local(job.job_id, job.submitit_folder, job.outcome_file,
+                                       cancel_requested=bool(job.cancel_requested),
+                                       pickle_note=result_pickle_note(job.result_pickle), attached=job.attached)
             elif job.executor == "debug":
-                derived = derive_debug(job.result_pickle)
+                derived = derive_debug(job.outcome_file)
             else:
                 continue
             update: dict[str, Any] = {"state": derived.state, "raw_state": derived.raw, "reason": None}
@@ -181,16 +162,13 @@ def refresh(ws: Workspace, registry: Registry | None = None, jobs: Sequence[JobR
             if derived.state is State.RUNNING and job.started is None:
                 update["started"] = job.submitted
             if derived.state in TERMINAL:
-                result = read_result(job.result_pickle)
-                if (outputs := outputs_of(result)) is not None:
-                    update["outputs"] = outputs
+                outcome = read_outcome(job.outcome_file)
+                if outcome is not None and outcome.outputs is not None:
+                    update["outputs"] = outcome.outputs
                 if job.started is None:
                     update["started"] = job.submitted
                 if job.ended is None:
-                    try:
-                        update["ended"] = Path(job.result_pickle).stat().st_mtime  # type: ignore[arg-type]
-                    except (OSError, TypeError):
-                        update["ended"] = now
+                    update["ended"] = _ended_at(job, now)
             updates[job.key] = update  # type: ignore[index]
         for job in todo:
             report.by_executor[job.executor or "?"] = report.by_executor.get(job.executor or "?", 0) + 1

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fmb_engine.jobs import JobsError
+from fmb_engine.jobs.outcome import outcome_path
 from fmb_engine.jobs.states import ACTIVE, State
 from fmb_engine.sqlite_store import SQLiteStore
 from fmb_engine.workspace import Workspace
@@ -153,6 +154,7 @@ class JobRecord:
     executor: str | None = None
     folder: str | None = None
     stage: str | None = None
+    attached: bool = False  # registered by `jobs attach`: submitted outside FMB, so no outcome record
 
     @property
     def active(self) -> bool:
@@ -165,14 +167,22 @@ class JobRecord:
             return str(Path(self.submitted_pickle).parent)
         return str(self.folder or "")
 
+    @property
+    def outcome_file(self) -> Path:
+        """The JSON outcome record this job writes (the only result file FMB reads)."""
+        return outcome_path(self.submitit_folder, self.job_id)
 
-_JOB_COLUMNS = [f.name for f in fields(JobRecord) if f.name not in ("key", "outputs", "executor", "folder", "stage")]
+
+_JOINED = ("executor", "folder", "stage", "attached")
+_JOB_COLUMNS = [f.name for f in fields(JobRecord) if f.name not in ("key", "outputs", *_JOINED)]
 
 
 def _job_from_row(row: sqlite3.Row) -> JobRecord:
     data = {k: row[k] for k in row.keys() if k in {f.name for f in fields(JobRecord)}}
     data["state"] = State(row["state"]) if row["state"] in State.__members__ else State.UNKNOWN
     data["outputs"] = json.loads(row["outputs_json"]) if row["outputs_json"] else None
+    if "attached" in data:
+        data["attached"] = bool(data["attached"])
     return JobRecord(**data)
 
 
@@ -255,6 +265,7 @@ class Registry(SQLiteStore):
                 raise JobsError(f"job {job.job_id} of run {run.run_id} cannot be recorded: {exc}") from None
             job.key = cursor.lastrowid
             job.executor, job.folder, job.stage = run.executor, run.folder, run.stage
+            job.attached = "attached" in run.config
             out.append(job)
         return out
 
@@ -290,7 +301,8 @@ class Registry(SQLiteStore):
 
     # --- reading ---------------------------------------------------------------------------
 
-    _JOIN = "SELECT jobs.*, runs.executor, runs.folder, runs.stage FROM jobs JOIN runs USING (run_id)"
+    _JOIN = ("SELECT jobs.*, runs.executor, runs.folder, runs.stage, "
+             "json_extract(runs.config_json, '$.attached') IS NOT NULL AS attached FROM jobs JOIN runs USING (run_id)")
 
     def run(self, run_id: str) -> RunRecord:
         with self._lock:

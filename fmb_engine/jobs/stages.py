@@ -11,16 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from fmb_engine.config import Resolved
+from fmb_engine.jobs.calls import rebuild_resolved as _resolved
 from fmb_engine.jobs.executors import Submission, submit, submit_array
 from fmb_engine.workspace import Workspace
-
-
-def _resolved(section: str, values: dict[str, Any], sources: dict[str, str]) -> Resolved:
-    from fmb_engine.config import SECTIONS
-    from fmb_engine.sections import register_all
-
-    register_all()
-    return Resolved(section, SECTIONS[section].model_validate(values), sources)
 
 
 def embedding_shard_task(root: str, survey: str, model: str, values: dict[str, Any], sources: dict[str, str],

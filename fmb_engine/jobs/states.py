@@ -2,7 +2,8 @@
 
 SLURM (``squeue`` long names and short codes, ``sacct`` names with their ``+`` and
 ``by <uid>`` decorations), submitit's ``LocalJob`` / ``DebugJob`` states and the
-result pickles submitit writes all map onto the nine states of :class:`State`.
+jobs' JSON outcome records (never submitit's result pickles) all map onto the nine
+states of :class:`State`.
 Nothing else in the engine interprets a raw state string.
 """
 
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+from fmb_engine.jobs.outcome import Outcome, read_outcome
 
 
 class State(str, Enum):
@@ -90,7 +92,7 @@ _SUBMITIT = {
     "QUEUED": State.PENDING,
     "RUNNING": State.RUNNING,
     "DONE": State.COMPLETED,
-    "FINISHED": State.COMPLETED,  # only when a result file says success: see derive_from_files
+    "FINISHED": State.COMPLETED,
     "INTERRUPTED": State.CANCELLED,
     "CANCELLED": State.CANCELLED,
     "NO PROCESS AND NO RESULT": State.UNKNOWN,
@@ -179,58 +181,6 @@ def explain_reason(reason: str | None) -> str:
     return text
 
 
-# --- result files (local and debug executors; a cross-check for SLURM) ---------------------
-
-
-@dataclass(frozen=True)
-class ResultInfo:
-    """What a submitit result pickle says: ``("success", value)`` or ``("error", traceback)``."""
-
-    outcome: str  # "success" | "error" | "unreadable"
-    value: object = None
-    error: str | None = None
-
-    @property
-    def state(self) -> State:
-        return State.COMPLETED if self.outcome == "success" else State.FAILED
-
-
-#: Results bigger than this are not unpickled by the monitor (the state needs only the outcome).
-MAX_RESULT_BYTES = 4 * 1024 * 1024
-
-
-def last_error_line(trace: str) -> str:
-    lines = [line for line in str(trace).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "error"
-
-
-def read_result(path: str | os.PathLike[str] | None) -> ResultInfo | None:
-    """Read a submitit result pickle; None when it does not exist (yet).
-
-    Only files the engine's own jobs wrote in the workspace are read (unpickling runs code).
-    """
-    if path is None:
-        return None
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return None
-    if size > MAX_RESULT_BYTES:
-        # Too big to load just for a state: the outcome tag sits in the first bytes.
-        with path.open("rb") as fh:
-            head = fh.read(64)
-        return ResultInfo("error" if b"error" in head else "success", None, None)
-    try:
-        with path.open("rb") as fh:
-            outcome, value = pickle.load(fh)
-    except Exception as exc:  # noqa: BLE001 - a half-written or foreign file
-        return ResultInfo("unreadable", None, f"result file unreadable: {type(exc).__name__}: {exc}")
-    if outcome == "error":
-        return ResultInfo("error", None, str(value))
-    return ResultInfo("success", value, None)
-
-
 def pid_alive(pid: int, must_contain: str | None = None) -> bool:
     """Whether ``pid`` is a live (non-zombie) process, optionally whose command line contains a text.
 
@@ -266,32 +216,48 @@ class Derived:
     error: str | None = None
 
 
-def derive_local(pid: str | int | None, folder: str, result_pickle: str | None,
-                 cancel_requested: bool = False, started: bool = True) -> Derived:
-    """State of a ``LocalExecutor`` job from its controller PID and its result file.
+def _from_outcome(outcome: Outcome) -> Derived:
+    return Derived(State.COMPLETED if outcome.status == "success" else State.FAILED, f"outcome:{outcome.status}",
+                   outcome.error if outcome.status == "error" else None)
 
-    The PID is checked *before* the result file: a job seen dead has already written
-    its result, so a finished job is never mistaken for a crashed one.
+
+def derive_local(pid: str | int | None, folder: str, outcome_file: str | os.PathLike[str] | None,
+                 cancel_requested: bool = False, started: bool = True, pickle_note: str | None = None,
+                 attached: bool = False) -> Derived:
+    """State of a ``LocalExecutor`` job from its controller PID and its outcome record.
+
+    The PID is checked *before* the record is read: a job seen dead has already written
+    its record, so a finished job is never mistaken for a crashed one. A job attached
+    from elsewhere has no record (its result is only in submitit's pickle, never
+    loaded): once ended it is UNKNOWN.
     """
     alive = False
     with contextlib.suppress(TypeError, ValueError):
         alive = pid_alive(int(pid), must_contain=str(folder)) if pid is not None else False
-    result = read_result(result_pickle)
-    if result is not None and result.outcome != "unreadable":
-        return Derived(result.state, f"result:{result.outcome}", result.error and last_error_line(result.error))
+    outcome = read_outcome(outcome_file)
+    if outcome is not None and outcome.usable:
+        return _from_outcome(outcome)
     if alive:
         return Derived(State.RUNNING, "RUNNING")
     if cancel_requested:
         return Derived(State.CANCELLED, "INTERRUPTED", "cancelled by the user")
     if not started:
         return Derived(State.PENDING, "QUEUED")
-    note = result.error if result is not None else "process ended without writing a result (killed? see stderr)"
-    return Derived(State.FAILED, "NO PROCESS AND NO RESULT", note)
+    if outcome is not None:  # present but not ours or damaged
+        return Derived(State.FAILED if not attached else State.UNKNOWN, "OUTCOME UNREADABLE", outcome.error)
+    if attached:
+        return Derived(State.UNKNOWN, "ENDED, NO OUTCOME RECORD",
+                       "ended; " + (pickle_note or "no FMB outcome record (submitted outside FMB)"))
+    return Derived(State.FAILED, "NO PROCESS AND NO OUTCOME",
+                   "process ended without writing its outcome record (killed? see stderr)"
+                   + (f"; {pickle_note}" if pickle_note else ""))
 
 
-def derive_debug(result_pickle: str | None) -> Derived:
-    """Debug jobs run in-process at submission; their result file says how it went."""
-    result = read_result(result_pickle)
-    if result is None:
-        return Derived(State.UNKNOWN, "NO RESULT", "no result file (the submitting process ended early?)")
-    return Derived(result.state, f"result:{result.outcome}", result.error and last_error_line(result.error))
+def derive_debug(outcome_file: str | os.PathLike[str] | None) -> Derived:
+    """Debug jobs run in-process at submission; their outcome record says how it went."""
+    outcome = read_outcome(outcome_file)
+    if outcome is None:
+        return Derived(State.UNKNOWN, "NO OUTCOME", "no outcome record (the submitting process ended early?)")
+    if not outcome.usable:
+        return Derived(State.FAILED, "OUTCOME UNREADABLE", outcome.error)
+    return _from_outcome(outcome)

@@ -187,10 +187,11 @@ def test_attach_an_existing_submitit_job(workspace, tmp_path):
     folder = tmp_path / "elsewhere"
     ex = submitit.AutoExecutor(folder, cluster="local")
     job = ex.submit(selftest.sleep_then, 0, "attached!")
-    assert job.result() == "attached!"
+    wait_for(lambda: Path(job.paths.result_pickle).exists() and job.done(), timeout=30)
     run, jobs = executors.attach(workspace, folder, job.job_id)
-    assert run.executor == "local" and jobs[0].state is State.COMPLETED
-    assert jobs[0].outputs == {"result": "attached!"}
+    # submitted outside FMB: no outcome record, and submitit's result pickle is never loaded
+    assert run.executor == "local" and jobs[0].state is State.UNKNOWN and jobs[0].outputs is None
+    assert "which FMB never loads" in jobs[0].error
     with pytest.raises(JobsError, match="already registered"):
         executors.attach(workspace, folder, job.job_id)
     with pytest.raises(JobsError, match="no submitit job 12345"):

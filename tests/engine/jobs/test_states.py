@@ -1,9 +1,9 @@
-"""The one state normaliser: SLURM spellings, submitit vocabularies, result files, local PIDs."""
+"""The one state normaliser: SLURM spellings, submitit vocabularies, outcome records, local PIDs."""
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import subprocess
 import sys
 
@@ -21,8 +21,8 @@ from fmb_engine.jobs.states import (
     normalise,
     normalise_slurm,
     pid_alive,
-    read_result,
 )
+from fmb_engine.jobs.outcome import read_outcome, write_outcome
 
 
 @pytest.mark.parametrize(
@@ -85,27 +85,30 @@ def test_pending_reasons_are_explained():
     assert explain_reason("(ReqNodeNotAvail, UnavailableNodes:n1)").startswith("a requested node")
 
 
-def test_result_files(tmp_path):
-    ok = tmp_path / "ok.pkl"
-    ok.write_bytes(pickle.dumps(("success", {"shard": "a.json"})))
-    bad = tmp_path / "bad.pkl"
-    bad.write_bytes(pickle.dumps(("error", "Traceback...\nValueError: nope\n")))
-    junk = tmp_path / "junk.pkl"
+def test_outcome_records(tmp_path):
+    ok = write_outcome(tmp_path / "1_outcome.json", "success", value={"shard": tmp_path / "a.json", "n": 3})
+    bad = write_outcome(tmp_path / "2_outcome.json", "error", trace="Traceback...\nValueError: nope\n")
+    junk = tmp_path / "3_outcome.json"
     junk.write_bytes(b"\x80\x05garbage")
-    assert read_result(ok).state is State.COMPLETED and read_result(ok).value == {"shard": "a.json"}
-    assert read_result(bad).state is State.FAILED and "nope" in read_result(bad).error
-    assert read_result(junk).outcome == "unreadable"
-    assert read_result(tmp_path / "missing.pkl") is None and read_result(None) is None
-    assert derive_debug(str(ok)).state is State.COMPLETED
-    failed = derive_debug(str(bad))
+    foreign = tmp_path / "4_outcome.json"
+    foreign.write_text(json.dumps({"status": "success"}))
+    assert read_outcome(ok).status == "success" and read_outcome(ok).outputs == {"shard": str(tmp_path / "a.json"), "n": 3}
+    assert read_outcome(bad).status == "error" and read_outcome(bad).error == "ValueError: nope"
+    assert "nope" in read_outcome(bad).traceback
+    assert read_outcome(junk).status == "unreadable" and str(junk) in read_outcome(junk).error
+    assert read_outcome(foreign).status == "unreadable" and "not an fmb-job-outcome record" in read_outcome(foreign).error
+    assert read_outcome(tmp_path / "missing.json") is None and read_outcome(None) is None
+    assert derive_debug(ok).state is State.COMPLETED
+    failed = derive_debug(bad)
     assert failed.state is State.FAILED and failed.error == "ValueError: nope"
-    assert derive_debug(str(tmp_path / "missing.pkl")).state is State.UNKNOWN
+    assert derive_debug(junk).state is State.FAILED
+    assert derive_debug(tmp_path / "missing.json").state is State.UNKNOWN
 
 
 def test_local_state_from_pid_and_files(tmp_path):
     folder = tmp_path / "jobs" / "run"
     folder.mkdir(parents=True)
-    result = folder / "1_0_result.pkl"
+    result = folder / "1_outcome.json"
     # a live process whose command line names the folder -> RUNNING
     proc = subprocess.Popen([sys.executable, "-c", "import time,sys; time.sleep(30)", str(folder)])
     try:
@@ -117,9 +120,11 @@ def test_local_state_from_pid_and_files(tmp_path):
         proc.wait()
     assert not pid_alive(proc.pid)
     gone = derive_local(proc.pid, str(folder), str(result))
-    assert gone.state is State.FAILED and "without writing a result" in gone.error
+    assert gone.state is State.FAILED and "without writing its outcome record" in gone.error
     assert derive_local(proc.pid, str(folder), str(result), cancel_requested=True).state is State.CANCELLED
-    result.write_bytes(pickle.dumps(("success", 3)))
+    attached = derive_local(proc.pid, str(folder), str(result), attached=True, pickle_note="only in a pickle")
+    assert attached.state is State.UNKNOWN and "only in a pickle" in attached.error
+    write_outcome(result, "success", value=3)
     assert derive_local(proc.pid, str(folder), str(result)).state is State.COMPLETED
     assert derive_local("not-a-pid", str(folder), str(result)).state is State.COMPLETED
     assert pid_alive(os.getpid())
