@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 from rich.text import Text
@@ -120,6 +122,8 @@ class RunsScreen(FMBScreen):
         self.form_errors: dict[str, str] = {}
         self.base_problem = ""
         self.manifests: list[dict[str, Any]] = []
+        self._wanted_form: ConfigForm | None = None
+        self._form_lock = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -235,15 +239,24 @@ class RunsScreen(FMBScreen):
         self.query_one("#form-title", Static).update(f"[b]{escape(spec.title)}[/] · config section [b]{escape(spec.section)}[/]")
         for wid in ("#tasks", "#tasks-label"):
             self.query_one(wid).display = spec.sharded
-        self._show_form(ConfigForm(spec.section, SECTIONS[spec.section], rows, override_all=bool(self.base_problem)))
+        self._wanted_form = ConfigForm(spec.section, SECTIONS[spec.section], rows, override_all=bool(self.base_problem))
+        self._show_form()
 
-    @work(exclusive=True, group="form")
-    async def _show_form(self, form: ConfigForm) -> None:
-        """Replace the form once the old one is really gone (moving quickly through the stage list
-        must never show two forms, or a form of a stage no longer highlighted)."""
-        holder = self.query_one("#form-holder", VerticalScroll)
-        await holder.remove_children()
-        await holder.mount(form)
+    @work(group="form")
+    async def _show_form(self) -> None:
+        """Put the newest wanted form in place, one replacement at a time.
+
+        Moving quickly through the stage list must never show two forms, or the form of a stage no
+        longer highlighted: replacements are never cancelled half-way (a cancelled mount still lands
+        later), they queue on a lock and each mounts the form wanted *when its turn comes*.
+        """
+        async with self._form_lock:
+            form = self._wanted_form
+            holder = self.query_one("#form-holder", VerticalScroll)
+            if form is None or form in holder.children:
+                return
+            await holder.remove_children()
+            await holder.mount(form)
 
     def current_form(self) -> ConfigForm | None:
         """The mounted form of the highlighted stage; None while it is being replaced (fast scrolling)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,29 @@ def tui_template(small_survey: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture
-def tui_ws(tui_template: Path, tmp_path: Path) -> Workspace:
+def tui_ws(tui_template: Path, tmp_path: Path) -> Iterator[Workspace]:
     dst = tmp_path / "ws"
     shutil.copytree(tui_template, dst, symlinks=True)
-    return Workspace(dst)
+    ws = Workspace(dst)
+    yield ws
+    _cancel_submitted(ws)
+
+
+def _cancel_submitted(ws: Workspace) -> None:
+    """A run a test submitted from a form (ctrl+s; the fuzzer too) must not outlive the test: a local
+    retrain job went on for an hour in the background, with 8 GB, after the test had passed."""
+    from fmb_engine.jobs.executors import cancel
+    from fmb_engine.jobs.registry import open_registry
+
+    if not (ws.folder("jobs") / "registry.sqlite").exists():
+        return
+    reg = open_registry(ws)
+    try:
+        for run in reg.runs():
+            if any(job.active for job in reg.jobs(run.run_id)):
+                cancel(ws, run.run_id, registry=reg)
+    finally:
+        reg.close()
 
 
 @pytest.fixture
