@@ -139,6 +139,19 @@ def tie_share(score: np.ndarray) -> float:
     return float(counts[counts > 1].sum() / s.shape[0])
 
 
+def constancy(values: np.ndarray) -> str | None:
+    """"constant", "constant up to rounding" (range <= NEAR_CONSTANT_SPREAD x max(1, |largest|)) or None.
+
+    ``values`` are finite; the rounding rule catches e.g. ``1 - cos`` of identical vectors."""
+    if values.shape[0] < 2:
+        return None
+    if values.min() == values.max():
+        return "constant"
+    if np.ptp(values) <= NEAR_CONSTANT_SPREAD * max(1.0, float(np.abs(values).max())):
+        return "constant up to rounding"
+    return None
+
+
 def check_scores(scores: Mapping[str, pd.Series | np.ndarray], manifest: RunManifest) -> dict[str, float]:
     """Warn about every system whose score is constant or mostly ties; returns {system: tie share} of those."""
     flagged: dict[str, float] = {}
@@ -148,10 +161,11 @@ def check_scores(scores: Mapping[str, pd.Series | np.ndarray], manifest: RunMani
         if values.shape[0] < 2:
             continue
         share = tie_share(values)
-        if values.min() == values.max():
+        kind = constancy(values)
+        if kind == "constant":
             manifest.warn(f"{system}: constant score over its {values.shape[0]} objects; every object is tied at "
                           "rank 1, the system ranks nothing")
-        elif np.ptp(values) <= NEAR_CONSTANT_SPREAD * max(1.0, float(np.abs(values).max())):
+        elif kind:
             manifest.warn(f"{system}: constant score over its {values.shape[0]} objects up to rounding (range "
                           f"{np.ptp(values):.1e}); its ranks order rounding noise, the system ranks nothing")
         elif share > MOSTLY_TIED:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmb_engine.detect.degenerate import constancy
 from fmb_engine.detect.evaluate import evaluate_scores, to_markdown
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
@@ -55,9 +56,9 @@ def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) ->
         values = scored[col].to_numpy(dtype=float)
         if not len(values):
             manifest.warn(f"{system}: scored none of the labelled objects; every metric is undefined (empty)")
-        elif values.min() == values.max():
-            manifest.warn(f"{system}: constant score over its {len(values)} labelled objects; it ranks nothing "
-                          "(AUROC 0.5 and precision = positives' share by construction)")
+        elif kind := constancy(values):
+            manifest.warn(f"{system}: score {kind} over its {len(values)} labelled objects; it ranks nothing "
+                          "(chance level: AUROC about 0.5, precision about the positives' share)")
         metrics = evaluate_scores(scored["anomaly_class"].to_numpy(), values, ks=ks)
         frames.append(metrics.assign(system=system))
     result = pd.concat(frames, ignore_index=True)

@@ -21,6 +21,7 @@ from fmb_engine.analyze.rankings import RankMatrix, compare, spearman
 from fmb_engine.config import load
 from fmb_engine.detect.degenerate import describe_vectors, tie_share
 from fmb_engine.detect.evaluate import evaluate_scores
+from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.fusion import fuse
 from fmb_engine.detect.run import detect
 from fmb_engine.detect.tables import anomaly_table, rank_ascending, rank_descending
@@ -206,6 +207,12 @@ def test_duplicates_and_a_constant_score_are_loud_warnings_with_tied_ranks(embed
     assert fused.tolist() != list(range(1, len(fused) + 1))
     mismatch = pd.read_csv(ws.folder("scores") / "cosine_scores_cca.csv")
     assert mismatch.groupby("mismatch_score")["rank"].nunique().eq(1).all()
+    # evaluation still runs, says the mismatch is chance level by construction, and explains it in the report
+    evaluated = evaluate_workspace(ws, ws.folder("survey") / "mock.h5")
+    note = "cca/cross/mismatch: score constant up to rounding over its 120 labelled objects; it ranks nothing"
+    assert any(note in w for w in evaluated.summary["warnings"])
+    report = evaluated.outputs["report"].read_text()
+    assert "## Notes" in report and note in report
     # a higher threshold silences the duplicate warning, not the constant-score one
     quiet = detect(ws, load("detect", ws, cli=FAST | {"max_duplicate_fraction": 0.5}))
     warnings = "\n".join(_manifest(quiet)["warnings"])
