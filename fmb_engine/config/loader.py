@@ -6,11 +6,15 @@ section name -> {key: value}. Unknown sections and keys are rejected with the
 file that holds them and the closest valid name; type and range errors name the
 layer that supplied the bad value.
 
-Every file layer is also validated on its own (:func:`check_values`), so a bad
-value in ``fmb.yaml`` or a ``--config`` file is reported with its file and key
-even when a higher layer (another file, a flag) overrides it and the merged
-result would be valid: a value that is wrong today is never silently kept for
-the day the flag is dropped.
+When a section is resolved, every file layer's values of that section are also
+validated on their own (:func:`check_values`), so a bad value in ``fmb.yaml`` or
+a ``--config`` file is reported with its file and key even when a higher layer
+(another file, a flag, a TUI form) overrides it and the merged result would be
+valid: a value that is wrong today is never silently kept for the day the flag
+is dropped. Reading a file checks its structure and key names only, so a bad
+value in one section does not stop the commands (or the TUI's catalogue) that
+use other sections; ``config validate`` and ``config show`` resolve every
+section and so check every value.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ def _check_body(origin: str, section: str, body: Any) -> None:
 
 
 def check_layer(layer: Layer) -> Layer:
-    """Reject unknown sections and keys, and bad values of every known section, naming the layer."""
+    """Reject unknown sections and keys, naming the layer and suggesting the closest name."""
     top = sorted({name.split(".")[0] for name in SECTIONS})
     for section, body in layer.data.items():
         if section not in top:
@@ -122,9 +126,6 @@ def check_layer(layer: Layer) -> Layer:
                 f"Valid sections: {', '.join(top)}"
             )
         _check_body(layer.origin, str(section), body)
-    if layer.origin != CLI_ORIGIN:
-        for name in SECTIONS:
-            check_values(layer, name)
     return layer
 
 
@@ -149,7 +150,7 @@ def check_values(layer: Layer, section: str, overridden: dict[str, str] | None =
                 continue
             problem = _problem(layer.origin, section, schema, key, body[key], err["msg"])
             if overridden and key in overridden:
-                problem += f"; overridden by {overridden[key]}, but the file's value must be valid too"
+                problem += f"; overridden by {overridden[key]}, but the value in {layer.origin} must be valid too"
             problems.append(problem)
         if problems:
             raise ConfigError("\n".join(problems)) from None

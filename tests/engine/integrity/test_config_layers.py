@@ -44,11 +44,14 @@ def test_a_bad_fmb_yaml_value_hidden_by_the_config_file_is_reported(ws, tmp_path
         load("mock", ws, task)
 
 
-def test_a_bad_value_in_another_section_of_the_file_is_reported(ws):
-    """Every value of the file, not only the section a command resolves."""
+def test_config_validate_and_show_check_every_section_of_the_file(ws):
+    """Commands resolve only their own section; `config show` / `config validate` resolve every one."""
     ws.config_file.write_text("mock:\n  objects: lots\nimport:\n  batch_size: 8\n")
-    with pytest.raises(ConfigError, match=r"fmb\.yaml: mock\.objects"):
-        load("import", ws)
+    assert load("import", ws).values.batch_size == 8
+    proc = _cli("config", "show", cwd=ws.root)
+    assert proc.returncode == 1 and "fmb.yaml: mock.objects = 'lots' is invalid" in " ".join((proc.stdout + proc.stderr).split())
+    proc = _cli("config", "validate", "fmb.yaml", cwd=ws.root)
+    assert proc.returncode == 1 and "fmb.yaml: mock.objects = 'lots' is invalid" in " ".join((proc.stdout + proc.stderr).split())
 
 
 def test_a_reader_that_skips_the_file_check_still_validates_the_section_it_resolves(ws):
