@@ -2,7 +2,16 @@
 
 Every pairwise quantity is computed on the objects **both** systems rank, and the
 ranks are re-numbered 1..n within that shared set before percentiles are taken
-(reference bug L6 divided per-file ranks by the join size). Pure functions of a
+(reference bug L6 divided per-file ranks by the join size).
+
+Ties: tied ranks (objects with equal scores, see :mod:`fmb_engine.detect.tables`)
+stay tied when re-numbered (each gets the smallest rank of its group), so a
+top-q % set holds the whole tied group rather than the first rows of the file.
+Spearman's rho is the Pearson correlation of mid-ranks (tied objects get the
+average of the ranks they span), the textbook tie correction; without ties it
+is the usual ``1 - 6 sum d^2 / (n (n^2 - 1))``. A ranking whose objects all tie
+(a constant score) has no order to correlate: rho is NaN and :func:`compare`
+says why in its ``notes`` table instead of leaving a bare NaN. Pure functions of a
 ``{system: rank Series}`` mapping; the door lives in :mod:`fmb_engine.analyze.run`.
 """
 
@@ -13,6 +22,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
+
+from fmb_engine.detect.tables import min_rank
 
 
 def top_count(n: int, percent: float) -> int:
@@ -23,11 +35,8 @@ def top_count(n: int, percent: float) -> int:
 
 
 def rerank(rank: np.ndarray) -> np.ndarray:
-    """Ranks (any increasing numbering, 1 = most anomalous) -> 1..n in the same order (ties by position)."""
-    order = np.argsort(np.asarray(rank, dtype=np.float64), kind="stable")
-    out = np.empty(len(order), dtype=np.int64)
-    out[order] = np.arange(1, len(order) + 1)
-    return out
+    """Ranks (any increasing numbering, 1 = most anomalous) -> 1..n in the same order; ties stay tied."""
+    return min_rank(np.asarray(rank, dtype=np.float64))
 
 
 class RankMatrix:
@@ -57,12 +66,27 @@ def _is_perm(r: np.ndarray) -> bool:
 
 
 def spearman(ra: np.ndarray, rb: np.ndarray) -> float:
-    """Spearman's rho of two rank vectors 1..n without ties: Pearson correlation of the ranks."""
+    """Spearman's rho of two rankings of the same objects; NaN when fewer than 2 objects or one is all ties."""
     n = len(ra)
     if n < 2:
         return float("nan")
-    d = ra.astype(np.float64) - rb.astype(np.float64)
-    return float(1.0 - 6.0 * np.dot(d, d) / (n * (n * n - 1.0)))
+    if _is_perm(ra) and _is_perm(rb):
+        d = ra.astype(np.float64) - rb.astype(np.float64)
+        return float(1.0 - 6.0 * np.dot(d, d) / (n * (n * n - 1.0)))
+    ma, mb = rankdata(ra, method="average"), rankdata(rb, method="average")
+    ma, mb = ma - ma.mean(), mb - mb.mean()
+    norm = float(np.sqrt(np.dot(ma, ma) * np.dot(mb, mb)))
+    return float(np.dot(ma, mb) / norm) if norm > 0 else float("nan")
+
+
+def _undefined(a: str, b: str, ra: np.ndarray, rb: np.ndarray) -> str:
+    """Why the Spearman of a pair is NaN, in words."""
+    n = len(ra)
+    if n < 2:
+        return f"Spearman of {a} and {b} is undefined: they share {n} object(s), it needs 2"
+    flat = [s for s, r in ((a, ra), (b, rb)) if r.min() == r.max()]
+    return (f"Spearman of {a} and {b} is undefined: {' and '.join(flat)} ties every object of the {n} they share "
+            "(a constant score has no order to correlate)")
 
 
 def jaccard(ra: np.ndarray, rb: np.ndarray, percent: float) -> float:
@@ -75,13 +99,14 @@ def jaccard(ra: np.ndarray, rb: np.ndarray, percent: float) -> float:
 def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float = 50.0,
             retention_percents: tuple[float, ...] | list[float] = (1.0, 10.0)) -> dict[str, pd.DataFrame]:
     """All pairwise comparisons: ``spearman``, ``jaccard`` (square), ``retention``, ``disagreement``,
-    ``displacement`` (target percentile of each source top-q % object) and ``shared`` (pair sizes)."""
+    ``displacement`` (target percentile of each source top-q % object), ``shared`` (pair sizes) and
+    ``notes`` (system_a, system_b, note: why a pair's Spearman is NaN)."""
     systems = ranks.systems
     m = len(systems)
     rho = np.eye(m)
     jac = np.eye(m)
     shared_n = np.zeros((m, m), dtype=np.int64)
-    retention_rows, disagreement, displacement = [], [], []
+    retention_rows, disagreement, displacement, notes = [], [], [], []
     ids = np.asarray(ranks.index.astype(str))
     for i, a in enumerate(systems):
         shared_n[i, i] = int(ranks.present[a].sum())
@@ -91,6 +116,8 @@ def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float
             n = len(ra)
             shared_n[i, j] = shared_n[j, i] = n
             rho[i, j] = rho[j, i] = spearman(ra, rb)
+            if np.isnan(rho[i, j]):
+                notes.append({"system_a": a, "system_b": b, "note": _undefined(a, b, ra, rb)})
             jac[i, j] = jac[j, i] = jaccard(ra, rb, top_percent) if n else float("nan")
             if not n:
                 continue
@@ -122,6 +149,7 @@ def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float
         "retention": pd.DataFrame(retention_rows, columns=ret_cols),
         "disagreement": pd.concat(disagreement, ignore_index=True) if disagreement else pd.DataFrame(columns=dis_cols),
         "displacement": pd.concat(displacement, ignore_index=True) if displacement else pd.DataFrame(columns=disp_cols),
+        "notes": pd.DataFrame(notes, columns=["system_a", "system_b", "note"]),
     }
 
 

@@ -107,6 +107,8 @@ def analyze_rankings(ws: Workspace, resolved: Resolved, reporter: Reporter | Non
     manifest.count("systems", list(ranks.columns))
     manifest.count("objects", len(ranks))
     manifest.count("disagreements", len(res["disagreement"]))
+    for note in res["notes"]["note"]:  # why a Spearman is NaN (a constant ranking), instead of a bare NaN
+        manifest.warn(note)
     return _finish(manifest, outputs, {"systems": list(ranks.columns), "objects": len(ranks), **res})
 
 

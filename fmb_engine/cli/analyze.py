@@ -39,6 +39,8 @@ def rankings(
                                           disagree_percent=disagree), reporter())
     console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects; "
                   f"{len(result.summary['disagreement']):,} disagreements")
+    for note in result.summary["notes"]["note"]:
+        console.print(f"[yellow]note: {escape(note)}[/]")
     _outputs(result)
 
 

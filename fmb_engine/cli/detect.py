@@ -31,6 +31,9 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
         by_reason.setdefault(skip["reason"], []).append(skip["system"])
     for reason, systems in by_reason.items():
         console.print(f"[yellow]skipped {escape(', '.join(systems))}: {escape(reason)}[/]")
+    for warning in result.summary.get("warnings", []):
+        if not warning.startswith("skipped "):  # printed above, grouped by reason
+            console.print(f"[yellow]warning: {escape(warning)}[/]")
     console.print(f"scores: [bold]{escape(str(result.outputs['scores']))}[/]  (systems table: {escape(str(result.outputs['systems']))})")
     console.print(f"manifest: {escape(str(result.manifest))}")
 
@@ -60,6 +63,11 @@ app.command("fuse")(_command(("fuse",), "Fuse image, spectrum and mismatch ranks
 app.command("all")(_command(PARTS, "Flows, mismatch and fusion, then the systems table."))
 
 
+def _metric(value: float) -> str:
+    """A metric to 3 decimals; an undefined one (NaN) as "n/a" (the report's notes say why)."""
+    return "n/a" if value != value else f"{value:.3f}"
+
+
 def evaluate(survey: str = typer.Option(None, "--survey", "-s", help="Survey with anomaly_class truth (default: general.survey)."),
              workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """AUROC, average precision, precision@k and recall@k of every system against the injected anomalies."""
@@ -70,6 +78,8 @@ def evaluate(survey: str = typer.Option(None, "--survey", "-s", help="Survey wit
     for col in ("system", "auroc", "ap", "p@100"):
         table.add_column(col)
     for system, row in overview.iterrows():
-        table.add_row(system, *(f"{row.get(c, float('nan')):.3f}" for c in ("auroc", "ap", "p@100")))
+        table.add_row(system, *(_metric(row.get(c, float("nan"))) for c in ("auroc", "ap", "p@100")))
     console.print(table)
+    for warning in result.summary.get("warnings", []):
+        console.print(f"[yellow]warning: {escape(warning)}[/]")
     console.print(f"report: [bold]{escape(str(result.outputs['report']))}[/]")

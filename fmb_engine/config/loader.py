@@ -5,6 +5,16 @@ config (``--config FILE``) < command-line flags. Every layer is a mapping of
 section name -> {key: value}. Unknown sections and keys are rejected with the
 file that holds them and the closest valid name; type and range errors name the
 layer that supplied the bad value.
+
+When a section is resolved, every file layer's values of that section are also
+validated on their own (:func:`check_values`), so a bad value in ``fmb.yaml`` or
+a ``--config`` file is reported with its file and key even when a higher layer
+(another file, a flag, a TUI form) overrides it and the merged result would be
+valid: a value that is wrong today is never silently kept for the day the flag
+is dropped. Reading a file checks its structure and key names only, so a bad
+value in one section does not stop the commands (or the TUI's catalogue) that
+use other sections; ``config validate`` and ``config show`` resolve every
+section and so check every value.
 """
 
 from __future__ import annotations
@@ -119,6 +129,39 @@ def check_layer(layer: Layer) -> Layer:
     return layer
 
 
+def check_values(layer: Layer, section: str, overridden: dict[str, str] | None = None) -> None:
+    """Validate the values ``layer`` sets in ``section`` on their own (types and ranges).
+
+    Only errors of the keys this layer sets are reported (rules that combine several keys
+    are checked on the merged result by :func:`resolve`). ``overridden`` maps a key to the
+    layer that overrides it, to say so in the message.
+    """
+    body = section_body(layer.data, section)
+    if not isinstance(body, dict) or not body or section not in SECTIONS:
+        return
+    schema = SECTIONS[section]
+    try:
+        schema.model_validate(body)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else None
+            if key not in body:
+                continue
+            problem = _problem(layer.origin, section, schema, key, body[key], err["msg"])
+            if overridden and key in overridden:
+                problem += f"; overridden by {overridden[key]}, but the value in {layer.origin} must be valid too"
+            problems.append(problem)
+        if problems:
+            raise ConfigError("\n".join(problems)) from None
+
+
+def _problem(origin: str, section: str, schema: type[BaseModel], key: str, got: Any, msg: str) -> str:
+    """One line naming where a bad value comes from, what it is and what was expected."""
+    return (f"{origin}: {section}.{key} = {got!r} is invalid: {msg} "
+            f"(expected {_expected(schema, key) if key in schema.model_fields else '?'}, got {type(got).__name__})")
+
+
 def _expected(schema: type[BaseModel], key: str) -> str:
     annotation = schema.model_fields[key].annotation
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
@@ -137,19 +180,17 @@ def resolve(section: str, layers: list[Layer]) -> Resolved:
                 continue  # a flag that was not given
             raw[key] = value
             sources[key] = layer.origin
+    for layer in layers:  # each file on its own: a bad value hidden by a higher layer is still an error
+        if layer.origin != CLI_ORIGIN:
+            check_values(layer, section, {k: o for k, o in sources.items() if o != layer.origin})
     try:
         values = schema.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             key = str(err["loc"][0]) if err["loc"] else "?"
-            got = raw.get(key, "<missing>")
-            origin = sources.get(key, DEFAULT_ORIGIN)
-            problems.append(
-                f"{origin}: {section}.{key} = {got!r} is invalid: {err['msg']} "
-                f"(expected {_expected(schema, key) if key in schema.model_fields else '?'}, "
-                f"got {type(got).__name__})"
-            )
+            problems.append(_problem(sources.get(key, DEFAULT_ORIGIN), section, schema, key,
+                                     raw.get(key, "<missing>"), err["msg"]))
         raise ConfigError("\n".join(problems)) from None
     return Resolved(section, values, sources)
 

@@ -21,8 +21,11 @@ Metrics (per subset; sklearn.metrics)
 * ``average_precision``: ``average_precision_score`` (NaN without positives)
 * ``precision@k`` = (positives among the top ``k`` of the subset) / ``k'`` and
   ``recall@k`` = that count / (positives in the subset), where the top ``k``
-  is taken by descending score with ties broken by object order and
-  ``k' = min(k, subset size)``.
+  is taken by descending score and ``k' = min(k, subset size)``. When the
+  ``k``-th place falls in a group of tied scores, the count is its expectation
+  over the orders of the tie: the objects above the tie plus the tie's
+  positives times (free places / tie size). Row order never decides, so a
+  constant score gets the chance-level precision (the positives' share).
 """
 
 from __future__ import annotations
@@ -50,14 +53,19 @@ def _subset_metrics(y: np.ndarray, s: np.ndarray, ks: Sequence[int]) -> list[tup
     rows: list[tuple[str, int | None, float]] = []
     rows.append(("auroc", None, float(roc_auc_score(y, s)) if n_pos and n_neg else np.nan))
     rows.append(("average_precision", None, float(average_precision_score(y, s)) if n_pos else np.nan))
-    order = np.argsort(-s, kind="stable")
-    hits = np.cumsum(y[order])
+    ordered = np.sort(s)[::-1]
     for k in ks:
         kk = min(k, y.shape[0])
-        tp = int(hits[kk - 1]) if kk else 0
+        tp = _expected_hits(y, s, ordered[kk - 1], kk) if kk else 0
         rows.append(("precision@k", k, tp / kk if kk else np.nan))
         rows.append(("recall@k", k, tp / n_pos if n_pos else np.nan))
     return rows
+
+
+def _expected_hits(y: np.ndarray, s: np.ndarray, cut: float, k: int) -> float:
+    """Positives among the top ``k`` by score, averaged over the orders of the tie at the ``cut`` score."""
+    above, tied = s > cut, s == cut
+    return float(y[above].sum() + y[tied].sum() * (k - above.sum()) / tied.sum())
 
 
 def evaluate_scores(

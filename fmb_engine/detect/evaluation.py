@@ -4,6 +4,14 @@ Reads ``scores/systems.parquet`` and the survey's ``anomaly_class`` truth; write
 ``analysis/evaluation.csv`` (tidy: system, subset, metric, k, value, counts) and
 ``analysis/evaluation.md`` (AUROC and AP per system, overall and per class).
 Metrics and their definitions are in :mod:`fmb_engine.detect.evaluate`.
+
+A system whose score is constant over the labelled objects ranks nothing: its
+AUROC is 0.5 and its precision@k the positives' share by construction (ties
+never follow row order). It is still evaluated, and named in the manifest's
+warnings, the CLI output and the report's notes, so a chance-level line is
+never mistaken for a weak detector. An undefined metric (a subset without
+positives or negatives, a system that scored none of the labelled objects) is
+an empty cell, explained in the same notes.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmb_engine.detect.degenerate import constancy
 from fmb_engine.detect.evaluate import evaluate_scores, to_markdown
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
@@ -44,7 +53,13 @@ def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) ->
         scored = table[np.isfinite(table[col].to_numpy(dtype=float))]
         if (lost := len(table) - len(scored)):
             manifest.dropped(f"{system}:not_scored", lost)
-        metrics = evaluate_scores(scored["anomaly_class"].to_numpy(), scored[col].to_numpy(dtype=float), ks=ks)
+        values = scored[col].to_numpy(dtype=float)
+        if not len(values):
+            manifest.warn(f"{system}: scored none of the labelled objects; every metric is undefined (empty)")
+        elif kind := constancy(values):
+            manifest.warn(f"{system}: score {kind} over its {len(values)} labelled objects; it ranks nothing "
+                          "(chance level: AUROC about 0.5, precision about the positives' share)")
+        metrics = evaluate_scores(scored["anomaly_class"].to_numpy(), values, ks=ks)
         frames.append(metrics.assign(system=system))
     result = pd.concat(frames, ignore_index=True)
     result = result[["system", *[c for c in result.columns if c != "system"]]]
@@ -52,11 +67,13 @@ def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) ->
     with atomic_path(out_csv) as tmp:
         result.to_csv(tmp, index=False)
     overview = summary_table(result)
-    out_md = atomic_write_text(ws.folder("analysis") / "evaluation.md", markdown_report(result, overview))
+    out_md = atomic_write_text(ws.folder("analysis") / "evaluation.md",
+                               markdown_report(result, overview, manifest.data["warnings"]))
     manifest.output("csv", out_csv)
     manifest.output("markdown", out_md)
     manifest.count("systems", int(result["system"].nunique()))
-    return StageResult({"evaluation": out_csv, "report": out_md}, manifest.write(), {"overview": overview})
+    return StageResult({"evaluation": out_csv, "report": out_md}, manifest.write(),
+                       {"overview": overview, "warnings": list(manifest.data["warnings"])})
 
 
 def summary_table(result: pd.DataFrame) -> pd.DataFrame:
@@ -75,9 +92,14 @@ def summary_table(result: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("auroc", ascending=False)
 
 
-def markdown_report(result: pd.DataFrame, overview: pd.DataFrame) -> str:
+def markdown_report(result: pd.DataFrame, overview: pd.DataFrame, warnings: list[str] = ()) -> str:
     n_pos = int(result[(result["subset"] == "all")]["n_positive"].iloc[0])
     n_neg = int(result[(result["subset"] == "all")]["n_negative"].iloc[0])
     head = (f"# Evaluation against injected anomalies\n\n{n_pos} labelled anomalies, {n_neg} normal objects. "
             "AUROC and average precision (AP) of each system's score; per class: that class against the normal objects.\n\n")
-    return head + to_markdown(overview.reset_index(), floatfmt=".3f") + "\n"
+    notes = [*warnings]
+    if overview.isna().to_numpy().any():
+        notes.append("An empty cell is an undefined metric: AUROC needs positives and negatives in the subset, "
+                     "AP and recall need positives.")
+    tail = "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes) if notes else ""
+    return head + to_markdown(overview.reset_index(), floatfmt=".3f") + tail + "\n"

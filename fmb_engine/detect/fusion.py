@@ -15,7 +15,7 @@ modality of each system comes from the embedder's declaration, never from key
 names (reference bug L1), so the caller hands over arrays already assigned.
 
 With ``rerank=True`` (default) each system's ranks are re-ranked *within the
-join* (order preserved, ties by object order) and ``N`` is the join size::
+join* (order preserved, tied ranks stay tied) and ``N`` is the join size::
 
     p_x = (N - r_x + 1) / N    in (0, 1],  p = 1 for the most anomalous
 
@@ -57,6 +57,17 @@ a log-odds gain, e.g. moving from the top 2 % to the top 0.5 % is about +1.4.
 Under ``rerank=False`` the single-system percentiles use each system's own
 ``N``, the fused percentile the join size.
 
+Ties
+----
+Tied scores share the smallest rank of their group (competition ranking, see
+:mod:`fmb_engine.detect.tables`), in the input ranks, in the re-ranking and in
+``rank_fused``. A system whose score is constant therefore gives every object
+``p = 1``, the neutral element of the products and of ``min`` above: it drops
+out of ``geo`` and ``min`` and adds the same constant to ``avg`` and
+``fisher``, so the fused order is decided by the other systems, never by the
+row order of the input. Without ties every rank is unique and the results are
+those of the ordinal ranking (the reference's).
+
 Thresholds
 ----------
 ``thresholds={"img": t_img, "spec": t_spec, "mis": t_mis}`` (missing keys = 0):
@@ -71,7 +82,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmb_engine.detect.tables import as_object_ids, has_duplicates, rank_descending
+from fmb_engine.detect.tables import as_object_ids, has_duplicates, min_rank, rank_descending
 
 FUSION_METHODS: tuple[str, ...] = ("geo", "min", "avg", "fisher")
 FUSION_COLUMNS: tuple[str, ...] = (
@@ -92,8 +103,8 @@ def _logit_mid(rank: np.ndarray, n: int) -> np.ndarray:
 
 
 def rerank_within(rank: np.ndarray) -> np.ndarray:
-    """Dense ordinal re-rank 1..N preserving order (ties by object order)."""
-    return rank_descending(-np.asarray(rank, dtype=np.float64))
+    """Re-rank 1..N preserving order; tied ranks share the smallest rank of their group."""
+    return min_rank(np.asarray(rank, dtype=np.float64))
 
 
 def _check_rank(name: str, rank: Any, n_total: Any, n_join: int) -> tuple[np.ndarray, int]:
@@ -112,8 +123,6 @@ def _check_rank(name: str, rank: Any, n_total: Any, n_join: int) -> tuple[np.nda
         raise ValueError(f"n_{name}={n_total} is smaller than the {n_join} joined objects")
     if n_join and (r.min() < 1 or r.max() > n_total):
         raise ValueError(f"rank_{name}: ranks must lie in [1, n_{name}={n_total}], got [{r.min()}, {r.max()}]")
-    if np.unique(r).shape[0] != r.shape[0]:
-        raise ValueError(f"rank_{name}: duplicate ranks; each object must have its own rank")
     return r, int(n_total)
 
 
@@ -150,7 +159,8 @@ def fuse(
     rank_img, rank_spec, rank_mis`` (the ranks behind ``p``: within the join
     when ``rerank``), ``p_img, p_spec, p_mis, score_mm_geo, score_mm_min,
     score_mm_avg, score_mm_fisher, uplift_mm, rank_fused`` (by ``method``, 1 = most anomalous,
-    ties by object order) and ``passes_thresholds``.
+    tied fused scores share a rank) and ``passes_thresholds``. Tied input ranks are allowed
+    (tied scores); see "Ties" in the module docstring.
     """
     if method not in FUSION_METHODS:
         raise ValueError(f"method must be one of {FUSION_METHODS}, got {method!r}")

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-_CHUNK_ROWS = 8192
+#: Rows per chunk of the chunked passes (bounds the size of float64 temporaries).
+CHUNK_ROWS = 8192
 _GRAM_ROWS = 2048
 
 
@@ -57,8 +58,8 @@ def finite_rows(X: np.ndarray) -> np.ndarray:
         return np.ones(X.shape[0], dtype=bool)
     mask = np.ones(X.shape[0], dtype=bool)
     # chunked so a (N, D) boolean temporary never exists for large inputs
-    for start in range(0, X.shape[0], _CHUNK_ROWS):
-        mask[start : start + _CHUNK_ROWS] = np.isfinite(X[start : start + _CHUNK_ROWS]).all(axis=1)
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        mask[start : start + CHUNK_ROWS] = np.isfinite(X[start : start + CHUNK_ROWS]).all(axis=1)
     return mask
 
 
@@ -152,7 +153,7 @@ class Preprocessor:
             self.components_ = np.zeros((0, d), dtype=np.float32)
             self.explained_variance_ratio_ = np.zeros(0, dtype=np.float64)
         Z = self._project(X)
-        mean, std, constant = _column_stats(Z)
+        mean, std, constant = column_stats(Z)
         self.col_mean_ = mean
         self.col_scale_ = np.where(constant, 1.0, np.maximum(std, np.finfo(np.float64).tiny))
         self.n_constant_columns_ = int(constant.sum())
@@ -197,8 +198,8 @@ class Preprocessor:
         Wt = np.ascontiguousarray(self.components_.T, dtype=np.float32)
         mu = self.pca_mean_.astype(np.float32)
         out = np.empty((X.shape[0], Wt.shape[1]), dtype=np.float32)
-        for start in range(0, X.shape[0], _CHUNK_ROWS):
-            chunk = np.asarray(X[start : start + _CHUNK_ROWS], dtype=np.float32) - mu
+        for start in range(0, X.shape[0], CHUNK_ROWS):
+            chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float32) - mu
             np.matmul(chunk, Wt, out=out[start : start + chunk.shape[0]])
         return out
 
@@ -271,8 +272,8 @@ def _fit_pca(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """
     n, d = X.shape
     mean = np.zeros(d, dtype=np.float64)
-    for start in range(0, n, _CHUNK_ROWS):
-        mean += X[start : start + _CHUNK_ROWS].sum(axis=0, dtype=np.float64)
+    for start in range(0, n, CHUNK_ROWS):
+        mean += X[start : start + CHUNK_ROWS].sum(axis=0, dtype=np.float64)
     mean /= n
     mu = mean.astype(np.float32)
     scatter = np.zeros((d, d), dtype=np.float64)
@@ -296,13 +297,13 @@ def _fit_pca(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return mean, evecs.astype(np.float32), ratio
 
 
-def _column_stats(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def column_stats(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Column mean, unbiased std (float64) and a mask of exactly constant columns."""
     n = Z.shape[0]
     mean = Z.mean(axis=0, dtype=np.float64)
     var = np.zeros(Z.shape[1], dtype=np.float64)
-    for start in range(0, n, _CHUNK_ROWS):
-        c = Z[start : start + _CHUNK_ROWS].astype(np.float64) - mean
+    for start in range(0, n, CHUNK_ROWS):
+        c = Z[start : start + CHUNK_ROWS].astype(np.float64) - mean
         var += np.einsum("ij,ij->j", c, c)
     std = np.sqrt(var / max(n - 1, 1))
     constant = (Z.max(axis=0) == Z.min(axis=0)) | (std == 0)

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmb_engine.config import Resolved
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
+from fmb_engine.detect.degenerate import MAX_DUPLICATE_FRACTION, check_embeddings, check_scores
 from fmb_engine.detect.flows import fit_flows, score_out_of_fold, split_preset
 from fmb_engine.detect.fusion import FUSION_COLUMNS, FUSION_METHODS, fuse
 from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, mismatch_scores
@@ -97,6 +98,10 @@ class DetectConfig(BaseModel):
     knn_k: int = Field(10, ge=1, description="k of the k-NN distance baseline.")
     iforest_trees: int = Field(200, ge=1, description="Trees of the IsolationForest baseline.")
     mismatch_alpha: float = Field(1.0, gt=0, description="Ridge penalty of the learned mismatch (unaligned embedders).")
+    max_duplicate_fraction: float = Field(
+        MAX_DUPLICATE_FRACTION, ge=0, le=1,
+        description="Warn when more than this share of a modality's vectors duplicate another vector (docs/science.md).",
+    )
 
     def flow_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(preprocessing kwargs, FlowDensity kwargs) from the preset plus overrides."""
@@ -198,6 +203,7 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
         valid = {m: reader.valid(m) for m in meta.modalities}
     manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
     manifest.count(f"objects:{model}", int(ids.shape[0]))
+    check_embeddings(path, vectors, valid, cfg.max_duplicate_fraction, manifest, MIN_ROWS)
     family = family_of(meta.embedder)
     steps = (len(meta.modalities) * (3 if cfg.baselines else 1) if flows else 0) + int(mismatch)
     with reporter.task(f"detect {model}", steps) as task:
@@ -296,9 +302,9 @@ def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest
     fused = fuse(joined.index.to_numpy(), *ranks, n, n, n, method=cfg.fusion,
                  thresholds={"img": cfg.t_img, "spec": cfg.t_spec, "mis": cfg.t_mis})
     fused.insert(1, "model", model)
-    ranked = fused.sort_values("rank_fused").head(cfg.top_k)
+    ranked = fused.sort_values("rank_fused", kind="stable").head(cfg.top_k)
     _write_csv(ranked, ranked_path)
-    filtered = fused[fused["passes_thresholds"]].sort_values("rank_fused").head(cfg.top_k)
+    filtered = fused[fused["passes_thresholds"]].sort_values("rank_fused", kind="stable").head(cfg.top_k)
     if filtered.empty:
         manifest.warn(f"{model}: no object passes t_img={cfg.t_img}, t_spec={cfg.t_spec}, t_mis={cfg.t_mis}")
     _write_csv(filtered, filtered_path)
@@ -444,6 +450,7 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
         raise
     systems = sorted(c.split(":", 1)[1] for c in table.columns if c.startswith("rank:"))
+    check_scores({s: table[f"score:{s}"] for s in scored if f"score:{s}" in table.columns}, manifest)
     manifest.count("systems", systems)
     manifest.count("systems_runs", {m: "scored now" if m in models else f"kept from {r['run_id'] or r['started']}"
                                     for m, r in runs.items()})
@@ -452,4 +459,5 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
     manifest.output("systems", out)
     manifest.output("scores", scores_dir)
     return StageResult({"systems": out, "scores": scores_dir}, manifest.write(),
-                       {"systems": systems, "objects": len(table), "skipped": skipped})
+                       {"systems": systems, "objects": len(table), "skipped": skipped,
+                        "warnings": list(manifest.data["warnings"])})

@@ -5,9 +5,12 @@ tables (same columns, same rank convention), so the table is built in one place.
 
 Conventions
 -----------
-* ``rank`` 1 is the most anomalous object; ranks are ``1..N`` with no gaps.
-* Ties are broken stably by object order (the earlier object gets the smaller
-  rank), so a ranking never depends on the sort algorithm.
+* ``rank`` 1 is the most anomalous object.
+* Tied scores share the smallest rank of their group (competition ranking,
+  "1 2 2 4"): rank ``r`` means ``r - 1`` objects score strictly higher. Objects
+  with equal scores are never ordered by their position in the file, so a
+  constant score ranks every object 1 instead of 1..N in row order
+  (docs/science.md, "Ties and degenerate inputs"). Without ties this is 1..N.
 * Rows keep the input object order; sort by ``rank`` for a top-k view.
 """
 
@@ -29,20 +32,27 @@ ANOMALY_COLUMNS: tuple[str, ...] = (
 
 
 def rank_descending(score: np.ndarray) -> np.ndarray:
-    """Rank 1 for the highest score; ties keep object order. Returns int64 (N,)."""
-    score = np.asarray(score, dtype=np.float64)
-    order = np.argsort(-score, kind="stable")
-    rank = np.empty(score.shape[0], dtype=np.int64)
-    rank[order] = np.arange(1, score.shape[0] + 1)
-    return rank
+    """Rank 1 for the highest score; tied scores share their smallest rank. Returns int64 (N,)."""
+    return min_rank(-np.asarray(score, dtype=np.float64))
 
 
 def rank_ascending(score: np.ndarray) -> np.ndarray:
-    """Rank 1 for the lowest score; ties keep object order. Returns int64 (N,)."""
-    score = np.asarray(score, dtype=np.float64)
-    order = np.argsort(score, kind="stable")
-    rank = np.empty(score.shape[0], dtype=np.int64)
-    rank[order] = np.arange(1, score.shape[0] + 1)
+    """Rank 1 for the lowest score; tied scores share their smallest rank. Returns int64 (N,)."""
+    return min_rank(np.asarray(score, dtype=np.float64))
+
+
+def min_rank(key: np.ndarray) -> np.ndarray:
+    """Competition ranks of ``key`` ascending (1 = smallest); equal keys get the group's first rank.
+
+    NaN never equals anything, so each NaN ranks alone after every number."""
+    key = np.asarray(key, dtype=np.float64)
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    starts = np.ones(key.shape[0], dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    position = np.arange(1, key.shape[0] + 1, dtype=np.int64)
+    rank = np.empty(key.shape[0], dtype=np.int64)
+    rank[order] = np.maximum.accumulate(np.where(starts, position, 0)) if key.shape[0] else position
     return rank
 
 
@@ -89,8 +99,8 @@ def anomaly_table(object_ids: Sequence | np.ndarray, log_prob: np.ndarray, embed
     * ``neg_log_prob = -log_prob``
     * ``anomaly_sigma = (nlp - mean(nlp)) / std(nlp)`` (population std; 0 for
       every row when ``std < 1e-8``, as in the reference)
-    * ``rank`` 1 = highest ``neg_log_prob`` (most anomalous); ties broken
-      stably by object order.
+    * ``rank`` 1 = highest ``neg_log_prob`` (most anomalous); tied scores
+      share their smallest rank (see the module docstring).
 
     Rows keep the input order. ``log_prob`` must be finite.
     """

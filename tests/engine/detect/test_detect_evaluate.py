@@ -45,9 +45,11 @@ def test_per_class_uses_normals_only_as_negatives():
     assert list(df.columns) == ["subset", "metric", "k", "value", "n_positive", "n_negative"]
 
 
-def test_ties_at_the_cutoff_follow_object_order():
+def test_ties_at_the_cutoff_count_their_expected_share_not_object_order():
     df = evaluate_scores(["", "x", ""], np.array([1.0, 1.0, 0.0]), ks=(1,))
-    assert _value(df, "all", "precision@k", 1) == 0.0  # object 0 (normal) comes first
+    assert _value(df, "all", "precision@k", 1) == 0.5  # one place for a tie of a normal and a positive
+    swapped = evaluate_scores(["x", "", ""], np.array([1.0, 1.0, 0.0]), ks=(1,))
+    assert _value(swapped, "all", "precision@k", 1) == 0.5
 
 
 def test_no_positives_gives_nan_not_an_error():

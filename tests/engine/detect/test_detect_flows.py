@@ -238,15 +238,15 @@ def test_out_of_fold_with_preprocessing_flags_outliers():
         score_out_of_fold(X, k_folds=2, num_transforms=0)
 
 
-def test_anomaly_table_columns_sigma_and_stable_ranks():
+def test_anomaly_table_columns_sigma_and_tied_ranks():
     df = anomaly_table([10, 11, 12, 13], np.array([-1.0, -5.0, -1.0, -3.0]), "embedding_images")
     assert list(df.columns) == ["object_id", "embedding_key", "log_prob", "neg_log_prob", "anomaly_sigma", "rank"]
     assert df["object_id"].tolist() == ["10", "11", "12", "13"]
-    assert df["rank"].tolist() == [3, 1, 4, 2]  # tie between rows 0 and 2 -> object order
+    assert df["rank"].tolist() == [3, 1, 3, 2]  # tie between rows 0 and 2 -> one shared rank
     nlp = np.array([1.0, 5.0, 1.0, 3.0])
     np.testing.assert_allclose(df["anomaly_sigma"], (nlp - nlp.mean()) / nlp.std())
     flat = anomaly_table(["a", "b"], np.array([2.0, 2.0]), "k")
-    assert flat["anomaly_sigma"].tolist() == [0.0, 0.0] and flat["rank"].tolist() == [1, 2]
+    assert flat["anomaly_sigma"].tolist() == [0.0, 0.0] and flat["rank"].tolist() == [1, 1]
     with pytest.raises(ValueError, match="NaN"):
         anomaly_table(["a"], np.array([np.nan]), "k")
     with pytest.raises(ValueError, match="object ids"):

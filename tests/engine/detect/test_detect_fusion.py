@@ -22,7 +22,7 @@ def test_hand_computed_values():
     avg = fuse(["a", "b", "c", "d"], [1, 2, 3, 4], [2, 1, 4, 3], [4, 3, 1, 2], 4, 4, 4, method="avg")
     assert avg["rank_fused"].tolist() == [2, 1, 3, 4]
     mn = fuse(["a", "b", "c", "d"], [1, 2, 3, 4], [2, 1, 4, 3], [4, 3, 1, 2], 4, 4, 4, method="min")
-    assert mn["rank_fused"].tolist() == [3, 1, 2, 4]  # a and d tie at 0.1875 -> object order
+    assert mn["rank_fused"].tolist() == [3, 1, 2, 3]  # a and d tie at 0.1875 -> one shared rank, not object order
 
 
 def test_percentile_definition():
@@ -77,8 +77,8 @@ def test_uplift_positive_when_joint_evidence_beats_every_single_system():
 
 
 def test_rank_validation():
-    with pytest.raises(ValueError, match="duplicate ranks"):
-        fuse(list("ab"), [1, 1], [1, 2], [1, 2], 2, 2, 2)
+    tied = fuse(list("ab"), [1, 1], [1, 2], [1, 2], 2, 2, 2)  # tied scores, tied ranks: allowed
+    assert tied["rank_img"].tolist() == [1, 1] and tied["p_img"].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="lie in"):
         fuse(list("ab"), [1, 3], [1, 2], [1, 2], 2, 2, 2)
     with pytest.raises(ValueError, match="smaller than"):
