@@ -32,20 +32,20 @@ def _modes(root: Path) -> tuple[dict[str, int], dict[str, int]]:
     return folders, files
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "private"])
-def test_every_file_of_a_workspace_follows_the_group_rule(tmp_path, shared):
-    from fmb_engine.triage.labels import LabelStore
+def test_every_file_of_a_shared_workspace_follows_the_group_rule(tmp_path):
+    """The private rule (0640/0750) is the same code with the other pair (tests/engine/integrity/test_core.py)."""
+    from fmb_engine.triage.labels import open_labels
     from fmb_engine.workspace import Workspace
 
     ws = tmp_path / "ws"
-    _fmb("init", str(ws), *(["--shared"] if shared else []))
+    _fmb("init", str(ws), "--shared")
     _fmb("demo", "-w", str(ws), "-n", "300", "--no-umap")
     _fmb("jobs", "selftest", "-x", "local", "-w", str(ws))
-    store = LabelStore(Workspace(ws))
-    store.set_label("mock42-0000001", "interesting", user="ana")
+    store = open_labels(Workspace(ws), user="ana")
+    store.set_label("mock42-0000001", "interesting")
     store.close()
     folders, files = _modes(ws)
-    dir_mode, file_mode = (0o2770, 0o660) if shared else (0o750, 0o640)
+    dir_mode, file_mode = 0o2770, 0o660
     assert {k: oct(v) for k, v in folders.items() if v != dir_mode} == {}
     assert {k: oct(v) for k, v in files.items() if v != file_mode} == {}
     assert len(files) > 50  # stores, manifests, job files, labels, figures
