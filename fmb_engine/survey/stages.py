@@ -19,7 +19,7 @@ from fmb_engine.config.schemas import MockConfig
 from fmb_engine.errors import FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
-from fmb_engine.survey import mock
+from fmb_engine.survey import interrupts, mock
 from fmb_engine.survey.bands import wavelength_grid
 from fmb_engine.survey.store import SurveyReader, SurveyWriter
 from fmb_engine.workspace import Workspace, atomic_path
@@ -88,15 +88,17 @@ def _make_mock(ws: Workspace, resolved: Resolved, cfg: MockConfig, reporter: Rep
     ]
     rendered = mock.render_chunks(pop, cfg.image_size, cfg.seed, chunks, cfg.rgb, cfg.workers)
     try:
-        with contextlib.closing(rendered), reporter.task(f"mock survey -> {out.name}", cfg.objects) as task:
-            task.advance(writer.resumed_from)
-            with manifest.phase("render+write"):
-                for rows, data in rendered:
-                    writer.append(mock.catalogue_columns(pop, rows, cfg.seed), data["images"], data["flux"],
-                                  data["ivar"], data["mask"], rgb=data.get("rgb"))
-                    task.advance(len(rows))
-        with manifest.phase("finalise"):
-            writer.close()
+        with interrupts.deferred() as check:
+            with contextlib.closing(rendered), reporter.task(f"mock survey -> {out.name}", cfg.objects) as task:
+                task.advance(writer.resumed_from)
+                with manifest.phase("render+write"):
+                    for rows, data in rendered:
+                        writer.append(mock.catalogue_columns(pop, rows, cfg.seed), data["images"], data["flux"],
+                                      data["ivar"], data["mask"], rgb=data.get("rgb"))
+                        task.advance(len(rows))
+                        check()
+            with manifest.phase("finalise"):
+                writer.close()
     except BaseException as exc:
         writer.abort()
         write_manifest_after_failure(manifest, "failed" if isinstance(exc, FMBError) else "interrupted")

@@ -29,6 +29,7 @@ from fmb_engine.config.schemas import ImportConfig
 from fmb_engine.errors import DataError, FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
+from fmb_engine.survey import interrupts
 from fmb_engine.survey.bands import BANDS, wavelength_grid
 from fmb_engine.survey.importers.layout import Layout, SourceFile, absolute, plan
 from fmb_engine.survey.importers.rows import Chunk, RowLog, RowRules, convert_batch
@@ -154,38 +155,40 @@ def _import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved
 
     written_before = writer.n_written
     try:
-        with reporter.task(f"import -> {out.name}", total) as task, manifest.phase("convert+write"):
-            task.advance(consumed)
-            for fi, src in enumerate(files):
-                if fi < state["file"] or (cfg.limit is not None and consumed >= cfg.limit):
-                    continue
-                skip_to = state["row"] if fi == state["file"] else 0
-                written_before = writer.n_written
-                try:
-                    for first, batch in batches(src, cfg.batch_size):
-                        end = first + batch.num_rows
-                        if end <= skip_to:
-                            continue
-                        if first < skip_to:
-                            batch, first = batch.slice(skip_to - first), skip_to
-                        if cfg.limit is not None:
-                            if consumed >= cfg.limit:
-                                break
-                            batch = batch.slice(0, cfg.limit - consumed)
-                        chunk = convert_batch(batch, first, src, rules, catalogue, seen, log)
-                        consumed += batch.num_rows
-                        _write(writer, chunk, checkpoint(fi, first + batch.num_rows))
-                        task.advance(batch.num_rows)
-                except BadFile as exc:
-                    if not cfg.skip_bad_files:
-                        raise
-                    imported = writer.n_written - written_before
-                    bad_files.append({"path": str(src.path), "split": src.split, "reason": exc.reason, "rows_imported": imported})
-                    reporter.log(f"skipping the rest of bad file {src.path}: {exc.reason} ({imported} objects imported before)")
-                _write(writer, Chunk(), checkpoint(fi + 1, 0))
-        if writer.n_written == 0:
-            raise DataError(f"no row could be imported from {where}; dropped per reason: {log.totals('dropped')}")
-        writer.close()
+        with interrupts.deferred() as check:
+            with reporter.task(f"import -> {out.name}", total) as task, manifest.phase("convert+write"):
+                task.advance(consumed)
+                for fi, src in enumerate(files):
+                    if fi < state["file"] or (cfg.limit is not None and consumed >= cfg.limit):
+                        continue
+                    skip_to = state["row"] if fi == state["file"] else 0
+                    written_before = writer.n_written
+                    try:
+                        for first, batch in batches(src, cfg.batch_size):
+                            end = first + batch.num_rows
+                            if end <= skip_to:
+                                continue
+                            if first < skip_to:
+                                batch, first = batch.slice(skip_to - first), skip_to
+                            if cfg.limit is not None:
+                                if consumed >= cfg.limit:
+                                    break
+                                batch = batch.slice(0, cfg.limit - consumed)
+                            chunk = convert_batch(batch, first, src, rules, catalogue, seen, log)
+                            consumed += batch.num_rows
+                            _write(writer, chunk, checkpoint(fi, first + batch.num_rows))
+                            task.advance(batch.num_rows)
+                            check()
+                    except BadFile as exc:
+                        if not cfg.skip_bad_files:
+                            raise
+                        imported = writer.n_written - written_before
+                        bad_files.append({"path": str(src.path), "split": src.split, "reason": exc.reason, "rows_imported": imported})
+                        reporter.log(f"skipping the rest of bad file {src.path}: {exc.reason} ({imported} objects imported before)")
+                    _write(writer, Chunk(), checkpoint(fi + 1, 0))
+            if writer.n_written == 0:
+                raise DataError(f"no row could be imported from {where}; dropped per reason: {log.totals('dropped')}")
+            writer.close()
     except BaseException as exc:
         if writer.n_written == 0:
             writer.discard()  # nothing worth resuming: leave no empty .partial behind
