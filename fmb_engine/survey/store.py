@@ -92,6 +92,10 @@ _COLUMN_BYTES = sum(np.dtype(dtype).itemsize for dtype, _ in COLUMNS.values()) +
 _NEW_FILE_BYTES = 65536 * _COLUMN_BYTES + (1 << 20)
 
 
+#: Room kept free beyond a chunk's own bytes: HDF5 metadata and the final flush on close.
+_WRITE_MARGIN = 4 << 20
+
+
 def estimate_bytes(objects: int, image_size: int, n_wave: int, rgb: bool) -> int:
     """Bytes ``objects`` more rows take on disk. Noisy float pixels barely compress (lzf or
     gzip: 0.96-1.0), so images and spectra count in full; the bad-pixel mask shrinks ~50-fold."""
@@ -328,9 +332,15 @@ class SurveyWriter:
         names = digest.row_dataset_names(f)
         hashes = np.zeros((len(names), digest.HASH_SIZE), dtype=np.uint8)
         chain = self._chain
+        # Refuse a chunk the disk cannot hold before HDF5 writes any of it: a write that fails
+        # inside the library leaves it unable to close the file (see _writing).
+        require_free_space(self.partial, sum(a.nbytes for a in rows.values()) + _WRITE_MARGIN)
+        # Every dataset stays open until the flush: a dataset released mid-append would flush its
+        # chunk cache in h5py's deallocator, where a failed write (a full disk) is only printed.
+        datasets = [f[name] for name in names]
         with self._writing():
-            for i, name in enumerate(names):
-                _put(f[name], start, stop, rows[name])
+            for i, (name, ds) in enumerate(zip(names, datasets, strict=True)):
+                _put(ds, start, stop, rows[name])
                 hashes[i] = np.frombuffer(digest.hash_rows(rows[name]), dtype=np.uint8)
             chain = digest.next_chain(chain, hashes)
             state = json.dumps(self.resume_state)
@@ -375,9 +385,11 @@ class SurveyWriter:
         """Turn a failed HDF5 write (disk full, quota, I/O error) into an EnvironmentFault naming the file.
 
         After a failed write the HDF5 library's view of the file is inconsistent: closing
-        it normally fails again and the library crashes at exit (a segfault, seen on a full
+        it normally fails again and the library may crash at exit (a segfault, seen on a full
         disk). The half-written partial file is therefore emptied and removed before it is
-        closed; what was written is lost and the next run starts over.
+        closed; what was written is lost and the next run starts over. (A full disk is
+        normally caught before a chunk is written, see :meth:`append`, and the partial file
+        then stays, intact and resumable.)
         """
         try:
             yield
