@@ -71,9 +71,9 @@ def worker_started(proc: subprocess.Popen) -> bool:
 
 def committed(ws: Path) -> int:
     try:
-        with h5py.File(partial_path(ws / "survey" / "mock.h5"), "r") as f:
+        with h5py.File(partial_path(ws / "survey" / "mock.h5"), "r", locking=False) as f:  # being written
             return int(f.attrs["n_objects"])
-    except (OSError, KeyError):
+    except (OSError, KeyError, RuntimeError):
         return 0
 
 
@@ -82,6 +82,7 @@ def ws(tmp_path: Path) -> Path:
     return Workspace.init(tmp_path / "ws").root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["worker starting", "chunks written"])
 def test_a_killed_data_mock_leaves_no_render_worker(ws, when):
     proc = start_mock(ws)
@@ -94,6 +95,7 @@ def test_a_killed_data_mock_leaves_no_render_worker(ws, when):
     wait_for(lambda: not any(alive(k) for k in kids), timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_and_sigterm_end_with_one_line_and_the_partial_resumes(ws, sig, code, word):
     proc = start_mock(ws)
@@ -105,7 +107,7 @@ def test_ctrl_c_and_sigterm_end_with_one_line_and_the_partial_resumes(ws, sig, c
     assert "Traceback" not in err and "Error" not in err, err
     said = [line for line in err.splitlines() if word in line]
     assert said == [f"{word}: partial outputs are kept and resume on the next run"], err
-    assert not any(alive(k) for k in kids)
+    wait_for(lambda: not any(alive(k) for k in kids), timeout=30)  # the resource tracker ends on its pipe's EOF
     cfg = load("mock", Workspace.find(ws), cli={"objects": 400, "image_size": 16, "batch_size": 40, "workers": 1})
     result = make_mock(Workspace.find(ws), cfg)
     assert result.summary["objects"] == 400
@@ -113,6 +115,7 @@ def test_ctrl_c_and_sigterm_end_with_one_line_and_the_partial_resumes(ws, sig, c
         assert r.verify()["recomputed"]
 
 
+@pytest.mark.slow
 def test_two_data_mock_at_once_one_runs_the_other_is_busy(ws):
     first = start_mock(ws)
     target = ws / "survey" / "mock.h5"
