@@ -151,6 +151,28 @@ def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: Config
 
 
 @app.command()
+def verify(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+    """Re-read a survey and recompute its digest: exit 0 when intact, 1 (a data error naming the file,
+    chunk and dataset) when anything differs, is unreadable or is incomplete."""
+    ws = find_workspace(workspace)
+    path = survey_file(ws, config, survey)
+    with SurveyReader(path) as r, reporter().task(f"verify {path.name}", r.n_objects) as task:
+        done = [0]
+
+        def progress(rows: int) -> None:
+            task.advance(rows - done[0])
+            done[0] = rows
+
+        report = r.verify(progress)
+    if report["recomputed"]:
+        how = f"digest recomputed over {report['chunks']} chunk(s)"
+    else:
+        how = ("every row read; digest scheme 1 (written before FMB recorded chunk bounds) "
+               "cannot be recomputed, rewrite the survey to get a verifiable one")
+    console.print(f"OK: {escape(str(path))}: {report['objects']:,} objects, {how}; digest {report['digest']}")
+
+
+@app.command()
 def show(
     object_id: str = typer.Argument(..., help="The object's object_id."),
     output: Path = typer.Option(None, "--output", "-o", help="PNG path (default figures/object_<id>.png)."),

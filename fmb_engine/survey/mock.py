@@ -31,6 +31,10 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -567,6 +571,27 @@ def _init_worker(pop: Population, size: int, seed: int) -> None:
     _WORKER = MockRenderer(pop, size, seed)
 
 
+def _init_pool_worker(pop: Population, size: int, seed: int) -> None:
+    """A render process: ends with its parent, leaves Ctrl-C and SIGTERM to it.
+
+    The parent shuts the pool down when it is interrupted; a worker that handled the
+    signal itself would die mid-task with a traceback. A parent killed outright
+    (SIGKILL) cannot shut anything down, so the worker watches the parent's sentinel
+    and exits when it closes instead of waiting forever on the task queue.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True, name="parent-watch").start()
+    _init_worker(pop, size, seed)
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
 def _render_chunk(rows: np.ndarray, chunk: int, rgb: bool) -> dict[str, np.ndarray]:
     assert _WORKER is not None
     data = _WORKER.render(rows, chunk)
@@ -592,11 +617,20 @@ def render_chunks(
             yield rows, _render_chunk(rows, chunk, rgb)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(pop, size, seed)) as pool:
-        pending: deque = deque()
-        todo = iter(chunks)
-        for chunk, rows in itertools.islice(todo, workers + 1):
-            pending.append((rows, pool.submit(_render_chunk, rows, chunk, rgb)))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker, initargs=(pop, size, seed))
+    pending: deque = deque()
+    todo = iter(chunks)
+    try:
+        # Workers start with SIGINT ignored (inherited through exec), so a Ctrl-C while they
+        # import cannot kill them with a traceback before their initializer has run.
+        main = threading.current_thread() is threading.main_thread()  # only there may handlers change
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for chunk, rows in itertools.islice(todo, workers + 1):
+                pending.append((rows, pool.submit(_render_chunk, rows, chunk, rgb)))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
         while pending:
             rows, future = pending.popleft()
             data = future.result()
@@ -604,3 +638,7 @@ def render_chunks(
             if nxt is not None:
                 pending.append((nxt[1], pool.submit(_render_chunk, nxt[1], nxt[0], rgb)))
             yield rows, data
+    finally:
+        # Interrupted or done: drop queued chunks and wait for the workers to exit, so none
+        # outlives the command (a worker still starting would fail on vanished semaphores).
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -6,17 +6,20 @@ atomically plus a run manifest, and returns what it wrote.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fmb_engine import locks
 from fmb_engine.config import Resolved
 from fmb_engine.config.schemas import MockConfig
+from fmb_engine.errors import FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
-from fmb_engine.survey import mock
+from fmb_engine.survey import interrupts, mock
 from fmb_engine.survey.bands import wavelength_grid
 from fmb_engine.survey.store import SurveyReader, SurveyWriter
 from fmb_engine.workspace import Workspace, atomic_path
@@ -38,10 +41,36 @@ def mock_params(cfg: MockConfig) -> dict:
     return cfg.model_dump(exclude={"name", "batch_size", "compression"}) | {"batch_size": cfg.batch_size}
 
 
+def store_lock(ws: Workspace, name: str) -> contextlib.AbstractContextManager:
+    """The write lock of ``survey/<name>.h5`` (one writer per store; a second gets BusyError)."""
+    return locks.hold(ws.survey_path(name), f"survey store survey/{name}.h5")
+
+
+def report_resume(writer: SurveyWriter, reporter: Reporter, manifest: RunManifest) -> None:
+    """Say what a writer found in the partial file: damaged chunks dropped, a restart, a resume."""
+    for note in writer.notes:
+        reporter.log(note)
+        manifest.warn(note)
+    if writer.resumed_from:
+        reporter.log(f"resuming {writer.partial.name} after {writer.resumed_from} objects (verified)")
+        manifest.count("resumed_from", writer.resumed_from)
+
+
+def write_manifest_after_failure(manifest: RunManifest, status: str) -> None:
+    """Record a failed or interrupted run; a manifest that cannot be written (a full disk) must not
+    hide the error that ended the run."""
+    with contextlib.suppress(OSError):
+        manifest.write(status=status)
+
+
 def make_mock(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:
     """Simulate the mock survey into ``survey/<name>.h5`` (resumes an interrupted run)."""
     cfg: MockConfig = resolved.values  # type: ignore[assignment]
-    reporter = reporter or Silent()
+    with store_lock(ws, cfg.name):
+        return _make_mock(ws, resolved, cfg, reporter or Silent())
+
+
+def _make_mock(ws: Workspace, resolved: Resolved, cfg: MockConfig, reporter: Reporter) -> StageResult:
     manifest = RunManifest(ws, "data.mock", config_record(resolved), seed=cfg.seed)
     out = ws.survey_path(cfg.name)
     params = mock_params(cfg)
@@ -49,29 +78,30 @@ def make_mock(ws: Workspace, resolved: Resolved, reporter: Reporter | None = Non
         pop = mock.draw_population(cfg.objects, cfg.seed, cfg.anomaly_fraction, cfg.train_fraction)
     writer = SurveyWriter(
         out, image_size=cfg.image_size, wavelength=wavelength_grid(), rgb=cfg.rgb, generator="fmb.mock",
-        params=params, compression=cfg.compression, expected_objects=cfg.objects,
+        params=params, compression=cfg.compression, expected_objects=cfg.objects, reserve_objects=cfg.objects,
     )
-    if writer.resumed_from:
-        reporter.log(f"resuming {writer.partial.name} after {writer.resumed_from} objects")
-        manifest.count("resumed_from", writer.resumed_from)
+    report_resume(writer, reporter, manifest)
+    chunks = [
+        (chunk, np.arange(start, min(start + cfg.batch_size, cfg.objects)))
+        for chunk, start in enumerate(range(0, cfg.objects, cfg.batch_size))
+        if start >= writer.resumed_from
+    ]
+    rendered = mock.render_chunks(pop, cfg.image_size, cfg.seed, chunks, cfg.rgb, cfg.workers)
     try:
-        chunks = [
-            (chunk, np.arange(start, min(start + cfg.batch_size, cfg.objects)))
-            for chunk, start in enumerate(range(0, cfg.objects, cfg.batch_size))
-            if start >= writer.resumed_from
-        ]
-        with reporter.task(f"mock survey -> {out.name}", cfg.objects) as task:
-            task.advance(writer.resumed_from)
-            with manifest.phase("render+write"):
-                for rows, data in mock.render_chunks(pop, cfg.image_size, cfg.seed, chunks, cfg.rgb, cfg.workers):
-                    writer.append(mock.catalogue_columns(pop, rows, cfg.seed), data["images"], data["flux"],
-                                  data["ivar"], data["mask"], rgb=data.get("rgb"))
-                    task.advance(len(rows))
-        with manifest.phase("finalise"):
-            writer.close()
-    except BaseException:
+        with interrupts.deferred() as check:
+            with contextlib.closing(rendered), reporter.task(f"mock survey -> {out.name}", cfg.objects) as task:
+                task.advance(writer.resumed_from)
+                with manifest.phase("render+write"):
+                    for rows, data in rendered:
+                        writer.append(mock.catalogue_columns(pop, rows, cfg.seed), data["images"], data["flux"],
+                                      data["ivar"], data["mask"], rgb=data.get("rgb"))
+                        task.advance(len(rows))
+                        check()
+            with manifest.phase("finalise"):
+                writer.close()
+    except BaseException as exc:
         writer.abort()
-        manifest.write(status="interrupted")
+        write_manifest_after_failure(manifest, "failed" if isinstance(exc, FMBError) else "interrupted")
         raise
     with SurveyReader(out) as reader:
         summary = reader.summary()

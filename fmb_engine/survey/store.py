@@ -11,21 +11,24 @@ Layout (documented field by field in ``docs/formats.md``)::
     /spectra/wavelength   (L,) float64 shared observed-frame grid (Angstrom)
     /spectra/flux|ivar    (N, L) float32
     /spectra/mask         (N, L) bool, True = bad pixel
+    /digest/...           per-chunk hashes of every per-row dataset (:mod:`fmb_engine.survey.digest`)
 
 The writer works on ``<name>.partial`` next to the final file and renames it on
 :meth:`SurveyWriter.close`; the ``state`` attribute is ``"writing"`` until then,
 so a half-written file (a crash, a kill) is recognised by the reader. A writer
-re-opened on a partial file with the same parameters resumes after the last
-complete chunk.
+re-opened on a partial file with the same parameters first recomputes the digest
+of every chunk already written, keeps the chunks up to the first damaged one and
+resumes after them (:attr:`SurveyWriter.notes` says what was dropped).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from fmb_engine.errors import DataError
+from fmb_engine.errors import DataError, EnvironmentFault, environment_fault
 from fmb_engine.hdf5 import open_checked
+from fmb_engine.survey import digest
 from fmb_engine.survey.bands import BANDS
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.workspace import file_mode_for, make_dirs
@@ -82,6 +86,39 @@ def _finite_range(values: np.ndarray) -> dict[str, float]:
     return {"min": float(finite.min()), "max": float(finite.max())}
 
 
+#: Bytes of one row of every /objects column (has_bands included).
+_COLUMN_BYTES = sum(np.dtype(dtype).itemsize for dtype, _ in COLUMNS.values()) + len(BANDS)
+#: A new file's fixed cost: the first 65536-row chunk of every /objects column, plus metadata.
+_NEW_FILE_BYTES = 65536 * _COLUMN_BYTES + (1 << 20)
+
+
+#: Room kept free beyond a chunk's own bytes: HDF5 metadata and the final flush on close.
+_WRITE_MARGIN = 4 << 20
+
+
+def estimate_bytes(objects: int, image_size: int, n_wave: int, rgb: bool) -> int:
+    """Bytes ``objects`` more rows take on disk. Noisy float pixels barely compress (lzf or
+    gzip: 0.96-1.0), so images and spectra count in full; the bad-pixel mask shrinks ~50-fold."""
+    pixels = 4 * len(BANDS) * image_size**2 + (3 * image_size**2 if rgb else 0)
+    return int(objects) * (pixels + 8 * n_wave + n_wave // 50 + _COLUMN_BYTES)
+
+
+def require_free_space(path: Path, needed: int) -> None:
+    """EnvironmentFault naming ``path`` when its file system has less than ``needed`` bytes free."""
+    folder = path.parent
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize
+    if free < needed:
+        raise EnvironmentFault(
+            f"cannot write {path}: about {_mb(needed)} needed, {_mb(free)} free on the file system of {folder}; "
+            "free space or point the workspace elsewhere"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
 def partial_path(final: Path) -> Path:
     return final.with_name(final.name + ".partial")
 
@@ -105,23 +142,38 @@ class SurveyWriter:
         compression: str = "lzf",
         expected_objects: int | None = None,
         resume: bool = True,
+        reserve_objects: int | None = None,
     ):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.image_size = int(image_size)
         self.params_json = json.dumps(params, sort_keys=True, default=str)
-        self._chain = b""  # digest chain: chain_k = H(chain_{k-1} + H(chunk_k)), resumable
+        self._chain = b""  # digest chain state (fmb_engine.survey.digest), resumable
         self.n_written = 0
         self.resumed_from = 0
+        #: What the writer found in a partial file it did not take as is (a damaged chunk dropped, a restart).
+        self.notes: list[str] = []
         #: Caller-defined progress saved with every chunk (e.g. source rows consumed).
         self.resume_state: dict[str, Any] = {}
+        self._file: h5py.File | None = None
         make_dirs(self.path.parent)
+        n_wave = int(len(wavelength))
         if resume and self.partial.exists() and self._try_resume(generator):
+            if reserve_objects is not None:
+                try:
+                    require_free_space(self.partial, estimate_bytes(reserve_objects - self.n_written, self.image_size,
+                                                                    n_wave, self.has_rgb))
+                except EnvironmentFault:
+                    self.abort()  # the partial file stays and resumes once there is room
+                    raise
             return
+        if reserve_objects is not None:  # before anything is written: an existing store and partial stay as they are
+            require_free_space(self.partial, _NEW_FILE_BYTES + estimate_bytes(reserve_objects, self.image_size, n_wave, rgb))
         self.partial.unlink(missing_ok=True)
-        self._file = h5py.File(self.partial, "w")
-        os.chmod(self.partial, file_mode_for(self.partial.parent))
-        self._create(wavelength, rgb, generator, compression, expected_objects)
+        with self._writing():
+            self._file = h5py.File(self.partial, "w")
+            os.chmod(self.partial, file_mode_for(self.partial.parent))
+            self._create(wavelength, rgb, generator, compression, expected_objects)
 
     # -- creation / resume -------------------------------------------------------------------
     def _create(self, wavelength, rgb, generator, compression, expected_objects) -> None:
@@ -142,6 +194,7 @@ class SurveyWriter:
             expected_objects=-1 if expected_objects is None else int(expected_objects),
             digest="",
             digest_state="",
+            digest_version=digest.DIGEST_VERSION,
         )
         objects = f.create_group("objects")
         for name, (dtype, _fill) in COLUMNS.items():
@@ -163,31 +216,57 @@ class SurveyWriter:
         spec_rows = _rows_per_chunk(4 * n_wave, target=1 << 19)
         for name, dtype in (("flux", np.float32), ("ivar", np.float32), ("mask", bool)):
             spectra.create_dataset(name, shape=(0, n_wave), maxshape=(None, n_wave), dtype=dtype, chunks=(spec_rows, n_wave), **comp)
+        names = digest.row_dataset_names(f)
+        digest.create_table(f, names)
+        self._chain = digest.initial_chain(names, f["spectra/wavelength"][:])
+        f.attrs["digest_state"] = self._chain.hex()
         f.flush()
 
     def _try_resume(self, generator: str) -> bool:
+        """Reopen a partial file made with the same settings; verify its chunks, keep the good ones."""
+        name = self.partial
         try:
             f = h5py.File(self.partial, "r+")
-        except OSError:
-            return False  # unreadable partial (crash during a flush): start over
-        same = (
-            f.attrs.get("state") == "writing"
-            and f.attrs.get("generator") == generator
-            and f.attrs.get("params") == self.params_json
-            and int(f.attrs.get("image_size", -1)) == self.image_size
-        )
-        if not same:
-            f.close()
+        except OSError as exc:
+            self.notes.append(f"{name} cannot be opened ({_short(exc)}); starting over")
             return False
-        n = int(f.attrs["n_objects"])
-        # Drop anything appended after the last committed count (a chunk cut short).
-        for ds in _row_datasets(f):
-            if ds.shape[0] != n:
-                ds.resize(n, axis=0)
+        try:
+            same = (
+                f.attrs.get("state") == "writing"
+                and f.attrs.get("generator") == generator
+                and f.attrs.get("params") == self.params_json
+                and int(f.attrs.get("image_size", -1)) == self.image_size
+            )
+            if not same:
+                self.notes.append(f"{name} was written with other settings; starting over")
+                f.close()
+                return False
+            if int(f.attrs.get("digest_version", 1)) != digest.DIGEST_VERSION:
+                self.notes.append(f"{name} was written by an older FMB whose chunks cannot be verified; starting over")
+                f.close()
+                return False
+            check = digest.check_chunks(f)
+            if check.resume_state is None:
+                raise ValueError(f"the resume state of chunk {check.chunks - 1} is unreadable")
+            if check.problem:
+                self.notes.append(f"{name}: {check.problem}; dropped it and everything after it, "
+                                  f"resuming after the last good chunk ({check.rows} objects in {check.chunks} chunks)")
+            for ds in (f[n] for n in digest.row_dataset_names(f)):
+                if ds.shape[0] != check.rows:
+                    ds.resize(check.rows, axis=0)
+            digest.truncate_table(f, check.chunks)
+            f.attrs["n_objects"] = check.rows
+            f.attrs["digest_state"] = check.chain.hex()
+            f.attrs["resume_state"] = json.dumps(check.resume_state)
+            f.flush()
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
+            self.notes.append(f"{name} cannot be verified ({_short(exc)}); starting over")
+            _drop(f, self.partial)
+            return False
         self._file = f
-        self.n_written = self.resumed_from = n
-        self._chain = bytes.fromhex(f.attrs.get("digest_state", ""))
-        self.resume_state = json.loads(f.attrs.get("resume_state", "{}"))
+        self.n_written = self.resumed_from = check.rows
+        self._chain = check.chain
+        self.resume_state = check.resume_state
         return True
 
     # -- appending ---------------------------------------------------------------------------
@@ -216,7 +295,9 @@ class SurveyWriter:
             self.resume_state = dict(resume_state)
         if n == 0:
             if resume_state is not None:
-                self._file.attrs["resume_state"] = json.dumps(self.resume_state)
+                state = json.dumps(self.resume_state)
+                digest.update_resume_state(self._file, state)
+                self._file.attrs["resume_state"] = state
                 self._file.flush()
             return
         size = self.image_size
@@ -231,36 +312,45 @@ class SurveyWriter:
         if too_long:
             raise DataError(f"object_id {too_long[0]!r} is longer than {ID_LENGTH} bytes")
         start, stop = self.n_written, self.n_written + n
-        f = self._file
+        rows: dict[str, np.ndarray] = {}
         for name, (dtype, fill) in COLUMNS.items():
             value = columns.get(name)
             arr = np.full(n, fill, dtype=dtype) if value is None else np.asarray(value)
             if name in STRING_COLUMNS:
                 arr = np.char.encode(arr.astype(str), "utf-8").astype(dtype)
-            _put(f[f"objects/{name}"], start, stop, arr.astype(dtype, copy=False))
+            rows[f"objects/{name}"] = arr.astype(dtype, copy=False)
         hb = np.ones((n, len(BANDS)), dtype=bool) if has_bands is None else np.asarray(has_bands, dtype=bool)
-        _put(f["objects/has_bands"], start, stop, hb)
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        flux = np.ascontiguousarray(flux, dtype=np.float32)
-        ivar = np.ascontiguousarray(ivar, dtype=np.float32)
-        mask = np.ascontiguousarray(mask, dtype=bool)
-        _put(f["images/bands"], start, stop, images)
+        rows["objects/has_bands"] = hb
+        rows["images/bands"] = np.ascontiguousarray(images, dtype=np.float32)
         if self.has_rgb:
-            if rgb is None:
-                rgb = np.zeros((n, size, size, 3), dtype=np.uint8)
-            _put(f["images/rgb"], start, stop, np.ascontiguousarray(rgb, dtype=np.uint8))
-        _put(f["spectra/flux"], start, stop, flux)
-        _put(f["spectra/ivar"], start, stop, ivar)
-        _put(f["spectra/mask"], start, stop, mask)
-        chunk = hashlib.blake2b(digest_size=16)
-        for arr in (ids.astype("U"), images, flux, ivar, mask):
-            chunk.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
-        self._chain = hashlib.blake2b(self._chain + chunk.digest(), digest_size=16).digest()
+            rows["images/rgb"] = np.ascontiguousarray(
+                np.zeros((n, size, size, 3), dtype=np.uint8) if rgb is None else rgb, dtype=np.uint8)
+        rows["spectra/flux"] = np.ascontiguousarray(flux, dtype=np.float32)
+        rows["spectra/ivar"] = np.ascontiguousarray(ivar, dtype=np.float32)
+        rows["spectra/mask"] = np.ascontiguousarray(mask, dtype=bool)
+        f = self._file
+        names = digest.row_dataset_names(f)
+        hashes = np.zeros((len(names), digest.HASH_SIZE), dtype=np.uint8)
+        chain = self._chain
+        # Refuse a chunk the disk cannot hold before HDF5 writes any of it: a write that fails
+        # inside the library leaves it unable to close the file (see _writing).
+        require_free_space(self.partial, sum(a.nbytes for a in rows.values()) + _WRITE_MARGIN)
+        # Every dataset stays open until the flush: a dataset released mid-append would flush its
+        # chunk cache in h5py's deallocator, where a failed write (a full disk) is only printed.
+        datasets = [f[name] for name in names]
+        with self._writing():
+            for i, (name, ds) in enumerate(zip(names, datasets, strict=True)):
+                _put(ds, start, stop, rows[name])
+                hashes[i] = np.frombuffer(digest.hash_rows(rows[name]), dtype=np.uint8)
+            chain = digest.next_chain(chain, hashes)
+            state = json.dumps(self.resume_state)
+            digest.record_chunk(f, stop, hashes, chain, state)
+            f.attrs["n_objects"] = stop
+            f.attrs["digest_state"] = chain.hex()
+            f.attrs["resume_state"] = state
+            f.flush()
+        self._chain = chain
         self.n_written = stop
-        f.attrs["n_objects"] = stop
-        f.attrs["digest_state"] = self._chain.hex()
-        f.attrs["resume_state"] = json.dumps(self.resume_state)
-        f.flush()
 
     def written_ids(self) -> set[str]:
         """Object ids already in the file (a resumed importer skips them)."""
@@ -275,16 +365,46 @@ class SurveyWriter:
             dup = uniq[counts > 1][0].decode()
             f.close()
             raise DataError(f"{self.partial}: object_id {dup!r} occurs more than once; ids must be unique")
-        f.attrs["digest"] = self._chain.hex()
-        f.attrs["state"] = "complete"
-        f.close()
+        with self._writing():
+            f.attrs["digest"] = self._chain.hex()
+            f.attrs["state"] = "complete"
+            f.close()
+        self._file = None
         os.replace(self.partial, self.path)
         return self.path
 
     def abort(self) -> None:
         """Close without finalising; the partial file stays for a later resume."""
-        if self._file:
-            self._file.close()
+        if self._file is not None:
+            file, self._file = self._file, None
+            with self._writing():
+                file.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed HDF5 write (disk full, quota, I/O error) into an EnvironmentFault naming the file.
+
+        After a failed write the HDF5 library's view of the file is inconsistent: closing
+        it normally fails again and the library may crash at exit (a segfault, seen on a full
+        disk). The half-written partial file is therefore emptied and removed before it is
+        closed; what was written is lost and the next run starts over. (A full disk is
+        normally caught before a chunk is written, see :meth:`append`, and the partial file
+        then stays, intact and resumable.)
+        """
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            written = self.n_written
+            if self._file is not None:
+                _drop(self._file, self.partial)
+                self._file = None
+            else:
+                self.partial.unlink(missing_ok=True)
+            code = getattr(exc, "errno", None) or _errno_in(str(exc))
+            fault = environment_fault(OSError(code, os.strerror(code), str(self.partial)), "write") if code else None
+            what = str(fault) if fault else f"cannot write {self.partial}: {_short(exc)}"
+            raise EnvironmentFault(f"{what}; the partial file was removed ({written} objects had been written), "
+                                   "the next run starts over") from None
 
     def discard(self) -> None:
         """Close and delete the partial file (a failed write with nothing worth resuming)."""
@@ -307,13 +427,29 @@ def _put(ds: h5py.Dataset, start: int, stop: int, data: np.ndarray) -> None:
     ds[start:stop] = data
 
 
-def _row_datasets(f: h5py.File) -> list[h5py.Dataset]:
-    out = []
-    for group in ("objects", "images", "spectra"):
-        for ds in f[group].values():
-            if ds.name != "/spectra/wavelength":
-                out.append(ds)
-    return out
+def _errno_in(message: str) -> int | None:
+    """The errno HDF5 quotes in a failed-write message ("errno = 28"), if any."""
+    found = re.search(r"errno = (\d+)", message)
+    return int(found.group(1)) if found else None
+
+
+def _drop(f: h5py.File, path: Path) -> None:
+    """Close a file HDF5 may no longer be able to flush, and delete it.
+
+    Emptying it first gives the library room to write its last metadata (sparse, at
+    the old offsets) so that neither this close nor the library's exit crashes.
+    """
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        fd = f.id.get_vfd_handle()
+        path.unlink(missing_ok=True)
+        os.ftruncate(fd, 0)
+    with contextlib.suppress(Exception):
+        f.close()
+    path.unlink(missing_ok=True)
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -372,6 +508,7 @@ class SurveyReader:
         self.image_size = int(attrs["image_size"])
         self.bands = tuple(str(b) for b in attrs["bands"])
         self.digest = str(attrs["digest"])
+        self.digest_version = int(attrs.get("digest_version", 1))  # 1: files written before digest scheme 2
         self.generator = str(attrs["generator"])
         self.params = json.loads(attrs["params"])
         self.wavelength = self._file["spectra/wavelength"][:]
@@ -522,6 +659,45 @@ class SurveyReader:
             "generator": self.generator,
             "digest": self.digest,
         }
+
+    # -- integrity --------------------------------------------------------------------------
+    def verify(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Re-read every row and recompute the digest; DataError naming the chunk and dataset that differ.
+
+        Scheme-2 files are checked chunk by chunk against ``/digest`` and the ``digest``
+        attribute; older files (scheme 1, chunk bounds not recorded) can only be read
+        through to the end, which catches undecodable chunks but not silently changed bytes.
+        """
+        f, n = self._file, self.n_objects
+        ids = f["objects/object_id"][:]
+        if len(np.unique(ids)) != len(ids):
+            raise DataError(f"{self.path}: object ids are not unique")
+        report: dict[str, Any] = {"path": str(self.path), "objects": n, "digest": self.digest,
+                                  "digest_version": self.digest_version}
+        if self.digest_version != digest.DIGEST_VERSION:
+            for name in digest.row_dataset_names(f):
+                ds = f[name]
+                step = max(1, (64 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))))
+                for start in range(0, n, step):
+                    try:
+                        ds[start : start + step]
+                    except (OSError, ValueError) as exc:
+                        raise DataError(f"{self.path}: /{name} rows {start}-{min(n, start + step) - 1} "
+                                        f"cannot be read ({_short(exc)})") from None
+            report |= {"chunks": None, "recomputed": False}
+            return report
+        try:
+            check = digest.check_chunks(f, progress)
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{self.path}: the digest table /{digest.GROUP} is damaged ({_short(exc)})") from None
+        if check.problem:
+            raise DataError(f"{self.path}: {check.problem}")
+        if check.rows != n:
+            raise DataError(f"{self.path}: the digest table covers {check.rows} rows, the file has {n}")
+        if check.chain.hex() != self.digest:
+            raise DataError(f"{self.path}: recomputed digest {check.chain.hex()} differs from the recorded {self.digest}")
+        report |= {"chunks": check.chunks, "recomputed": True}
+        return report
 
     def close(self) -> None:
         self._file.close()

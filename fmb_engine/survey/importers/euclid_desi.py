@@ -29,6 +29,7 @@ from fmb_engine.config.schemas import ImportConfig
 from fmb_engine.errors import DataError, FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
+from fmb_engine.survey import interrupts
 from fmb_engine.survey.bands import BANDS, wavelength_grid
 from fmb_engine.survey.importers.layout import Layout, SourceFile, absolute, plan
 from fmb_engine.survey.importers.rows import Chunk, RowLog, RowRules, convert_batch
@@ -108,11 +109,17 @@ def _check_files(files: list[SourceFile], need_targetid: bool, skip_bad: bool) -
 
 
 def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved, reporter: Reporter | None = None) -> Any:
-    """Convert a local Euclid x DESI copy into ``survey/<name>.h5`` (resumable, streaming)."""
-    from fmb_engine.survey.stages import StageResult, config_record
+    """Convert a local Euclid x DESI copy into ``survey/<name>.h5`` (resumable, streaming, one writer at a time)."""
+    from fmb_engine.survey.stages import store_lock
 
     cfg: ImportConfig = resolved.values  # type: ignore[assignment]
-    reporter = reporter or Silent()
+    with store_lock(ws, cfg.name):
+        return _import_dataset(ws, source, resolved, cfg, reporter or Silent())
+
+
+def _import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved, cfg: ImportConfig, reporter: Reporter) -> Any:
+    from fmb_engine.survey.stages import StageResult, config_record, report_resume, write_manifest_after_failure
+
     layout = plan(source, cfg.splits, resolved.sources.get("splits", DEFAULT_ORIGIN) != DEFAULT_ORIGIN)
     catalogue = Catalogue(Path(cfg.catalog).expanduser()) if cfg.catalog else None
     files, totals, bad_files = _check_files(layout.files, catalogue is not None, cfg.skip_bad_files)
@@ -131,16 +138,16 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
         manifest.input(f"source:{key}", f.path, digest=f"size={f.path.stat().st_size}")
     out = ws.survey_path(cfg.name)
     rules = RowRules(cfg.image_size, cfg.missing, cfg.resample, wavelength_grid())
+    total = min(sum(totals), cfg.limit) if cfg.limit else sum(totals)
     writer = SurveyWriter(out, image_size=cfg.image_size, wavelength=rules.grid, rgb=True, generator="fmb.import.euclid_desi",
-                          params=params, compression=cfg.compression)
+                          params=params, compression=cfg.compression, reserve_objects=total)
+    report_resume(writer, reporter, manifest)
     state = dict(writer.resume_state) or {"file": 0, "row": 0, "rows": {}, "bad_files": bad_files}
     log = RowLog(state.get("rows"))
     bad_files = list(state.get("bad_files", bad_files))
     seen: set[str] = set()
     if writer.resumed_from:
-        reporter.log(f"resuming {writer.partial.name} after {writer.resumed_from} objects")
         seen = writer.written_ids()
-    total = min(sum(totals), cfg.limit) if cfg.limit else sum(totals)
     consumed = sum(totals[: state["file"]]) + state["row"]
 
     def checkpoint(file_index: int, row: int) -> dict[str, Any]:
@@ -148,38 +155,40 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
 
     written_before = writer.n_written
     try:
-        with reporter.task(f"import -> {out.name}", total) as task, manifest.phase("convert+write"):
-            task.advance(consumed)
-            for fi, src in enumerate(files):
-                if fi < state["file"] or (cfg.limit is not None and consumed >= cfg.limit):
-                    continue
-                skip_to = state["row"] if fi == state["file"] else 0
-                written_before = writer.n_written
-                try:
-                    for first, batch in batches(src, cfg.batch_size):
-                        end = first + batch.num_rows
-                        if end <= skip_to:
-                            continue
-                        if first < skip_to:
-                            batch, first = batch.slice(skip_to - first), skip_to
-                        if cfg.limit is not None:
-                            if consumed >= cfg.limit:
-                                break
-                            batch = batch.slice(0, cfg.limit - consumed)
-                        chunk = convert_batch(batch, first, src, rules, catalogue, seen, log)
-                        consumed += batch.num_rows
-                        _write(writer, chunk, checkpoint(fi, first + batch.num_rows))
-                        task.advance(batch.num_rows)
-                except BadFile as exc:
-                    if not cfg.skip_bad_files:
-                        raise
-                    imported = writer.n_written - written_before
-                    bad_files.append({"path": str(src.path), "split": src.split, "reason": exc.reason, "rows_imported": imported})
-                    reporter.log(f"skipping the rest of bad file {src.path}: {exc.reason} ({imported} objects imported before)")
-                _write(writer, Chunk(), checkpoint(fi + 1, 0))
-        if writer.n_written == 0:
-            raise DataError(f"no row could be imported from {where}; dropped per reason: {log.totals('dropped')}")
-        writer.close()
+        with interrupts.deferred() as check:
+            with reporter.task(f"import -> {out.name}", total) as task, manifest.phase("convert+write"):
+                task.advance(consumed)
+                for fi, src in enumerate(files):
+                    if fi < state["file"] or (cfg.limit is not None and consumed >= cfg.limit):
+                        continue
+                    skip_to = state["row"] if fi == state["file"] else 0
+                    written_before = writer.n_written
+                    try:
+                        for first, batch in batches(src, cfg.batch_size):
+                            end = first + batch.num_rows
+                            if end <= skip_to:
+                                continue
+                            if first < skip_to:
+                                batch, first = batch.slice(skip_to - first), skip_to
+                            if cfg.limit is not None:
+                                if consumed >= cfg.limit:
+                                    break
+                                batch = batch.slice(0, cfg.limit - consumed)
+                            chunk = convert_batch(batch, first, src, rules, catalogue, seen, log)
+                            consumed += batch.num_rows
+                            _write(writer, chunk, checkpoint(fi, first + batch.num_rows))
+                            task.advance(batch.num_rows)
+                            check()
+                    except BadFile as exc:
+                        if not cfg.skip_bad_files:
+                            raise
+                        imported = writer.n_written - written_before
+                        bad_files.append({"path": str(src.path), "split": src.split, "reason": exc.reason, "rows_imported": imported})
+                        reporter.log(f"skipping the rest of bad file {src.path}: {exc.reason} ({imported} objects imported before)")
+                    _write(writer, Chunk(), checkpoint(fi + 1, 0))
+            if writer.n_written == 0:
+                raise DataError(f"no row could be imported from {where}; dropped per reason: {log.totals('dropped')}")
+            writer.close()
     except BaseException as exc:
         if writer.n_written == 0:
             writer.discard()  # nothing worth resuming: leave no empty .partial behind
@@ -190,7 +199,7 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
             bad_files.append({"path": str(exc.path), "reason": exc.reason, "rows_imported": writer.n_written - written_before})
         manifest.data["bad_files"] = bad_files
         manifest.data["rows"] = log.reasons
-        manifest.write(status="failed" if failed else "interrupted")
+        write_manifest_after_failure(manifest, "failed" if failed else "interrupted")
         raise
     with SurveyReader(out) as reader:
         summary = reader.summary()

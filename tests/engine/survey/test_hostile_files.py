@@ -62,8 +62,10 @@ def ws(workspace: Workspace, good_survey: bytes) -> Workspace:
 
 
 def snapshot(root: Path) -> dict[str, str]:
+    """Every file's hash, except run manifests and the (empty, left in place) write-lock files."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.parent.name != "runs"}
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.parent.name != "runs" and not (p.name.startswith(".") and p.name.endswith(".lock"))}
 
 
 # ------------------------------------------------------------------------------ bad inputs
