@@ -420,12 +420,14 @@ def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
 
 def systems_inputs(ws: Workspace, stage: StagedSet, models: list[str], embeddings: dict[str, str],
                    survey: Path | None) -> dict[str, str]:
-    """The record of what the systems table is built from: survey, embedding files, score tables."""
+    """The record of what the systems table is built from: survey, embedding files, score tables, fitted flows."""
     inputs = {f"embeddings/{m}.h5": embeddings[m] for m in models if embeddings.get(m)}
     if survey is not None:
         inputs[lineage.SURVEY] = lineage.survey_digest(survey)
     for model in models:
-        for path in score_tables(ws, model):
+        fitted = ws.folder("scores") / "models" / model  # the flows that scored the tables belong to the set
+        flows = set(fitted.glob("flow_*.npz")) | {p for p in stage.written if p.parent == fitted}
+        for path in [*score_tables(ws, model), *sorted(flows)]:
             if stage.exists(path):
                 inputs[lineage.key_of(ws, path)] = lineage.file_digest(stage.read_path(path))
     return inputs
