@@ -244,6 +244,16 @@ def load_rankings(ws: Workspace, systems: list[str] | None = None, survey: Path 
     return load_table(ws, systems, survey).to_pandas()
 
 
+def _check_analysis(ws: Workspace, path: Path, rerun: str) -> None:
+    """:class:`StaleRankingError` when an analysis table was made from other inputs than the workspace holds."""
+    from fmb_engine import lineage
+
+    try:
+        lineage.check_output(ws, path, rerun)
+    except StaleError as exc:
+        raise StaleRankingError(str(exc)) from None
+
+
 def comparison_path(ws: Workspace, kind: str) -> Path:
     if kind not in COMPARISONS:
         raise ValueError(f"unknown comparison {kind!r}; expected one of {COMPARISONS}")
@@ -257,6 +267,7 @@ def load_comparison(ws: Workspace, kind: str) -> pd.DataFrame:
     path = comparison_path(ws, kind)
     if not path.is_file():
         raise RankingsError(f"no {kind} matrix yet: {path} does not exist; {COMPARE_HINT}")
+    _check_analysis(ws, path, "fmb-engine analyze rankings")
     try:
         frame = pd.read_csv(path, index_col=0)
     except Exception as exc:  # noqa: BLE001
@@ -279,6 +290,7 @@ def load_neighbours(ws: Workspace, object_id: str) -> pd.DataFrame:
     path = neighbours_path(ws)
     if not path.is_file():
         raise RankingsError(f"no similarity analysis yet: {path} does not exist; run `fmb-engine analyze similarity`")
+    _check_analysis(ws, path, "fmb-engine analyze similarity")
     try:
         table = ds.dataset(path, format="parquet").to_table(filter=ds.field("object_id") == str(object_id))
     except Exception as exc:  # noqa: BLE001

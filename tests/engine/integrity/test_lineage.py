@@ -202,6 +202,8 @@ def test_analysis_made_from_an_older_ranking_is_stale_for_figures(ws):
     detect_run.detect(w, load("detect", w, cli=FAST | {"seed": 7}))  # a new ranking
     with pytest.raises(StaleError, match=r"analysis/rankings/spearman\.csv.*fmb-engine analyze rankings"):
         figures_run.heatmap_figures(w)
+    with pytest.raises(StaleError, match="fmb-engine analyze rankings"):
+        rankings.load_comparison(w, "spearman")  # what the explorer's Compare screen reads
     analyze_run.analyze_rankings(w, load("analyze", w))
     assert figures_run.heatmap_figures(w).outputs
 
