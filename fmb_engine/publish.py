@@ -88,18 +88,20 @@ class StagedSet:
 
     def publish(self, last: tuple[Path, ...] = ()) -> list[Path]:
         """Move every staged file over its published name, ``last`` after all others; returns them."""
-        last = tuple(Path(p) for p in last)
-        order = [f for f in self._files if f not in last] + [f for f in last if f in self._files]
-        for final in order[: len(order) - sum(f in self._files for f in last)]:
-            make_dirs(final.parent)
-            os.replace(self._files[final], final)
+        ends = [f for f in (Path(p) for p in last) if f in self._files]
+        firsts = [f for f in self._files if f not in ends]
+        for final in firsts:
+            self._move(final)
         for final in sorted(self._removed):
             final.unlink(missing_ok=True)
-        for final in (f for f in last if f in self._files):
-            make_dirs(final.parent)
-            os.replace(self._files[final], final)
+        for final in ends:
+            self._move(final)
         self.discard()
-        return order
+        return firsts + ends
+
+    def _move(self, final: Path) -> None:
+        make_dirs(final.parent)
+        os.replace(self._files[final], final)
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):

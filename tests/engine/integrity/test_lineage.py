@@ -337,3 +337,29 @@ def test_a_second_writer_is_busy_and_the_first_ones_outputs_stay(ws, tmp_path, s
         holder.wait()
     assert snapshot(folder) == before
     assert locks.holder(target) is None
+
+
+def test_staged_set_publishes_together_with_the_recording_file_last(tmp_path, monkeypatch):
+    from fmb_engine.publish import StagedSet, clean
+
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "a.csv").write_text("old a")
+    (root / "gone.csv").write_text("old, dropped by the run")
+    moved: list[str] = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moved.append(Path(dst).name), real(src, dst)))
+    with StagedSet(root, "run1") as stage:
+        stage.path(root / "table.parquet").write_text("new record")
+        stage.path(root / "a.csv").write_text("new a")
+        stage.path(root / "sub" / "b.csv").write_text("new b")
+        stage.remove(root / "gone.csv")
+        assert stage.read_path(root / "a.csv").read_text() == "new a"  # later steps read the run's own version
+        assert (root / "a.csv").read_text() == "old a" and (root / "gone.csv").exists()  # nothing published yet
+        stage.publish(last=(root / "table.parquet",))
+    assert moved == ["a.csv", "b.csv", "table.parquet"]
+    assert (root / "a.csv").read_text() == "new a" and (root / "sub" / "b.csv").read_text() == "new b"
+    assert not (root / "gone.csv").exists() and not list(root.glob(".staging-*"))
+    left = root / ".staging-killed-1"
+    (left / "x").mkdir(parents=True)
+    assert clean(root) == [left] and not left.exists()
