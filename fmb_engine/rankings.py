@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fmb_engine.errors import DataError, FMBError
+from fmb_engine.errors import DataError, FMBError, StaleError
 from fmb_engine.workspace import Workspace
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the TUI imports this module at start
@@ -38,6 +38,10 @@ NEIGHBOURS_FILE = "neighbours.parquet"
 
 class RankingsError(FMBError):
     """No ranking yet, or a malformed one; the message says what to run or fix."""
+
+
+class StaleRankingError(StaleError, RankingsError):
+    """The ranking was built from other inputs than the workspace holds now (exit 4); rerun detect."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,30 @@ def _missing(ws: Workspace) -> RankingsError:
     return RankingsError(f"no anomaly ranking yet: {systems_path(ws)} does not exist; {DETECT_HINT}")
 
 
-def _schema(ws: Workspace) -> pa.Schema:
+def _schema(ws: Workspace, survey: Path | None = None) -> pa.Schema:
+    """The schema of systems.parquet, once its recorded inputs are checked against the workspace."""
+    schema = _schema_unchecked(ws)
+    check_current(ws, schema.metadata, survey)
+    return schema
+
+
+def check_current(ws: Workspace, metadata: dict | None = None, survey: Path | None = None) -> None:
+    """:class:`StaleRankingError` when systems.parquet was built from other score tables, embeddings
+    or survey (default: the active one) than the workspace holds now: a detect run killed while
+    publishing, an embedding recomputed, a survey replaced. A table without a record is not checked."""
+    from fmb_engine import lineage
+
+    if metadata is None:
+        metadata = _schema_unchecked(ws).metadata
+    record = lineage.systems_record(metadata)
+    if record:
+        try:
+            lineage.check(ws, systems_path(ws), record, "fmb-engine detect all", survey)
+        except StaleError as exc:
+            raise StaleRankingError(str(exc)) from None
+
+
+def _schema_unchecked(ws: Workspace) -> pa.Schema:
     import pyarrow.parquet as pq
 
     path = systems_path(ws)
@@ -129,23 +156,27 @@ class Provenance:
 
 def provenance(ws: Workspace) -> Provenance | None:
     """The provenance recorded in systems.parquet; None for a file written without it."""
+    return provenance_of(_schema(ws).metadata, systems_path(ws))
+
+
+def provenance_of(metadata: dict | None, path: Path) -> Provenance | None:
+    """The provenance in the parquet metadata of systems table ``path``; None when it has none."""
     import json
 
-    meta = _schema(ws).metadata or {}
-    raw = meta.get(PROVENANCE_KEY)
+    raw = (metadata or {}).get(PROVENANCE_KEY)
     if raw is None:
         return None
     try:
         value = json.loads(raw)
         return Provenance(dict(value["runs"]), list(value["scored"]), list(value.get("dropped", [])))
     except (ValueError, KeyError, TypeError) as exc:
-        raise RankingsError(f"{systems_path(ws)}: unreadable {PROVENANCE_KEY.decode()} metadata ({exc}); "
+        raise RankingsError(f"{path}: unreadable {PROVENANCE_KEY.decode()} metadata ({exc}); "
                             f"{DETECT_HINT} again") from None
 
 
-def list_systems(ws: Workspace) -> list[str]:
-    """Every system in the workspace's ranking (reads only the file's schema)."""
-    return systems_in(list(_schema(ws).names), str(systems_path(ws)))
+def list_systems(ws: Workspace, survey: Path | None = None) -> list[str]:
+    """Every system in the workspace's ranking (reads only the file's schema; checks its inputs)."""
+    return systems_in(list(_schema(ws, survey).names), str(systems_path(ws)))
 
 
 def default_system(systems: list[str], preferred: str | None = None) -> str:
@@ -166,11 +197,13 @@ def default_system(systems: list[str], preferred: str | None = None) -> str:
     return systems[0]
 
 
-def load_table(ws: Workspace, systems: list[str] | None = None) -> pa.Table:
-    """The ranking as a pyarrow Table (``object_id`` + rank/score of ``systems``, default all)."""
+def load_table(ws: Workspace, systems: list[str] | None = None, survey: Path | None = None) -> pa.Table:
+    """The ranking as a pyarrow Table (``object_id`` + rank/score of ``systems``, default all).
+
+    Its inputs are checked first (:func:`check_current`, against ``survey`` or the active one)."""
     import pyarrow.parquet as pq
 
-    available = list_systems(ws)
+    available = list_systems(ws, survey)
     if systems is None:
         systems = available
     unknown = [s for s in systems if s not in available]
@@ -206,9 +239,19 @@ def _checked_types(table: pa.Table, path: Path) -> pa.Table:
     return table
 
 
-def load_rankings(ws: Workspace, systems: list[str] | None = None) -> pd.DataFrame:
+def load_rankings(ws: Workspace, systems: list[str] | None = None, survey: Path | None = None) -> pd.DataFrame:
     """The ranking as a pandas DataFrame (one row per object; columns as in the file)."""
-    return load_table(ws, systems).to_pandas()
+    return load_table(ws, systems, survey).to_pandas()
+
+
+def _check_analysis(ws: Workspace, path: Path, rerun: str) -> None:
+    """:class:`StaleRankingError` when an analysis table was made from other inputs than the workspace holds."""
+    from fmb_engine import lineage
+
+    try:
+        lineage.check_output(ws, path, rerun)
+    except StaleError as exc:
+        raise StaleRankingError(str(exc)) from None
 
 
 def comparison_path(ws: Workspace, kind: str) -> Path:
@@ -224,6 +267,7 @@ def load_comparison(ws: Workspace, kind: str) -> pd.DataFrame:
     path = comparison_path(ws, kind)
     if not path.is_file():
         raise RankingsError(f"no {kind} matrix yet: {path} does not exist; {COMPARE_HINT}")
+    _check_analysis(ws, path, "fmb-engine analyze rankings")
     try:
         frame = pd.read_csv(path, index_col=0)
     except Exception as exc:  # noqa: BLE001
@@ -246,6 +290,7 @@ def load_neighbours(ws: Workspace, object_id: str) -> pd.DataFrame:
     path = neighbours_path(ws)
     if not path.is_file():
         raise RankingsError(f"no similarity analysis yet: {path} does not exist; run `fmb-engine analyze similarity`")
+    _check_analysis(ws, path, "fmb-engine analyze similarity")
     try:
         table = ds.dataset(path, format="parquet").to_table(filter=ds.field("object_id") == str(object_id))
     except Exception as exc:  # noqa: BLE001
@@ -254,6 +299,6 @@ def load_neighbours(ws: Workspace, object_id: str) -> pd.DataFrame:
 
 
 __all__ = [
-    "COMPARISONS", "MODALITIES", "RankingsError", "System", "default_system", "list_systems", "load_comparison",
+    "COMPARISONS", "MODALITIES", "RankingsError", "StaleRankingError", "check_current", "System", "default_system", "list_systems", "load_comparison",
     "load_neighbours", "load_rankings", "load_table", "parse_system", "systems_path",
 ]

@@ -9,34 +9,60 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fmb_engine import lineage, locks, publish
 from fmb_engine.analyze.config import AnalyzeConfig
 from fmb_engine.config import Resolved
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
+from fmb_engine.publish import StagedSet
 from fmb_engine.survey.stages import StageResult, config_record
 from fmb_engine.workspace import Workspace, atomic_path
 
 
-def _csv(df: pd.DataFrame, path: Path, index: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(df: pd.DataFrame, path: Path, index: bool = False) -> Path:
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=index)
+        if path.suffix == ".csv":
+            df.to_csv(tmp, index=index)
+        else:
+            df.to_parquet(tmp, index=False)
     return path
 
 
-def _parquet(df: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-    return path
+def _publish(ws: Workspace, manifest: RunManifest, folder: Path, tables: dict[str, tuple[pd.DataFrame, str, bool]],
+             inputs: dict[str, str]) -> dict[str, Path]:
+    """Write an analysis's tables (name -> (frame, file name, write the index)) as one set.
+
+    One writer per folder (BusyError otherwise); the tables and their lineage record are
+    staged beside the published ones and swapped in together (:mod:`fmb_engine.publish`)."""
+    with locks.hold(folder, f"the analysis outputs in {lineage.key_of(ws, folder)}/"):
+        publish.clean(folder)
+        with StagedSet(folder, manifest.run_id) as stage:
+            outputs = {name: folder / filename for name, (_, filename, _) in tables.items()}
+            for name, (df, _, index) in tables.items():
+                _write(df, stage.path(outputs[name]), index)
+            lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), outputs.values(), inputs)
+            stage.publish()
+    return outputs
+
+
+def _inputs(ws: Workspace, paths: list[Path], survey: Path | None = None) -> dict[str, str]:
+    """The lineage record of an analysis: the identity of each input file (and of the survey)."""
+    record = {lineage.key_of(ws, p): lineage.identity(ws, lineage.key_of(ws, p)) or "" for p in paths}
+    if survey is not None:
+        record[lineage.SURVEY] = lineage.survey_digest(survey)
+    return record
 
 
 def systems_file(ws: Workspace) -> Path:
+    """scores/systems.parquet, checked against the inputs it records (StaleError when they changed)."""
+    from fmb_engine import rankings
+
     path = ws.folder("scores") / "systems.parquet"
     if not path.is_file():
         raise DataError(f"no rankings: {path} does not exist; run `fmb-engine detect all` first")
+    rankings.check_current(ws)
     return path
 
 
@@ -54,19 +80,26 @@ def load_ranks(ws: Workspace, systems: list[str] | None = None) -> pd.DataFrame:
     return out
 
 
-def embedding_files(ws: Workspace, models: list[str]) -> list[Path]:
+def embedding_files(ws: Workspace, models: list[str], survey: Path | None = None) -> list[Path]:
+    """The embedding files of ``models``, each made from ``survey`` (default: the active one) or StaleError."""
     from fmb_engine.detect.run import embedding_runs
 
-    return embedding_runs(ws, models)
+    paths = embedding_runs(ws, models)
+    lineage.check_embeddings(ws, paths, survey if survey is not None else lineage.active_survey(ws))
+    return paths
 
 
-def valid_vectors(ws: Workspace, cfg: AnalyzeConfig, manifest: RunManifest) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+def valid_vectors(ws: Workspace, cfg: AnalyzeConfig, manifest: RunManifest,
+                  used: list[Path] | None = None) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
     """``(run, modality, object ids, vectors)`` of the chosen runs and modalities, valid rows only:
-    each run is recorded as an input, the invalid (imputed) rows are counted as dropped."""
+    each run is recorded as an input (and appended to ``used``), the invalid (imputed) rows are
+    counted as dropped."""
     from fmb_engine.embed.store import EmbeddingReader
 
     for path in embedding_files(ws, cfg.models):
         manifest.input(f"embeddings:{path.stem}", path)
+        if used is not None:
+            used.append(path)
         with EmbeddingReader(path) as reader:
             ids_all = reader.object_ids.astype(str)
             for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
@@ -95,15 +128,14 @@ def analyze_rankings(ws: Workspace, resolved: Resolved, reporter: Reporter | Non
         raise DataError(f"need at least two systems to compare, got {ranks.shape[1]}")
     with manifest.phase("compare"):
         res = compare(RankMatrix(ranks), cfg.top_percent, cfg.disagree_percent, cfg.retention_percents)
-    out = ws.folder("analysis") / "rankings"
-    outputs = {
-        "spearman": _csv(res["spearman"], out / "spearman.csv", index=True),
-        "jaccard": _csv(res["jaccard"], out / "jaccard.csv", index=True),
-        "shared": _csv(res["shared"], out / "shared.csv", index=True),
-        "retention": _csv(res["retention"], out / "retention.csv"),
-        "disagreement": _csv(res["disagreement"], out / "disagreement.csv"),
-        "displacement": _parquet(res["displacement"], out / "displacement.parquet"),
-    }
+    outputs = _publish(ws, manifest, ws.folder("analysis") / "rankings", {
+        "spearman": (res["spearman"], "spearman.csv", True),
+        "jaccard": (res["jaccard"], "jaccard.csv", True),
+        "shared": (res["shared"], "shared.csv", True),
+        "retention": (res["retention"], "retention.csv", False),
+        "disagreement": (res["disagreement"], "disagreement.csv", False),
+        "displacement": (res["displacement"], "displacement.parquet", False),
+    }, _inputs(ws, [src]))
     manifest.count("systems", list(ranks.columns))
     manifest.count("objects", len(ranks))
     manifest.count("disagreements", len(res["disagreement"]))
@@ -138,7 +170,8 @@ def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | N
     backend = "faiss" if cfg.backend == "faiss" or (cfg.backend == "auto" and has_faiss()) else "torch"
     manifest.count("backend", backend)
     tables = []
-    for run, modality, ids, x in valid_vectors(ws, cfg, manifest):
+    used: list[Path] = []
+    for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
         if queries:
             pos = {o: i for i, o in enumerate(ids)}
             missing = [q for q in queries if q not in pos]
@@ -155,10 +188,10 @@ def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | N
     if not tables:
         raise DataError("no embeddings matched the chosen models / modalities")
     table = pd.concat(tables, ignore_index=True)
-    out = ws.folder("analysis") / "similarity"
     # the full self-query is the table the explorer reads; a query run never replaces it
     name = "query_neighbours.parquet" if queries else "neighbours.parquet"
-    outputs = {"neighbours": _parquet(table, out / name)}
+    outputs = _publish(ws, manifest, ws.folder("analysis") / "similarity", {"neighbours": (table, name, False)},
+                       _inputs(ws, used, lineage.active_survey(ws)))
     manifest.count("rows", len(table))
     manifest.count("queries", int(table["object_id"].nunique()))
     return _finish(manifest, outputs, {"neighbours": table})
@@ -173,6 +206,7 @@ def analyze_neighbor_ranks(ws: Workspace, resolved: Resolved, reporter: Reporter
     npath = ws.folder("analysis") / "similarity" / "neighbours.parquet"
     if not npath.is_file():
         raise DataError(f"no neighbours: {npath} does not exist; run `fmb-engine analyze similarity` first")
+    lineage.check_output(ws, npath, "fmb-engine analyze similarity")
     manifest.input("neighbours", npath)
     manifest.input("systems", systems_file(ws))
     neighbours = pd.read_parquet(npath)
@@ -189,9 +223,9 @@ def analyze_neighbor_ranks(ws: Workspace, resolved: Resolved, reporter: Reporter
         raise DataError(f"no system <model>/<modality>/{cfg.rank_method} matches the neighbours; try --method")
     table = pd.concat(parts, ignore_index=True)
     summary = summarise_neighbour_ranks(table, cfg.top_percent)
-    out = ws.folder("analysis") / "neighbors"
-    outputs = {"neighbor_ranks": _parquet(table, out / "neighbor_ranks.parquet"),
-               "summary": _csv(summary, out / "neighbor_ranks_summary.csv")}
+    outputs = _publish(ws, manifest, ws.folder("analysis") / "neighbors", {
+        "neighbor_ranks": (table, "neighbor_ranks.parquet", False),
+        "summary": (summary, "neighbor_ranks_summary.csv", False)}, _inputs(ws, [npath, systems_file(ws)]))
     return _finish(manifest, outputs, {"table": table, "summary": summary})
 
 
@@ -220,7 +254,7 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
     missing = [t for t in cfg.targets if t not in catalog.columns]
     if missing:
         raise DataError(f"survey has no column(s) {', '.join(missing)}; columns: {', '.join(catalog.columns)}")
-    runs = embedding_files(ws, cfg.models)
+    runs = embedding_files(ws, cfg.models, survey)
     for path in runs:
         manifest.input(f"embeddings:{path.stem}", path)
     rows, preds, phis = [], [], []
@@ -278,10 +312,10 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
     results = pd.DataFrame(rows)
     predictions = pd.concat(preds, ignore_index=True)
     phi = pd.DataFrame(phis)
-    out = ws.folder("analysis") / "regression"
-    outputs = {"results": _csv(results, out / "results_summary.csv"),
-               "predictions": _parquet(predictions, out / "predictions.parquet"),
-               "phi": _parquet(phi, out / "phi.parquet")}
+    outputs = _publish(ws, manifest, ws.folder("analysis") / "regression", {
+        "results": (results, "results_summary.csv", False),
+        "predictions": (predictions, "predictions.parquet", False),
+        "phi": (phi, "phi.parquet", False)}, _inputs(ws, runs, survey))
     manifest.count("probes", len(results))
     return _finish(manifest, outputs, {"results": results, "predictions": predictions, "phi": phi})
 
@@ -297,7 +331,8 @@ def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = 
     params = {"n_neighbors": cfg.umap_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric, "seed": cfg.seed}
     out = ws.folder("analysis") / "umap"
     frames, cached = [], {}
-    for run, modality, ids, x in valid_vectors(ws, cfg, manifest):
+    used: list[Path] = []
+    for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
         if len(ids) > cfg.umap_max_points:
             keep = np.sort(np.random.default_rng(cfg.seed).choice(len(ids), cfg.umap_max_points, replace=False))
             manifest.dropped(f"{run}/{modality}:subsampled", len(ids) - len(keep))
@@ -310,7 +345,8 @@ def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = 
         reporter.log(f"umap {run}/{modality}: {len(ids):,} points" + (" (cached)" if hit else ""))
     table = pd.concat(frames, ignore_index=True)
     manifest.count("projections", cached)
-    outputs = {"coords": _parquet(table, out / "coords.parquet")}
+    outputs = _publish(ws, manifest, out, {"coords": (table, "coords.parquet", False)},
+                       _inputs(ws, used, lineage.active_survey(ws)))
     return _finish(manifest, outputs, {"coords": table, "projections": cached})
 
 

@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmb_engine import lineage, locks, publish, rankings
 from fmb_engine.detect.degenerate import constancy
 from fmb_engine.detect.evaluate import evaluate_scores, to_markdown
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
+from fmb_engine.publish import StagedSet
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text
 
@@ -38,6 +40,7 @@ def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) ->
     systems_path = ws.folder("scores") / "systems.parquet"
     if not systems_path.is_file():
         raise DataError(f"{systems_path} not found: run `fmb-engine detect all` first")
+    rankings.check_current(ws, survey=Path(survey))  # the scores must be of this survey, and one published set
     with SurveyReader(survey) as reader:
         truth = reader.table()[["object_id", "anomaly_class"]]
         digest = reader.digest
@@ -63,12 +66,17 @@ def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) ->
         frames.append(metrics.assign(system=system))
     result = pd.concat(frames, ignore_index=True)
     result = result[["system", *[c for c in result.columns if c != "system"]]]
-    out_csv = ws.folder("analysis") / "evaluation.csv"
-    with atomic_path(out_csv) as tmp:
-        result.to_csv(tmp, index=False)
     overview = summary_table(result)
-    out_md = atomic_write_text(ws.folder("analysis") / "evaluation.md",
-                               markdown_report(result, overview, manifest.data["warnings"]))
+    folder = ws.folder("analysis")
+    out_csv, out_md = folder / "evaluation.csv", folder / "evaluation.md"
+    inputs = {lineage.key_of(ws, systems_path): lineage.file_digest(systems_path), lineage.SURVEY: digest}
+    with locks.hold(out_csv, "the evaluation report analysis/evaluation.*"), StagedSet(folder, manifest.run_id) as stage:
+        publish.clean(folder)
+        with atomic_path(stage.path(out_csv)) as tmp:
+            result.to_csv(tmp, index=False)
+        atomic_write_text(stage.path(out_md), markdown_report(result, overview, manifest.data["warnings"]))
+        lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), [out_csv, out_md], inputs)
+        stage.publish()
     manifest.output("csv", out_csv)
     manifest.output("markdown", out_md)
     manifest.count("systems", int(result["system"].nunique()))

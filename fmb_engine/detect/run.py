@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmb_engine import lineage, locks, publish
 from fmb_engine.config import Resolved
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
 from fmb_engine.detect.degenerate import MAX_DUPLICATE_FRACTION, check_embeddings, check_scores
@@ -50,6 +51,7 @@ from fmb_engine.errors import DataError, FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
+from fmb_engine.publish import StagedSet
 from fmb_engine.workspace import Workspace, atomic_path
 
 #: Usable rows a flow, a baseline or the mismatch needs; with fewer that system is skipped.
@@ -151,9 +153,9 @@ def _usable(x: np.ndarray, valid: np.ndarray, manifest: RunManifest, what: str) 
     return keep
 
 
-def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path) -> dict[str, np.ndarray]:
+def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path, stage: StagedSet) -> dict[str, np.ndarray]:
     """-log p per row for each modality's vectors; each fitted preprocessing + flow is saved
-    to ``folder/flow_<modality>.npz``. The modalities' flows train side by side (``n_jobs``)."""
+    to ``folder/flow_<modality>.npz`` (staged with the run's other outputs). The modalities' flows train side by side (``n_jobs``)."""
     pre_kw, flow_kw = cfg.flow_params()
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2 and x.shape[0] < 2 * cfg.out_of_fold:
@@ -170,7 +172,7 @@ def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path) -> di
             out[modality] = -flows[modality].score_samples(zs[modality])
         state = ({f"pre.{k}": v for k, v in pres[modality].state_dict().items()}
                  | {f"flow.{k}": v for k, v in flows[modality].state_dict().items()})
-        with atomic_path(folder / f"flow_{modality}.npz") as tmp, open(tmp, "wb") as fh:
+        with atomic_path(stage.path(folder / f"flow_{modality}.npz")) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **state)
     return out
 
@@ -188,7 +190,7 @@ def _too_few(n: int, what: str) -> str | None:
 
 
 def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifest, reporter: Reporter,
-              flows: bool, mismatch: bool) -> list[str]:
+              flows: bool, mismatch: bool, stage: StagedSet) -> list[str]:
     """Flows (+ baselines) per modality and/or the cross-modal mismatch of one embedding run.
 
     Returns the systems scored; those with too few usable rows are skipped (:func:`_skip`).
@@ -214,11 +216,11 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
             for modality in meta.modalities:
                 if reason := _too_few(int(keeps[modality].sum()), f"{modality} rows"):
                     _skip(manifest, [system_name(model, modality, m) for m in methods], reason)
-                    (out / "models" / model / f"flow_{modality}.npz").unlink(missing_ok=True)
+                    stage.remove(out / "models" / model / f"flow_{modality}.npz")
                     task.advance(len(methods))
                     del keeps[modality]
             with manifest.phase(f"flows:{model}"):
-                nlps = _flow_nlps({m: vectors[m][k] for m, k in keeps.items()}, cfg, out / "models" / model)
+                nlps = _flow_nlps({m: vectors[m][k] for m, k in keeps.items()}, cfg, out / "models" / model, stage)
             for modality, keep in keeps.items():
                 x, key = vectors[modality][keep], reference_key(family, modality)
                 flow_tables.append(anomaly_table(ids[keep], -nlps[modality], key))
@@ -232,9 +234,10 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                             baseline_tables.append(detector_table(ids[keep], score, key).assign(method=method))
                             scored.append(system_name(model, modality, method))
                             task.advance()
-            _write_csv(_concat(flow_tables, ANOMALY_COLUMNS), out / f"anomaly_scores_{model}.csv")
+            _write_csv(_concat(flow_tables, ANOMALY_COLUMNS), stage.path(out / f"anomaly_scores_{model}.csv"))
             if cfg.baselines:
-                _write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")), out / f"baseline_scores_{model}.csv")
+                _write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")),
+                           stage.path(out / f"baseline_scores_{model}.csv"))
         if mismatch:
             if not {"image", "spectrum"} <= set(meta.modalities):
                 manifest.warn(f"{model}: no image and spectrum vectors, no mismatch")
@@ -251,7 +254,7 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                 table = result.table(ids[keep]).sort_values("rank")
                 manifest.count(f"mismatch_method:{model}", result.method)
                 scored.append(system_name(model, "cross", "mismatch"))
-            _write_csv(table, out / f"cosine_scores_{model}.csv")
+            _write_csv(table, stage.path(out / f"cosine_scores_{model}.csv"))
             task.advance()
     return scored
 
@@ -267,7 +270,7 @@ def _read(path: Path, what: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"object_id": str})
 
 
-def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest) -> pd.DataFrame | None:
+def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest, stage: StagedSet) -> pd.DataFrame | None:
     """Fuse image flow, spectrum flow and mismatch ranks of one run (reads their tables).
 
     The modality of each table row comes from the key table of ``embed.keys``
@@ -279,19 +282,19 @@ def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest
     out = ws.folder("scores")
     ranked_path = out / "multimodal" / "ranked" / f"top{cfg.top_k}_{model}_{cfg.fusion}.csv"
     filtered_path = out / "multimodal" / "filtered" / f"top{cfg.top_k}_{model}_{cfg.fusion}_filtered.csv"
-    flows = _read(out / f"anomaly_scores_{model}.csv", "flows")
+    flows = _read(stage.read_path(out / f"anomaly_scores_{model}.csv"), "flows")
     flows["modality"] = flows["embedding_key"].map(modality_of)
     img = flows[flows["modality"] == "image"].set_index("object_id")["neg_log_prob"]
     spec = flows[flows["modality"] == "spectrum"].set_index("object_id")["neg_log_prob"]
     mis_s = pd.Series(dtype=float)
     if len(img) and len(spec):
-        mis_s = _read(out / f"cosine_scores_{model}.csv", "mismatch").set_index("object_id")["mismatch_score"]
+        mis_s = _read(stage.read_path(out / f"cosine_scores_{model}.csv"), "mismatch").set_index("object_id")["mismatch_score"]
     if missing := [name for name, series in (("image flow", img), ("spectrum flow", spec), ("mismatch", mis_s))
                    if not len(series)]:
         _skip(manifest, [system_name(model, "fused", m) for m in FUSION_METHODS],
               f"fusion needs image flow, spectrum flow and mismatch scores; no {', no '.join(missing)} scores")
-        ranked_path.unlink(missing_ok=True)
-        filtered_path.unlink(missing_ok=True)
+        stage.remove(ranked_path)
+        stage.remove(filtered_path)
         return None
     joined = pd.concat({"img": img, "spec": spec, "mis": mis_s}, axis=1, join="inner")
     for name, series in (("image", img), ("spectrum", spec), ("mismatch", mis_s)):
@@ -303,31 +306,39 @@ def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest
                  thresholds={"img": cfg.t_img, "spec": cfg.t_spec, "mis": cfg.t_mis})
     fused.insert(1, "model", model)
     ranked = fused.sort_values("rank_fused", kind="stable").head(cfg.top_k)
-    _write_csv(ranked, ranked_path)
+    _write_csv(ranked, stage.path(ranked_path))
     filtered = fused[fused["passes_thresholds"]].sort_values("rank_fused", kind="stable").head(cfg.top_k)
     if filtered.empty:
         manifest.warn(f"{model}: no object passes t_img={cfg.t_img}, t_spec={cfg.t_spec}, t_mis={cfg.t_mis}")
-    _write_csv(filtered, filtered_path)
+    _write_csv(filtered, stage.path(filtered_path))
     return fused
 
 
-def system_scores(ws: Workspace, model: str) -> dict[str, pd.Series]:
-    """Every system of one run that has a table: name -> score per object_id (higher = more anomalous)."""
+def score_tables(ws: Workspace, model: str) -> list[Path]:
+    """The published score tables the systems of ``model`` are read from."""
     out = ws.folder("scores")
+    return [out / f"anomaly_scores_{model}.csv", out / f"baseline_scores_{model}.csv", out / f"cosine_scores_{model}.csv",
+            out / "multimodal" / "all_scores.csv"]
+
+
+def system_scores(ws: Workspace, model: str, stage: StagedSet) -> dict[str, pd.Series]:
+    """Every system of one run that has a table: name -> score per object_id (higher = more anomalous).
+
+    Reads this run's staged tables where it wrote one, the published ones otherwise."""
+    anomaly, baseline, cosine, fused_path = score_tables(ws, model)
     found: dict[str, pd.Series] = {}
-    for path, method_col, score_col in ((out / f"anomaly_scores_{model}.csv", None, "neg_log_prob"),
-                                       (out / f"baseline_scores_{model}.csv", "method", "neg_log_prob")):
-        if path.is_file():
-            table = pd.read_csv(path, dtype={"object_id": str})
+    for path, method_col, score_col in ((anomaly, None, "neg_log_prob"), (baseline, "method", "neg_log_prob")):
+        if stage.exists(path):
+            table = pd.read_csv(stage.read_path(path), dtype={"object_id": str})
             table["modality"] = table["embedding_key"].map(modality_of)
             for (modality, method), part in table.groupby(["modality", method_col or "modality"], sort=False):
                 found[system_name(model, modality, method if method_col else "flow")] = part.set_index("object_id")[score_col]
-    if (path := out / f"cosine_scores_{model}.csv").is_file():
-        mismatch = pd.read_csv(path, dtype={"object_id": str})
+    if stage.exists(cosine):
+        mismatch = pd.read_csv(stage.read_path(cosine), dtype={"object_id": str})
         if len(mismatch):  # header only: the mismatch was skipped
             found[system_name(model, "cross", "mismatch")] = mismatch.set_index("object_id")["mismatch_score"]
-    if (path := out / "multimodal" / "all_scores.csv").is_file():
-        fused = pd.read_csv(path, dtype={"object_id": str})
+    if stage.exists(fused_path):
+        fused = pd.read_csv(stage.read_path(fused_path), dtype={"object_id": str})
         fused = fused[fused["model"] == model].set_index("object_id")
         for method in FUSION_METHODS:
             if len(fused):
@@ -335,11 +346,11 @@ def system_scores(ws: Workspace, model: str) -> dict[str, pd.Series]:
     return found
 
 
-def build_systems_table(ws: Workspace, models: list[str]) -> pd.DataFrame:
+def build_systems_table(ws: Workspace, models: list[str], stage: StagedSet) -> pd.DataFrame:
     """One row per object; ``rank:<system>`` (1 = most anomalous, nullable) and ``score:<system>``."""
     columns: dict[str, pd.Series] = {}
     for model in models:
-        for name, score in system_scores(ws, model).items():
+        for name, score in system_scores(ws, model, stage).items():
             columns[f"score:{name}"] = score.astype(float)
             columns[f"rank:{name}"] = pd.Series(rank_descending(score.to_numpy()), index=score.index, dtype="Int64")
     if not columns:
@@ -358,37 +369,79 @@ def scored_models(ws: Workspace) -> set[str]:
             for p in out.glob(f"{prefix}*.csv")}
 
 
-def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest) -> tuple[dict[str, dict], list[str]]:
+def _previous_systems(ws: Workspace) -> tuple[dict[str, dict], dict[str, str]]:
+    """The published systems table's provenance runs and recorded inputs ({} without one)."""
+    import pyarrow.parquet as pq
+
+    from fmb_engine import rankings
+
+    path = rankings.systems_path(ws)
+    try:
+        meta = pq.read_schema(path).metadata if path.is_file() else None
+        prov = rankings.provenance_of(meta, path)
+    except Exception:  # noqa: BLE001 - an unreadable table is rebuilt from the score tables
+        return {}, {}
+    return (prov.runs if prov else {}), (lineage.systems_record(meta) or {})
+
+
+def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
+                 survey: Path | None = None) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
     """Which embedding runs the systems table holds, and which detect run scored each.
 
     Rule (docs/formats.md): the runs this detect run scored, plus every other run that still
-    has score tables *and* its embedding store: a detect run over fewer runs keeps the
-    others' systems (with their older provenance) instead of dropping them. Runs whose
-    embeddings were removed are dropped from the table (and named in the manifest).
-    Returns (model -> {"run_id", "started"}, dropped models).
+    has score tables *and* its embedding store, made from that same store and survey: a
+    detect run over fewer runs keeps the others' systems (with their older provenance)
+    instead of dropping them. Runs whose embeddings were removed, recomputed or made from
+    another survey since they were scored are dropped from the table (named in the manifest).
+    Returns (model -> {"run_id", "started"}, dropped model -> why, kept model -> the identity
+    of the embedding file its scores were made from).
     """
-    from fmb_engine import rankings
-
-    previous: dict[str, dict] = {}
-    try:
-        if (prov := rankings.provenance(ws)) is not None:
-            previous = prov.runs
-    except FMBError:  # no table yet, or an unreadable one: it is rebuilt from the score tables
-        pass
+    previous, recorded = _previous_systems(ws)
     embedded = {p.stem for p in ws.folder("embeddings").glob("*.h5")}
     others = sorted(scored_models(ws) - set(models))
     now = {"run_id": manifest.run_id, "started": manifest.data["started"]}
     runs = {m: dict(now) for m in models}
-    for model in (m for m in others if m in embedded):
+    dropped: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for model in others:
+        key = f"embeddings/{model}.h5"
+        if model not in embedded:
+            dropped[model] = f"{key} no longer exists"
+            continue
+        current = lineage.identity(ws, key)
+        if recorded.get(key) and recorded[key] != current:
+            dropped[model] = f"{key} was recomputed after its scores were made; rerun `fmb-engine detect all -m {model}`"
+            continue
+        try:
+            lineage.check_embedding(ws, ws.root / key, survey)
+        except FMBError as exc:
+            dropped[model] = str(exc)
+            continue
+        kept[model] = current or ""
         newest = max(p.stat().st_mtime for p in ws.folder("scores").glob(f"*_scores_{model}.csv"))
         runs[model] = previous.get(model) or {"run_id": None, "started": time.strftime(
             "%Y-%m-%dT%H:%M:%S%z", time.localtime(newest))}
-    return runs, [m for m in others if m not in embedded]
+    return runs, dropped, kept
 
 
-def write_systems_table(ws: Workspace, table: pd.DataFrame, runs: dict[str, dict], scored: list[str],
-                        dropped: list[str]) -> Path:
-    """systems.parquet with the provenance of its systems in the file's metadata (atomic)."""
+def systems_inputs(ws: Workspace, stage: StagedSet, models: list[str], embeddings: dict[str, str],
+                   survey: Path | None) -> dict[str, str]:
+    """The record of what the systems table is built from: survey, embedding files, score tables, fitted flows."""
+    inputs = {f"embeddings/{m}.h5": embeddings[m] for m in models if embeddings.get(m)}
+    if survey is not None:
+        inputs[lineage.SURVEY] = lineage.survey_digest(survey)
+    for model in models:
+        fitted = ws.folder("scores") / "models" / model  # the flows that scored the tables belong to the set
+        flows = set(fitted.glob("flow_*.npz")) | {p for p in stage.written if p.parent == fitted}
+        for path in [*score_tables(ws, model), *sorted(flows)]:
+            if stage.exists(path):
+                inputs[lineage.key_of(ws, path)] = lineage.file_digest(stage.read_path(path))
+    return inputs
+
+
+def write_systems_table(ws: Workspace, stage: StagedSet, table: pd.DataFrame, runs: dict[str, dict],
+                        scored: list[str], dropped: list[str], inputs: dict[str, str]) -> Path:
+    """systems.parquet (staged) with the provenance of its systems and its inputs in the file's metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -396,9 +449,10 @@ def write_systems_table(ws: Workspace, table: pd.DataFrame, runs: dict[str, dict
 
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     record = json.dumps({"runs": runs, "scored": scored, "dropped": dropped}, sort_keys=True)
-    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: record.encode()})
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: record.encode(),
+                                           lineage.SYSTEMS_KEY: json.dumps({"inputs": inputs}, sort_keys=True).encode()})
     out = systems_path(ws)
-    with atomic_path(out) as tmp:
+    with atomic_path(stage.path(out)) as tmp:
         pq.write_table(arrow, tmp)
     return out
 
@@ -406,7 +460,7 @@ def write_systems_table(ws: Workspace, table: pd.DataFrame, runs: dict[str, dict
 def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd.DataFrame:
     """This run's fused scores plus the earlier rows of the runs it did not fuse (kept, like their systems)."""
     new = _concat(fused, ("object_id", "model", *FUSION_COLUMNS[1:]))
-    if path.is_file():
+    if path.is_file():  # the published table: this run has not written its own yet
         old = pd.read_csv(path, dtype={"object_id": str})
         if "model" in old.columns:
             new = pd.concat([old[~old["model"].isin(models)], new], ignore_index=True)
@@ -416,46 +470,65 @@ def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd
 PARTS = ("flows", "mismatch", "fuse")
 
 
-def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS) -> Any:
-    """Run the chosen parts for every embedding run, then rebuild ``scores/systems.parquet``."""
+def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS,
+           survey: Path | None = None) -> Any:
+    """Run the chosen parts for every embedding run, then rebuild ``scores/systems.parquet``.
+
+    ``survey`` (default: the workspace's active survey) is what the embeddings must have been
+    made from (StaleError otherwise). Every output is staged and published as one set when the
+    run succeeds, systems.parquet last (:mod:`fmb_engine.publish`); one detect run at a time
+    writes ``scores/`` (BusyError otherwise).
+    """
+    from fmb_engine.rankings import systems_path
     from fmb_engine.survey.stages import StageResult, config_record
 
     cfg: DetectConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
-    manifest = RunManifest(ws, "detect." + "+".join(parts), config_record(resolved), seed=cfg.seed)
-    runs = embedding_runs(ws, cfg.models)
-    models = [p.stem for p in runs]
     scores_dir = ws.folder("scores")
-    scored: list[str] = []
-    try:
-        if "flows" in parts or "mismatch" in parts:
-            for path in runs:
-                scored += score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts, mismatch="mismatch" in parts)
-        if "fuse" in parts:
-            with manifest.phase("fuse"):
-                fused = {m: fuse_run(ws, m, cfg, manifest) for m in models}
-            fused = {m: table for m, table in fused.items() if table is not None}
-            scored += [system_name(m, "fused", method) for m in fused for method in FUSION_METHODS]
-            all_scores = scores_dir / "multimodal" / "all_scores.csv"
-            _write_csv(_merge_fused(all_scores, list(fused.values()), models), all_scores)
-        skipped = manifest.data.get("skipped_systems", [])
-        if not scored:
-            reasons = "; ".join(f"{s['system']}: {s['reason']}" for s in skipped)
-            raise DataError(f"no system could be scored: {reasons or 'nothing to score'}. See docs/science.md (detection)")
-        with manifest.phase("systems"):
-            runs, dropped = systems_runs(ws, models, manifest)
-            table = build_systems_table(ws, list(runs))
-            out = write_systems_table(ws, table, runs, models, dropped)
-    except BaseException as exc:
-        manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
-        raise
+    with locks.hold(scores_dir, "the detect outputs in scores/"):
+        if left := publish.clean(scores_dir):
+            reporter.log(f"removed {len(left)} unpublished output set(s) of interrupted detect runs")
+        survey = Path(survey) if survey is not None else lineage.active_survey(ws)
+        runs = embedding_runs(ws, cfg.models)
+        lineage.check_embeddings(ws, runs, survey)
+        models = [p.stem for p in runs]
+        identities = {p.stem: lineage.embedding_identity(p) for p in runs}
+        manifest = RunManifest(ws, "detect." + "+".join(parts), config_record(resolved), seed=cfg.seed)
+        scored: list[str] = []
+        try:
+            with StagedSet(scores_dir, manifest.run_id) as stage:
+                if "flows" in parts or "mismatch" in parts:
+                    for path in runs:
+                        scored += score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts,
+                                            mismatch="mismatch" in parts, stage=stage)
+                if "fuse" in parts:
+                    with manifest.phase("fuse"):
+                        fused = {m: fuse_run(ws, m, cfg, manifest, stage) for m in models}
+                    fused = {m: table for m, table in fused.items() if table is not None}
+                    scored += [system_name(m, "fused", method) for m in fused for method in FUSION_METHODS]
+                    all_scores = scores_dir / "multimodal" / "all_scores.csv"
+                    _write_csv(_merge_fused(all_scores, list(fused.values()), models), stage.path(all_scores))
+                skipped = manifest.data.get("skipped_systems", [])
+                if not scored:
+                    reasons = "; ".join(f"{s['system']}: {s['reason']}" for s in skipped)
+                    raise DataError(f"no system could be scored: {reasons or 'nothing to score'}. "
+                                    "See docs/science.md (detection)")
+                with manifest.phase("systems"):
+                    sruns, dropped, kept = systems_runs(ws, models, manifest, survey)
+                    table = build_systems_table(ws, list(sruns), stage)
+                    inputs = systems_inputs(ws, stage, list(sruns), identities | kept, survey)
+                    out = write_systems_table(ws, stage, table, sruns, models, list(dropped), inputs)
+                stage.publish(last=(systems_path(ws),))
+        except BaseException as exc:
+            manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
+            raise
     systems = sorted(c.split(":", 1)[1] for c in table.columns if c.startswith("rank:"))
     check_scores({s: table[f"score:{s}"] for s in scored if f"score:{s}" in table.columns}, manifest)
     manifest.count("systems", systems)
     manifest.count("systems_runs", {m: "scored now" if m in models else f"kept from {r['run_id'] or r['started']}"
-                                    for m, r in runs.items()})
-    for model in dropped:
-        manifest.warn(f"systems of {model} dropped from systems.parquet: embeddings/{model}.h5 no longer exists")
+                                    for m, r in sruns.items()})
+    for model, why in dropped.items():
+        manifest.warn(f"systems of {model} dropped from systems.parquet: {why}")
     manifest.output("systems", out)
     manifest.output("scores", scores_dir)
     return StageResult({"systems": out, "scores": scores_dir}, manifest.write(),

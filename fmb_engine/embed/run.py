@@ -56,14 +56,15 @@ from fmb_engine.config.schemas import SECTIONS
 from fmb_engine.embed import base
 from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
 from fmb_engine.embed.store import EmbeddingMeta, EmbeddingReader, EmbeddingWriter, write_embeddings
-from fmb_engine.errors import ConfigError, DataError
+from fmb_engine import locks
+from fmb_engine.errors import BusyError, ConfigError, DataError
 from fmb_engine.manifest import RunManifest, versions
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.survey.bands import BANDS
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.survey.stages import StageResult, config_record
 from fmb_engine.survey.store import SurveyReader
-from fmb_engine.workspace import Workspace, atomic_path
+from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
 
 DEFAULT_SHARD_SIZE = 4096
 #: Config keys that do not change the vectors (excluded from the run key).
@@ -241,8 +242,13 @@ def _open_run(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, 
                 reporter or Silent(), fit_info=fit_info, fixed_state=fixed)
 
 
+#: Marker in the shard folder of a forced recompute: the final file, though made by the same run key,
+#: is replaced by the recomputed one (and kept until then).
+FORCED = "FORCED"
+
+
 def _up_to_date(run: _Run) -> bool:
-    if not run.final.exists():
+    if not run.final.exists() or (run.shard_dir / FORCED).exists():
         return False
     try:
         with EmbeddingReader(run.final) as r:
@@ -262,10 +268,18 @@ def up_to_date(ws: Workspace, survey_path: Path, model: str, resolved: Resolved,
 
 
 def discard(ws: Workspace, model: str, output: Path | None = None) -> None:
-    """Remove the embedding file of ``model`` and its shards (``--force`` before an array submission)."""
+    """Start ``model``'s embedding over (``--force``): earlier shards go, the final file stays.
+
+    The existing ``embeddings/<model>.h5`` stays readable until the recomputed one is merged
+    over it (atomic rename); a marker in the fresh shard folder makes the run recompute
+    although that file was made by the same run key. A failed recompute loses nothing.
+    """
     final = Path(output) if output is not None else embeddings_path(ws, model)
-    shutil.rmtree(final.with_name(final.stem + ".shards"), ignore_errors=True)
-    final.unlink(missing_ok=True)
+    shard_dir = final.with_name(final.stem + ".shards")
+    with locks.hold(final, f"embeddings {final.name}"):
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        make_dirs(shard_dir)
+        atomic_write_text(shard_dir / FORCED, "recompute: the final file is replaced when the merge succeeds\n")
 
 
 def _prepare_shard_dir(run: _Run) -> None:
@@ -321,7 +335,7 @@ def _prepare_embedder(run: _Run, manifest: RunManifest | None = None) -> None:
             if f.attrs.get("run_key") == run.key:
                 state = {k: v[()] for k, v in f["state"].items()}
                 run.fit_info = json.loads(f.attrs.get("fit_info", "{}"))
-    elif run.final.exists():
+    elif run.final.exists() and not (run.shard_dir / FORCED).exists():
         with EmbeddingReader(run.final) as r:
             if r.extra.get("run_key") == run.key and (stored := r.state()):  # files merged without state: refit
                 state, run.fit_info = stored, r.extra.get("fit", {})
@@ -594,6 +608,7 @@ def merge_shards(
     writer.close()
     if not keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
+    (shard_dir / FORCED).unlink(missing_ok=True)  # the recompute is published
     if reporter:
         reporter.log(f"merged {len(shards)} shard(s) -> {final}")
     return final, {"shards": len(shards), "duplicates_dropped": duplicates, "objects": n}
@@ -670,52 +685,52 @@ def embed_survey(
     summary: dict[str, Any] = {"model": model, "aligned": bool(type(run.embedder).aligned),
                                "modalities": list(type(run.embedder).modalities), "device": run.device}
     try:
-        if force:
-            shutil.rmtree(run.shard_dir, ignore_errors=True)
-        if not force and _up_to_date(run):
-            run.reporter.log(f"{run.final.name} is up to date (same config, weights and survey): nothing to do")
-            with EmbeddingReader(run.final) as r:
-                run.fit_info = dict(r.extra.get("fit", {}))
-            for warning in run.fit_info.get("warnings", []):
-                manifest.warn(warning)
-            manifest.count("objects", run.n)
-            manifest.count("embedded", 0)
-            summary |= {"up_to_date": True, "objects": run.n}
-        else:
-            if force:
-                run.final.unlink(missing_ok=True)
-            res = embed_shard(ws, survey_path, model, resolved, start, stop, shard_size=shard_size, output=output,
-                              manifest=manifest, _run=run)
-            manifest.count("range", res["range"])
-            manifest.count("embedded", res["embedded"])
-            manifest.count("resumed_from_shards", res["reused"])
-            summary |= {"embedded": res["embedded"], "resumed": res["reused"], "range": res["range"]}
-            cov = coverage(ws, model, run.n, output)
-            if cov["missing"]:
-                summary |= {"complete": False, "missing": cov["missing"]}
-                manifest.count("rows_missing", int(run.n - cov["done"]))
-                run.reporter.log(f"{cov['done']} of {run.n} rows embedded; merge when the remaining ranges are done")
+        with locks.hold(run.final, f"embeddings {run.final.name}"):
+            if force:  # the final file stays until the recompute is merged over it
+                discard(ws, model, output)
+            if _up_to_date(run):
+                run.reporter.log(f"{run.final.name} is up to date (same config, weights and survey): nothing to do")
+                with EmbeddingReader(run.final) as r:
+                    run.fit_info = dict(r.extra.get("fit", {}))
+                for warning in run.fit_info.get("warnings", []):
+                    manifest.warn(warning)
+                manifest.count("objects", run.n)
+                manifest.count("embedded", 0)
+                summary |= {"up_to_date": True, "objects": run.n}
             else:
-                with manifest.phase("merge"):
-                    _, merged = merge_shards(ws, model, output=output, keep_shards=keep_shards, reporter=run.reporter)
-                manifest.count("duplicates_dropped", merged["duplicates_dropped"])
-                summary |= {"complete": True}
-        if run.fit_info:
-            manifest.count("fit", run.fit_info)
-        outputs: dict[str, Path] = {}
-        if run.final.exists() and _up_to_date(run):
-            ne = _not_embeddable_summary(run.final)
-            manifest.count("objects", run.n)
-            manifest.count("not_embeddable", ne)
-            summary |= {"objects": run.n, "not_embeddable": ne["objects"], "not_embeddable_by_reason": ne["by_reason"],
-                        "modalities": ne["modalities"]}
-            manifest.output("embeddings", run.final)
-            outputs["embeddings"] = run.final
-        else:
-            manifest.output("shards", run.shard_dir)
-            outputs["shards"] = run.shard_dir
+                res = embed_shard(ws, survey_path, model, resolved, start, stop, shard_size=shard_size, output=output,
+                                  manifest=manifest, _run=run)
+                manifest.count("range", res["range"])
+                manifest.count("embedded", res["embedded"])
+                manifest.count("resumed_from_shards", res["reused"])
+                summary |= {"embedded": res["embedded"], "resumed": res["reused"], "range": res["range"]}
+                cov = coverage(ws, model, run.n, output)
+                if cov["missing"]:
+                    summary |= {"complete": False, "missing": cov["missing"]}
+                    manifest.count("rows_missing", int(run.n - cov["done"]))
+                    run.reporter.log(f"{cov['done']} of {run.n} rows embedded; merge when the remaining ranges are done")
+                else:
+                    with manifest.phase("merge"):
+                        _, merged = merge_shards(ws, model, output=output, keep_shards=keep_shards, reporter=run.reporter)
+                    manifest.count("duplicates_dropped", merged["duplicates_dropped"])
+                    summary |= {"complete": True}
+            if run.fit_info:
+                manifest.count("fit", run.fit_info)
+            outputs: dict[str, Path] = {}
+            if run.final.exists() and _up_to_date(run):
+                ne = _not_embeddable_summary(run.final)
+                manifest.count("objects", run.n)
+                manifest.count("not_embeddable", ne)
+                summary |= {"objects": run.n, "not_embeddable": ne["objects"], "not_embeddable_by_reason": ne["by_reason"],
+                            "modalities": ne["modalities"]}
+                manifest.output("embeddings", run.final)
+                outputs["embeddings"] = run.final
+            else:
+                manifest.output("shards", run.shard_dir)
+                outputs["shards"] = run.shard_dir
     except BaseException as exc:
-        manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
+        if not isinstance(exc, BusyError):  # a busy output is another run's: this one never started
+            manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
         raise
     finally:
         run.reader.close()

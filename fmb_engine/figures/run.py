@@ -8,16 +8,24 @@ from typing import Any
 
 import pandas as pd
 
+from fmb_engine import lineage, locks
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.survey.stages import StageResult
 from fmb_engine.workspace import Workspace
 
 
-def _need(path: Path, hint: str) -> Path:
+def _need(ws: Workspace, path: Path, hint: str, survey: Path | None = None) -> Path:
+    """An analysis output that exists and was made from the inputs the workspace holds now."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; run `{hint}` first")
+    lineage.check_output(ws, path, hint, survey)
     return path
+
+
+def _writing(folder: Path):
+    """One writer per figure folder (BusyError otherwise); each file is written atomically."""
+    return locks.hold(folder, f"the figures in {folder}")
 
 
 def _done(ws: Workspace, stage: str, options: dict[str, Any], inputs: dict[str, Path], written: list[Path]) -> StageResult:
@@ -52,7 +60,12 @@ def outlier_grid_figure(ws: Workspace, survey: Path, *, system: str | None = Non
     src = Path(table) if table else ws.folder("scores") / "systems.parquet"
     ranked = None
     if table or system or not ids:
-        inputs["table"] = _need(src, "fmb-engine detect all")
+        if not table:  # the workspace's ranking: checked against the survey drawn from
+            from fmb_engine import rankings
+
+            if src.is_file():
+                rankings.check_current(ws, survey=Path(survey))
+        inputs["table"] = _need(ws, src, "fmb-engine detect all")
         ranked = top_ids(read_ranked_table(src), 10**12 if ids else top_k, system)
     if ids:
         wanted = list(dict.fromkeys(str(i) for i in ids))
@@ -65,7 +78,8 @@ def outlier_grid_figure(ws: Workspace, survey: Path, *, system: str | None = Non
         tag = (system or src.stem).replace("/", "_")
     title = system or (src.stem if table else None)
     path = _out(ws, out, "outliers", f"outliers_{tag}")
-    written = outlier_grid(survey, objects, path, columns=columns, smooth=smooth, title=title)
+    with _writing(path.parent):
+        written = outlier_grid(survey, objects, path, columns=columns, smooth=smooth, title=title)
     return _done(ws, "outlier-grid", {"system": system, "top_k": top_k, "ids": ids, "columns": columns, "smooth": smooth},
                  inputs, written)
 
@@ -73,7 +87,9 @@ def outlier_grid_figure(ws: Workspace, survey: Path, *, system: str | None = Non
 def object_fig(ws: Workspace, survey: Path, object_id: str, smooth: float = 2.0, out: Path | None = None) -> StageResult:
     from fmb_engine.figures.objects import object_figure
 
-    written = object_figure(survey, object_id, _out(ws, out, "objects", f"object_{object_id}"), smooth=smooth)
+    path = _out(ws, out, "objects", f"object_{object_id}")
+    with _writing(path.parent):
+        written = object_figure(survey, object_id, path, smooth=smooth)
     return _done(ws, "object", {"object_id": object_id, "smooth": smooth}, {"survey": Path(survey)}, written)
 
 
@@ -81,11 +97,12 @@ def heatmap_figures(ws: Workspace, top_percent: float = 1.0, out: Path | None = 
     from fmb_engine.figures.heatmaps import jaccard_heatmap, spearman_heatmap
 
     folder = ws.folder("analysis") / "rankings"
-    sp = _need(folder / "spearman.csv", "fmb-engine analyze rankings")
-    jc = _need(folder / "jaccard.csv", "fmb-engine analyze rankings")
+    sp = _need(ws, folder / "spearman.csv", "fmb-engine analyze rankings")
+    jc = _need(ws, folder / "jaccard.csv", "fmb-engine analyze rankings")
     base = _out(ws, out, "rankings")
-    written = spearman_heatmap(pd.read_csv(sp, index_col=0), base / "spearman_heatmap")
-    written += jaccard_heatmap(pd.read_csv(jc, index_col=0), base / "jaccard_heatmap", top_percent)
+    with _writing(base):
+        written = spearman_heatmap(pd.read_csv(sp, index_col=0), base / "spearman_heatmap")
+        written += jaccard_heatmap(pd.read_csv(jc, index_col=0), base / "jaccard_heatmap", top_percent)
     return _done(ws, "heatmaps", {"top_percent": top_percent}, {"spearman": sp, "jaccard": jc}, written)
 
 
@@ -94,15 +111,17 @@ def displacement_figure(ws: Workspace, systems: list[str] | None = None, top_per
     from fmb_engine.figures.displacement import displacement_grid
 
     folder = ws.folder("analysis") / "rankings"
-    d = _need(folder / "displacement.parquet", "fmb-engine analyze rankings")
-    r = _need(folder / "retention.csv", "fmb-engine analyze rankings")
+    d = _need(ws, folder / "displacement.parquet", "fmb-engine analyze rankings")
+    r = _need(ws, folder / "retention.csv", "fmb-engine analyze rankings")
     disp = pd.read_parquet(d)
     if not systems:
         # default: one method per model x modality keeps the grid readable (flows, else everything)
         names = sorted(set(disp["source"]))
         flows = [s for s in names if s.endswith("/flow")]
         systems = flows if len(flows) >= 2 else names
-    written = displacement_grid(disp, pd.read_csv(r), _out(ws, out, "rankings", "displacement"), systems, top_percent=top_percent)
+    path = _out(ws, out, "rankings", "displacement")
+    with _writing(path.parent):
+        written = displacement_grid(disp, pd.read_csv(r), path, systems, top_percent=top_percent)
     return _done(ws, "displacement", {"systems": systems}, {"displacement": d, "retention": r}, written)
 
 
@@ -111,12 +130,14 @@ def regression_figures(ws: Workspace, targets: list[str] | None = None, predicto
     from fmb_engine.figures.regression import regression_scatter
 
     folder = ws.folder("analysis") / "regression"
-    p = _need(folder / "predictions.parquet", "fmb-engine analyze regression")
-    s = _need(folder / "results_summary.csv", "fmb-engine analyze regression")
+    p = _need(ws, folder / "predictions.parquet", "fmb-engine analyze regression")
+    s = _need(ws, folder / "results_summary.csv", "fmb-engine analyze regression")
     preds, res = pd.read_parquet(p), pd.read_csv(s)
     written: list[Path] = []
-    for target in targets or sorted(preds["target"].unique()):
-        written += regression_scatter(preds, res, target, _out(ws, out, "regression") / f"scatter_{target}_{predictor}", predictor)
+    base = _out(ws, out, "regression")
+    with _writing(base):
+        for target in targets or sorted(preds["target"].unique()):
+            written += regression_scatter(preds, res, target, base / f"scatter_{target}_{predictor}", predictor)
     return _done(ws, "regression", {"targets": targets, "predictor": predictor}, {"predictions": p, "results": s}, written)
 
 
@@ -132,15 +153,17 @@ def umap_figures(ws: Workspace, survey: Path, colour_by: list[str], out: Path | 
         from fmb_engine.config import load
 
         thumbnails = int(load("analyze", ws).values.umap_thumbnails)  # type: ignore[attr-defined]
-    c = _need(ws.folder("analysis") / "umap" / "coords.parquet", "fmb-engine analyze umap")
+    c = _need(ws, ws.folder("analysis") / "umap" / "coords.parquet", "fmb-engine analyze umap", Path(survey))
     coords = pd.read_parquet(c)
     with SurveyReader(survey) as sr:
         catalog = sr.table().set_index("object_id")
     catalog.index = catalog.index.astype(str)
     grid = read_thumbnails(survey, coords, thumbnails) if thumbnails else None
     written: list[Path] = []
-    for col in colour_by:
-        written += umap_figure(coords, catalog, col, _out(ws, out, "umap") / f"umap_{col}", grid)
+    base = _out(ws, out, "umap")
+    with _writing(base):
+        for col in colour_by:
+            written += umap_figure(coords, catalog, col, base / f"umap_{col}", grid)
     options = {"colour_by": colour_by, "thumbnails": thumbnails}
     if grid is not None:
         options["thumbnail_source"] = grid.source
@@ -161,14 +184,18 @@ def similarity_figures(ws: Workspace, survey: Path, queries: list[str] | None = 
         found = [p for p in (folder / "query_neighbours.parquet", folder / "neighbours.parquet") if p.is_file()]
         if not found:
             raise DataError(f"no neighbours in {folder}; run `fmb-engine analyze similarity` first")
+        for p in found:
+            lineage.check_output(ws, p, "fmb-engine analyze similarity", Path(survey))
         inputs.update({p.stem: p for p in found})
         table = pd.concat([pd.read_parquet(p) for p in found], ignore_index=True)
         table = table.drop_duplicates(["object_id", "model", "modality", "neighbour"])
-        written += neighbour_grid(survey, table, queries, base / "neighbours", smooth=smooth)
+        with _writing(base):
+            written += neighbour_grid(survey, table, queries, base / "neighbours", smooth=smooth)
     ranks = ws.folder("analysis") / "neighbors" / "neighbor_ranks.parquet"
     if ranks.is_file():
-        inputs["neighbor_ranks"] = ranks
-        written += neighbour_rank_histograms(pd.read_parquet(ranks), base / "neighbor_ranks", top_percent)
+        inputs["neighbor_ranks"] = _need(ws, ranks, "fmb-engine analyze neighbor-ranks")
+        with _writing(base):
+            written += neighbour_rank_histograms(pd.read_parquet(ranks), base / "neighbor_ranks", top_percent)
     if not written:
         raise DataError("nothing to draw: give query ids (--id) or run `fmb-engine analyze neighbor-ranks` first")
     return _done(ws, "similarity", {"queries": queries, "top_percent": top_percent}, inputs, written)

@@ -52,9 +52,10 @@ def export_figure(ws, survey: Path, kind: str, chosen: str, system: str | None, 
         out = None if ids is None else grid_path(ws, chosen.split(":", 1)[1], system)
         return list(fig.outlier_grid_figure(ws, survey, system=system, ids=ids, top_k=k, out=out).summary["files"])
     if ids is None:
+        from fmb_engine import rankings
         from fmb_engine.figures.objects import top_ids
 
-        ids = top_ids(fig.read_ranked_table(ws.folder("scores") / "systems.parquet"), k, system)["object_id"].tolist()
+        ids = top_ids(rankings.load_rankings(ws, survey=survey), k, system)["object_id"].tolist()  # inputs checked
     if len(ids) > MAX_SHEETS:
         raise FMBError(f"{len(ids)} objects: at most {MAX_SHEETS} object sheets at once (use the outlier grid)")
     written: list[Path] = []

@@ -1,0 +1,201 @@
+"""What each output was made from, and the check that its inputs are still the ones in the workspace.
+
+Why: every stage reads what an earlier stage wrote. When an input is replaced (a new
+survey, a recomputed embedding, a detect run) the outputs built on the old one are
+stale, and using them silently gives wrong numbers. So each output records the
+identity of its inputs, and every reader compares that record with the inputs the
+workspace holds now before use, stopping with :class:`StaleError` (exit 4) that
+names the stale file, the input that changed and the command to rerun.
+
+A record maps input keys to identities:
+
+* ``survey``: the digest of the active survey (``general.survey``);
+* ``embeddings/<model>.h5``: the embedding file's identity (:func:`embedding_identity`:
+  its survey digest, run key, creation time and size, all attributes of the file);
+* any other workspace path (score tables, ``scores/systems.parquet``, analysis
+  tables): the SHA-256 of the file's bytes.
+
+Where records live: an embedding file stores its survey digest (attribute
+``survey_digest``); ``scores/systems.parquet`` stores its record in the parquet
+metadata (:data:`SYSTEMS_KEY`); analysis outputs have ``lineage.json`` in their folder
+(one entry per file). An input that no longer exists, or a record written before
+records existed, is not checked (nothing to compare with).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from fmb_engine.errors import DataError, FMBError, StaleError
+from fmb_engine.workspace import Workspace, atomic_write_text
+
+#: Parquet metadata key of systems.parquet that holds its inputs.
+SYSTEMS_KEY = b"fmb:lineage"
+#: Per analysis folder: output file name -> {"inputs": {key: identity}}.
+RECORD_FILE = "lineage.json"
+SURVEY = "survey"
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (cached per path, size, mtime and inode: checking twice reads once)."""
+    st = os.stat(path)
+    return _digest(str(Path(path).absolute()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def embedding_identity(path: str | os.PathLike[str]) -> str:
+    """Identity of an embedding file from its attributes: another survey, run or recompute gives another one."""
+    from fmb_engine.embed.store import EmbeddingReader
+
+    with EmbeddingReader(path) as r:
+        fields = {"survey": r.survey_digest, "run_key": r.extra.get("run_key", ""), "created": r.created,
+                  "n": r.n_objects, "weights": r.weights_digest, "embedder": r.embedder}
+    return "emb:" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def survey_digest(path: str | os.PathLike[str]) -> str:
+    from fmb_engine.survey.store import SurveyReader
+
+    with SurveyReader(path) as reader:
+        return reader.digest
+
+
+def active_survey(ws: Workspace) -> Path | None:
+    """The file of the workspace's active survey (``general.survey``), None when there is none."""
+    from fmb_engine.config import load
+
+    try:
+        name = load("general", ws).values.survey  # type: ignore[attr-defined]
+    except FMBError:
+        return None
+    path = ws.survey_path(name)
+    return path if path.is_file() else None
+
+
+def key_of(ws: Workspace, path: str | os.PathLike[str]) -> str:
+    """The record key of a workspace file: its path relative to the workspace root."""
+    path = Path(path).absolute()
+    try:
+        return path.relative_to(ws.root.absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def identity(ws: Workspace, key: str, survey: Path | None = None) -> str | None:
+    """The current identity of input ``key`` (None when that input does not exist now)."""
+    if key == SURVEY:
+        path = survey if survey is not None else active_survey(ws)
+        return survey_digest(path) if path is not None and Path(path).is_file() else None
+    path = Path(key) if Path(key).is_absolute() else ws.root / key
+    if not path.is_file():
+        return None
+    if path.suffix == ".h5" and path.parent.name == "embeddings":
+        return embedding_identity(path)
+    return file_digest(path)
+
+
+def _rerun_hint(key: str) -> str:
+    if key == SURVEY:
+        return "the survey was replaced"
+    return f"{key} was rewritten"
+
+
+def check(ws: Workspace, output: str | os.PathLike[str], inputs: dict[str, str], rerun: str,
+          survey: Path | None = None) -> None:
+    """StaleError when an input recorded for ``output`` is not the one the workspace holds now."""
+    for key, recorded in inputs.items():
+        now = identity(ws, key, survey)
+        if now is not None and recorded and now != recorded:
+            raise StaleError(
+                f"stale: {key_of(ws, output)} was made from other inputs than the workspace holds now "
+                f"({_rerun_hint(key)} after it was made: recorded {recorded[:16]}, now {now[:16]}). "
+                f"Rerun `{rerun}`."
+            )
+
+
+def check_embedding(ws: Workspace, path: str | os.PathLike[str], survey: Path | None) -> None:
+    """StaleError when an embedding file was made from another survey than ``survey`` (the active one)."""
+    from fmb_engine.embed.store import read_meta
+
+    if survey is None:
+        return
+    stored = read_meta(path).survey_digest
+    now = survey_digest(survey)
+    if stored and stored != now:
+        model = Path(path).stem
+        raise StaleError(
+            f"stale: {key_of(ws, path)} was embedded from another survey (digest {stored[:16]}) than the "
+            f"workspace's survey {key_of(ws, survey)} (digest {now[:16]}). Rerun `fmb-engine embed {model}` "
+            "(or choose the survey it was made from with --survey / general.survey)."
+        )
+
+
+def check_embeddings(ws: Workspace, paths: Iterable[Path], survey: Path | None) -> None:
+    """Every embedding file against the active survey; without one, against each other."""
+    from fmb_engine.embed.store import read_meta
+
+    paths = list(paths)
+    if survey is not None:
+        for path in paths:
+            check_embedding(ws, path, survey)
+        return
+    digests = {p: read_meta(p).survey_digest for p in paths}
+    known = {d for d in digests.values() if d}
+    if len(known) > 1:
+        listing = ", ".join(f"{key_of(ws, p)} ({d[:16]})" for p, d in digests.items() if d)
+        raise StaleError(f"stale: the embedding files were made from different surveys: {listing}. "
+                         "Re-embed the stale ones on the workspace's survey (`fmb-engine embed MODEL`).")
+
+
+# -- records of analysis outputs ------------------------------------------------------------------
+
+def read_records(folder: Path) -> dict[str, dict]:
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable lineage record ({exc}); rerun the analysis that wrote the folder") from None
+    return data if isinstance(data, dict) else {}
+
+
+def write_records(published: Path, target: Path, outputs: Iterable[Path], inputs: dict[str, str]) -> Path:
+    """Add one entry per output to the records of folder ``published``, written to ``target`` (staged or not)."""
+    records = read_records(published)
+    for out in outputs:
+        records[Path(out).name] = {"inputs": dict(inputs)}
+    return atomic_write_text(Path(target), json.dumps(records, indent=1, sort_keys=True) + "\n")
+
+
+def check_output(ws: Workspace, path: str | os.PathLike[str], rerun: str, survey: Path | None = None) -> None:
+    """Check an analysis output against its recorded inputs (no record: nothing to check)."""
+    path = Path(path)
+    entry = read_records(path.parent).get(path.name)
+    if entry:
+        check(ws, path, dict(entry.get("inputs", {})), rerun, survey)
+
+
+def systems_record(schema_metadata: dict | None) -> dict[str, str] | None:
+    """The inputs recorded in systems.parquet's metadata, None for a file written without them."""
+    raw = (schema_metadata or {}).get(SYSTEMS_KEY)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+        return {str(k): str(v) for k, v in value["inputs"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
