@@ -14,6 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
+from fmb_engine.workspace import file_mode_for, make_dirs
+
 #: an identical traceback within this many seconds is counted, not written or shown again
 REPEAT_WINDOW_S = 10.0
 
@@ -44,18 +46,20 @@ class ErrorLog:
             return False
         self._last_seen[text] = now
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} {context}\n{text}")
+            self._append(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} {context}\n{text}")
         except OSError:
             pass  # the notification still says what happened
         return True
 
     def note(self, line: str) -> None:
         """One line that is not an error but must be findable later (e.g. labels spooled at a hang-up)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} note: {line}\n")
+        self._append(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} note: {line}\n")
+
+    def _append(self, text: str) -> None:
+        make_dirs(self.path.parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode_for(self.path.parent))
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(text)
 
 
 class GuardedDispatch:

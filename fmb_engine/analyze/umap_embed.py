@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fmb_engine.workspace import atomic_path
+from fmb_engine.workspace import atomic_path, make_dirs
 
 Projector = Callable[[np.ndarray, dict[str, Any]], np.ndarray]
 
@@ -69,7 +69,7 @@ def project(x: np.ndarray, params: dict[str, Any], cache_dir: Path | None = None
         return np.load(path), key, True
     coords = (projector or umap_projector)(x, params)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, coords)
     return coords, key, False

@@ -18,7 +18,7 @@ from typing import Any
 
 from fmb_engine.config import Resolved
 from fmb_engine.errors import ConfigError, FMBError
-from fmb_engine.workspace import Workspace
+from fmb_engine.workspace import Workspace, make_dirs
 
 
 class HubUnreachable(FMBError):
@@ -286,7 +286,7 @@ def download(
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise ConfigError("models download needs huggingface_hub: pip install huggingface_hub") from exc
-    plan["cache_dir"].mkdir(parents=True, exist_ok=True)
+    make_dirs(plan["cache_dir"])
     try:
         path = snapshot_download(
             repo_id=plan["repo_id"], revision=revision, cache_dir=str(plan["cache_dir"]),

@@ -295,7 +295,7 @@ def _prepare_shard_dir(run: _Run) -> None:
         run.reporter.log(f"discarding shards of a different run in {run.shard_dir.name} (config, weights or survey changed)")
         shutil.rmtree(run.shard_dir)
     # a folder without run.json may be another array task's, just being created: never delete it
-    run.shard_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(run.shard_dir)
     with atomic_path(info) as tmp:
         tmp.write_text(json.dumps({"run_key": run.key, "model": run.model, "survey": str(run.survey),
                                    "survey_digest": run.reader.digest, "n_objects": run.n}, indent=1))

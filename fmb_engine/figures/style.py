@@ -37,12 +37,12 @@ def fmb_style() -> Iterator[None]:
 
 def save(fig, path: str | Path, formats: Sequence[str] = FORMATS, dpi: int | None = None) -> list[Path]:
     """Write ``path`` with each suffix in ``formats`` (atomically, no timestamps); closes the figure."""
-    from fmb_engine.workspace import atomic_path
+    from fmb_engine.workspace import atomic_path, make_dirs
 
     plt = pyplot()
     base = Path(path)
     base = base.with_suffix("") if base.suffix.lower() in {".png", ".pdf"} else base
-    base.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(base.parent)
     written = []
     meta = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}}
     try:

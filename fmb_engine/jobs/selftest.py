@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from fmb_engine.workspace import atomic_write_text
+from fmb_engine.workspace import atomic_write_text, make_dirs
 
 
 def _env() -> dict[str, str | None]:
@@ -57,7 +57,7 @@ def count_steps(out_dir: str, steps: int, step_s: float = 0.2) -> dict[str, str]
     requeued job continue instead of starting over.
     """
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     log = folder / "starts.log"
     with log.open("a", encoding="utf-8") as fh:
         done = sorted(int(p.stem.split("-")[1]) for p in folder.glob("step-*.done"))

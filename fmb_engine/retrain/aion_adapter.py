@@ -65,7 +65,7 @@ from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.retrain.config import TrainConfig
 from fmb_engine.retrain.loop import TrainTask, file_fingerprint
 from fmb_engine.survey.batch import SurveyBatch
-from fmb_engine.workspace import atomic_path
+from fmb_engine.workspace import atomic_path, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class Task(TrainTask):
 
     def export(self, folder: Path) -> dict[str, Path]:
         cfg: Config = self.config
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         payload = {
             "euclid_to_hsc": {k: v.detach().cpu().clone() for k, v in self.e2h.state_dict().items()},
             "hsc_to_euclid": {k: v.detach().cpu().clone() for k, v in self.h2e.state_dict().items()},

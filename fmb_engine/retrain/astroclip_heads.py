@@ -69,7 +69,7 @@ from fmb_engine.errors import ConfigError
 from fmb_engine.retrain.config import TrainConfig
 from fmb_engine.retrain.loop import TrainTask, file_fingerprint
 from fmb_engine.survey.batch import SurveyBatch
-from fmb_engine.workspace import atomic_path
+from fmb_engine.workspace import atomic_path, make_dirs
 
 #: L2-normalisation floor of the CLIP loss (upstream AstroCLIP's ``F.normalize(eps=1e-3)``).
 NORM_EPS = 1e-3
@@ -252,7 +252,7 @@ class Task(TrainTask):
     def export(self, folder: Path) -> dict[str, Path]:
         """``<checkpoint name>`` for the embedder and the reference ``finetuned.pt``; see the module docstring."""
         cfg: Config = self.config
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         full = folder / Path(cfg.checkpoint).name
         if full.resolve() == self.source.resolve():
             raise ConfigError(f"retrain {self.name}: the output {full} would overwrite the starting checkpoint; "

@@ -37,7 +37,7 @@ from fmb_engine.progress import Reporter, Silent
 from fmb_engine.retrain.config import TrainConfig
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.survey.store import SurveyReader
-from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text
+from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
 
 CHECKPOINT_FORMAT = "fmb-retrain-1"
 _CKPT = re.compile(r"^step_(\d{7})\.pt$")
@@ -426,7 +426,7 @@ def train(task: TrainTask, ws: Workspace | None, survey: Path, folder: Path, *, 
     reporter = reporter or Silent()
     cfg = task.config
     manifest = RunManifest(ws, f"retrain-{task.name}", config_record or {"values": cfg.model_dump()}, seed=cfg.seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     ckpts = Checkpoints(folder / "checkpoints", cfg.keep_checkpoints)
 
     with SurveyReader(survey) as reader:

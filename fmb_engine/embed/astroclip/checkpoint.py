@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from fmb_engine.errors import ConfigError
+from fmb_engine.workspace import atomic_path
 
 FORMAT = "fmb-astroclip/1"
 CONVERT_COMMAND = "python -m fmb_engine.embed.astroclip.checkpoint"
@@ -73,18 +74,18 @@ def save_checkpoint(
 ) -> Path:
     """Write FMB's plain AstroCLIP checkpoint (readable with ``weights_only=True``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    torch.save(
-        {
-            "format": FORMAT,
-            "state_dict": tensors,
-            "hyper_parameters": _plain(hyper_parameters or {}),
-            "architecture": _plain(architecture) if architecture is not None else None,
-            "source": str(source),
-        },
-        path,
-    )
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "format": FORMAT,
+                "state_dict": tensors,
+                "hyper_parameters": _plain(hyper_parameters or {}),
+                "architecture": _plain(architecture) if architecture is not None else None,
+                "source": str(source),
+            },
+            tmp,
+        )
     return path
 
 
