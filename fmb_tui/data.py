@@ -206,13 +206,22 @@ class WorkspaceData:
                                    "classes": sum(s["anomaly_classes"].values()), "image_size": s["image_size"]})
             except FMBError as exc:
                 ov.surveys.append({"name": path.name, "error": str(exc)})
+        from fmb_engine import lineage
+        from fmb_engine.errors import StaleError
+
+        survey = lineage.active_survey(self.ws)
         for path in sorted(self.ws.folder("embeddings").glob("*.h5")):
             try:
                 from fmb_engine.embed.store import EmbeddingReader
 
                 with EmbeddingReader(path) as r:
-                    ov.embeddings.append({"name": path.name, "model": r.embedder, "modalities": list(r.modalities),
-                                          "objects": r.n_objects})
+                    entry = {"name": path.name, "model": r.embedder, "modalities": list(r.modalities),
+                             "objects": r.n_objects}
+                try:
+                    lineage.check_embedding(self.ws, path, survey)
+                except StaleError as exc:
+                    entry["stale"] = str(exc)
+                ov.embeddings.append(entry)
             except Exception as exc:  # noqa: BLE001 - a foreign or partial file: say so, keep going
                 ov.embeddings.append({"name": path.name, "error": str(exc).splitlines()[0][:120]})
         try:
@@ -267,6 +276,10 @@ def next_steps(ov: Overview) -> list[str]:
         steps.append("create a survey: `fmb-engine data mock` (or Runs screen, stage data mock)")
     elif not ov.embeddings:
         steps.append("compute embeddings: Runs screen (R), stage embed.<model>, or `fmb-engine embed pca`")
+    stale = [e["model"] for e in ov.embeddings if "stale" in e]
+    if stale:
+        steps.insert(0, "recompute the embeddings made from another survey: "
+                        + ", ".join(f"`fmb-engine embed {m}`" for m in stale))
     if ov.surveys and not ov.systems:
         steps.append("score anomalies: `fmb-engine detect all`; then the Anomalies screen (A)")
     if ov.systems and not ov.labels:

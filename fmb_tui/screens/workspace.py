@@ -40,6 +40,8 @@ def overview_renderables(ov: Overview) -> list:
             out.append(Text(f"  {e['name']}: {e['error']}", style="red"))
         else:
             out.append(Text(f"  {e['name']}: {e['model']} ({', '.join(e['modalities'])}), {e['objects']:,} objects"))
+            if "stale" in e:
+                out.append(Text(f"    {e['stale']}", style="yellow"))
     section("Anomaly ranking")
     if ov.ranking_problem:
         out.append(Text(f"  {ov.ranking_problem}", style="dim"))

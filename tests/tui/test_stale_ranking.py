@@ -37,3 +37,25 @@ async def test_a_stale_ranking_shows_what_to_rerun_and_no_ranks(tui_ws, config):
         await pilot.press("j", "s", "f")  # nothing to act on: no crash
         await settle(pilot)
         assert app.is_running
+
+
+async def test_the_workspace_screen_marks_embeddings_of_another_survey_and_says_what_to_rerun(tui_ws, config):
+    import h5py
+
+    from fmb_engine.config import load
+    from fmb_engine.embed.run import embed_survey
+    from fmb_engine.sections import register_all
+    from fmb_tui.screens.workspace import WorkspaceScreen
+
+    register_all()
+    survey = lineage.active_survey(tui_ws)
+    embed_survey(tui_ws, survey, "pca", load("embed.pca", tui_ws))
+    with h5py.File(tui_ws.folder("embeddings") / "pca.h5", "a") as f:
+        f.attrs["survey_digest"] = "0" * 32  # as if embedded before the survey was replaced
+    app = FMBApp(tui_ws, config, start="workspace")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, WorkspaceScreen)
+        text = flat_text(app)
+        assert "pca.h5: pca" in text and "stale: embeddings/pca.h5 was embedded from another survey" in text
+        assert "recompute the embeddings made from another survey: `fmb-engine embed pca`" in text
