@@ -25,8 +25,8 @@ from fmb_engine.cli import retrain as retrain_cli  # noqa: E402
 from fmb_engine.cli import triage as triage_cli  # noqa: E402
 from fmb_engine.cli.common import Typer, console, err_console  # noqa: E402
 from fmb_engine.cli.demo import demo  # noqa: E402
-from fmb_engine.errors import FMBError, environment_fault  # noqa: E402
-from fmb_engine.workspace import Workspace  # noqa: E402
+from fmb_engine.errors import FMBError  # noqa: E402
+from fmb_engine.workspace import Workspace, fault_of  # noqa: E402
 
 app = Typer(
     name="fmb-engine",
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except FMBError as exc:
         _fail(str(exc), exc.exit_code)
-    except OSError as exc:
-        fault = environment_fault(exc)
+    except (OSError, RuntimeError) as exc:  # h5py reports some failed writes as RuntimeError
+        fault = fault_of(exc)
         if fault is None:
             raise
         _fail(str(fault), fault.exit_code)
