@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
-import click
-import typer
-from rich.markup import escape
 
-from fmb_engine.sections import register_all
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM during the imports (seconds, with torch): nothing is written yet; stop without a traceback."""
+    code, word = (143, "terminated") if signum == signal.SIGTERM else (130, "interrupted")
+    os.write(2, f"{word} while starting: nothing was written\n".encode())
+    os._exit(code)
+
+
+if os.path.basename(sys.argv[0]) == "fmb-engine":  # the console script only; never a test's in-process import
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (nohup, &)
+        signal.signal(signal.SIGINT, _stop_while_starting)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_while_starting)
+
+import click  # noqa: E402
+import typer  # noqa: E402
+from rich.markup import escape  # noqa: E402
+
+from fmb_engine.sections import register_all  # noqa: E402
 
 register_all()  # before any config is read: every layer may hold any stage's section
 
@@ -73,6 +88,8 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one clear message and exit with the code of errors.EXIT_CODES."""
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    if signal.getsignal(signal.SIGINT) is _stop_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(args=argv, standalone_mode=False)
     except click.ClickException as exc:  # usage errors: Click's message and code (2)

@@ -303,6 +303,11 @@ def plan(seed: int, stage: str, signal_name: str | None = None) -> Trial:
     return Trial(seed=seed, stage=stage, signal=name, after_files=rng.randint(0, 4), delay_s=rng.uniform(0, 1.5))
 
 
+def _default_sigint() -> None:
+    """Ctrl-C must reach the child even when the harness runs in the background (where SIGINT is ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_files(proc: subprocess.Popen, ws: Path, before: set[Path], k: int) -> bool:
     """Wait until ``k`` files not in ``before`` have appeared (temp files count); False if it ended first."""
     seen: set[Path] = set()
@@ -331,8 +336,8 @@ def kill_trial(base: Baseline, trial: Trial, work: Path) -> Trial:
     shutil.copytree(base.before[trial.stage], ws, symlinks=True)
     before_files = {p for p in ws.rglob("*") if p.is_file()}
     old = digests(ws)
-    proc = subprocess.Popen(command(stage, ws), env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ws, start_new_session=True)
+    proc = subprocess.Popen(command(stage, ws), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ws, start_new_session=True, preexec_fn=_default_sigint)
     try:
         if _wait_for_files(proc, ws, before_files, trial.after_files):
             time.sleep(trial.delay_s)
@@ -416,3 +421,68 @@ def summary(trials: list[Trial]) -> str:
 
 def to_json(trials: list[Trial]) -> str:
     return json.dumps([t.__dict__ for t in trials], indent=1)
+
+
+# --- environment faults -------------------------------------------------------------------------
+
+def raw_digests(ws: Path) -> dict[str, str]:
+    """sha256 of the bytes of every file (manifests included): what a failed run must leave as it was."""
+    return {str(p.relative_to(ws)): _sha(p.read_bytes()) for p in sorted(ws.rglob("*")) if p.is_file()}
+
+
+def fs_bytes(ws: Path) -> int:
+    """What a copy of ``ws`` takes on a tmpfs: whole pages per file."""
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in ws.rglob("*") if p.is_file())
+
+
+def mount(*args: str) -> str | None:
+    """Run ``mount`` (we need root); the reason it failed, or None."""
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    return None if done.returncode == 0 else (done.stderr.strip() or f"mount exited {done.returncode}")
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True, check=False)
+
+
+def drop_privileges() -> tuple[list[str], str] | None:
+    """A prefix that runs a command as a user for whom a root-owned folder is not writable, and who it is.
+
+    ``nobody`` when it can run this interpreter; else root without any capability (``setpriv``
+    with empty capability sets), for whom file modes count as for any other owner. None when
+    neither works (not root, no setpriv).
+    """
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    candidates = (
+        (["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"], "nobody"),
+        (["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"], "root without capabilities"),
+    )
+    for prefix, who in candidates:
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import fmb_engine"], env=environment(),
+                               capture_output=True, cwd="/")
+        if probe.returncode == 0:
+            return prefix, who
+    return None
+
+
+def run_stage(stage: Stage, ws: Path, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*(prefix or []), *command(stage, ws)], env=environment(), cwd=ws,
+                          capture_output=True, text=True, timeout=600)
+
+
+def refusal_problems(done: subprocess.CompletedProcess, code: int, ws: Path) -> list[str]:
+    """A refused run: the exit code, one line ``error: ...`` naming a path under ``ws``, no traceback."""
+    problems = []
+    if done.returncode != code:
+        problems.append(f"exit code {done.returncode}, expected {code}")
+    if "Traceback" in done.stderr:
+        problems.append("traceback on stderr")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    if len(errors) != 1:
+        problems.append(f"expected one 'error:' line, found {len(errors)}")
+    elif str(ws) not in errors[0]:
+        problems.append(f"the error does not name a path in the workspace: {errors[0]}")
+    if problems:
+        problems.append(f"stderr:\n{done.stderr[-3000:]}")
+    return problems
