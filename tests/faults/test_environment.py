@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -88,12 +89,20 @@ def unprivileged():
     return found
 
 
+@pytest.fixture
+def open_folder():
+    """A folder any user can reach (pytest's own are 0700, closed to ``nobody``)."""
+    folder = Path(tempfile.mkdtemp(prefix="fmb-faults-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.parametrize("stage", _cases("no-permission"))
-def test_workspace_not_writable_for_the_user(baseline, tmp_path, unprivileged, stage):
+def test_workspace_not_writable_for_the_user(baseline, open_folder, unprivileged, stage):
     """Owned by another user, mode 0755/0644: the command's user may read but not write."""
     prefix, who = unprivileged
-    ws = _copy(baseline, stage, tmp_path / "ws")
-    os.chmod(tmp_path, 0o755)
+    ws = _copy(baseline, stage, open_folder / "ws")
     for path in [ws, *ws.rglob("*")]:
         os.chown(path, 12345, 12345, follow_symlinks=False)
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
