@@ -291,6 +291,7 @@ class Trial:
     killed: bool = False
     rc: int | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def replay(self) -> str:
@@ -299,6 +300,8 @@ class Trial:
 
     def __str__(self) -> str:
         state = "ok" if not self.problems else "FAILED: " + "; ".join(self.problems)
+        if self.notes:
+            state += " (note: " + "; ".join(self.notes) + ")"
         how = f"after file {self.after_files} +{self.delay_s:.2f}s" if self.killed else "finished before the kill"
         return f"seed={self.seed} stage={self.stage} {self.signal} {how} rc={self.rc}: {state}"
 
@@ -326,6 +329,18 @@ def _wait_for_files(proc: subprocess.Popen, ws: Path, before: set[Path], k: int)
         if len(seen) >= k:
             return True
         time.sleep(0.01)
+    return False
+
+
+def _completed_manifest(ws: Path, before: set[Path]) -> bool:
+    """Did the run write its manifest with status 'completed' (so all its outputs were in place)?"""
+    for path in (ws / "runs").glob("*.json"):
+        if path not in before:
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("status") == "completed":
+                    return True
+            except (OSError, ValueError):
+                continue
     return False
 
 
@@ -360,7 +375,10 @@ def kill_trial(base: Baseline, trial: Trial, work: Path) -> Trial:
     trial.rc = proc.returncode
     problems = trial.problems
     if trial.killed:
-        if proc.returncode not in (EXPECTED_RC[trial.signal], 0):
+        if proc.returncode == -SIGNALS[trial.signal] and _completed_manifest(ws, before_files):
+            trial.notes.append(f"{trial.signal} came while the finished run was shutting down "
+                               "(Python restores the default handlers then): the work was complete")
+        elif proc.returncode not in (EXPECTED_RC[trial.signal], 0):
             problems.append(f"exit code {proc.returncode}, expected {EXPECTED_RC[trial.signal]}")
         problems += _stderr_problems(stderr, "killed run")
     elif proc.returncode != 0:
@@ -383,6 +401,8 @@ def kill_trial(base: Baseline, trial: Trial, work: Path) -> Trial:
         problems += compare(base.after[trial.stage], digests(ws))
         if leftovers := [p for p in transient_files(ws) if p.endswith(".partial")]:
             problems.append(f"partial files left after the rerun completed: {leftovers}")
+        if stale := [p for p in transient_files(ws) if p.endswith(".tmp")]:
+            trial.notes.append(f"temp files of the killed run still there after the rerun: {stale}")
     trial.seconds = time.monotonic() - t0
     if not problems:
         shutil.rmtree(ws, ignore_errors=True)
