@@ -159,7 +159,7 @@ class Workspace:
 
 #: h5py reports a failed write as a RuntimeError or an OSError whose errno and file are only in the text.
 _H5_ERRNO = re.compile(r"errno = (\d+)")
-_H5_FILE = re.compile(r"filename = '([^']+)'")
+_H5_FILE = re.compile(r"\b(?:file)?name = '([^']+)'")
 #: The temporary name :func:`atomic_path` writes under: ``.NAME.XXXXXXXX.tmp`` beside ``NAME``.
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 

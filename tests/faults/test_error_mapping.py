@@ -23,6 +23,12 @@ def test_h5py_errno_in_the_text_becomes_a_one_line_fault_naming_the_final_file()
     assert "\n" not in str(fault)
 
 
+def test_h5py_create_names_the_file_as_name():
+    refused = PermissionError(13, "Unable to synchronously create file (unable to open file: name = "
+                                  "'/ws/survey/mock.h5.partial', errno = 13, error message = 'Permission denied')")
+    assert str(fault_of(refused)).startswith("cannot access /ws/survey/mock.h5.partial: permission denied")
+
+
 def test_other_errors_are_not_the_environments():
     assert fault_of(RuntimeError("Unable to open object (object 'x' doesn't exist)")) is None
     assert fault_of(OSError(errno.ENOENT, "No such file or directory", "/ws/x")) is None
