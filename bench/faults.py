@@ -54,7 +54,7 @@ def main() -> int:
         for i in range(args.kills):
             for stage in stages:
                 for sig in signals:
-                    trial = harness.kill_trial(base, harness.plan(args.seed + i, stage, sig), root / "trials")
+                    trial = harness.kill_trial(base, harness.plan(args.seed + i, stage, sig, base.seconds.get(stage, 10.0)), root / "trials")
                     trials.append(trial)
                     print(f"{trial}  ({trial.seconds:.0f} s)", flush=True)
         failed = [t for t in trials if t.problems]

@@ -229,6 +229,8 @@ class Baseline:
     def load(cls, root: Path) -> Baseline:
         """A baseline built earlier under ``root`` (the workspace after a stage is the one before the next)."""
         base = cls(root)
+        if (root / "seconds.json").is_file():
+            base.seconds = json.loads((root / "seconds.json").read_text(encoding="utf-8"))
         names = [n for n in STAGE_NAMES if (root / f"before-{n}").is_dir()]
         for name, following in zip(names, [*names[1:], None]):
             base.before[name] = root / f"before-{name}"
@@ -255,6 +257,7 @@ def build_baseline(root: Path, upto: str = STAGE_NAMES[-1]) -> Baseline:
         if done.returncode != 0:
             raise RuntimeError(f"baseline {stage.name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         base.after[stage.name] = digests(ws)
+    (root / "seconds.json").write_text(json.dumps(base.seconds), encoding="utf-8")
     return base
 
 
@@ -286,7 +289,7 @@ class Trial:
     seed: int
     stage: str
     signal: str
-    after_files: int
+    after_files: int | None  # None: a point in time (delay_s after the start), not after a file
     delay_s: float
     killed: bool = False
     rc: int | None = None
@@ -302,16 +305,25 @@ class Trial:
         state = "ok" if not self.problems else "FAILED: " + "; ".join(self.problems)
         if self.notes:
             state += " (note: " + "; ".join(self.notes) + ")"
-        how = f"after file {self.after_files} +{self.delay_s:.2f}s" if self.killed else "finished before the kill"
+        point = (f"at {self.delay_s:.2f}s" if self.after_files is None
+                 else f"after file {self.after_files} +{self.delay_s:.2f}s")
+        how = point if self.killed else f"finished before the kill ({point})"
         return f"seed={self.seed} stage={self.stage} {self.signal} {how} rc={self.rc}: {state}"
 
 
-def plan(seed: int, stage: str, signal_name: str | None = None) -> Trial:
-    """The kill point of a seed: which signal, after how many new files, and how long after."""
+def plan(seed: int, stage: str, signal_name: str | None = None, stage_seconds: float = 10.0) -> Trial:
+    """The kill point of a seed: which signal, and when.
+
+    Half the points follow the stage's progress (after the k-th new file, k in 0..4, plus up
+    to 1.5 s); the other half are a time, 20-100 % of the uninterrupted stage's duration
+    (``stage_seconds``), since some stages write all their files in the last moment.
+    """
     rng = random.Random(f"{seed}:{stage}")
     drawn = rng.choice(sorted(SIGNALS))  # drawn even when given, so a seed names the same point either way
     name = signal_name or drawn
-    return Trial(seed=seed, stage=stage, signal=name, after_files=rng.randint(0, 4), delay_s=rng.uniform(0, 1.5))
+    if rng.random() < 0.5:
+        return Trial(seed=seed, stage=stage, signal=name, after_files=rng.randint(0, 4), delay_s=rng.uniform(0, 1.5))
+    return Trial(seed=seed, stage=stage, signal=name, after_files=None, delay_s=rng.uniform(0.2, 1.0) * stage_seconds)
 
 
 def _default_sigint() -> None:
@@ -362,7 +374,7 @@ def kill_trial(base: Baseline, trial: Trial, work: Path) -> Trial:
     proc = subprocess.Popen(command(stage, ws), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ws, start_new_session=True, preexec_fn=_default_sigint)
     try:
-        if _wait_for_files(proc, ws, before_files, trial.after_files):
+        if _wait_for_files(proc, ws, before_files, trial.after_files or 0):
             time.sleep(trial.delay_s)
             if proc.poll() is None:
                 os.kill(proc.pid, SIGNALS[trial.signal])

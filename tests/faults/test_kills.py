@@ -21,7 +21,7 @@ CASES = [(stage, sig) for stage in SELECTED for sig in (sorted(harness.SIGNALS) 
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "signal_name"), CASES, ids=[f"{s}-{g or 'seeded'}" for s, g in CASES])
 def test_kill_then_rerun_gives_the_uninterrupted_outputs(baseline, tmp_path, stage, signal_name):
-    trial = harness.kill_trial(baseline, harness.plan(SEED, stage, signal_name), tmp_path)
+    trial = harness.kill_trial(baseline, harness.plan(SEED, stage, signal_name, baseline.seconds[stage]), tmp_path)
     print(trial)
     assert not trial.problems, f"{trial}\nreplay: {trial.replay()}"
 
