@@ -103,11 +103,18 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(str(fault), fault.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        terminated = bool(_TERMINATED)
-        err_console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]: "
-                          "partial outputs are kept and resume on the next run")
-        sys.exit(143 if terminated else 130)
+        _interrupted()
+    if code == 130:  # Typer turns a KeyboardInterrupt inside a command into a returned 130, silently
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> None:
+    """Ctrl-C (130) or SIGTERM (143): one line, and the code that says which."""
+    terminated = bool(_TERMINATED)
+    err_console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]: "
+                      "partial outputs are kept and resume on the next run")
+    sys.exit(143 if terminated else 130)
 
 
 def _fail(message: str, code: int) -> None:
