@@ -52,3 +52,13 @@ def test_the_comparison_sees_a_changed_byte_and_ignores_only_the_listed_volatile
         dataset[corner] = dataset[corner] + 1
     rel = str(h5.relative_to(ws))
     assert harness.compare(expected, harness.digests(ws)) == [f"differs from the uninterrupted run: {rel}"]
+
+
+def test_sigterm_inside_a_command_exits_143_and_the_rerun_completes(baseline, tmp_path):
+    """scancel's SIGTERM once the command is at work: 143 and its message (Typer used to return a silent 130)."""
+    if "embed-pca" not in baseline.before:
+        pytest.skip("needs embed-pca among FMB_FAULT_STAGES")
+    trial = harness.Trial(seed=0, stage="embed-pca", signal="SIGTERM", after_files=1, delay_s=0.0)
+    trial = harness.kill_trial(baseline, trial, tmp_path)
+    assert trial.killed and not trial.problems, str(trial)
+    assert trial.rc == 143, str(trial)
