@@ -387,7 +387,8 @@ def kill_trial(base: Baseline, trial: Trial, work: Path) -> Trial:
     trial.rc = proc.returncode
     problems = trial.problems
     if trial.killed:
-        if proc.returncode == -SIGNALS[trial.signal] and _completed_manifest(ws, before_files):
+        if (trial.signal != "SIGKILL" and proc.returncode == -SIGNALS[trial.signal]
+                and _completed_manifest(ws, before_files)):
             trial.notes.append(f"{trial.signal} came while the finished run was shutting down "
                                "(Python restores the default handlers then): the work was complete")
         elif proc.returncode not in (EXPECTED_RC[trial.signal], 0):
