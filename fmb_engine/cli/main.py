@@ -85,9 +85,22 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+_SWALLOWED: list[BaseException] = []
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C or SIGTERM that lands in a finalizer or weakref callback is swallowed by Python, with a
+    traceback; the run then goes on to the end. Keep stderr to one line about it (see main)."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _SWALLOWED.append(unraisable.exc_value)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one clear message and exit with the code of errors.EXIT_CODES."""
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    sys.unraisablehook = _unraisable
     if signal.getsignal(signal.SIGINT) is _stop_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -106,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted()
     if code == 130:  # Typer turns a KeyboardInterrupt inside a command into a returned 130, silently
         _interrupted()
+    if _SWALLOWED:
+        err_console.print(f"[yellow]note:[/] the {'SIGTERM' if _TERMINATED else 'Ctrl-C'} came where Python "
+                          "cannot stop (a finalizer); the command ran to its end")
     sys.exit(code if isinstance(code, int) else 0)
 
 

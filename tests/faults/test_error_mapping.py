@@ -52,3 +52,26 @@ def test_a_failed_write_inside_atomic_path_names_the_final_file(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")  # what a full disk gives a plain write()
     assert str(exc.value).startswith(f"cannot write {final}: no space left")
     assert final.read_text() == "old\n" and list(tmp_path.iterdir()) == [final]
+
+
+def test_an_interrupt_swallowed_in_a_finalizer_leaves_no_traceback(monkeypatch, capsys):
+    """Found by bench/faults.py (seed 5, mock, SIGTERM): Python printed 'Exception ignored ... KeyboardInterrupt'."""
+    import sys
+    import weakref
+
+    from fmb_engine.cli import main as cli_main
+
+    monkeypatch.setattr(sys, "unraisablehook", cli_main._unraisable)
+    monkeypatch.setattr(cli_main, "_SWALLOWED", [])
+
+    class Thing:
+        pass
+
+    def interrupted(_ref):
+        raise KeyboardInterrupt
+
+    thing = Thing()
+    ref = weakref.ref(thing, interrupted)
+    del thing
+    assert ref() is None and len(cli_main._SWALLOWED) == 1
+    assert "Traceback" not in capsys.readouterr().err
