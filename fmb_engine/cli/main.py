@@ -20,7 +20,6 @@ if os.path.basename(sys.argv[0]) == "fmb-engine":  # the console script only; ne
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _stop_while_starting)
 
-import click  # noqa: E402
 import typer  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
@@ -104,10 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     if signal.getsignal(signal.SIGINT) is _stop_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        code = app(args=argv, standalone_mode=False)
-    except click.ClickException as exc:  # usage errors: Click's message and code (2)
-        exc.show()
-        sys.exit(exc.exit_code)
+        code = app(args=argv, standalone_mode=False)  # Typer returns 130 for a KeyboardInterrupt in a command
+    except typer.TyperException as exc:  # usage errors (Typer's bundled Click): its message and code (2)
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(exc, "exit_code", 2))
     except FMBError as exc:
         _fail(str(exc), exc.exit_code)
     except (OSError, RuntimeError) as exc:  # h5py reports some failed writes as RuntimeError
@@ -115,13 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         if fault is None:
             raise
         _fail(str(fault), fault.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         _interrupted()
-    if code == 130:  # Typer turns a KeyboardInterrupt inside a command into a returned 130, silently
+    if code == 130 or _TERMINATED:  # Typer turns a KeyboardInterrupt inside a command into Exit(130), silently
         _interrupted()
     if _SWALLOWED:
-        err_console.print(f"[yellow]note:[/] the {'SIGTERM' if _TERMINATED else 'Ctrl-C'} came where Python "
-                          "cannot stop (a finalizer); the command ran to its end")
+        err_console.print("[yellow]note:[/] the Ctrl-C came where Python cannot stop (a finalizer); "
+                          "the command ran to its end")
     sys.exit(code if isinstance(code, int) else 0)
 
 
