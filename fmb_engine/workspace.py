@@ -9,14 +9,16 @@ truncated artifact under its final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmb_engine.errors import WorkspaceError
+from fmb_engine.errors import ENVIRONMENT_ERRNOS, EnvironmentFault, WorkspaceError, environment_fault
 
 WORKSPACE_FILE = "fmb.yaml"
 ENV_VAR = "FMB_WORKSPACE"
@@ -155,25 +157,69 @@ class Workspace:
         return cls(root)
 
 
+#: h5py reports a failed write as a RuntimeError or an OSError whose errno and file are only in the text.
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+_H5_FILE = re.compile(r"\b(?:file)?name = '([^']+)'")
+#: The temporary name :func:`atomic_path` writes under: ``.NAME.XXXXXXXX.tmp`` beside ``NAME``.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def final_name(path: str | os.PathLike[str]) -> Path:
+    """The file a temporary write path stands for (the path itself when it is not a temporary one)."""
+    path = Path(path)
+    match = _TEMP_NAME.match(path.name)
+    return path.with_name(match["name"]) if match else path
+
+
+def fault_of(exc: BaseException, final: str | os.PathLike[str] | None = None) -> EnvironmentFault | None:
+    """The :class:`EnvironmentFault` behind a failed read or write, or None when the environment is not to blame.
+
+    Reads the errno and file from an ``OSError``, or from the text where h5py only puts them
+    there; names ``final`` (or the final name of a temporary file) rather than a hidden temp path.
+    """
+    code = getattr(exc, "errno", None)
+    filename = getattr(exc, "filename", None)
+    text = str(exc)
+    if code not in ENVIRONMENT_ERRNOS and (found := _H5_ERRNO.search(text)):
+        code = int(found[1])
+    if code not in ENVIRONMENT_ERRNOS:
+        return None
+    if filename is None and (found := _H5_FILE.search(text)):
+        filename = found[1]
+    where = final if final is not None else (final_name(filename) if filename else None)
+    doing = "write" if code in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) else "access"
+    return environment_fault(OSError(code, os.strerror(code), None if where is None else str(where)), doing)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it over ``final`` on success.
 
     On any exception the temporary file is removed and ``final`` is untouched. The
-    file gets ``mode``, by default the folder's rule (:func:`file_mode_for`).
+    file gets ``mode``, by default the folder's rule (:func:`file_mode_for`). A read-only,
+    full or forbidden folder is an :class:`EnvironmentFault` naming ``final``.
     """
     final = Path(final)
     make_dirs(final.parent)
     mode = file_mode_for(final.parent) if mode is None else mode
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise (fault_of(exc, final) or exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, mode)
         os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        named = getattr(exc, "filename", None)
+        if isinstance(exc, (OSError, RuntimeError)) and named in (None, tmp_name, str(final)):
+            fault = fault_of(exc, final)  # the write of this file failed: name it, not its temp name
+            if fault is not None:
+                raise fault from exc
         raise
 
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
-import typer
-from rich.markup import escape
 
-from fmb_engine.sections import register_all
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM during the imports (seconds, with torch): nothing is written yet; stop without a traceback."""
+    code, word = (143, "terminated") if signum == signal.SIGTERM else (130, "interrupted")
+    os.write(2, f"{word} while starting: nothing was written\n".encode())
+    os._exit(code)
+
+
+if os.path.basename(sys.argv[0]) == "fmb-engine":  # the console script only; never a test's in-process import
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (nohup, &)
+        signal.signal(signal.SIGINT, _stop_while_starting)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_while_starting)
+
+import typer  # noqa: E402
+from rich.markup import escape  # noqa: E402
+
+from fmb_engine.sections import register_all  # noqa: E402
 
 register_all()  # before any config is read: every layer may hold any stage's section
 
@@ -24,8 +39,8 @@ from fmb_engine.cli import retrain as retrain_cli  # noqa: E402
 from fmb_engine.cli import triage as triage_cli  # noqa: E402
 from fmb_engine.cli.common import Typer, console, err_console  # noqa: E402
 from fmb_engine.cli.demo import demo  # noqa: E402
-from fmb_engine.errors import FMBError, environment_fault  # noqa: E402
-from fmb_engine.workspace import Workspace  # noqa: E402
+from fmb_engine.errors import FMBError  # noqa: E402
+from fmb_engine.workspace import Workspace, fault_of  # noqa: E402
 
 app = Typer(
     name="fmb-engine",
@@ -69,9 +84,24 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+_SWALLOWED: list[BaseException] = []
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C or SIGTERM that lands in a finalizer or weakref callback is swallowed by Python, with a
+    traceback; the run then goes on to the end. Keep stderr to one line about it (see main)."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _SWALLOWED.append(unraisable.exc_value)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one clear message and exit with the code of errors.EXIT_CODES."""
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    sys.unraisablehook = _unraisable
+    if signal.getsignal(signal.SIGINT) is _stop_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(args=argv, standalone_mode=False)  # Typer returns 130 for a KeyboardInterrupt in a command
     except typer.TyperException as exc:  # usage errors (Typer's bundled Click): its message and code (2)
@@ -79,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     except FMBError as exc:
         _fail(str(exc), exc.exit_code)
-    except OSError as exc:
-        fault = environment_fault(exc)
+    except (OSError, RuntimeError) as exc:  # h5py reports some failed writes as RuntimeError
+        fault = fault_of(exc)
         if fault is None:
             raise
         _fail(str(fault), fault.exit_code)
@@ -88,10 +118,14 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted()
     if code == 130 or _TERMINATED:  # Typer turns a KeyboardInterrupt inside a command into Exit(130), silently
         _interrupted()
+    if _SWALLOWED:
+        err_console.print("[yellow]note:[/] the Ctrl-C came where Python cannot stop (a finalizer); "
+                          "the command ran to its end")
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _interrupted() -> None:
+    """Ctrl-C (130) or SIGTERM (143): one line, and the code that says which."""
     terminated = bool(_TERMINATED)
     err_console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}[/]: "
                       "partial outputs are kept and resume on the next run")
