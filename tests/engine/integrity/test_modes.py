@@ -39,7 +39,14 @@ def test_every_file_of_a_shared_workspace_follows_the_group_rule(tmp_path):
 
     ws = tmp_path / "ws"
     _fmb("init", str(ws), "--shared")
-    _fmb("demo", "-w", str(ws), "-n", "300", "--no-umap")
+    task = tmp_path / "fast.yaml"
+    task.write_text("detect:\n  epochs: 2\n  iforest_trees: 20\n  top_k: 20\n")
+    w = ("-w", str(ws))
+    _fmb("data", "mock", "-n", "200", "--image-size", "16", *w)
+    _fmb("embed", "pca", *w)
+    _fmb("detect", "all", "-c", str(task), *w)
+    _fmb("analyze", "rankings", *w)
+    _fmb("figures", "outlier-grid", "--system", "pca/fused/fisher", "--top-k", "4", *w)
     _fmb("jobs", "selftest", "-x", "local", "-w", str(ws))
     store = open_labels(Workspace(ws), user="ana")
     store.set_label("mock42-0000001", "interesting")
@@ -48,4 +55,4 @@ def test_every_file_of_a_shared_workspace_follows_the_group_rule(tmp_path):
     dir_mode, file_mode = 0o2770, 0o660
     assert {k: oct(v) for k, v in folders.items() if v != dir_mode} == {}
     assert {k: oct(v) for k, v in files.items() if v != file_mode} == {}
-    assert len(files) > 50  # stores, manifests, job files, labels, figures
+    assert len(files) > 30  # stores, manifests, scores, analyses, job files, labels, figures
