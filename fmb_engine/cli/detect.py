@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -24,7 +26,11 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
 
         print_submission(submit_detect(ws, resolved, parts, executor, section("jobs", ws, config)))
         return
-    result = detect(ws, resolved, reporter(), parts=parts)
+    # a task config may name another survey than fmb.yaml: the embeddings are checked against that one
+    named_by_task = (config is not None
+                     and Path(section("general", ws, config).sources["survey"]).resolve() == config.resolve())
+    survey = survey_file(ws, config, None) if named_by_task else None
+    result = detect(ws, resolved, reporter(), parts=parts, survey=survey)
     console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects")
     by_reason: dict[str, list[str]] = {}
     for skip in result.summary["skipped"]:
