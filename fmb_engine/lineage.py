@@ -31,6 +31,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from fmb_engine import manifest
 from fmb_engine.errors import DataError, FMBError, StaleError
 from fmb_engine.workspace import Workspace, atomic_write_text
 
@@ -43,11 +44,7 @@ SURVEY = "survey"
 
 @functools.lru_cache(maxsize=256)
 def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return manifest.file_digest(path)  # size, mtime and inode only key the cache
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
