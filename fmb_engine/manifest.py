@@ -36,7 +36,7 @@ def versions() -> dict[str, str]:
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (for small inputs such as configs and catalogues)."""
+    """sha256 of a file's bytes, read in ``chunk``-byte blocks (any size: configs, surveys, embedding files)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
