@@ -95,6 +95,21 @@ async def test_sort_filter_search_jump_and_switch_system(tui_ws, config):
         assert "aion/spectrum/flow" in screen_text(app)
 
 
+async def test_ranking_by_the_cross_modal_mismatch(tui_ws, config):
+    """detect writes <model>/cross/mismatch systems: the screen opens, ranks and lists them like any other."""
+    app = FMBApp(tui_ws, config, start="anomalies", system="aion/cross/mismatch")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        table = screen.query_one(RankingTable)
+        assert screen.spec.system == "aion/cross/mismatch"
+        assert [int(screen.rdata.ranks["aion/cross/mismatch"][r]) for r in table.order[:3]] == [1, 2, 3]
+        assert "aion/cross/mismatch" in screen_text(app)
+        await pilot.press("m")
+        await settle(pilot)
+        assert "astropt/cross/mismatch   cross" in screen_text(app)  # the system dialog names its modality
+
+
 async def test_filter_by_label_and_score(tui_ws, config):
     app = FMBApp(tui_ws, config, start="anomalies")
     async with app.run_test(size=(100, 34)) as pilot:
