@@ -1,6 +1,7 @@
 # FMB developer entry points. `make demo` and `make test` are the README's quick start.
 # Both create .venv and install with constraints/cpu.txt, which pins the CPU build of
-# torch on this kind of machine; GPU users install without it (see README).
+# torch on this kind of machine (GPU users install without it, see README), and
+# constraints/test.txt, the exact Textual the TUI snapshot tests were recorded with.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,9 +14,9 @@ PYTEST_ARGS ?= -n 2
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.core: $(BIN)/python pyproject.toml constraints/cpu.txt
+$(VENV)/.core: $(BIN)/python pyproject.toml constraints/cpu.txt constraints/test.txt
 	$(PIP) --upgrade pip
-	$(PIP) -e '.[dev]'
+	$(PIP) -c constraints/test.txt -e '.[dev]'
 	touch $@
 
 # Foundation-model packages with --no-deps: their unpinned torchvision would replace the

@@ -447,7 +447,7 @@ def main() -> None:
           f"scoring >= 100,000/s per flow -> {'PASS' if score_ok else 'FAIL'}")
 
     # sanity: do the rankings find the injected anomalies? (not part of the timing)
-    from fmb_engine.detect.evaluate import evaluate_scores
+    from fmb_engine.detect.metrics import evaluate_scores
 
     labels = dict(zip(data["ids"], data["labels"]))
     for key, col in (("joint", "neg_log_prob"), ("image", "neg_log_prob"), ("spectrum", "neg_log_prob"),

@@ -1,7 +1,7 @@
 """Readers of the detection and analysis outputs the explorer shows (no UI imports).
 
 * ``<workspace>/scores/systems.parquet`` -- one row per object: ``object_id`` and, for every
-  system ``<model>/<modality>/<method>`` (modality image|spectrum|joint|fused), ``rank:<system>``
+  system ``<model>/<modality>/<method>`` (modality: one of :data:`MODALITIES`), ``rank:<system>``
   (int, 1 = most anomalous) and ``score:<system>`` (float, higher = more anomalous). Written by
   the detection stage (``fmb-engine detect all``).
 * ``<workspace>/analysis/rankings/{spearman,jaccard}.csv`` -- square system x system matrices
@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # heavy imports stay lazy: the TUI imports this module at sta
     import pyarrow as pa
 
 SYSTEMS_FILE = "systems.parquet"
-MODALITIES = ("image", "spectrum", "joint", "fused")
+#: The modality part of a system name, as detect writes them: a density of the image, spectrum or
+#: joint embedding, the image-spectrum mismatch (``cross``) and the rank fusions (``fused``).
+MODALITIES = ("image", "spectrum", "joint", "cross", "fused")
 RANK_PREFIX = "rank:"
 SCORE_PREFIX = "score:"
 COMPARISONS = ("spearman", "jaccard")
@@ -64,6 +66,13 @@ class System:
     @property
     def score_column(self) -> str:
         return SCORE_PREFIX + self.name
+
+
+def system_name(model: str, modality: str, method: str) -> str:
+    """``<model>/<modality>/<method>``, the name :func:`parse_system` reads back."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality {modality!r} is not one of {MODALITIES}")
+    return f"{model}/{modality}/{method}"
 
 
 def parse_system(name: str) -> System:
@@ -300,5 +309,5 @@ def load_neighbours(ws: Workspace, object_id: str) -> pd.DataFrame:
 
 __all__ = [
     "COMPARISONS", "MODALITIES", "RankingsError", "StaleRankingError", "check_current", "System", "default_system", "list_systems", "load_comparison",
-    "load_neighbours", "load_rankings", "load_table", "parse_system", "systems_path",
+    "load_neighbours", "load_rankings", "load_table", "parse_system", "system_name", "systems_path",
 ]

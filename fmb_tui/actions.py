@@ -9,7 +9,7 @@ is :func:`markdown_table` (a test keeps them equal).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fmb_engine.errors import ConfigError
@@ -179,6 +179,14 @@ def display_key(keys: str) -> str:
     return " / ".join(out)
 
 
+def label_of(action: Action, labels: Sequence[str]) -> str | None:
+    """The label name that ``triage.label_<i>`` sets with these ``labels``; None for any other action or an unused number."""
+    if not action.id.startswith("triage.label_"):
+        return None
+    i = int(action.id.rsplit("_", 1)[1])
+    return labels[i - 1] if i <= len(labels) else None
+
+
 def rows(keymap: dict[str, str] | None = None, labels: Iterable[str] = DEFAULT_LABELS,
          scopes: Iterable[str] | None = None) -> list[tuple[str, str, str, str]]:
     """(scope title, keys, action id, help) for the help screen, with the effective keys and label names."""
@@ -192,10 +200,10 @@ def rows(keymap: dict[str, str] | None = None, labels: Iterable[str] = DEFAULT_L
                 continue
             text = a.help
             if a.id.startswith("triage.label_"):
-                i = int(a.id.rsplit("_", 1)[1])
-                if i > len(labels):
+                label = label_of(a, labels)
+                if label is None:
                     continue
-                text = f"Label the current object {labels[i - 1]!r}."
+                text = f"Label the current object {label!r}."
             out.append((SCOPES[scope], display_key(keymap.get(a.id, a.key)), a.id, text))
     return out
 

@@ -220,16 +220,18 @@ class FMBApp(GuardedDispatch, App):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         keymap = self.effective_keymap()
+        labels = list(self.tui_config.labels)
         current = getattr(screen, "NAME", "")
-        for _scope, keys, action_id, text in actions.rows(keymap, self.tui_config.labels):
+        for _scope, keys, action_id, text in actions.rows(keymap, labels):
             action = actions.BY_ID[action_id]
-            if action.scope == "app":
+            label = actions.label_of(action, labels)
+            if label is not None:
+                title = f"triage: label {label}"
+            elif action.scope == "app":
                 title = action.description
             else:
                 where = {"triage": "anomalies"}.get(action.scope, action.scope)
                 title = f"{where}: {action.description}"
-                if action.id.startswith("triage.label_"):
-                    title = f"triage: label {text.split(chr(39))[1]}" if "'" in text else title
             # the palette parses help as markup: label names and key names ("[") are escaped
             yield SystemCommand(escape(title), escape(f"{text} [{keys}]"), partial(self._palette_run, action, current))
 

@@ -222,7 +222,7 @@ class WorkspaceData:
                 except StaleError as exc:
                     entry["stale"] = str(exc)
                 ov.embeddings.append(entry)
-            except Exception as exc:  # noqa: BLE001 - a foreign or partial file: say so, keep going
+            except FMBError as exc:  # a foreign, damaged or partial file (the reader says which): listed, not fatal
                 ov.embeddings.append({"name": path.name, "error": str(exc).splitlines()[0][:120]})
         try:
             ov.systems = rankings.list_systems(self.ws)

@@ -46,7 +46,9 @@ class LabelSaved(Message):
 
 
 class LabelFailed(Message):
-    def __init__(self, op: LabelOp, error: str) -> None:
+    """``op`` was not committed; ``error`` is an :class:`FMBError` (a user or data problem) or a bug."""
+
+    def __init__(self, op: LabelOp, error: Exception) -> None:
         super().__init__()
         self.op, self.error = op, error
 
@@ -89,10 +91,8 @@ class LabelWriter:
                         event = store.undo()
                     else:  # pragma: no cover - programming error
                         raise ValueError(op.kind)
-                except FMBError as exc:
-                    reply_to.post_message(LabelFailed(op, str(exc)))
-                except Exception as exc:  # noqa: BLE001 - reported, never a traceback on screen
-                    reply_to.post_message(LabelFailed(op, f"{type(exc).__name__}: {exc}"))
+                except Exception as exc:  # noqa: BLE001 - the thread goes on; the widget reports it (LabelFailed)
+                    reply_to.post_message(LabelFailed(op, exc))
                 else:
                     reply_to.post_message(LabelSaved(op, event))
             finally:

@@ -309,7 +309,7 @@ class Column:
 
 def short_system(name: str) -> str:
     s = parse_system(name)
-    short = {"image": "img", "spectrum": "spec", "joint": "joint", "fused": "fused"}.get(s.modality, s.modality[:5])
+    short = {"image": "img", "spectrum": "spec"}.get(s.modality, s.modality[:5])  # joint, cross, fused fit as they are
     return f"{s.model}/{short}/{s.method}" if s.method else name
 
 

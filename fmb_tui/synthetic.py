@@ -18,8 +18,8 @@ from fmb_engine.rankings import comparison_path, neighbours_path, systems_path
 from fmb_engine.workspace import Workspace, atomic_path
 
 DEFAULT_SYSTEMS: tuple[str, ...] = (
-    "astropt/image/flow", "astropt/spectrum/flow", "astropt/joint/mismatch", "astropt/fused/geo",
-    "aion/image/flow", "aion/spectrum/flow", "aion/joint/mismatch", "aion/fused/geo",
+    "astropt/image/flow", "astropt/spectrum/flow", "astropt/cross/mismatch", "astropt/fused/geo",
+    "aion/image/flow", "aion/spectrum/flow", "aion/cross/mismatch", "aion/fused/geo",
 )
 
 

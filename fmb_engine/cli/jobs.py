@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
+from fmb_engine.errors import WorkspaceError
 from fmb_engine.jobs import JobsError, monitor, slurm
 from fmb_engine.jobs import executors as jobs_executors
 from fmb_engine.jobs.config import JobsConfig
@@ -299,7 +300,7 @@ def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     ws = None
     try:
         ws = find_workspace(workspace)
-    except Exception:  # noqa: BLE001 - works outside a workspace too
+    except WorkspaceError:  # works outside a workspace too
         ws = None
     resolved = jobs_executors.jobs_config(ws, config)
     cfg: JobsConfig = resolved.values  # type: ignore[assignment]

@@ -10,7 +10,7 @@ No file formats, CLI or config here; those wrap these objects.
   residual (unaligned), ``mismatch_scores``, ``mismatch_table``
 * :mod:`~fmb_engine.detect.fusion` -- rank percentiles and geo/min/avg fusion, uplift, thresholds
 * :mod:`~fmb_engine.detect.baselines` -- IsolationForest and kNN-distance detectors
-* :mod:`~fmb_engine.detect.evaluate` -- AUROC / AP / precision@k / recall@k against labels
+* :mod:`~fmb_engine.detect.metrics` -- AUROC / AP / precision@k / recall@k against labels
 * :mod:`~fmb_engine.detect.tables` -- shared rank conventions (rank 1 = most anomalous)
 
 Typical use for one embedder with image/spectrum/joint matrices::

@@ -3,7 +3,7 @@
 Reads ``scores/systems.parquet`` and the survey's ``anomaly_class`` truth; writes
 ``analysis/evaluation.csv`` (tidy: system, subset, metric, k, value, counts) and
 ``analysis/evaluation.md`` (AUROC and AP per system, overall and per class).
-Metrics and their definitions are in :mod:`fmb_engine.detect.evaluate`.
+Metrics and their definitions are in :mod:`fmb_engine.detect.metrics`.
 
 A system whose score is constant over the labelled objects ranks nothing: its
 AUROC is 0.5 and its precision@k the positives' share by construction (ties
@@ -24,7 +24,7 @@ import pandas as pd
 
 from fmb_engine import lineage, locks, publish, rankings
 from fmb_engine.detect.degenerate import constancy
-from fmb_engine.detect.evaluate import evaluate_scores, to_markdown
+from fmb_engine.detect.metrics import evaluate_scores, to_markdown
 from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.publish import StagedSet

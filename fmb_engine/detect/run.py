@@ -52,6 +52,7 @@ from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.publish import StagedSet
+from fmb_engine.rankings import system_name
 from fmb_engine.workspace import Workspace, atomic_path
 
 #: Usable rows a flow, a baseline or the mismatch needs; with fewer that system is skipped.
@@ -117,10 +118,6 @@ class DetectConfig(BaseModel):
         if not self.n_jobs and resolve_device(self.device).startswith("cuda"):
             return 1
         return resolve_jobs(self.n_jobs)
-
-
-def system_name(model: str, modality: str, method: str) -> str:
-    return f"{model}/{modality}/{method}"
 
 
 def embedding_runs(ws: Workspace, models: list[str]) -> list[Path]:

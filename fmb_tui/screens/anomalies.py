@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, ProgressBar, Static
 
+from fmb_engine.errors import FMBError
 from fmb_engine.rankings import RankingsError
 from fmb_tui import ranking_model as rm
 from fmb_tui.safe_text import escape
@@ -70,9 +72,9 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
     def on_screen_resume(self) -> None:
         self.triage_changed()
         if self.rdata is not None:  # a detection run may have rewritten the ranking meanwhile
-            self.background("changed", self.data.ranking_changed, self.rdata, group="ranking-changed")
+            self.background(self.data.ranking_changed, self.rdata, then=self._note_ranking_changed, group="ranking-changed")
 
-    def _done_changed(self, changed: bool) -> None:
+    def _note_ranking_changed(self, changed: bool) -> None:
         if changed:
             self.fmb.notify("the ranking on disk has changed (a new detection run): r reloads it", title="ranking")
 
@@ -80,15 +82,15 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
 
     def open_ranking(self, system: str | None = None) -> None:
         self.query_one("#anomalies-status", Static).update("opening the ranking…")
-        self.background("opened", self.data.open_ranking, system, group="ranking")
+        self.background(self.data.open_ranking, system, then=self._show_ranking, failed=self._ranking_failed,
+                        group="ranking")
 
-    def work_failed(self, tag: str, error: BaseException) -> None:
-        if tag == "opened":
-            self.query_one("#anomalies-status", Static).update(escape(error))
-            self.table.empty_message = str(error) if isinstance(error, RankingsError) else "no ranking"
-            self.table.refresh()
+    def _ranking_failed(self, error: Exception) -> None:
+        self.query_one("#anomalies-status", Static).update(escape(error))
+        self.table.empty_message = str(error) if isinstance(error, RankingsError) else "no ranking"
+        self.table.refresh()
 
-    def _done_opened(self, result: tuple[rm.RankingData, str]) -> None:
+    def _show_ranking(self, result: tuple[rm.RankingData, str]) -> None:
         data, system = result
         self.rdata = data
         self.spec = rm.ViewSpec(system)
@@ -99,7 +101,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self._more_pending = True  # the other systems' columns load once the first rows are on screen
         self.recompute(cursor=0)
 
-    def _done_more_systems(self, arrays) -> None:
+    def _add_systems(self, arrays) -> None:
         if self.rdata is None:
             return
         for system, (rank, score) in arrays.items():
@@ -113,13 +115,13 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
             return
         self._pending_keep, self._pending_cursor = keep_row, cursor
         self.update_status(busy=True)
-        self.background("order", self._compute, self.rdata, self.spec, dict(self.fmb.labels), group="order")
+        self.background(self._compute, self.rdata, self.spec, dict(self.fmb.labels), then=self._show_order, group="order")
 
     @staticmethod
     def _compute(data, spec, labels):
         return spec, rm.compute_order(data, spec, labels)
 
-    def _done_order(self, result) -> None:
+    def _show_order(self, result) -> None:
         spec, order = result
         if spec != self.spec or self.rdata is None:
             return
@@ -134,7 +136,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
             others = [s for s in self.rdata.systems if not self.rdata.loaded(s)]
             if others:  # after the first rows are painted: reading them competes for the CPU
                 self.set_timer(MORE_SYSTEMS_DELAY_S, lambda: self.background(
-                    "more_systems", self.data.load_systems, self.rdata, others, group="ranking-more"))
+                    self.data.load_systems, self.rdata, others, then=self._add_systems, group="ranking-more"))
 
     # --- status ------------------------------------------------------------------------------
 
@@ -181,15 +183,20 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self.update_title()
         if not self.query_one("#preview").display:
             return
-        self.background("preview", self._read_object, object_id, group="preview")
+        self.background(self._read_object, object_id, then=self._show_preview, failed=partial(self._preview_failed, object_id),
+                        group="preview")
 
     def _read_object(self, object_id: str):
         try:
             return object_id, self.data.get_object(object_id), None
-        except Exception as exc:  # noqa: BLE001 - shown in the preview, not as an error popup
+        except FMBError as exc:  # a missing object or a damaged survey: said in the preview, no popup per row
             return object_id, None, str(exc)
 
-    def _done_preview(self, result) -> None:
+    def _preview_failed(self, object_id: str, error: Exception) -> None:
+        """A bug, not a data problem: already logged and notified; the preview says so too."""
+        self._show_preview((object_id, None, f"{type(error).__name__}: {error}"))
+
+    def _show_preview(self, result) -> None:
         object_id, obj, problem = result
         if object_id != self._preview_id:
             return

@@ -66,7 +66,7 @@ class CompareScreen(FMBScreen):
                               column=max(0, min(column + columns, len(table.columns) - 1)), scroll=True)
 
     def action_reload(self) -> None:
-        self.background("matrices", self._load)
+        self.background(self._load, then=self._show_matrices)
 
     def _load(self):
         out, problems = {}, {}
@@ -77,7 +77,7 @@ class CompareScreen(FMBScreen):
                 problems[kind] = str(exc)
         return out, problems
 
-    def _done_matrices(self, result) -> None:
+    def _show_matrices(self, result) -> None:
         self.matrices, self.problems = result
         self.show()
 

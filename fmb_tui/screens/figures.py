@@ -97,7 +97,7 @@ class FiguresScreen(FMBScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.background("systems", self._systems)
+        self.background(self._systems, then=self._show_systems)
 
     def _systems(self):
         from fmb_engine import rankings
@@ -108,7 +108,7 @@ class FiguresScreen(FMBScreen):
         except FMBError as exc:
             return [], None, str(exc)
 
-    def _done_systems(self, result) -> None:
+    def _show_systems(self, result) -> None:
         systems, default, problem = result
         self.systems = systems
         select = self.query_one("#fig-system", Select)
@@ -138,18 +138,18 @@ class FiguresScreen(FMBScreen):
             return
         what = FIGURES[kind].split(" — ")[0]
         output.update(f"rendering the {what}…")
-        self.background("exported", self._export, kind, chosen, system, k, dict(self.fmb.labels))
+        self.background(self._export, kind, chosen, system, k, dict(self.fmb.labels), then=self._exported,
+                        failed=self._export_failed)
 
     def _export(self, kind, chosen, system, k, labels):
         self.fmb.label_writer.drain()
         return export_figure(self.fmb.workspace, self.data.survey_path(), kind, chosen, system, k, labels)
 
-    def _done_exported(self, paths: list[Path]) -> None:
+    def _exported(self, paths: list[Path]) -> None:
         listing = "\n".join(escape(str(p)) for p in paths[:8]) + (f"\n… and {len(paths) - 8} more" if len(paths) > 8 else "")
         self.query_one("#fig-output", Static).update(f"[green]written[/]:\n{listing}")
         summary = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files in {paths[0].parent}"
         self.fmb.notify(summary, title="figure exported")
 
-    def work_failed(self, tag: str, error: BaseException) -> None:
-        if tag == "exported":
-            self.query_one("#fig-output", Static).update(f"[red]not exported[/]: {escape(str(error))}")
+    def _export_failed(self, error: Exception) -> None:
+        self.query_one("#fig-output", Static).update(f"[red]not exported[/]: {escape(str(error))}")

@@ -115,7 +115,7 @@ class JobsScreen(FMBScreen):
             self._timer.stop()
             self._timer = None
         self._polling = True
-        self.background("snapshot", self._poll_once, group="jobs-poll")
+        self.background(self._poll_once, then=self._show_snapshot, failed=self._poll_failed, group="jobs-poll")
 
     def _poll_once(self):
         from fmb_engine.jobs.registry import REGISTRY_NAME, open_registry
@@ -134,12 +134,11 @@ class JobsScreen(FMBScreen):
         if self.app.screen is self:
             self._timer = self.set_timer(self.fmb.tui_config.jobs_poll_s, self.poll)
 
-    def work_failed(self, tag: str, error: BaseException) -> None:
-        if tag == "snapshot":
-            self.query_one("#jobs-status", Static).update(f"[red]poll failed[/]: {escape(error)}")
-            self._rearm()
+    def _poll_failed(self, error: Exception) -> None:
+        self.query_one("#jobs-status", Static).update(f"[red]poll failed[/]: {escape(error)}")
+        self._rearm()
 
-    def _done_snapshot(self, result) -> None:
+    def _show_snapshot(self, result) -> None:
         self.polls += 1
         status = self.query_one("#jobs-status", Static)
         if result is None:
@@ -235,9 +234,10 @@ class JobsScreen(FMBScreen):
             self._arm_log()
             return
         key, stream, offset = self._log_key, self.stream, self._log_offset
-        self.background("log", lambda: (key, stream, Path(path).is_file(), *read_new(path, offset)), group="log-tail")
+        self.background(lambda: (key, stream, Path(path).is_file(), *read_new(path, offset)), then=self._show_log,
+                        group="log-tail")
 
-    def _done_log(self, result) -> None:
+    def _show_log(self, result) -> None:
         key, stream, exists, text, offset, rewritten = result
         if key == self._log_key and stream == self.stream:
             log = self.query_one(Log)
@@ -277,12 +277,12 @@ class JobsScreen(FMBScreen):
             if yes:
                 from fmb_engine.jobs.executors import cancel
 
-                self.background("cancelled", cancel, self.fmb.workspace, job.job_id)
+                self.background(cancel, self.fmb.workspace, job.job_id, then=self._cancelled)
 
         self.app.push_screen(ConfirmDialog(f"Cancel job {job.job_id} ({job.stage})?",
                                            f"{job.executor} job, {job.state.value}; its partial outputs are kept."), confirmed)
 
-    def _done_cancelled(self, lines: list[str]) -> None:
+    def _cancelled(self, lines: list[str]) -> None:
         self.fmb.notify("\n".join(lines) or "cancel requested", title="cancel")
         self.poll()
 
@@ -299,11 +299,11 @@ class JobsScreen(FMBScreen):
             if yes:
                 from fmb_engine.jobs.executors import resubmit
 
-                self.background("resubmitted", resubmit, self.fmb.workspace, job.job_id)
+                self.background(resubmit, self.fmb.workspace, job.job_id, then=self._resubmitted)
 
         self.app.push_screen(ConfirmDialog(f"Resubmit job {job.job_id} ({job.stage})?",
                                            "It runs again with the same call and executor settings."), confirmed)
 
-    def _done_resubmitted(self, sub) -> None:
+    def _resubmitted(self, sub) -> None:
         self.fmb.notify(f"resubmitted as {', '.join(sub.job_ids)} ({'; '.join(sub.notes)})", title="resubmit")
         self.poll()

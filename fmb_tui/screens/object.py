@@ -76,17 +76,18 @@ class ObjectScreen(TriageMixin, FMBScreen):
         self.object_id = object_id
         self.history = ""
         self.query_one("#object-meta", Static).update(f"[b]{escape(object_id)}[/] · reading…")
-        self.background("object", self.data.get_object, object_id, group="object")
-        self.background("neighbours", self._neighbours, object_id, group="neighbours")
+        self.background(self.data.get_object, object_id, then=self._show_object, failed=self._object_failed,
+                        group="object")
+        self.background(self._neighbours, object_id, then=self._show_neighbours, group="neighbours")
         self.load_history()
 
     def load_history(self) -> None:
-        self.background("history", self._history, self.object_id, group="history")
+        self.background(self._history, self.object_id, then=self._show_history, group="history")
 
     def _history(self, object_id: str):
         return object_id, self.data.label_history(object_id)
 
-    def _done_history(self, result) -> None:
+    def _show_history(self, result) -> None:
         object_id, events = result
         if object_id == self.object_id:
             self.history = describe_history(events)
@@ -98,13 +99,12 @@ class ObjectScreen(TriageMixin, FMBScreen):
         except FMBError as exc:
             return object_id, None, str(exc)
 
-    def work_failed(self, tag: str, error: BaseException) -> None:
-        if tag == "object":
-            self.query_one("#object-meta", Static).update(f"[b]{escape(self.object_id)}[/] · {escape(error)}")
-            self.query_one(SpectrumPlot).show_message(str(error))
-            self.query_one(ImageView).show_message("")
+    def _object_failed(self, error: Exception) -> None:
+        self.query_one("#object-meta", Static).update(f"[b]{escape(self.object_id)}[/] · {escape(error)}")
+        self.query_one(SpectrumPlot).show_message(str(error))
+        self.query_one(ImageView).show_message("")
 
-    def _done_object(self, obj) -> None:
+    def _show_object(self, obj) -> None:
         if obj.object_id != self.object_id:
             return
         self.obj = obj
@@ -112,7 +112,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
         self.query_one(ImageView).set_object(obj)
         self.update_meta()
 
-    def _done_neighbours(self, result) -> None:
+    def _show_neighbours(self, result) -> None:
         object_id, frame, problem = result
         if object_id != self.object_id:
             return

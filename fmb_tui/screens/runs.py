@@ -150,12 +150,12 @@ class RunsScreen(FMBScreen):
         table.add_column("started", key="started")
         table.add_column("status", key="status")
         table.add_column("stage", key="stage")
-        self.background("catalog", self._load_catalog)
-        self.background("manifests", self._load_manifests)
+        self.background(self._load_catalog, then=self._show_catalog)
+        self.background(self._load_manifests, then=self._show_manifests)
 
     def on_screen_resume(self) -> None:
         if self.is_mounted:
-            self.background("manifests", self._load_manifests)
+            self.background(self._load_manifests, then=self._show_manifests)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class RunsScreen(FMBScreen):
         jobs = load_section("jobs", self.fmb.workspace)
         return specs, layers, jobs
 
-    def _done_catalog(self, result) -> None:
+    def _show_catalog(self, result) -> None:
         specs, self.config_layers, self.jobs_resolved = result
         self.specs = {s.name: s for s in specs}
         ol = self.query_one("#stages", OptionList)
@@ -191,7 +191,7 @@ class RunsScreen(FMBScreen):
 
         return read_manifests(self.fmb.workspace)[:50]
 
-    def _done_manifests(self, manifests) -> None:
+    def _show_manifests(self, manifests) -> None:
         self.manifests = manifests
         table = self.query_one("#manifests", DataTable)
         table.clear()
@@ -331,15 +331,15 @@ class RunsScreen(FMBScreen):
         from fmb_tui.stages import submit_stage
 
         self.query_one("#form-problem", Static).update(f"submitting {escape(self.spec.name)}…")
-        self.background("submitted", submit_stage, self.fmb.workspace, self.spec, self.resolved, executor, tasks)
+        self.background(submit_stage, self.fmb.workspace, self.spec, self.resolved, executor, tasks,
+                        then=self._submitted, failed=self._submit_failed)
 
-    def _done_submitted(self, sub) -> None:
+    def _submitted(self, sub) -> None:
         self.query_one("#form-problem", Static).update(
             f"[green]submitted[/] run [b]{escape(sub.run_id)}[/] ({escape(sub.executor)}): {escape(', '.join(sub.job_ids))} — "
             "follow it on the Jobs screen (J)")
         self.fmb.notify("\n".join(sub.notes), title=f"submitted {sub.stage}")
-        self.background("manifests", self._load_manifests)
+        self.background(self._load_manifests, then=self._show_manifests)
 
-    def work_failed(self, tag: str, error: BaseException) -> None:
-        if tag == "submitted":
-            self.query_one("#form-problem", Static).update(f"[red]not submitted[/]: {escape(str(error))}")
+    def _submit_failed(self, error: Exception) -> None:
+        self.query_one("#form-problem", Static).update(f"[red]not submitted[/]: {escape(str(error))}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from fmb_engine.errors import FMBError
 from fmb_tui.label_writer import LabelFailed, LabelOp, LabelSaved
 from fmb_tui.screens.dialogs import PromptDialog
 
@@ -79,9 +80,9 @@ class TriageMixin:
             app.label_writer.drain()
             return str(app.data.labels().export_csv(path))
 
-        self.background("exported", export)  # type: ignore[attr-defined]
+        self.background(export, then=self._labels_exported)  # type: ignore[attr-defined]
 
-    def _done_exported(self, path: str) -> None:
+    def _labels_exported(self, path: str) -> None:
         self.fmb.notify(f"labels exported to {path}", title="export")  # type: ignore[attr-defined]
 
     # --- results from the writer thread ------------------------------------------------------
@@ -99,7 +100,11 @@ class TriageMixin:
             self.triage_changed()
 
     def on_label_failed(self, message: LabelFailed) -> None:
+        """A user or data problem is said as it is; anything else is a bug: also logged with its traceback."""
         app = self.fmb  # type: ignore[attr-defined]
-        app.notify(message.error, title="label not saved" if message.op.kind != "undo" else "undo", severity="error",
-                   timeout=8)
+        error = message.error
+        text = str(error) if isinstance(error, FMBError) else f"{type(error).__name__}: {error}"
+        app.notify(text, title="label not saved" if message.op.kind != "undo" else "undo", severity="error", timeout=8)
+        if not isinstance(error, FMBError):
+            app.report_error(error, context=f"label writer: {message.op.kind} {message.op.object_id or ''}")
         app.reload_labels()

@@ -100,9 +100,9 @@ class WorkspaceScreen(FMBScreen):
             self.action_reload()
 
     def action_reload(self) -> None:
-        self.background("overview", self.data.overview)
+        self.background(self.data.overview, then=self._show_overview)
 
-    def _done_overview(self, ov: Overview) -> None:
+    def _show_overview(self, ov: Overview) -> None:
         from rich.console import Group
 
         self.query_one("#overview", Static).update(Group(*overview_renderables(ov)))

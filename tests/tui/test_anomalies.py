@@ -95,6 +95,21 @@ async def test_sort_filter_search_jump_and_switch_system(tui_ws, config):
         assert "aion/spectrum/flow" in screen_text(app)
 
 
+async def test_ranking_by_the_cross_modal_mismatch(tui_ws, config):
+    """detect writes <model>/cross/mismatch systems: the screen opens, ranks and lists them like any other."""
+    app = FMBApp(tui_ws, config, start="anomalies", system="aion/cross/mismatch")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        table = screen.query_one(RankingTable)
+        assert screen.spec.system == "aion/cross/mismatch"
+        assert [int(screen.rdata.ranks["aion/cross/mismatch"][r]) for r in table.order[:3]] == [1, 2, 3]
+        assert "aion/cross/mismatch" in screen_text(app)
+        await pilot.press("m")
+        await settle(pilot)
+        assert "astropt/cross/mismatch   cross" in screen_text(app)  # the system dialog names its modality
+
+
 async def test_filter_by_label_and_score(tui_ws, config):
     app = FMBApp(tui_ws, config, start="anomalies")
     async with app.run_test(size=(100, 34)) as pilot:
@@ -143,6 +158,40 @@ async def test_preview_and_open_object(tui_ws, config):
         await pilot.press("enter")
         await settle(pilot)
         assert app.screen.NAME == "object"
+
+
+async def test_preview_says_a_data_problem_and_reports_a_bug(tui_ws, config, monkeypatch):
+    """An object the survey cannot give is said in the preview; any other exception is also logged and notified."""
+    from fmb_engine.errors import DataError
+
+    app = FMBApp(tui_ws, config, start="anomalies")
+    app.strict_errors = False  # the second half wants the error
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        spectrum = screen.query_one("#preview-spectrum")
+
+        def missing(object_id):
+            raise DataError(f"{object_id}: not in the survey file")
+
+        monkeypatch.setattr(app.data, "get_object", missing)
+        await pilot.press("j")
+        await pilot.pause(0.1)
+        await settle(pilot)
+        oid = screen.triage_target()[0]
+        assert spectrum.obj is None and spectrum.message == f"{oid}: not in the survey file"
+        assert app.error_log.count == 0
+
+        def broken(object_id):
+            raise RuntimeError("a bug in the reader")
+
+        monkeypatch.setattr(app.data, "get_object", broken)
+        await pilot.press("j")
+        await pilot.pause(0.1)
+        await settle(pilot)
+        assert spectrum.message == "RuntimeError: a bug in the reader"
+        assert "RuntimeError: a bug in the reader" in app.error_log.path.read_text(encoding="utf-8")
+        assert any(n.title == "internal error" for n in app._notifications)
 
 
 async def test_no_ranking_yet_says_what_to_run(workspace, small_survey, config):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from rich.text import Text
 from textual.widgets import DataTable, OptionList
 
 from fmb_engine.manifest import read_manifests
 from fmb_tui.app import SCREENS, FMBApp
+from fmb_tui.screens.object import ObjectScreen
 from fmb_tui.screens.runs import manifest_summary, manifest_text
 from fmb_tui.screens.workspace import WorkspaceScreen
 from fmb_tui.widgets.config_form import ConfigForm
@@ -72,12 +75,106 @@ async def test_an_exception_in_a_worker_is_logged_not_fatal(tui_ws, config):
 
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        app.screen.background("broken", fails)
+        app.screen.background(fails, then=print)
         app.run_worker(fails_async(), exit_on_error=True)
         await settle(pilot)
         assert app.is_running
         log = app.error_log.path.read_text(encoding="utf-8")
         assert "ValueError: in a thread" in log and "KeyError: 'in a task that would end the app'" in log
+
+
+async def test_a_background_result_reaches_the_handler_the_call_names(tui_ws, config):
+    app = FMBApp(tui_ws, config)
+    got: list = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        screen.background(divmod, 17, 5, then=got.append)
+        screen.background(str.upper, "second", then=lambda value: got.append(("handler 2", value)))
+        await settle(pilot)
+        assert sorted(got, key=str) == [("handler 2", "SECOND"), (3, 2)]
+        with pytest.raises(TypeError, match="then"):
+            screen.background(divmod, 17, 5)  # no handler named: refused at the call, not dropped later
+    assert app.error_log.count == 0
+
+
+async def test_a_failing_background_job_is_logged_notified_and_handed_to_its_failure_handler(tui_ws, config):
+    app = FMBApp(tui_ws, config)
+    app.strict_errors = False  # this test wants the error
+    results, failures = [], []
+
+    def fails():
+        raise ValueError(f"broken {MARKUP_TEXT}")
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.screen.background(fails, then=results.append, failed=failures.append)
+        await settle(pilot)
+        assert app.is_running and results == []
+        assert [type(e) for e in failures] == [ValueError]
+        log = app.error_log.path.read_text(encoding="utf-8")
+        assert "Traceback" in log and "ValueError: broken" in log and "in fails" in log
+        shown = [n for n in app._notifications if n.title == "internal error"]
+        assert len(shown) == 1 and "ValueError: broken" in shown[0].message
+
+
+async def _until(pilot, condition, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_superseded_job_that_fails_is_logged_but_not_shown(tui_ws, config):
+    """A newer job of the same group drops the older one's result; its failure still reaches the log."""
+    app = FMBApp(tui_ws, config)
+    app.strict_errors = False
+    started, gate = threading.Event(), threading.Event()
+    got, failures = [], []
+
+    def slow_failure():
+        started.set()
+        gate.wait(10)
+        raise ValueError("from the superseded job")
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        screen.background(slow_failure, then=got.append, failed=failures.append, group="same")
+        await _until(pilot, started.is_set)
+        screen.background(str, "newer", then=got.append, failed=failures.append, group="same")
+        await settle(pilot)
+        gate.set()
+        await _until(pilot, lambda: app.error_log.count == 1)
+        await settle(pilot)
+        assert got == ["newer"] and failures == []
+        assert "ValueError: from the superseded job" in app.error_log.path.read_text(encoding="utf-8")
+
+
+async def test_a_job_failing_after_its_screen_closed_is_still_reported(tui_ws, config):
+    app = FMBApp(tui_ws, config, start="anomalies")
+    app.strict_errors = False
+    started, gate = threading.Event(), threading.Event()
+
+    def slow_failure():
+        started.set()
+        gate.wait(10)
+        raise ValueError("after the object screen closed")
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, ObjectScreen)
+        app.screen.background(slow_failure, then=print, group="late")
+        await _until(pilot, started.is_set)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert not isinstance(app.screen, ObjectScreen)
+        gate.set()
+        await _until(pilot, lambda: app.error_log.count == 1)
+        assert "ValueError: after the object screen closed" in app.error_log.path.read_text(encoding="utf-8")
 
 
 async def test_every_odd_run_record_renders(tui_ws):

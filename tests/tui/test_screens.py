@@ -134,6 +134,21 @@ async def test_palette_lists_every_action(tui_ws, config):
         assert app.screen.NAME == "compare"
 
 
+async def test_palette_label_commands_carry_the_label_names(tui_ws):
+    labels = ["junk", "keep", "Lens_2"]
+    assert [actions.label_of(actions.BY_ID[f"triage.label_{i}"], labels) for i in (1, 3, 4)] == ["junk", "Lens_2", None]
+    assert actions.label_of(actions.BY_ID["triage.clear"], labels) is None
+    app = FMBApp(tui_ws, TuiConfig(labels=labels), start="anomalies")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        commands = {c.title: c for c in app.get_system_commands(app.screen)}
+        assert [t for t in commands if t.startswith("triage: label ")] == [f"triage: label {name}" for name in labels]
+        oid, _, _ = app.screen.triage_target()
+        await commands["triage: label Lens_2"].callback()
+        await settle(pilot)
+        assert app.labels[oid] == "Lens_2"
+
+
 async def test_unknown_keymap_id_is_a_config_error(tui_ws):
     with pytest.raises(ConfigError, match="Did you mean 'triage.next'"):
         FMBApp(tui_ws, TuiConfig(keymap={"triage.nxt": "n"}))

@@ -136,3 +136,37 @@ async def test_triage_from_the_object_screen(tui_ws, config):
         assert app.screen.NAME == "anomalies"
         assert app.screen.query_one(RankingTable).cursor == 1
         assert "top-100: 2/100 labelled" in screen_text(app)
+
+
+async def test_a_label_that_fails_to_save_is_said_and_a_bug_is_logged(tui_ws, config, monkeypatch):
+    """A store refusal (FMBError) is a notification; any other exception is also logged with its traceback."""
+    from fmb_engine.triage.labels import TriageError
+
+    app = FMBApp(tui_ws, config, start="anomalies")
+    app.strict_errors = False  # this test wants the error
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+
+        def refused(self, *args, **kwargs):
+            raise TriageError("the store refuses")
+
+        monkeypatch.setattr(LabelStore, "set_label", refused)
+        await pilot.press("1")
+        await saved(pilot)
+        await settle(pilot)
+        failed = [n for n in app._notifications if n.title == "label not saved"]
+        assert [n.message for n in failed] == ["the store refuses"] and app.error_log.count == 0
+
+        def broken(self, *args, **kwargs):
+            raise RuntimeError("a bug in the store")
+
+        monkeypatch.setattr(LabelStore, "set_label", broken)
+        await pilot.press("2")
+        await saved(pilot)
+        await settle(pilot)
+        failed = [n for n in app._notifications if n.title == "label not saved"]
+        assert failed[-1].message == "RuntimeError: a bug in the store"
+        log = app.error_log.path.read_text(encoding="utf-8")
+        assert "Traceback" in log and "RuntimeError: a bug in the store" in log and "label writer: label" in log
+        assert any(n.title == "internal error" for n in app._notifications)
+        assert app.is_running

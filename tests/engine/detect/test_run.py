@@ -66,6 +66,15 @@ def test_fusion_percentiles_and_systems_table(scored):
         assert best == systems[f"score:{name}"].max()
 
 
+def test_every_system_names_a_known_modality(scored):
+    """The readers (rankings, the explorer) know every modality detect writes, cross and fused included."""
+    from fmb_engine.rankings import MODALITIES, list_systems, parse_system
+
+    ws, survey, result = scored
+    written = {parse_system(s).modality for s in list_systems(ws, survey)}
+    assert written == set(MODALITIES)
+
+
 def test_same_seed_same_ranks(scored, tmp_path):
     """Same seed, same ranks -- also when the flows train in one process instead of side by side."""
     ws, _, _ = scored

@@ -20,7 +20,7 @@ import pytest
 from fmb_engine.analyze.rankings import RankMatrix, compare, spearman
 from fmb_engine.config import load
 from fmb_engine.detect.degenerate import describe_vectors, tie_share
-from fmb_engine.detect.evaluate import evaluate_scores
+from fmb_engine.detect.metrics import evaluate_scores
 from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.fusion import fuse
 from fmb_engine.detect.run import detect

@@ -10,7 +10,7 @@ from fmb_engine import rankings
 from fmb_engine.rankings import RankingsError, parse_system
 from fmb_tui.synthetic import write_comparisons, write_neighbours, write_rankings
 
-SYSTEMS = ["astropt/image/flow", "astropt/fused/geo", "aion/joint/mismatch"]
+SYSTEMS = ["astropt/image/flow", "astropt/fused/geo", "aion/cross/mismatch"]
 
 
 def test_missing_ranking_says_what_to_run(workspace):
@@ -25,17 +25,17 @@ def test_systems_columns_and_default(workspace):
     write_rankings(workspace, ids, SYSTEMS)
     assert rankings.list_systems(workspace) == SYSTEMS
     assert rankings.default_system(SYSTEMS) == "astropt/fused/geo"
-    assert rankings.default_system(SYSTEMS, "aion/joint/mismatch") == "aion/joint/mismatch"
-    with pytest.raises(RankingsError, match="Did you mean 'aion/joint/mismatch'"):
-        rankings.default_system(SYSTEMS, "aion/joint/mismatc")
+    assert rankings.default_system(SYSTEMS, "aion/cross/mismatch") == "aion/cross/mismatch"
+    with pytest.raises(RankingsError, match="Did you mean 'aion/cross/mismatch'"):
+        rankings.default_system(SYSTEMS, "aion/cross/mismatc")
     df = rankings.load_rankings(workspace)
     assert list(df.columns[:3]) == ["object_id", "rank:astropt/image/flow", "score:astropt/image/flow"]
     for s in SYSTEMS:
         r, sc = df[f"rank:{s}"].to_numpy(), df[f"score:{s}"].to_numpy()
         assert sorted(r) == list(range(1, 51))
         assert np.all(np.diff(sc[np.argsort(r)]) <= 0)  # rank 1 = highest score
-    only = rankings.load_table(workspace, ["aion/joint/mismatch"])
-    assert only.column_names == ["object_id", "rank:aion/joint/mismatch", "score:aion/joint/mismatch"]
+    only = rankings.load_table(workspace, ["aion/cross/mismatch"])
+    assert only.column_names == ["object_id", "rank:aion/cross/mismatch", "score:aion/cross/mismatch"]
     with pytest.raises(RankingsError, match="unknown system"):
         rankings.load_table(workspace, ["nope"])
 
@@ -45,6 +45,14 @@ def test_parse_system():
     assert (s.model, s.modality, s.method, s.fused) == ("astroclip", "spectrum", "knn", False)
     assert parse_system("aion/fused/min").fused
     assert s.rank_column == "rank:astroclip/spectrum/knn"
+
+
+def test_system_names_round_trip_for_every_modality():
+    for modality in rankings.MODALITIES:
+        s = parse_system(rankings.system_name("aion", modality, "m"))
+        assert (s.model, s.modality, s.method) == ("aion", modality, "m")
+    with pytest.raises(ValueError, match="'spectra' is not one of"):
+        rankings.system_name("aion", "spectra", "flow")
 
 
 def test_malformed_ranking_files(workspace):

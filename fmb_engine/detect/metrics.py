@@ -1,4 +1,7 @@
-"""Detection quality against known anomaly labels (mock surveys with injected anomalies).
+"""Detection-quality metrics of one score array against known anomaly labels (mock surveys with injected anomalies).
+
+Arrays in, a tidy table out; the ``fmb-engine evaluate`` stage that reads a workspace and
+writes the report is :mod:`fmb_engine.detect.evaluation`.
 
 Why: on a survey with injected, labelled anomalies we can measure how well a
 ranking recovers them, overall and per anomaly class, to compare detectors and

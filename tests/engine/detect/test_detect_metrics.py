@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fmb_engine.detect.evaluate import evaluate_scores, to_markdown
+from fmb_engine.detect.metrics import evaluate_scores, to_markdown
 
 
 def _value(df, subset, metric, k=None):
