@@ -84,7 +84,7 @@ class Polled:
     problems: list[str] = field(default_factory=list)
 
 
-def ended_at(job: JobRecord, now: float) -> float:
+def _ended_at(job: JobRecord, now: float) -> float:
     """When a finished job ended: its outcome record's time, else now."""
     try:
         return job.outcome_file.stat().st_mtime
@@ -195,7 +195,7 @@ def _derived_update(job: JobRecord, derived: Derived, now: float) -> dict[str, A
         if job.started is None:
             update["started"] = job.submitted
         if job.ended is None:
-            update["ended"] = ended_at(job, now)
+            update["ended"] = _ended_at(job, now)
     return update
 
 
@@ -291,7 +291,9 @@ class SlurmKind(ExecutorKind):
         if missing:
             return Availability("unavailable", f"{', '.join(missing)} not on PATH")
         ok, said = slurm_cli.sinfo_responds()
-        return Availability("available", "sinfo answers") if ok else Availability("doubtful", said)
+        if not ok:
+            return Availability("doubtful", f"commands found but {said}")
+        return Availability("available", "sinfo answers")
 
     def where(self) -> str:
         return f"sbatch at {shutil.which('sbatch')}"
@@ -343,8 +345,9 @@ class SlurmKind(ExecutorKind):
              runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Polled:
         """One batched ``squeue`` + ``sacct`` for every job."""
         polled = slurm_cli.poll([j.job_id for j in jobs], {j.job_id: j.submitted for j in jobs}, runner=runner)
-        return Polled({job.key: _slurm_update(job, polled.rows.get(job.job_id), now, polled.sacct_available)  # type: ignore[misc]
-                       for job in jobs}, list(polled.problems))
+        updates = {job.key: _slurm_update(job, polled.rows.get(job.job_id), now, polled.sacct_available)
+                   for job in jobs}
+        return Polled(updates, list(polled.problems))  # type: ignore[arg-type]
 
     @staticmethod
     def wrote(folder: Path, base_id: str) -> bool:
@@ -365,7 +368,7 @@ def _from_outcome(job: JobRecord, now: float) -> dict[str, Any] | None:
     if outcome.outputs is not None:
         update["outputs"] = outcome.outputs
     if job.ended is None:
-        update["ended"] = ended_at(job, now)
+        update["ended"] = _ended_at(job, now)
     return update
 
 
@@ -412,7 +415,7 @@ def _slurm_update(job: JobRecord, row: slurm_cli.SlurmRow | None, now: float,
             update["error"] = note if job.attached and note else "; ".join(filter(None, [
                 "SLURM says completed but the job wrote no outcome record (see the logs)", note]))
         if "ended" not in update and job.ended is None:  # squeue alone (no accounting) has no end time
-            update["ended"] = ended_at(job, now)
+            update["ended"] = _ended_at(job, now)
     return update
 
 
@@ -464,7 +467,8 @@ def choose_executor(requested: str | None, cfg: JobsConfig, origin: str = "confi
         if missing:
             return ExecutorChoice(LOCAL.name, wanted, origin, f"executor: {LOCAL.name} (auto from {origin}: "
                                   f"{', '.join(missing)} not on PATH, so no SLURM here)")
-        return ExecutorChoice(SLURM.name, wanted, origin, f"executor: {SLURM.name} (auto from {origin}: {SLURM.where()})")
+        return ExecutorChoice(SLURM.name, wanted, origin,
+                              f"executor: {SLURM.name} (auto from {origin}: {SLURM.where()})")
     kind = KINDS[wanted]
     if why := kind.refusal(origin):
         raise JobsError(why)
@@ -508,5 +512,6 @@ def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Work
 
 __all__ = [
     "DEBUG", "EXECUTORS", "KINDS", "LOCAL", "SLURM", "Availability", "DebugKind", "ExecutorChoice", "ExecutorKind",
-    "HostKind", "LocalKind", "Polled", "SlurmKind", "check_settings", "choose_executor", "executor_kind", "kind_that_wrote",
+    "HostKind", "LocalKind", "Polled", "SlurmKind", "check_settings", "choose_executor", "executor_kind",
+    "kind_that_wrote",
 ]
