@@ -31,12 +31,12 @@ class StageSpec:
     name: str  # stage id recorded with the run, e.g. "embed.pca"
     section: str  # config section of the form
     title: str
-    submit: Submitter  # (ws, resolved, executor, tasks) -> fmb_engine.jobs.executors.Submission
+    submit: Submitter  # (ws, resolved, executor, tasks) -> fmb_engine.jobs.submission.Submission
     sharded: bool = False  # takes a number of array tasks
 
 
 def _jobs(ws: Workspace) -> Resolved:
-    from fmb_engine.jobs.executors import jobs_config
+    from fmb_engine.jobs.submission import jobs_config
 
     return jobs_config(ws)
 
@@ -51,7 +51,7 @@ def _survey(ws: Workspace):
 
 def _plain(stage: str, door: Callable[[], Callable]) -> Submitter:
     def submit_(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
-        from fmb_engine.jobs.executors import submit
+        from fmb_engine.jobs.submission import submit
         from fmb_engine.survey.stages import config_record
 
         return submit(ws, stage, door(), ws, resolved, executor=executor, jobs=_jobs(ws),

@@ -18,9 +18,10 @@ from rich.text import Text
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
 from fmb_engine.errors import WorkspaceError
-from fmb_engine.jobs import JobsError, monitor, slurm
-from fmb_engine.jobs import executors as jobs_executors
+from fmb_engine.jobs import JobsError, monitor
+from fmb_engine.jobs import submission as jobs_submission
 from fmb_engine.jobs.config import JobsConfig
+from fmb_engine.jobs.executors import KINDS, Availability, choose_executor
 from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_state
 from fmb_engine.jobs.states import COLOURS, State, explain_reason
 from fmb_engine.workspace import Workspace
@@ -247,7 +248,7 @@ def cancel(
 ) -> None:
     """Cancel active jobs (scancel for SLURM, SIGINT to the controller for local jobs)."""
     ws = find_workspace(workspace)
-    for line in jobs_executors.cancel(ws, ref):
+    for line in jobs_submission.cancel(ws, ref):
         console.print(escape(line))
     with _registry(ws) as reg:
         run, jobs = reg.resolve(ref)
@@ -263,7 +264,7 @@ def resubmit(
 ) -> None:
     """Submit again only the tasks that failed or are missing (completed and active ones are kept)."""
     ws = find_workspace(workspace)
-    sub = jobs_executors.resubmit(ws, ref, executor=executor, jobs=jobs_executors.jobs_config(ws, config))
+    sub = jobs_submission.resubmit(ws, ref, executor=executor, jobs=jobs_submission.jobs_config(ws, config))
     for note in sub.notes:
         console.print(escape(note))
     console.print(f"run [bold]{escape(sub.run_id)}[/]: " + ", ".join(escape(j) for j in sub.job_ids))
@@ -279,7 +280,7 @@ def attach(
 ) -> None:
     """Register a job submitted with submitit elsewhere, so list/show/logs/cancel work on it."""
     ws = find_workspace(workspace)
-    run, jobs = jobs_executors.attach(ws, folder, job_id, executor=executor, stage=stage)
+    run, jobs = jobs_submission.attach(ws, folder, job_id, executor=executor, stage=stage)
     console.print(f"attached as run [bold]{escape(run.run_id)}[/] ({run.executor}): ", counts_text(jobs))
 
 
@@ -302,28 +303,30 @@ def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
         ws = find_workspace(workspace)
     except WorkspaceError:  # works outside a workspace too
         ws = None
-    resolved = jobs_executors.jobs_config(ws, config)
+    resolved = jobs_submission.jobs_config(ws, config)
     cfg: JobsConfig = resolved.values  # type: ignore[assignment]
     table = Table(show_header=False, box=None)
     table.add_column(style="cyan")
     table.add_column()
-    missing = slurm.missing_commands(slurm.SUBMIT_COMMANDS)
-    table.add_row("local", "available (subprocesses on this machine)")
-    table.add_row("debug", "available (in-process, at once)")
-    if missing:
-        table.add_row("slurm", f"[red]unavailable[/]: {escape(', '.join(missing))} not on PATH")
-    else:
-        ok, said = slurm.sinfo_responds()
-        table.add_row("slurm", "available: sinfo answers" if ok else f"[yellow]commands found but[/] {escape(said)}")
+    for kind in KINDS.values():
+        table.add_row(kind.name, availability_text(kind.availability()))
     try:
-        choice = jobs_executors.choose_executor(None, cfg, resolved.sources.get("executor", "default"))
+        choice = choose_executor(None, cfg, resolved.sources.get("executor", "default"))
         table.add_row("default", escape(choice.note))
     except JobsError as exc:
         table.add_row("default", f"[red]{escape(str(exc))}[/]")
     console.print(table)
 
 
-def print_submission(sub: jobs_executors.Submission) -> None:
+def availability_text(said: Availability) -> str:
+    """One executor's line in `jobs executors`: its state (coloured unless available) and why."""
+    if said.state == "available":
+        return f"available ({escape(said.detail)})"
+    colour = "red" if said.state == "unavailable" else "yellow"
+    return f"[{colour}]{said.state}[/]: {escape(said.detail)}"
+
+
+def print_submission(sub: jobs_submission.Submission) -> None:
     """What a submitting command prints: executor notes, run id, job ids, how to follow."""
     for note in sub.notes:
         console.print(escape(note))
@@ -350,8 +353,8 @@ def selftest(
 
     ws = find_workspace(workspace)
     out = ws.folder("jobs") / "selftest-output" / time.strftime("%Y%m%dT%H%M%S")
-    sub = jobs_executors.submit_array(ws, "selftest", write_shard, [(str(out), i, shards) for i in range(shards)],
-                                      executor=executor, jobs=jobs_executors.jobs_config(ws, config))
+    sub = jobs_submission.submit_array(ws, "selftest", write_shard, [(str(out), i, shards) for i in range(shards)],
+                                       executor=executor, jobs=jobs_submission.jobs_config(ws, config))
     print_submission(sub)
     if not wait:
         return

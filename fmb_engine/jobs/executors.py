@@ -1,64 +1,443 @@
-"""Submitting stages through submitit: one small interface over its executors.
+"""Executor kinds: one class per way of running a submitted job, behind one interface.
 
-``submit`` runs one call, ``submit_array`` one call per shard (a single ``sbatch
---array`` on SLURM). Both record the run in the workspace registry and return at
-once (the debug executor is the exception: it runs in this process before
-returning, which is its point).
+submitit has one executor class per kind (``LocalExecutor``, ``SlurmExecutor``,
+``DebugExecutor``). Each :class:`ExecutorKind` here stands for one of them and holds
+everything FMB does differently per kind, so nothing else branches on an executor's name:
+
+* whether it can run on this machine, and why not (SLURM needs ``sbatch``/``srun`` on PATH);
+* which ``jobs`` settings it takes and which it ignores (:func:`check_settings` refuses
+  those, never silently dropping them);
+* the submitit executor it builds and the parameters it hands over;
+* how it submits a list of calls (one ``sbatch --array`` on SLURM, one process per call
+  locally, in this process at once for debug);
+* how it cancels (``scancel``, or SIGINT to a local job's controller);
+* how one poll turns what it says about its jobs into registry updates (one batched
+  ``squeue`` + ``sacct`` for SLURM, the controller PID and outcome record for local jobs,
+  the outcome record alone for debug jobs).
+
+:data:`KINDS` maps the names used by ``jobs.executor`` / ``--executor`` (and stored in the
+registry) to the kinds; :func:`choose_executor` resolves a request, ``auto`` included.
 
 * The executor is always explicit: ``--executor`` or ``jobs.executor``. submitit's
   own ``AutoExecutor`` silently falls back to local execution when ``srun`` is
   missing; here ``slurm`` without ``sbatch``/``srun`` on PATH is an error, and
   ``auto`` says which executor it chose and why.
-* The submitit folder is ``<workspace>/jobs/<run_id>/``, never a temporary folder
-  (the workspace must be on the cluster's shared filesystem; a SLURM run whose
-  workspace is under ``/tmp`` gets a warning in its notes).
 * Jobs run with the interpreter that submitted them (or ``jobs.python``), so the
   job sees the same virtual environment.
-* Every call is wrapped in :class:`~fmb_engine.jobs.calls.ResumableCall`, a submitit
-  ``Checkpointable``: on timeout or preemption SLURM signals the job, ``checkpoint()``
-  requeues the same call, and because stage functions are resumable the rerun continues
-  from the partial outputs already on disk.
-* Results come only from each job's JSON outcome record; submitit's pickles are never
-  loaded here (docs/jobs.md, "Trust"). The calls are recorded as JSON in the registry,
-  and ``resubmit`` rebuilds them from there.
-* Job folders and files get the workspace's modes (:mod:`fmb_engine.jobs.folders`).
+
+This module stays light (monitoring and ``fmb-engine jobs executors`` use it):
+submitit itself is imported only when an executor is built.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
-import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import submitit
-from submitit.core.utils import JobPaths
-
-from fmb_engine.config import Resolved, load
+from fmb_engine.config import Resolved
 from fmb_engine.jobs import JobsError
 from fmb_engine.jobs import slurm as slurm_cli
-from fmb_engine.jobs.calls import Call, NotRecordable, ResumableCall, call_spec, from_spec, make_call
 from fmb_engine.jobs.config import JobsConfig
-from fmb_engine.jobs.folders import apply_modes, creation_umask, verify_folder
-from fmb_engine.jobs.outcome import outcome_path
-from fmb_engine.jobs.registry import JobRecord, Registry, RunRecord, new_run_id, open_registry
-from fmb_engine.jobs.states import RESUBMITTABLE, State, pid_alive
+from fmb_engine.jobs.outcome import outcome_path, read_outcome, result_pickle_note
+from fmb_engine.jobs.registry import JobRecord
+from fmb_engine.jobs.states import TERMINAL, Derived, State, derive_debug, derive_local, pid_alive
 from fmb_engine.workspace import Workspace, make_dirs
 
-EXECUTORS = ("local", "slurm", "debug")
-_ARRAY_TASK = re.compile(r"^\d+_\d+$")
+if TYPE_CHECKING:
+    import submitit
+
+    from fmb_engine.jobs.calls import Call
+
+#: A SLURM job neither squeue nor sacct knows becomes UNKNOWN after this long
+#: (sacct can lag a few seconds behind the controller).
+VANISH_GRACE_S = 120.0
+
+_SLURM_ONLY = ("partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb", "array_parallelism", "setup",
+               "signal_delay_s", "sbatch_extra")
 
 
-# --- choosing and building the executor -------------------------------------------------------
+@dataclass(frozen=True)
+class Availability:
+    """Whether a kind can run jobs on this machine: ``state`` is available, unavailable or
+    doubtful (its commands exist but the cluster did not answer); ``detail`` says why."""
+
+    state: str
+    detail: str
+
+
+@dataclass
+class Polled:
+    """One poll of a kind's jobs: the registry updates by job key, and what went wrong asking."""
+
+    updates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _ended_at(job: JobRecord, now: float) -> float:
+    """When a finished job ended: its outcome record's time, else now."""
+    try:
+        return job.outcome_file.stat().st_mtime
+    except OSError:
+        return now
+
+
+class ExecutorKind(ABC):
+    """One kind of executor: what FMB does differently for it, from submission to polling."""
+
+    #: The name in ``jobs.executor``, ``--executor`` and the registry.
+    name: ClassVar[str]
+    #: ``jobs`` settings it does not use (set in a task config they are errors, see :func:`check_settings`).
+    ignored_settings: ClassVar[tuple[str, ...]] = ()
+    #: Its jobs' states are known here without asking a controller, so a submission polls them at once.
+    polled_at_submission: ClassVar[bool] = False
+
+    @abstractmethod
+    def where(self) -> str:
+        """Where the jobs of a submission go, for its note."""
+
+    def refusal(self, origin: str) -> str | None:
+        """Why this kind cannot be used on this machine although ``origin`` asked for it (None: it can)."""
+        return None
+
+    def availability(self) -> Availability:
+        """What ``fmb-engine jobs executors`` says about this kind here (may ask the cluster)."""
+        return Availability("available", self.where())
+
+    # --- building and submitting ---
+
+    def parameters(self, cfg: JobsConfig, job_name: str) -> dict[str, Any]:
+        """The ``update_parameters`` keywords for submitit's ``AutoExecutor``."""
+        params: dict[str, Any] = {
+            "name": job_name,
+            "timeout_min": cfg.timeout_min,
+            "cpus_per_task": cfg.cpus_per_task,
+            "gpus_per_node": cfg.gpus_per_node,
+        }
+        if cfg.mem_gb is not None:
+            params["mem_gb"] = cfg.mem_gb
+        return params
+
+    def options(self, cfg: JobsConfig) -> dict[str, Any]:
+        """The ``AutoExecutor`` constructor keywords of this kind (its interpreter and requeue count)."""
+        return {}
+
+    def build(self, folder: Path, cfg: JobsConfig, job_name: str) -> submitit.Executor:
+        """A submitit executor of this kind writing into ``folder`` (made here with the workspace's mode)."""
+        import submitit
+
+        make_dirs(folder)
+        try:
+            executor = submitit.AutoExecutor(folder=folder, cluster=self.name, **self.options(cfg))
+            executor.update_parameters(**self.parameters(cfg, job_name))
+        except (ValueError, NameError, AssertionError, RuntimeError) as exc:
+            raise JobsError(f"invalid {self.name} executor parameters: {exc}") from None
+        return executor
+
+    def folder_warnings(self, folder: Path) -> list[str]:
+        """Warnings about where the submitit folder is (none unless the jobs run elsewhere)."""
+        return []
+
+    def submit(self, ex: submitit.Executor, calls: Sequence[Call], is_array: bool) -> list[Any]:
+        """Hand ``calls`` to ``ex``; returns submitit's job handles (an array when ``is_array``)."""
+        if len(calls) == 1 and not is_array:
+            return [ex.submit(calls[0])]
+        return list(ex.submit_array(list(calls)))
+
+    # --- cancelling and polling ---
+
+    @abstractmethod
+    def cancel(self, jobs: Sequence[JobRecord]) -> list[str]:
+        """Stop the active ``jobs``; returns what happened, line by line."""
+
+    @abstractmethod
+    def poll(self, jobs: Sequence[JobRecord], now: float,
+             runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Polled:
+        """Ask once about ``jobs`` (all of this kind, none finished): the registry updates."""
+
+
+class HostKind(ExecutorKind):
+    """A kind whose jobs run on this machine: each state is derived here, job by job, from the
+    job's process and its outcome record (no controller to ask)."""
+
+    polled_at_submission = True
+
+    def poll(self, jobs: Sequence[JobRecord], now: float,
+             runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Polled:
+        return Polled({job.key: _derived_update(job, self.derive(job), now) for job in jobs})  # type: ignore[misc]
+
+    @abstractmethod
+    def derive(self, job: JobRecord) -> Derived:
+        """The state of one job."""
+
+
+def _derived_update(job: JobRecord, derived: Derived, now: float) -> dict[str, Any]:
+    """Registry columns from a state derived here (local or debug job)."""
+    update: dict[str, Any] = {"state": derived.state, "raw_state": derived.raw, "reason": None}
+    if derived.error:
+        update["error"] = derived.error
+    if derived.state is State.RUNNING and job.started is None:
+        update["started"] = job.submitted
+    if derived.state in TERMINAL:
+        outcome = read_outcome(job.outcome_file)
+        if outcome is not None and outcome.outputs is not None:
+            update["outputs"] = outcome.outputs
+        if job.started is None:
+            update["started"] = job.submitted
+        if job.ended is None:
+            update["ended"] = _ended_at(job, now)
+    return update
+
+
+class LocalKind(HostKind):
+    """Subprocesses on this machine (submitit's ``LocalExecutor``): every task its own process, all started now.
+
+    submitit's local executor honours only the time limit, the GPUs (CUDA_VISIBLE_DEVICES),
+    the interpreter and the requeue count.
+    """
+
+    name = "local"
+    ignored_settings = _SLURM_ONLY
+
+    def where(self) -> str:
+        return "subprocesses on this machine"
+
+    def options(self, cfg: JobsConfig) -> dict[str, Any]:
+        return {"local_python": cfg.python or sys.executable, "local_max_num_timeout": cfg.max_num_timeout}
+
+    def cancel(self, jobs: Sequence[JobRecord]) -> list[str]:
+        return [self._interrupt(job) for job in jobs]
+
+    @staticmethod
+    def _interrupt(job: JobRecord) -> str:
+        """What submitit's ``LocalJob.cancel`` does (SIGINT to the job's controller), for a job
+        submitted by another process: the PID is checked to still be that job's controller."""
+        try:
+            pid = int(job.job_id)
+        except ValueError:
+            return f"{job.job_id}: not a local process id"
+        if not pid_alive(pid, must_contain=job.submitit_folder):
+            return f"{job.job_id}: process already ended"
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            return f"{job.job_id}: process already ended"
+        except PermissionError:
+            raise JobsError(f"not allowed to signal process {pid} (another user's job?)") from None
+        return f"{job.job_id}: interrupted (SIGINT to the job's controller)"
+
+    def derive(self, job: JobRecord) -> Derived:
+        return derive_local(job.job_id, job.submitit_folder, job.outcome_file,
+                            cancel_requested=bool(job.cancel_requested),
+                            pickle_note=result_pickle_note(job.result_pickle), attached=job.attached)
+
+
+class DebugKind(HostKind):
+    """In this process, now (submitit's ``DebugExecutor``): a submission returns only when its calls have run.
+
+    It uses none of the resource settings: there is no separate job to give them to.
+    """
+
+    name = "debug"
+    ignored_settings = (*_SLURM_ONLY, "timeout_min", "gpus_per_node", "python", "max_num_timeout")
+
+    def where(self) -> str:
+        return "in this process, now"
+
+    def submit(self, ex: submitit.Executor, calls: Sequence[Call], is_array: bool) -> list[Any]:
+        """Run each call now, in this process, writing submitit-style logs and the outcome records."""
+        out = []
+        for call in calls:
+            job = ex.submit(call)  # a lazy DebugJob: we run it ourselves (no pdb on errors)
+            paths = job.paths
+            make_dirs(paths.folder)
+            with open(paths.stdout, "a", encoding="utf-8") as fo, open(paths.stderr, "a", encoding="utf-8") as fe, \
+                    contextlib.redirect_stdout(fo), contextlib.redirect_stderr(fe):
+                try:
+                    call.run(outcome_path(paths.folder, str(job.job_id)))
+                except Exception:  # noqa: BLE001 - recorded as the job's failure in its outcome record
+                    fe.write(traceback.format_exc())
+            out.append(job)
+        return out
+
+    def cancel(self, jobs: Sequence[JobRecord]) -> list[str]:
+        return ["debug jobs run in-process at submission: nothing left to cancel"]
+
+    def derive(self, job: JobRecord) -> Derived:
+        return derive_debug(job.outcome_file)
+
+
+class SlurmKind(ExecutorKind):
+    """``sbatch`` on a SLURM cluster (submitit's ``SlurmExecutor``): an array is one ``sbatch --array``."""
+
+    name = "slurm"
+
+    def missing(self) -> list[str]:
+        """The commands submitit needs to submit that are not on PATH."""
+        return slurm_cli.missing_commands(("sbatch", "srun"))
+
+    def availability(self) -> Availability:
+        missing = slurm_cli.missing_commands(slurm_cli.SUBMIT_COMMANDS)
+        if missing:
+            return Availability("unavailable", f"{', '.join(missing)} not on PATH")
+        ok, said = slurm_cli.sinfo_responds()
+        if not ok:
+            return Availability("doubtful", f"commands found but {said}")
+        return Availability("available", "sinfo answers")
+
+    def where(self) -> str:
+        return f"sbatch at {shutil.which('sbatch')}"
+
+    def refusal(self, origin: str) -> str | None:
+        missing = self.missing()
+        if not missing:
+            return None
+        return (f"executor slurm was requested (from {origin}) but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not on PATH: this machine is not a SLURM submit host. "
+                "Run on the cluster's login node (with the SLURM module loaded), or use --executor local.")
+
+    def parameters(self, cfg: JobsConfig, job_name: str) -> dict[str, Any]:
+        params = super().parameters(cfg, job_name)
+        for key in ("partition", "account", "qos", "constraint"):
+            value = getattr(cfg, key)
+            if value:
+                params[f"slurm_{key}"] = value
+        params["slurm_array_parallelism"] = cfg.array_parallelism
+        params["slurm_signal_delay_s"] = cfg.signal_delay_s
+        if cfg.setup:
+            params["slurm_setup"] = list(cfg.setup)
+        if cfg.sbatch_extra:
+            params["slurm_additional_parameters"] = dict(cfg.sbatch_extra)
+        if cfg.gpus_per_node == 0:
+            params.pop("gpus_per_node")  # no --gpus-per-node=0 line: some sites reject it
+        return params
+
+    def options(self, cfg: JobsConfig) -> dict[str, Any]:
+        return {"slurm_python": cfg.python or sys.executable, "slurm_max_num_timeout": cfg.max_num_timeout}
+
+    def folder_warnings(self, folder: Path) -> list[str]:
+        """The workspace must be on the cluster's shared filesystem: a folder under /tmp is not."""
+        tmp = Path(tempfile.gettempdir()).resolve()
+        with contextlib.suppress(ValueError):
+            folder.resolve().relative_to(tmp)
+            return [f"warning: the jobs folder {folder} is under {tmp}; compute nodes usually cannot see it "
+                    "(put the workspace on the shared filesystem)"]
+        return []
+
+    def cancel(self, jobs: Sequence[JobRecord]) -> list[str]:
+        problems = slurm_cli.scancel([j.job_id for j in jobs])
+        if problems:
+            raise JobsError("; ".join(problems))
+        return [f"scancel sent for {len(jobs)} job(s): {', '.join(j.job_id for j in jobs[:10])}"
+                + (" ..." if len(jobs) > 10 else "")]
+
+    def poll(self, jobs: Sequence[JobRecord], now: float,
+             runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Polled:
+        """One batched ``squeue`` + ``sacct`` for every job."""
+        polled = slurm_cli.poll([j.job_id for j in jobs], {j.job_id: j.submitted for j in jobs}, runner=runner)
+        updates = {job.key: _slurm_update(job, polled.rows.get(job.job_id), now, polled.sacct_available)
+                   for job in jobs}
+        return Polled(updates, list(polled.problems))  # type: ignore[arg-type]
+
+    @staticmethod
+    def wrote(folder: Path, base_id: str) -> bool:
+        """Whether SLURM's submitit wrote this folder's job ``base_id`` (its script has ``#SBATCH`` lines)."""
+        script = folder / f"{base_id}_submission.sh"
+        return script.is_file() and "#SBATCH" in script.read_text(errors="replace")
+
+
+def _from_outcome(job: JobRecord, now: float) -> dict[str, Any] | None:
+    """A SLURM job that squeue and sacct no longer know: its outcome record, when there is one."""
+    outcome = read_outcome(job.outcome_file)
+    if outcome is None or not outcome.usable:
+        return None
+    update: dict[str, Any] = {"state": State.COMPLETED if outcome.status == "success" else State.FAILED,
+                              "raw_state": f"outcome:{outcome.status}", "reason": None}
+    if outcome.error:
+        update["error"] = outcome.error
+    if outcome.outputs is not None:
+        update["outputs"] = outcome.outputs
+    if job.ended is None:
+        update["ended"] = _ended_at(job, now)
+    return update
+
+
+def _slurm_update(job: JobRecord, row: slurm_cli.SlurmRow | None, now: float,
+                  sacct_available: bool = True) -> dict[str, Any]:
+    """Registry columns from what squeue/sacct said about one job (``row``; None: neither knows it)."""
+    if row is None:
+        from_file = _from_outcome(job, now)
+        if from_file is not None:
+            return from_file
+        seen = job.last_seen or job.submitted
+        if now - seen > VANISH_GRACE_S:
+            if job.cancel_requested:
+                return {"state": State.CANCELLED, "raw_state": "CANCELLED", "reason": None,
+                        "error": "cancelled; no longer known to squeue or sacct"}
+            return {"state": State.UNKNOWN, "raw_state": "NOT FOUND",
+                    "error": f"not known to squeue or sacct for {int(now - seen)} s (purged, or accounting off)"}
+        return {}
+    if row.source == "squeue" and row.state in TERMINAL and row.exit_code is None and sacct_available:
+        # The controller says it ended but accounting has not caught up (a few seconds): keep
+        # polling until sacct adds the exit code, rather than freezing an incomplete record.
+        return {"raw_state": f"{row.raw_state} (awaiting sacct)", "last_seen": now, "reason": None,
+                "state": job.state if job.state is not State.PENDING else State.RUNNING}
+    update: dict[str, Any] = {
+        "state": row.state, "raw_state": row.raw_state, "last_seen": now,
+        "reason": row.reason if row.state is State.PENDING else None,
+    }
+    for key in ("exit_code", "started", "ended", "node"):
+        value = getattr(row, key)
+        if value is not None:
+            update[key] = value
+    if row.state in TERMINAL or row.state is State.PREEMPTED:
+        outcome = read_outcome(job.outcome_file)
+        if outcome is not None and outcome.status == "error":
+            update["state"] = State.FAILED if row.state is State.COMPLETED else row.state
+            update["error"] = outcome.error
+        elif outcome is not None and outcome.status == "success":
+            if outcome.outputs is not None:
+                update["outputs"] = outcome.outputs
+        elif outcome is not None:
+            update["error"] = outcome.error
+        elif row.state is State.COMPLETED:
+            note = result_pickle_note(job.result_pickle)
+            update["error"] = note if job.attached and note else "; ".join(filter(None, [
+                "SLURM says completed but the job wrote no outcome record (see the logs)", note]))
+        if "ended" not in update and job.ended is None:  # squeue alone (no accounting) has no end time
+            update["ended"] = _ended_at(job, now)
+    return update
+
+
+# --- the kinds by name, and choosing one ---------------------------------------------------------
+
+LOCAL, SLURM, DEBUG = LocalKind(), SlurmKind(), DebugKind()
+#: Every kind by its name (the values of ``jobs.executor`` besides ``auto``).
+KINDS: dict[str, ExecutorKind] = {kind.name: kind for kind in (LOCAL, SLURM, DEBUG)}
+EXECUTORS = tuple(KINDS)
+
+
+def executor_kind(name: str) -> ExecutorKind:
+    """The kind called ``name``, or a clear error listing the kinds."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise JobsError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}") from None
+
+
+def kind_that_wrote(folder: Path, base_id: str) -> ExecutorKind:
+    """The kind that made a submitit folder found on disk: SLURM's has an ``#SBATCH`` script, else local."""
+    return SLURM if SLURM.wrote(folder, base_id) else LOCAL
 
 
 @dataclass(frozen=True)
@@ -68,54 +447,32 @@ class ExecutorChoice:
     origin: str  # "--executor" or the config layer that set jobs.executor
     note: str  # one line saying which executor runs and why
 
-
-def jobs_config(ws: Workspace | None = None, config_file: str | os.PathLike[str] | None = None,
-                **flags: Any) -> Resolved:
-    """The effective ``jobs`` section (defaults < fmb.yaml < --config < flags)."""
-    return load("jobs", ws, config_file, {k: v for k, v in flags.items() if v is not None})
-
-
-def _as_config(jobs: Resolved | JobsConfig) -> tuple[JobsConfig, str]:
-    if isinstance(jobs, Resolved):
-        return jobs.values, jobs.sources.get("executor", "default")  # type: ignore[return-value]
-    return jobs, "config"
+    @property
+    def kind(self) -> ExecutorKind:
+        return KINDS[self.name]
 
 
 def choose_executor(requested: str | None, cfg: JobsConfig, origin: str = "config") -> ExecutorChoice:
-    """Resolve ``--executor`` / ``jobs.executor`` to a usable executor, or raise a clear error."""
+    """Resolve ``--executor`` / ``jobs.executor`` to a usable executor, or raise a clear error.
+
+    ``auto`` is SLURM where it can be used, else local, and says which and why.
+    """
     if requested is not None:
         origin = "--executor"
     wanted = (requested or cfg.executor).strip().lower()
     if wanted not in (*EXECUTORS, "auto"):
-        raise JobsError(f"unknown executor {wanted!r} (from {origin}); choose one of local, slurm, debug, auto")
-    missing = slurm_cli.missing_commands(("sbatch", "srun"))
+        raise JobsError(f"unknown executor {wanted!r} (from {origin}); choose one of {', '.join(EXECUTORS)}, auto")
     if wanted == "auto":
+        missing = SLURM.missing()
         if missing:
-            return ExecutorChoice("local", wanted, origin,
-                                  f"executor: local (auto from {origin}: {', '.join(missing)} not on PATH, so no SLURM here)")
-        return ExecutorChoice("slurm", wanted, origin,
-                              f"executor: slurm (auto from {origin}: sbatch at {shutil.which('sbatch')})")
-    if wanted == "slurm" and missing:
-        raise JobsError(
-            f"executor slurm was requested (from {origin}) but {' and '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} not on PATH: this machine is not a SLURM submit host. "
-            "Run on the cluster's login node (with the SLURM module loaded), or use --executor local."
-        )
-    where = {"local": "subprocesses on this machine", "slurm": f"sbatch at {shutil.which('sbatch')}",
-             "debug": "in this process, now"}[wanted]
-    return ExecutorChoice(wanted, wanted, origin, f"executor: {wanted} ({where}; from {origin})")
-
-
-_SLURM_ONLY = ("partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb", "array_parallelism", "setup",
-               "signal_delay_s", "sbatch_extra")
-#: ``jobs`` settings each executor does not use. submitit's local executor honours only the
-#: time limit, the GPUs (CUDA_VISIBLE_DEVICES), the interpreter and the requeue count; the
-#: debug executor runs in this process and uses none of them.
-UNUSED_SETTINGS: dict[str, tuple[str, ...]] = {
-    "slurm": (),
-    "local": _SLURM_ONLY,
-    "debug": (*_SLURM_ONLY, "timeout_min", "gpus_per_node", "python", "max_num_timeout"),
-}
+            return ExecutorChoice(LOCAL.name, wanted, origin, f"executor: {LOCAL.name} (auto from {origin}: "
+                                  f"{', '.join(missing)} not on PATH, so no SLURM here)")
+        return ExecutorChoice(SLURM.name, wanted, origin,
+                              f"executor: {SLURM.name} (auto from {origin}: {SLURM.where()})")
+    kind = KINDS[wanted]
+    if why := kind.refusal(origin):
+        raise JobsError(why)
+    return ExecutorChoice(kind.name, wanted, origin, f"executor: {kind.name} ({kind.where()}; from {origin})")
 
 
 def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Workspace | None) -> list[str]:
@@ -126,7 +483,7 @@ def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Work
     value from the workspace's ``fmb.yaml`` is a site default shared by every executor:
     it only earns a warning (printed with the submission and kept in the run's notes).
     """
-    unused = UNUSED_SETTINGS[choice.name]
+    unused = choice.kind.ignored_settings
     if isinstance(jobs, Resolved):
         values, sources = jobs.values, jobs.sources
         set_keys = [k for k in unused if sources.get(k, "default") != "default"]
@@ -137,7 +494,7 @@ def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Work
     warnings, errors = [], []
     for key in set_keys:
         origin = sources.get(key, "the caller")
-        users = " and ".join(name for name, keys in UNUSED_SETTINGS.items() if key not in keys)
+        users = " and ".join(kind.name for kind in KINDS.values() if key not in kind.ignored_settings)
         line = (f"jobs.{key} = {getattr(values, key)!r} (from {origin}) is ignored by the {choice.name} executor "
                 f"(only {users} use{'s' if ' and ' not in users else ''} it)")
         if workspace_file is not None and origin not in ("the caller", "command line") \
@@ -153,406 +510,8 @@ def check_settings(choice: ExecutorChoice, jobs: Resolved | JobsConfig, ws: Work
     return warnings
 
 
-def executor_parameters(choice: ExecutorChoice, cfg: JobsConfig, job_name: str) -> dict[str, Any]:
-    """The ``update_parameters`` keywords for submitit's ``AutoExecutor``."""
-    params: dict[str, Any] = {
-        "name": job_name,
-        "timeout_min": cfg.timeout_min,
-        "cpus_per_task": cfg.cpus_per_task,
-        "gpus_per_node": cfg.gpus_per_node,
-    }
-    if cfg.mem_gb is not None:
-        params["mem_gb"] = cfg.mem_gb
-    if choice.name == "slurm":
-        for key in ("partition", "account", "qos", "constraint"):
-            value = getattr(cfg, key)
-            if value:
-                params[f"slurm_{key}"] = value
-        params["slurm_array_parallelism"] = cfg.array_parallelism
-        params["slurm_signal_delay_s"] = cfg.signal_delay_s
-        if cfg.setup:
-            params["slurm_setup"] = list(cfg.setup)
-        if cfg.sbatch_extra:
-            params["slurm_additional_parameters"] = dict(cfg.sbatch_extra)
-        if cfg.gpus_per_node == 0:
-            params.pop("gpus_per_node")  # no --gpus-per-node=0 line: some sites reject it
-    return params
-
-
-def build_executor(choice: ExecutorChoice, folder: Path, cfg: JobsConfig, job_name: str) -> submitit.Executor:
-    """A submitit executor for ``choice`` writing into ``folder`` (made here with the workspace's mode)."""
-    make_dirs(folder)
-    python = cfg.python or sys.executable
-    kwargs: dict[str, Any] = {}
-    if choice.name == "slurm":
-        kwargs = {"slurm_python": python, "slurm_max_num_timeout": cfg.max_num_timeout}
-    elif choice.name == "local":
-        kwargs = {"local_python": python, "local_max_num_timeout": cfg.max_num_timeout}
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=choice.name, **kwargs)
-        executor.update_parameters(**executor_parameters(choice, cfg, job_name))
-    except (ValueError, NameError, AssertionError, RuntimeError) as exc:
-        raise JobsError(f"invalid {choice.name} executor parameters: {exc}") from None
-    return executor
-
-
-# --- submission --------------------------------------------------------------------------------
-
-
-@dataclass
-class Submission:
-    """What was submitted: the registry run, its jobs, and submitit's job handles."""
-
-    run_id: str
-    stage: str
-    executor: str
-    folder: Path
-    records: list[JobRecord]
-    jobs: list[Any] = field(repr=False, default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def job_ids(self) -> list[str]:
-        return [r.job_id for r in self.records]
-
-
-def _tmp_warning(folder: Path) -> str | None:
-    tmp = Path(tempfile.gettempdir()).resolve()
-    with contextlib.suppress(ValueError):
-        folder.resolve().relative_to(tmp)
-        return (f"warning: the jobs folder {folder} is under {tmp}; compute nodes usually cannot see it "
-                "(put the workspace on the shared filesystem)")
-    return None
-
-
-def _args_tuple(item: Any) -> tuple:
-    return item if isinstance(item, tuple) else (item,)
-
-
-def submit(ws: Workspace, stage: str, fn: Callable[..., Any], *args: Any, executor: str | None = None,
-           jobs: Resolved | JobsConfig | None = None, snapshot: dict[str, Any] | None = None,
-           job_name: str | None = None, checkpointable: bool = True, registry: Registry | None = None,
-           **kwargs: Any) -> Submission:
-    """Submit ``fn(*args, **kwargs)`` as one job of ``stage``; record it; return at once.
-
-    ``snapshot`` is the stage's config record (``{"values":…, "sources":…}``) stored
-    with the run. ``fn`` must be importable at module level (submitit pickles it by
-    reference and the job imports it).
-    """
-    call = make_call(fn, args, kwargs, stage, checkpointable)
-    return _submit_calls(ws, stage, [call], executor, jobs, snapshot, job_name, registry, is_array=False)
-
-
-def submit_array(ws: Workspace, stage: str, fn: Callable[..., Any], list_of_args: Sequence[Any], *,
-                 executor: str | None = None, jobs: Resolved | JobsConfig | None = None,
-                 snapshot: dict[str, Any] | None = None, job_name: str | None = None,
-                 checkpointable: bool = True, registry: Registry | None = None,
-                 kwargs: dict[str, Any] | None = None) -> Submission:
-    """One job per element of ``list_of_args`` (a tuple = positional args, anything else = one arg).
-
-    On SLURM this is one ``sbatch --array=0-(n-1)%jobs.array_parallelism`` (submitit
-    ``map_array``); on the local executor every task is its own process, all started now.
-    ``kwargs`` are passed to every call.
-    """
-    if not list_of_args:
-        raise JobsError(f"nothing to submit for {stage}: the list of task arguments is empty")
-    calls = [make_call(fn, _args_tuple(a), kwargs, stage, checkpointable) for a in list_of_args]
-    return _submit_calls(ws, stage, calls, executor, jobs, snapshot, job_name, registry, is_array=True)
-
-
-def _run_debug(ex: submitit.Executor, calls: Sequence[Call]) -> list[Any]:
-    """Run each call now, in this process, writing submitit-style logs and the outcome records."""
-    out = []
-    for call in calls:
-        job = ex.submit(call)  # a lazy DebugJob: we run it ourselves (no pdb on errors)
-        paths: JobPaths = job.paths
-        make_dirs(paths.folder)
-        with open(paths.stdout, "a", encoding="utf-8") as fo, open(paths.stderr, "a", encoding="utf-8") as fe, \
-                contextlib.redirect_stdout(fo), contextlib.redirect_stderr(fe):
-            try:
-                call.run(outcome_path(paths.folder, str(job.job_id)))
-            except Exception:  # noqa: BLE001 - recorded as the job's failure in its outcome record
-                fe.write(traceback.format_exc())
-        out.append(job)
-    return out
-
-
-def _records(jobs: Sequence[Any], calls: Sequence[Call], now: float, attempt: int = 1,
-             task_indices: Sequence[int] | None = None) -> list[JobRecord]:
-    records = []
-    for i, (job, call) in enumerate(zip(jobs, calls, strict=True)):
-        job_id = str(job.job_id)
-        paths: JobPaths = job.paths
-        records.append(JobRecord(
-            run_id="", job_id=job_id, state=State.PENDING, submitted=now,
-            array_job_id=job_id.split("_", 1)[0] if _ARRAY_TASK.match(job_id) else None,
-            task_index=task_indices[i] if task_indices is not None else i, attempt=attempt,
-            stdout=str(paths.stdout), stderr=str(paths.stderr), result_pickle=str(paths.result_pickle),
-            submitted_pickle=str(paths.submitted_pickle), args_repr=call.describe()[:300],
-        ))
-    return records
-
-
-def _submit_to(ex: submitit.Executor, choice: ExecutorChoice, calls: Sequence[Call], is_array: bool,
-               folder: Path) -> list[Any]:
-    """Submit under the workspace's umask (sbatch and local jobs inherit it), then fix the modes."""
-    try:
-        with creation_umask(folder):
-            if choice.name == "debug":
-                return _run_debug(ex, calls)
-            if len(calls) == 1 and not is_array:
-                return [ex.submit(calls[0])]
-            return list(ex.submit_array(list(calls)))
-    finally:
-        apply_modes(folder)
-
-
-def _call_specs(calls: Sequence[Call]) -> dict[str, Any]:
-    """The calls as JSON for ``resubmit``, or why they cannot be recorded."""
-    try:
-        return {"calls": [call_spec(c) for c in calls]}
-    except NotRecordable as exc:
-        return {"calls_not_recorded": f"{exc} has no JSON form"}
-
-
-def _failure_message(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " / ".join(lines[-4:])
-
-
-def _submit_calls(ws: Workspace, stage: str, calls: Sequence[Call], executor: str | None,
-                  jobs: Resolved | JobsConfig | None, snapshot: dict[str, Any] | None, job_name: str | None,
-                  registry: Registry | None, is_array: bool) -> Submission:
-    jobs = jobs if jobs is not None else jobs_config(ws)
-    cfg, origin = _as_config(jobs)
-    choice = choose_executor(executor, cfg, origin)
-    notes = [choice.note, *check_settings(choice, jobs, ws)]
-    run_id = new_run_id(stage)
-    folder = ws.folder("jobs") / run_id
-    if choice.name == "slurm" and (warning := _tmp_warning(folder)):
-        notes.append(warning)
-    name = job_name or f"fmb-{stage}"
-    ex = build_executor(choice, folder, cfg, name)
-    now = time.time()
-    try:
-        submitted = _submit_to(ex, choice, calls, is_array, folder)
-    except Exception as exc:  # noqa: BLE001 - sbatch refusals, pickling errors, ...
-        shutil.rmtree(folder, ignore_errors=True)
-        raise JobsError(f"{choice.name} refused {stage} ({len(calls)} task{'s' if len(calls) != 1 else ''}); "
-                        f"nothing was submitted or recorded: {_failure_message(exc)}") from None
-    records = _records(submitted, calls, now)
-    run = RunRecord(
-        run_id=run_id, stage=stage, executor=choice.name, folder=str(folder),
-        config={"stage": snapshot or {}, "jobs": cfg.model_dump(mode="json"), "executor_choice": choice.note,
-                **_call_specs(calls)},
-        params={k: v for k, v in ex.parameters.items()} | {"python": cfg.python or sys.executable},
-        created=now, n_tasks=len(records), is_array=is_array,
-    )
-    reg = registry or open_registry(ws, cfg.registry_journal)
-    try:
-        records = reg.add_run(run, records)
-        if choice.name in ("debug", "local"):
-            from fmb_engine.jobs.monitor import refresh  # local import: monitor imports this module's peers
-
-            refresh(ws, registry=reg, jobs=records)
-            records = reg.jobs(run_id)
-    finally:
-        if registry is None:
-            reg.close()
-    return Submission(run_id, stage, choice.name, folder, records, list(submitted), notes)
-
-
-# --- cancel, resubmit, attach -------------------------------------------------------------------
-
-
-def cancel(ws: Workspace, ref: str, registry: Registry | None = None) -> list[str]:
-    """Cancel the active jobs ``ref`` names (a run, a job, an array). Returns what happened, line by line."""
-    reg = registry or open_registry(ws)
-    try:
-        run, found = reg.resolve(ref)
-        active = [j for j in found if j.active]
-        if not active:
-            return [f"nothing to cancel: no active job in {run.run_id} ({len(found)} job(s), all ended)"]
-        messages: list[str] = []
-        now = time.time()
-        if run.executor == "slurm":
-            problems = slurm_cli.scancel([j.job_id for j in active])
-            if problems:
-                raise JobsError("; ".join(problems))
-            messages.append(f"scancel sent for {len(active)} job(s): {', '.join(j.job_id for j in active[:10])}"
-                            + (" ..." if len(active) > 10 else ""))
-        elif run.executor == "local":
-            for job in active:
-                messages.append(_cancel_local(job))
-        else:
-            messages.append("debug jobs run in-process at submission: nothing left to cancel")
-        reg.update_jobs({j.key: {"cancel_requested": now} for j in active if j.key is not None})
-        from fmb_engine.jobs.monitor import refresh
-
-        refresh(ws, registry=reg, jobs=reg.jobs(run.run_id))
-        return messages
-    finally:
-        if registry is None:
-            reg.close()
-
-
-def _cancel_local(job: JobRecord) -> str:
-    """What submitit's ``LocalJob.cancel`` does (SIGINT to the job's controller), for a job
-    submitted by another process: the PID is checked to still be that job's controller."""
-    try:
-        pid = int(job.job_id)
-    except ValueError:
-        return f"{job.job_id}: not a local process id"
-    if not pid_alive(pid, must_contain=job.submitit_folder):
-        return f"{job.job_id}: process already ended"
-    try:
-        os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-        return f"{job.job_id}: process already ended"
-    except PermissionError:
-        raise JobsError(f"not allowed to signal process {pid} (another user's job?)") from None
-    return f"{job.job_id}: interrupted (SIGINT to the job's controller)"
-
-
-def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolved | JobsConfig | None = None,
-             registry: Registry | None = None) -> Submission:
-    """Submit again only the tasks of ``ref`` that ended without a result (failed, cancelled,
-    timed out, out of memory, preempted, unknown). Completed and active tasks are left alone.
-
-    Uses the current ``jobs`` config (fix memory or time limits first) and the run's own
-    executor unless ``executor`` is given. New tasks join the same run; the old rows are
-    kept as history (``superseded_by``).
-    """
-    jobs = jobs if jobs is not None else jobs_config(ws)
-    cfg, origin = _as_config(jobs)
-    reg = registry or open_registry(ws, cfg.registry_journal)
-    try:
-        from fmb_engine.jobs.monitor import refresh
-
-        refresh(ws, registry=reg)
-        run, found = reg.resolve(ref)
-        found = reg.jobs(run.run_id) if ref == run.run_id or len(found) > 1 else [reg.job(found[0].key)]
-        targets = [j for j in found if j.state in RESUBMITTABLE and j.superseded_by is None]
-        if not targets:
-            states = ", ".join(sorted({j.state.value for j in found}))
-            raise JobsError(f"nothing to resubmit in {run.run_id}: no failed or missing task (states: {states})")
-        calls = [_recorded_call(run, job) for job in targets]
-        choice = choose_executor(executor or run.executor, cfg, origin if executor is None else "--executor")
-        warnings = check_settings(choice, jobs, ws)
-        attempt = max(j.attempt for j in targets) + 1
-        folder = Path(run.folder) / f"retry-{attempt}-{int(time.time())}"
-        ex = build_executor(choice, folder, cfg, f"fmb-{run.stage}")
-        now = time.time()
-        try:
-            submitted = _submit_to(ex, choice, calls, run.is_array or len(calls) > 1, folder)
-        except Exception as exc:  # noqa: BLE001
-            shutil.rmtree(folder, ignore_errors=True)
-            raise JobsError(f"{choice.name} refused the resubmission of {run.run_id}; nothing was submitted: "
-                            f"{_failure_message(exc)}") from None
-        records = _records(submitted, calls, now, attempt=attempt, task_indices=[j.task_index for j in targets])
-        if choice.name != run.executor:
-            # A run has one executor; a resubmission elsewhere becomes a run of its own.
-            new_run = RunRecord(run_id=new_run_id(run.stage), stage=run.stage, executor=choice.name,
-                                folder=str(folder), config=run.config | {"resubmitted_from": run.run_id},
-                                params=dict(ex.parameters), created=now, n_tasks=len(records),
-                                is_array=run.is_array, note=f"resubmission of {run.run_id}")
-            added = reg.add_run(new_run, records)
-            reg.update_jobs({old.key: {"superseded_by": new.key} for old, new in zip(targets, added, strict=True)})
-            run_id = new_run.run_id
-        else:
-            added = reg.add_jobs(run.run_id, records, supersede={old.key: i for i, old in enumerate(targets)})
-            run_id = run.run_id
-        if choice.name in ("debug", "local"):
-            refresh(ws, registry=reg, jobs=added)
-        return Submission(run_id, run.stage, choice.name, folder, reg.jobs(run_id), list(submitted),
-                          [choice.note, *warnings, f"resubmitted {len(targets)} task(s): "
-                           + ", ".join(str(j.task_index) for j in targets)])
-    finally:
-        if registry is None:
-            reg.close()
-
-
-def _recorded_call(run: RunRecord, job: JobRecord) -> Call:
-    """Task ``job.task_index`` of ``run`` rebuilt from its JSON record (submitit's pickles are never loaded)."""
-    calls = run.config.get("calls")
-    what = f"task {job.task_index} ({job.job_id}) of {run.run_id} cannot be resubmitted"
-    if "attached" in run.config:
-        raise JobsError(f"{what}: it was submitted outside FMB and attached; its call exists only in submitit's "
-                        "pickle, which FMB never loads (a pickle can run code). Resubmit it where it was made.")
-    if not isinstance(calls, list) or not 0 <= job.task_index < len(calls):
-        why = run.config.get("calls_not_recorded") or (
-            "the registry holds no JSON record of its call (a run from an older FMB), and its submitted pickle "
-            "is never loaded (a pickle can run code)")
-        raise JobsError(f"{what}: {why}. Submit the stage again instead.")
-    try:
-        return from_spec(calls[job.task_index], run.stage)
-    except JobsError as exc:
-        raise JobsError(f"{what}: {exc}") from None
-
-
-def attach(ws: Workspace, folder: str | os.PathLike[str], job_id: str, executor: str | None = None,
-           stage: str = "attached", registry: Registry | None = None) -> tuple[RunRecord, list[JobRecord]]:
-    """Register a job submitted by submitit elsewhere (a notebook, another tool, a crashed CLI).
-
-    ``folder`` is its submitit folder (``%j`` already replaced), ``job_id`` a job id, an
-    array task (``123_4``) or an array id (``123``: every task found in the folder).
-    The folder must pass :func:`~fmb_engine.jobs.folders.verify_folder` (yours, or the
-    workspace group's, and writable by nobody else). Nothing in it is unpickled: its
-    state comes from SLURM or the local process (and an FMB outcome record, if any).
-    """
-    folder = Path(folder).expanduser().resolve()
-    job_id = str(job_id).strip()
-    if not folder.is_dir():
-        raise JobsError(f"{folder} is not a folder")
-    if "_" in job_id or (folder / f"{job_id}_submitted.pkl").is_file():
-        ids = [job_id]
-    else:
-        ids = sorted((p.name[: -len("_submitted.pkl")] for p in folder.glob(f"{job_id}_*_submitted.pkl")),
-                     key=lambda s: int(s.rsplit("_", 1)[1]) if s.rsplit("_", 1)[1].isdigit() else 0)
-    ids = [i for i in ids if (folder / f"{i}_submitted.pkl").is_file()]
-    if not ids:
-        raise JobsError(f"no submitit job {job_id} in {folder} (expected {job_id}_submitted.pkl "
-                        f"or {job_id}_<task>_submitted.pkl): not a submitit folder of that job")
-    base = job_id.split("_", 1)[0]
-    task_paths = [JobPaths(folder, job_id=i, task_id=0) for i in ids]
-    verify_folder(ws, folder, [folder / f"{base}_submission.sh"] + [
-        p for paths in task_paths for p in (paths.submitted_pickle, paths.stdout, paths.stderr, paths.result_pickle,
-                                             outcome_path(folder, str(paths.job_id)))])
-    if executor is None:
-        script = folder / f"{base}_submission.sh"
-        executor = "slurm" if script.is_file() and "#SBATCH" in script.read_text(errors="replace") else "local"
-    if executor not in EXECUTORS:
-        raise JobsError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    reg = registry or open_registry(ws)
-    try:
-        for existing in reg.jobs(include_superseded=True):
-            if existing.job_id in ids and existing.folder and Path(existing.folder) == folder:
-                raise JobsError(f"job {existing.job_id} from {folder} is already registered (run {existing.run_id})")
-        submitted = min((folder / f"{i}_submitted.pkl").stat().st_mtime for i in ids)
-        records = []
-        for index, (jid, paths) in enumerate(zip(ids, task_paths, strict=True)):
-            task = int(jid.rsplit("_", 1)[1]) if "_" in jid else index
-            records.append(JobRecord(
-                run_id="", job_id=jid, state=State.PENDING, submitted=submitted,
-                array_job_id=base if "_" in jid else None, task_index=task, stdout=str(paths.stdout),
-                stderr=str(paths.stderr), result_pickle=str(paths.result_pickle),
-                submitted_pickle=str(paths.submitted_pickle), args_repr=None,
-            ))
-        run = RunRecord(run_id=new_run_id(stage), stage=stage, executor=executor, folder=str(folder),
-                        config={"attached": {"folder": str(folder), "job_id": job_id}}, created=submitted,
-                        n_tasks=len(records), is_array=any("_" in i for i in ids), note=f"attached {job_id}")
-        added = reg.add_run(run, records)
-        from fmb_engine.jobs.monitor import refresh
-
-        refresh(ws, registry=reg, jobs=added)
-        return run, reg.jobs(run.run_id)
-    finally:
-        if registry is None:
-            reg.close()
-
-
 __all__ = [
-    "Call", "ResumableCall", "ExecutorChoice", "Submission", "EXECUTORS", "attach", "build_executor", "cancel",
-    "check_settings", "choose_executor", "executor_parameters", "jobs_config", "make_call", "resubmit", "submit", "submit_array",
+    "DEBUG", "EXECUTORS", "KINDS", "LOCAL", "SLURM", "Availability", "DebugKind", "ExecutorChoice", "ExecutorKind",
+    "HostKind", "LocalKind", "Polled", "SlurmKind", "check_settings", "choose_executor", "executor_kind",
+    "kind_that_wrote",
 ]

@@ -1,8 +1,8 @@
 """Monitoring: poll once and update the registry; read and follow job logs.
 
-:func:`refresh` asks each executor once about every job that is not finished: one
-batched ``squeue`` + ``sacct`` for SLURM jobs, the controller PID and outcome record
-for local jobs, the outcome record for debug jobs. States always come from that poll,
+:func:`refresh` asks each executor kind once about every job of it that is not finished
+(:mod:`fmb_engine.jobs.executors`: one batched ``squeue`` + ``sacct`` for SLURM jobs, the
+controller PID and outcome record for local jobs, the outcome record for debug jobs). States always come from that poll,
 never from submitit's cached ``job.state`` (minutes stale by design), and results
 only from the jobs' JSON outcome records (:mod:`fmb_engine.jobs.outcome`): submitit's
 result pickles are never loaded. All changes are written in one registry transaction.
@@ -23,15 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from fmb_engine.jobs import JobsError
-from fmb_engine.jobs import slurm as slurm_cli
-from fmb_engine.jobs.registry import JobRecord, Registry, open_registry
-from fmb_engine.jobs.outcome import read_outcome, result_pickle_note
-from fmb_engine.jobs.states import TERMINAL, State, derive_debug, derive_local
+from fmb_engine.jobs.executors import KINDS
+from fmb_engine.jobs.registry import JobRecord, Registry, borrow_or_open, open_registry
+from fmb_engine.jobs.states import TERMINAL, State
 from fmb_engine.workspace import Workspace
 
-#: A SLURM job neither squeue nor sacct knows becomes UNKNOWN after this long
-#: (sacct can lag a few seconds behind the controller).
-VANISH_GRACE_S = 120.0
 #: UNKNOWN jobs older than this are no longer polled (they would only widen every sacct query).
 STALE_AFTER_S = 7 * 24 * 3600.0
 
@@ -58,118 +54,29 @@ def _changes(job: JobRecord, new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ended_at(job: JobRecord, now: float) -> float:
-    try:
-        return job.outcome_file.stat().st_mtime
-    except OSError:
-        return now
-
-
-def _from_outcome(job: JobRecord, now: float) -> dict[str, Any] | None:
-    """A SLURM job that squeue and sacct no longer know: its outcome record, when there is one."""
-    outcome = read_outcome(job.outcome_file)
-    if outcome is None or not outcome.usable:
-        return None
-    update: dict[str, Any] = {"state": State.COMPLETED if outcome.status == "success" else State.FAILED,
-                              "raw_state": f"outcome:{outcome.status}", "reason": None}
-    if outcome.error:
-        update["error"] = outcome.error
-    if outcome.outputs is not None:
-        update["outputs"] = outcome.outputs
-    if job.ended is None:
-        update["ended"] = _ended_at(job, now)
-    return update
-
-
-def _slurm_update(job: JobRecord, row: slurm_cli.SlurmRow | None, now: float,
-                  sacct_available: bool = True) -> dict[str, Any]:
-    if row is None:
-        from_file = _from_outcome(job, now)
-        if from_file is not None:
-            return from_file
-        seen = job.last_seen or job.submitted
-        if now - seen > VANISH_GRACE_S:
-            if job.cancel_requested:
-                return {"state": State.CANCELLED, "raw_state": "CANCELLED", "reason": None,
-                        "error": "cancelled; no longer known to squeue or sacct"}
-            return {"state": State.UNKNOWN, "raw_state": "NOT FOUND",
-                    "error": f"not known to squeue or sacct for {int(now - seen)} s (purged, or accounting off)"}
-        return {}
-    if row.source == "squeue" and row.state in TERMINAL and row.exit_code is None and sacct_available:
-        # The controller says it ended but accounting has not caught up (a few seconds): keep
-        # polling until sacct adds the exit code, rather than freezing an incomplete record.
-        return {"raw_state": f"{row.raw_state} (awaiting sacct)", "last_seen": now, "reason": None,
-                "state": job.state if job.state is not State.PENDING else State.RUNNING}
-    update: dict[str, Any] = {
-        "state": row.state, "raw_state": row.raw_state, "last_seen": now,
-        "reason": row.reason if row.state is State.PENDING else None,
-    }
-    for key in ("exit_code", "started", "ended", "node"):
-        value = getattr(row, key)
-        if value is not None:
-            update[key] = value
-    if row.state in TERMINAL or row.state is State.PREEMPTED:
-        outcome = read_outcome(job.outcome_file)
-        if outcome is not None and outcome.status == "error":
-            update["state"] = State.FAILED if row.state is State.COMPLETED else row.state
-            update["error"] = outcome.error
-        elif outcome is not None and outcome.status == "success":
-            if outcome.outputs is not None:
-                update["outputs"] = outcome.outputs
-        elif outcome is not None:
-            update["error"] = outcome.error
-        elif row.state is State.COMPLETED:
-            note = result_pickle_note(job.result_pickle)
-            update["error"] = note if job.attached and note else "; ".join(filter(None, [
-                "SLURM says completed but the job wrote no outcome record (see the logs)", note]))
-        if "ended" not in update and job.ended is None:  # squeue alone (no accounting) has no end time
-            update["ended"] = _ended_at(job, now)
-    return update
-
-
 def refresh(ws: Workspace, registry: Registry | None = None, jobs: Sequence[JobRecord] | None = None,
             runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
             now: float | None = None) -> RefreshReport:
-    """Poll once for every non-terminal job (or just ``jobs``) and update the registry."""
+    """Poll once for every non-terminal job (or just ``jobs``) and update the registry.
+
+    Each executor kind is asked once about all of its jobs (:meth:`ExecutorKind.poll
+    <fmb_engine.jobs.executors.ExecutorKind.poll>`); a job of a kind this FMB does not know
+    is left as it is.
+    """
     t0 = time.perf_counter()
-    reg = registry or open_registry(ws)
-    try:
+    with borrow_or_open(ws, registry) as reg:
         now = time.time() if now is None else now
         todo = [j for j in (jobs if jobs is not None else reg.active_jobs())
                 if j.state not in TERMINAL and j.superseded_by is None
                 and not (j.state is State.UNKNOWN and now - j.submitted > STALE_AFTER_S)]
         report = RefreshReport(polled=len(todo))
         updates: dict[int, dict[str, Any]] = {}
-        slurm_jobs = [j for j in todo if j.executor == "slurm"]
-        if slurm_jobs:
-            polled = slurm_cli.poll([j.job_id for j in slurm_jobs], {j.job_id: j.submitted for j in slurm_jobs},
-                                    runner=runner)
-            report.problems.extend(polled.problems)
-            for job in slurm_jobs:
-                updates[job.key] = _slurm_update(job, polled.rows.get(job.job_id), now, polled.sacct_available)  # type: ignore[index]
-        for job in todo:
-            if job.executor == "local":
-                derived = derive_local(job.job_id, job.submitit_folder, job.outcome_file,
-                                       cancel_requested=bool(job.cancel_requested),
-                                       pickle_note=result_pickle_note(job.result_pickle), attached=job.attached)
-            elif job.executor == "debug":
-                derived = derive_debug(job.outcome_file)
-            else:
-                continue
-            update: dict[str, Any] = {"state": derived.state, "raw_state": derived.raw, "reason": None}
-            if derived.error:
-                update["error"] = derived.error
-            if derived.state is State.RUNNING and job.started is None:
-                update["started"] = job.submitted
-            if derived.state in TERMINAL:
-                outcome = read_outcome(job.outcome_file)
-                if outcome is not None and outcome.outputs is not None:
-                    update["outputs"] = outcome.outputs
-                if job.started is None:
-                    update["started"] = job.submitted
-                if job.ended is None:
-                    update["ended"] = _ended_at(job, now)
-            updates[job.key] = update  # type: ignore[index]
+        for name, kind in KINDS.items():
+            of_kind = [j for j in todo if j.executor == name]
+            if of_kind:
+                polled = kind.poll(of_kind, now, runner)
+                report.problems.extend(polled.problems)
+                updates.update(polled.updates)
         for job in todo:
             report.by_executor[job.executor or "?"] = report.by_executor.get(job.executor or "?", 0) + 1
         changed = {}
@@ -181,16 +88,12 @@ def refresh(ws: Workspace, registry: Registry | None = None, jobs: Sequence[JobR
         report.changed = sum(1 for d in changed.values() if set(d) - {"last_polled", "last_seen"})
         report.seconds = time.perf_counter() - t0
         return report
-    finally:
-        if registry is None:
-            reg.close()
 
 
 def wait(ws: Workspace, run_id: str, timeout_s: float = 600.0, poll_s: float = 2.0,
          registry: Registry | None = None) -> list[JobRecord]:
     """Poll until every current job of ``run_id`` is terminal; returns them. Raises on timeout."""
-    reg = registry or open_registry(ws)
-    try:
+    with borrow_or_open(ws, registry) as reg:
         deadline = time.monotonic() + timeout_s
         while True:
             jobs = reg.jobs(run_id)
@@ -202,9 +105,6 @@ def wait(ws: Workspace, run_id: str, timeout_s: float = 600.0, poll_s: float = 2
                 states = ", ".join(f"{j.job_id}={j.state.value}" for j in jobs)
                 raise JobsError(f"run {run_id} not finished after {timeout_s:.0f}s: {states}")
             time.sleep(poll_s)
-    finally:
-        if registry is None:
-            reg.close()
 
 
 # --- logs -------------------------------------------------------------------------------------

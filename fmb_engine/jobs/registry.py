@@ -28,7 +28,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -430,3 +430,14 @@ def run_state(counts: dict[State, int]) -> State:
 def open_registry(ws: Workspace, journal: str = "wal") -> Registry:
     """The workspace's registry (created on first use)."""
     return Registry.for_workspace(ws, journal=journal)
+
+
+@contextlib.contextmanager
+def borrow_or_open(ws: Workspace, registry: Registry | None = None, journal: str = "wal") -> Iterator[Registry]:
+    """``registry`` when the caller lends one (it stays open), else the workspace's, opened here and
+    closed on the way out: functions that take an optional registry use it once, the same way."""
+    if registry is not None:
+        yield registry
+        return
+    with open_registry(ws, journal) as reg:
+        yield reg

@@ -12,7 +12,7 @@ from typing import Any
 
 from fmb_engine.config import Resolved
 from fmb_engine.jobs.calls import rebuild_resolved as _resolved
-from fmb_engine.jobs.executors import Submission, submit, submit_array
+from fmb_engine.jobs.submission import Submission, submit, submit_array
 from fmb_engine.workspace import Workspace
 
 

@@ -275,7 +275,7 @@ class JobsScreen(FMBScreen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                from fmb_engine.jobs.executors import cancel
+                from fmb_engine.jobs.submission import cancel
 
                 self.background(cancel, self.fmb.workspace, job.job_id, then=self._cancelled)
 
@@ -297,7 +297,7 @@ class JobsScreen(FMBScreen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                from fmb_engine.jobs.executors import resubmit
+                from fmb_engine.jobs.submission import resubmit
 
                 self.background(resubmit, self.fmb.workspace, job.job_id, then=self._resubmitted)
 

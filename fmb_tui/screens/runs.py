@@ -19,8 +19,6 @@ from fmb_tui.safe_text import escape, plain
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.widgets.config_form import FORM_ORIGIN, ConfigForm, error_lines
 
-EXECUTORS = ("local", "slurm", "debug", "auto")
-
 
 def nest(section: str, values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = values
@@ -170,6 +168,8 @@ class RunsScreen(FMBScreen):
         return specs, layers, jobs
 
     def _show_catalog(self, result) -> None:
+        from fmb_engine.jobs.executors import EXECUTORS
+
         specs, self.config_layers, self.jobs_resolved = result
         self.specs = {s.name: s for s in specs}
         ol = self.query_one("#stages", OptionList)
@@ -179,7 +179,7 @@ class RunsScreen(FMBScreen):
         origin = self.jobs_resolved.sources.get("executor", "default")
         select = self.query_one("#executor", Select)
         select.set_options([(plain(f"executor: as configured ({configured}, {ConfigForm._short(origin)})"), "__config__")]
-                           + [(f"executor: {e}", e) for e in EXECUTORS])
+                           + [(f"executor: {e}", e) for e in (*EXECUTORS, "auto")])
         select.value = "__config__"
         if specs:
             ol.highlighted = 0

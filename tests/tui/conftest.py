@@ -51,7 +51,7 @@ def tui_ws(tui_template: Path, tmp_path: Path) -> Iterator[Workspace]:
 def _cancel_submitted(ws: Workspace) -> None:
     """A run a test submitted from a form (ctrl+s; the fuzzer too) must not outlive the test: a local
     retrain job went on for an hour in the background, with 8 GB, after the test had passed."""
-    from fmb_engine.jobs.executors import cancel
+    from fmb_engine.jobs.submission import cancel
     from fmb_engine.jobs.registry import open_registry
 
     if not (ws.folder("jobs") / "registry.sqlite").exists():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fmb_engine.jobs.executors import submit
+from fmb_engine.jobs.submission import submit
 from fmb_engine.jobs.registry import open_registry
 from fmb_engine.jobs.selftest import fail, sleep_then, write_shard
 from fmb_engine.jobs.states import State

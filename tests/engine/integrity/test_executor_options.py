@@ -16,9 +16,9 @@ import typer
 from typer.testing import CliRunner
 
 from fmb_engine.cli.main import app, main
-from fmb_engine.jobs import executors, selftest
+from fmb_engine.jobs import selftest, submission
 from fmb_engine.jobs import stages as job_stages
-from fmb_engine.jobs.executors import Submission
+from fmb_engine.jobs.submission import Submission
 
 #: Options every submitting command shares and that are not about the stage.
 COMMON = {"--workspace", "--config", "--executor", "--help"}
@@ -46,7 +46,7 @@ def captured(monkeypatch):
 
     monkeypatch.setattr(job_stages, "submit", fake_submit)
     monkeypatch.setattr(job_stages, "submit_array", fake_array)
-    monkeypatch.setattr(executors, "submit_array", fake_array)
+    monkeypatch.setattr(submission, "submit_array", fake_array)
     return seen
 
 
@@ -182,7 +182,7 @@ def test_task_config_settings_an_executor_ignores_are_errors(ws, capsys, tmp_pat
 
 def test_workspace_defaults_an_executor_ignores_are_warnings(ws, capsys):
     (ws.root / "fmb.yaml").write_text("general:\n  survey: mock\njobs:\n  partition: gpu\n")
-    sub = executors.submit(ws, "selftest", selftest.sleep_then, 0, executor="debug", jobs=executors.jobs_config(ws))
+    sub = submission.submit(ws, "selftest", selftest.sleep_then, 0, executor="debug", jobs=submission.jobs_config(ws))
     assert any(n.startswith("warning: jobs.partition = 'gpu'") and "fmb.yaml" in n
                and "ignored by the debug executor" in n for n in sub.notes)
 

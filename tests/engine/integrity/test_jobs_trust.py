@@ -21,7 +21,7 @@ import submitit
 from typer.testing import CliRunner
 
 from fmb_engine.cli.main import app
-from fmb_engine.jobs import JobsError, executors, monitor, selftest
+from fmb_engine.jobs import JobsError, monitor, selftest, submission
 from fmb_engine.jobs.config import JobsConfig
 from fmb_engine.jobs.folders import verify_folder
 from fmb_engine.jobs.outcome import outcome_path, read_outcome, write_outcome
@@ -91,13 +91,13 @@ def test_attach_show_list_refresh_never_unpickle_a_planted_result(workspace, tmp
     assert not marker.exists()
     assert monitor.refresh(workspace).polled == 1 and not marker.exists()  # still polled, never loaded
     with pytest.raises(JobsError, match="submitted outside FMB"):
-        executors.resubmit(workspace, record.run_id)
+        submission.resubmit(workspace, record.run_id)
     assert not marker.exists()
 
 
 def test_own_runs_read_only_their_outcome_records(workspace, tmp_path, marker):
     """A local job with a planted result pickle while it runs, and a debug run resubmitted over planted pickles."""
-    sub = executors.submit(workspace, "selftest", selftest.sleep_then, 2, "slept", executor="local")
+    sub = submission.submit(workspace, "selftest", selftest.sleep_then, 2, "slept", executor="local")
     (job,) = sub.records
     plant(Path(job.result_pickle), marker)  # submitit replaces it at the end; readers never load it meanwhile
     assert cli("jobs", "show", sub.run_id, "-w", str(workspace.root)).exit_code == 0
@@ -105,22 +105,22 @@ def test_own_runs_read_only_their_outcome_records(workspace, tmp_path, marker):
     assert done.state is State.COMPLETED and done.outputs == {"result": "slept"} and not marker.exists()
     assert read_outcome(done.outcome_file).status == "success"
 
-    bad = executors.submit(workspace, "selftest", selftest.fail, "planted", executor="debug")
+    bad = submission.submit(workspace, "selftest", selftest.fail, "planted", executor="debug")
     (failed,) = bad.records
     assert failed.state is State.FAILED and failed.error == "RuntimeError: planted"
     folder = Path(failed.submitit_folder)
     assert not list(folder.glob("*.pkl"))  # the debug executor writes no pickles at all
     plant(folder / f"{failed.job_id}_submitted.pkl", marker)
     plant(folder / f"{failed.job_id}_0_result.pkl", marker)
-    again = executors.resubmit(workspace, bad.run_id)  # rebuilt from the registry's JSON record of the call
+    again = submission.resubmit(workspace, bad.run_id)  # rebuilt from the registry's JSON record of the call
     assert again.records[-1].state is State.FAILED and not marker.exists()
     with open_registry(workspace) as reg:
         assert reg.run(bad.run_id).config["calls"][0]["function"] == "fmb_engine.jobs.selftest:fail"
 
 
 def test_slurm_states_never_read_a_planted_result(fake, workspace, marker):  # noqa: F811
-    sub = executors.submit_array(workspace, "selftest", selftest.write_shard, [("/x", i, 2) for i in range(2)],
-                                 executor="slurm", jobs=JobsConfig())
+    sub = submission.submit_array(workspace, "selftest", selftest.write_shard, [("/x", i, 2) for i in range(2)],
+                                  executor="slurm", jobs=JobsConfig())
     folder = Path(sub.folder)
     for job_id in sub.job_ids:
         plant(folder / f"{job_id}_0_result.pkl", marker)
@@ -140,7 +140,7 @@ def test_slurm_states_never_read_a_planted_result(fake, workspace, marker):  # n
 def test_unknown_recorded_functions_are_not_rebuilt(workspace, tmp_path):
     from fmb_engine.jobs.calls import from_spec
 
-    for name in ("os:system", "fmb_engine.jobs.executors:_recorded_call", "fmb_engine.jobs.nope:x", "builtins:open"):
+    for name in ("os:system", "fmb_engine.jobs.submission:_recorded_call", "fmb_engine.jobs.nope:x", "builtins:open"):
         with pytest.raises(JobsError, match="recorded function"):
             from_spec({"function": name, "args": ["touch /tmp/x"], "kwargs": {}}, "x")
     with pytest.raises(JobsError, match="not understood"):
@@ -166,23 +166,23 @@ def test_attach_refuses_folders_others_could_write(workspace, tmp_path, marker):
     assert "writable by everyone (mode 0777)" in str(refused.exception) and str(folder) in str(refused.exception)
     os.chmod(folder, 0o770)
     with pytest.raises(JobsError, match="writable by its group .* the workspace is not group-shared"):
-        executors.attach(workspace, folder, job_id)
+        submission.attach(workspace, folder, job_id)
     os.chmod(folder, 0o750)
     log = folder / f"{job_id}_0_log.out"
     log.unlink()
     log.symlink_to("/etc/hostname")
     with pytest.raises(JobsError, match="not a regular file \\(a symbolic link\\)"):
-        executors.attach(workspace, folder, job_id)
+        submission.attach(workspace, folder, job_id)
     log.unlink()
     log.write_text("log\n")
     if os.geteuid() == 0:  # root can hand the folder to someone else
         os.chown(folder, 54321, 54321)
         with pytest.raises(JobsError, match="belongs to uid 54321, not to you"):
-            executors.attach(workspace, folder, job_id)
+            submission.attach(workspace, folder, job_id)
         os.chown(folder, 0, 0)
     with pytest.raises(JobsError, match="not a submitit folder"):
-        executors.attach(workspace, tmp_path, "999")
-    run, jobs = executors.attach(workspace, folder, job_id)  # all right again
+        submission.attach(workspace, tmp_path, "999")
+    run, jobs = submission.attach(workspace, folder, job_id)  # all right again
     assert run.executor == "local" and len(jobs) == 1
     with open_registry(workspace) as reg:
         assert len(reg.runs()) == 1  # refused attaches recorded nothing
@@ -216,7 +216,7 @@ def test_job_files_follow_the_workspace_mode_rule(tmp_path, monkeypatch, shared,
     ws = Workspace.init(tmp_path / "ws", shared=shared)
     old = os.umask(0o000)  # the worst umask a user could have: nothing may come out world-writable
     try:
-        sub = executors.submit(ws, "selftest", selftest.write_shard, str(ws.root / "out"), 0, 1, executor=executor)
+        sub = submission.submit(ws, "selftest", selftest.write_shard, str(ws.root / "out"), 0, 1, executor=executor)
         monitor.wait(ws, sub.run_id, timeout_s=60, poll_s=0.2)
     finally:
         os.umask(old)
@@ -241,8 +241,8 @@ def test_slurm_job_files_follow_the_mode_rule(tmp_path, monkeypatch):
     monkeypatch.delenv("FMB_WORKSPACE", raising=False)
     ws = Workspace.init(tmp_path / "ws", shared=True)
     cfg = JobsConfig(executor="slurm", timeout_min=5, cpus_per_task=1, mem_gb=0.25)
-    sub = executors.submit(ws, "selftest", selftest.write_shard, str(ws.root / "out"), 0, 1, executor="slurm",
-                           jobs=cfg)
+    sub = submission.submit(ws, "selftest", selftest.write_shard, str(ws.root / "out"), 0, 1, executor="slurm",
+                            jobs=cfg)
     (job,) = monitor.wait(ws, sub.run_id, timeout_s=240, poll_s=1.0)
     assert job.state is State.COMPLETED, job.error
     modes = _modes(Path(sub.folder))
@@ -268,11 +268,11 @@ def test_calls_are_recorded_as_json_and_rebuilt(workspace):
 
 
 def test_a_call_without_json_form_is_not_resubmittable(workspace):
-    bad = executors.submit(workspace, "selftest", selftest.fail, object(), executor="debug")
+    bad = submission.submit(workspace, "selftest", selftest.fail, object(), executor="debug")
     with open_registry(workspace) as reg:
         assert "argument of type object" in reg.run(bad.run_id).config["calls_not_recorded"]
     with pytest.raises(JobsError, match="cannot be resubmitted: an argument of type object has no JSON form"):
-        executors.resubmit(workspace, bad.run_id)
+        submission.resubmit(workspace, bad.run_id)
 
 
 def test_a_run_from_an_older_fmb_is_not_resubmitted_from_its_pickle(workspace, marker):
@@ -281,7 +281,7 @@ def test_a_run_from_an_older_fmb_is_not_resubmitted_from_its_pickle(workspace, m
 
     from fmb_engine.jobs.registry import REGISTRY_NAME
 
-    bad = executors.submit(workspace, "selftest", selftest.fail, "old", executor="debug")
+    bad = submission.submit(workspace, "selftest", selftest.fail, "old", executor="debug")
     (job,) = bad.records
     plant(Path(job.submitted_pickle), marker)
     db = sqlite3.connect(workspace.folder("jobs") / REGISTRY_NAME)
@@ -289,5 +289,5 @@ def test_a_run_from_an_older_fmb_is_not_resubmitted_from_its_pickle(workspace, m
     db.commit()
     db.close()
     with pytest.raises(JobsError, match="older FMB.*submitted pickle is never loaded"):
-        executors.resubmit(workspace, bad.run_id)
+        submission.resubmit(workspace, bad.run_id)
     assert not marker.exists()

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fmb_engine.jobs import JobsError, executors, monitor, selftest
+from fmb_engine.jobs import JobsError, executors, monitor, selftest, submission
 from fmb_engine.jobs.config import JobsConfig
 from fmb_engine.jobs.registry import open_registry
 from fmb_engine.jobs.states import State
@@ -42,7 +42,7 @@ def wait_for(predicate, timeout=20.0, every=0.05):
 
 def test_slurm_requested_without_sbatch_is_a_clear_error(no_slurm, workspace):
     with pytest.raises(JobsError) as err:
-        executors.submit(workspace, "embed", selftest.sleep_then, 0, executor="slurm")
+        submission.submit(workspace, "embed", selftest.sleep_then, 0, executor="slurm")
     message = str(err.value)
     assert "executor slurm was requested (from --executor)" in message
     assert "sbatch and srun are not on PATH" in message and "--executor local" in message
@@ -50,7 +50,7 @@ def test_slurm_requested_without_sbatch_is_a_clear_error(no_slurm, workspace):
         assert reg.runs() == []
     (workspace.root / "fmb.yaml").write_text("jobs:\n  executor: slurm\n")
     with pytest.raises(JobsError, match=r"from .*fmb.yaml"):  # the config layer is named
-        executors.submit(workspace, "embed", selftest.sleep_then, 0)
+        submission.submit(workspace, "embed", selftest.sleep_then, 0)
 
 
 def test_auto_says_what_it_chose(no_slurm):
@@ -62,18 +62,17 @@ def test_auto_says_what_it_chose(no_slurm):
 
 
 def test_slurm_parameters_from_config():
-    choice = executors.ExecutorChoice("slurm", "slurm", "test", "")
     cfg = JobsConfig(partition="gpu", qos="high", account="a1", constraint="a100", gpus_per_node=1, cpus_per_task=8,
                      mem_gb=32, timeout_min=120, array_parallelism=4, setup=["module load cuda/12"],
                      sbatch_extra={"mail-type": "END"})
-    params = executors.executor_parameters(choice, cfg, "fmb-embed")
+    params = executors.SLURM.parameters(cfg, "fmb-embed")
     assert params == {
         "name": "fmb-embed", "timeout_min": 120, "cpus_per_task": 8, "gpus_per_node": 1, "mem_gb": 32,
         "slurm_partition": "gpu", "slurm_account": "a1", "slurm_qos": "high", "slurm_constraint": "a100",
         "slurm_array_parallelism": 4, "slurm_signal_delay_s": 90, "slurm_setup": ["module load cuda/12"],
         "slurm_additional_parameters": {"mail-type": "END"},
     }
-    local = executors.executor_parameters(executors.ExecutorChoice("local", "local", "t", ""), cfg, "x")
+    local = executors.LOCAL.parameters(cfg, "x")
     assert not any(k.startswith("slurm_") for k in local)
 
 
@@ -82,12 +81,12 @@ def test_config_section_is_registered_and_validated(workspace):
     from fmb_engine.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Did you mean 'partition'"):
-        executors.jobs_config(workspace)
+        submission.jobs_config(workspace)
     (workspace.root / "fmb.yaml").write_text('jobs:\n  setup: ["a\\nb"]\n')
     with pytest.raises(ConfigError, match="one line"):
-        executors.jobs_config(workspace)
+        submission.jobs_config(workspace)
     (workspace.root / "fmb.yaml").write_text("jobs:\n  partition: gpu\n  executor: debug\n")
-    resolved = executors.jobs_config(workspace, executor="local")
+    resolved = submission.jobs_config(workspace, executor="local")
     assert resolved.values.partition == "gpu" and resolved.values.executor == "local"
     assert resolved.sources["executor"] == "command line"
 
@@ -98,8 +97,8 @@ def test_config_section_is_registered_and_validated(workspace):
 def test_local_array_end_to_end(workspace, tmp_path):
     out = tmp_path / "shards"
     t0 = time.monotonic()
-    sub = executors.submit_array(workspace, "selftest", selftest.write_shard, [(str(out), i, 3) for i in range(3)],
-                                 executor="local", snapshot={"values": {"n": 3}})
+    sub = submission.submit_array(workspace, "selftest", selftest.write_shard, [(str(out), i, 3) for i in range(3)],
+                                  executor="local", snapshot={"values": {"n": 3}})
     assert time.monotonic() - t0 < 5  # returns at once
     assert sub.executor == "local" and len(sub.job_ids) == 3 and all(j.isdigit() for j in sub.job_ids)
     assert Path(sub.folder).parent == workspace.folder("jobs")
@@ -115,7 +114,7 @@ def test_local_array_end_to_end(workspace, tmp_path):
 
 
 def test_local_cancel_and_follow_logs(workspace):
-    sub = executors.submit(workspace, "selftest", selftest.sleep_then, 60, executor="local")
+    sub = submission.submit(workspace, "selftest", selftest.sleep_then, 60, executor="local")
     (job,) = sub.records
     assert job.state is State.RUNNING
     wait_for(lambda: Path(job.stdout).exists() and "sleeping" in Path(job.stdout).read_text(), timeout=20)
@@ -124,9 +123,9 @@ def test_local_cancel_and_follow_logs(workspace):
     for chunk in monitor.logs(job, follow=True, poll_s=0.1, should_stop=lambda: time.monotonic() > stop_after):
         seen.append(chunk)
     assert sum("sleeping" in c for c in "".join(seen).splitlines()) >= 2  # it kept reading new lines
-    messages = executors.cancel(workspace, job.job_id)
+    messages = submission.cancel(workspace, job.job_id)
     assert "interrupted" in messages[0]
-    wait_for(lambda: executors.cancel(workspace, job.job_id)[0].startswith("nothing to cancel"), timeout=20, every=0.2)
+    wait_for(lambda: submission.cancel(workspace, job.job_id)[0].startswith("nothing to cancel"), timeout=20, every=0.2)
     with open_registry(workspace) as reg:
         done = reg.jobs(sub.run_id)[0]
     assert done.state is State.CANCELLED and done.cancel_requested
@@ -134,7 +133,7 @@ def test_local_cancel_and_follow_logs(workspace):
 
 def test_preemption_requeues_and_keeps_progress(workspace, tmp_path):
     out = tmp_path / "steps"
-    sub = executors.submit(workspace, "selftest", selftest.count_steps, str(out), 12, 0.1, executor="local")
+    sub = submission.submit(workspace, "selftest", selftest.count_steps, str(out), 12, 0.1, executor="local")
     controller = int(sub.job_ids[0])
     wait_for(lambda: len(list(out.glob("step-*.done"))) >= 2, timeout=30)
     children = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
@@ -152,33 +151,33 @@ def test_resubmit_runs_only_the_failed_tasks(workspace, tmp_path):
     good, blocked = tmp_path / "good", tmp_path / "blocked"
     blocked.write_text("a file where a folder should be\n")
     args = [(str(good), 0, 3), (str(blocked), 1, 3), (str(good), 2, 3)]
-    sub = executors.submit_array(workspace, "selftest", selftest.write_shard, args, executor="local")
+    sub = submission.submit_array(workspace, "selftest", selftest.write_shard, args, executor="local")
     jobs = monitor.wait(workspace, sub.run_id, timeout_s=60, poll_s=0.2)
     assert [j.state for j in jobs] == [State.COMPLETED, State.FAILED, State.COMPLETED]
     assert "Error" in jobs[1].error
     blocked.unlink()
-    again = executors.resubmit(workspace, sub.run_id)
+    again = submission.resubmit(workspace, sub.run_id)
     assert again.run_id == sub.run_id and "resubmitted 1 task(s): 1" in again.notes[-1]
     jobs = monitor.wait(workspace, sub.run_id, timeout_s=60, poll_s=0.2)
     assert [(j.task_index, j.state, j.attempt) for j in jobs] == [
         (0, State.COMPLETED, 1), (1, State.COMPLETED, 2), (2, State.COMPLETED, 1)]
     assert (blocked / "shard-0001-of-0003.json").is_file()
     with pytest.raises(JobsError, match="nothing to resubmit"):
-        executors.resubmit(workspace, sub.run_id)
+        submission.resubmit(workspace, sub.run_id)
 
 
 # --- debug executor ----------------------------------------------------------------------------
 
 
 def test_debug_runs_in_process_and_records_failures(workspace, tmp_path):
-    ok = executors.submit(workspace, "selftest", selftest.write_shard, str(tmp_path / "d"), 0, 1, executor="debug")
+    ok = submission.submit(workspace, "selftest", selftest.write_shard, str(tmp_path / "d"), 0, 1, executor="debug")
     assert ok.records[0].state is State.COMPLETED and (tmp_path / "d" / "shard-0000-of-0001.json").is_file()
-    bad = executors.submit(workspace, "selftest", selftest.fail, "boom", executor="debug")  # no pdb prompt
+    bad = submission.submit(workspace, "selftest", selftest.fail, "boom", executor="debug")  # no pdb prompt
     (job,) = bad.records
     assert job.state is State.FAILED and job.error == "RuntimeError: boom"
     assert "this goes to stderr" in "".join(monitor.logs(job, stderr=True))
     assert "about to fail" in "".join(monitor.logs(job))
-    assert executors.cancel(workspace, bad.run_id)[0].startswith("nothing to cancel")
+    assert submission.cancel(workspace, bad.run_id)[0].startswith("nothing to cancel")
 
 
 def test_attach_an_existing_submitit_job(workspace, tmp_path):
@@ -188,14 +187,14 @@ def test_attach_an_existing_submitit_job(workspace, tmp_path):
     ex = submitit.AutoExecutor(folder, cluster="local")
     job = ex.submit(selftest.sleep_then, 0, "attached!")
     wait_for(lambda: Path(job.paths.result_pickle).exists() and job.done(), timeout=30)
-    run, jobs = executors.attach(workspace, folder, job.job_id)
+    run, jobs = submission.attach(workspace, folder, job.job_id)
     # submitted outside FMB: no outcome record, and submitit's result pickle is never loaded
     assert run.executor == "local" and jobs[0].state is State.UNKNOWN and jobs[0].outputs is None
     assert "which FMB never loads" in jobs[0].error
     with pytest.raises(JobsError, match="already registered"):
-        executors.attach(workspace, folder, job.job_id)
+        submission.attach(workspace, folder, job.job_id)
     with pytest.raises(JobsError, match="no submitit job 12345"):
-        executors.attach(workspace, folder, "12345")
+        submission.attach(workspace, folder, "12345")
 
 
 # --- the CLI group -------------------------------------------------------------------------------
@@ -213,8 +212,8 @@ def test_cli_list_show_logs_resubmit(workspace, tmp_path, monkeypatch):
     from fmb_engine.cli import common
 
     monkeypatch.setattr(common.console, "width", 220)  # the console is created once, at import
-    ok = executors.submit(workspace, "selftest", selftest.write_shard, str(tmp_path / "c"), 0, 1, executor="debug")
-    bad = executors.submit(workspace, "detect", selftest.fail, "cli boom", executor="debug")
+    ok = submission.submit(workspace, "selftest", selftest.write_shard, str(tmp_path / "c"), 0, 1, executor="debug")
+    bad = submission.submit(workspace, "detect", selftest.fail, "cli boom", executor="debug")
     runner = CliRunner()
     app = _cli()
     ws = ["--workspace", str(workspace.root)]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from fmb_engine.jobs import JobsError, executors, monitor, selftest
+from fmb_engine.jobs import JobsError, monitor, selftest, submission
 from fmb_engine.jobs import slurm as slurm_cli
 from fmb_engine.jobs.config import JobsConfig
 from fmb_engine.jobs.registry import open_registry
@@ -51,8 +51,8 @@ def done(jobs) -> bool:
 
 def test_array_runs_to_completion_with_states_from_squeue_and_sacct(workspace, tmp_path):
     out = tmp_path / "shards"
-    sub = executors.submit_array(workspace, "selftest", selftest.write_shard, [(str(out), i, 3) for i in range(3)],
-                                 executor="slurm", jobs=CFG, snapshot={"values": {"shards": 3}})
+    sub = submission.submit_array(workspace, "selftest", selftest.write_shard, [(str(out), i, 3) for i in range(3)],
+                                  executor="slurm", jobs=CFG, snapshot={"values": {"shards": 3}})
     assert sub.executor == "slurm" and len(sub.job_ids) == 3
     array_id = sub.job_ids[0].split("_")[0]
     assert sub.job_ids == [f"{array_id}_{i}" for i in range(3)]
@@ -76,9 +76,9 @@ def test_array_runs_to_completion_with_states_from_squeue_and_sacct(workspace, t
 
 
 def test_cancel_a_running_job(workspace):
-    sub = executors.submit(workspace, "selftest", selftest.sleep_then, 300, executor="slurm", jobs=CFG)
+    sub = submission.submit(workspace, "selftest", selftest.sleep_then, 300, executor="slurm", jobs=CFG)
     poll_until(workspace, sub.run_id, lambda jobs: jobs[0].state is State.RUNNING, timeout_s=60)
-    messages = executors.cancel(workspace, sub.run_id)
+    messages = submission.cancel(workspace, sub.run_id)
     assert messages[0].startswith("scancel sent for 1 job(s)")
     (job,) = poll_until(workspace, sub.run_id, done, timeout_s=60)
     assert job.state is State.CANCELLED and job.raw_state.startswith("CANCELLED") and job.cancel_requested
@@ -87,8 +87,8 @@ def test_cancel_a_running_job(workspace):
 def test_bad_partition_is_a_clear_error_and_nothing_is_recorded(workspace):
     bad = CFG.model_copy(update={"partition": "no-such-partition"})
     with pytest.raises(JobsError) as err:
-        executors.submit_array(workspace, "selftest", selftest.write_shard, [("/nowhere", 0, 1)], executor="slurm",
-                               jobs=bad)
+        submission.submit_array(workspace, "selftest", selftest.write_shard, [("/nowhere", 0, 1)], executor="slurm",
+                                jobs=bad)
     message = str(err.value)
     assert "invalid partition" in message.lower() and "nothing was submitted or recorded" in message
     with open_registry(workspace) as reg:
@@ -101,13 +101,13 @@ def test_failed_task_then_resubmit_only_it(workspace, tmp_path):
     blocked.write_text("a file where a folder should be\n")
     args = [(str(good), 0, 2), (str(blocked), 1, 2)]
     cfg = CFG.model_copy(update={"array_parallelism": 2})
-    sub = executors.submit_array(workspace, "selftest", selftest.write_shard, args, executor="slurm", jobs=cfg)
+    sub = submission.submit_array(workspace, "selftest", selftest.write_shard, args, executor="slurm", jobs=cfg)
     jobs = poll_until(workspace, sub.run_id, done)
     assert [j.state for j in jobs] == [State.COMPLETED, State.FAILED]
     assert jobs[1].exit_code != "0:0" and "Error" in (jobs[1].error or "")
     assert "Traceback" in "".join(monitor.logs(jobs[1], stderr=True))
     blocked.unlink()
-    again = executors.resubmit(workspace, sub.run_id, jobs=cfg)
+    again = submission.resubmit(workspace, sub.run_id, jobs=cfg)
     assert again.executor == "slurm"
     jobs = poll_until(workspace, sub.run_id, done)
     assert [(j.task_index, j.state, j.attempt) for j in jobs] == [(0, State.COMPLETED, 1), (1, State.COMPLETED, 2)]
@@ -115,12 +115,12 @@ def test_failed_task_then_resubmit_only_it(workspace, tmp_path):
 
 
 def test_attach_a_finished_array_in_another_workspace(workspace, tmp_path):
-    sub = executors.submit_array(workspace, "selftest", selftest.write_shard,
-                                 [(str(tmp_path / "a"), i, 2) for i in range(2)], executor="slurm",
-                                 jobs=CFG.model_copy(update={"array_parallelism": 2}))
+    sub = submission.submit_array(workspace, "selftest", selftest.write_shard,
+                                  [(str(tmp_path / "a"), i, 2) for i in range(2)], executor="slurm",
+                                  jobs=CFG.model_copy(update={"array_parallelism": 2}))
     poll_until(workspace, sub.run_id, done)
     other = Workspace.init(tmp_path / "other")
-    run, jobs = executors.attach(other, sub.folder, sub.job_ids[0].split("_")[0])
+    run, jobs = submission.attach(other, sub.folder, sub.job_ids[0].split("_")[0])
     assert run.executor == "slurm" and [j.job_id for j in jobs] == sub.job_ids
     assert [j.state for j in jobs] == [State.COMPLETED] * 2 and all(j.exit_code == "0:0" for j in jobs)
 
@@ -131,7 +131,7 @@ def test_preemption_signal_requeues_and_the_job_resumes(workspace, tmp_path):
     import subprocess
 
     out = tmp_path / "steps"
-    sub = executors.submit(workspace, "selftest", selftest.count_steps, str(out), 30, 0.5, executor="slurm", jobs=CFG)
+    sub = submission.submit(workspace, "selftest", selftest.count_steps, str(out), 30, 0.5, executor="slurm", jobs=CFG)
     end = time.monotonic() + 60
     while len(list(out.glob("step-*.done"))) < 4:
         assert time.monotonic() < end, "the job never started"

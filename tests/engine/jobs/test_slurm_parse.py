@@ -225,12 +225,12 @@ def test_missing_commands_and_scancel(fake, monkeypatch):
 
 
 def test_submit_array_refresh_and_cancel_with_fake_slurm(fake, workspace):
-    from fmb_engine.jobs import executors, monitor, selftest
+    from fmb_engine.jobs import monitor, selftest, submission
     from fmb_engine.jobs.config import JobsConfig
 
     cfg = JobsConfig(partition="gpu", account="proj", mem_gb=2, setup=["module load cuda"], array_parallelism=2)
-    sub = executors.submit_array(workspace, "embed.pca", selftest.write_shard, [("/x", i, 3) for i in range(3)],
-                                 executor="slurm", jobs=cfg, snapshot={"values": {"model": "pca"}})
+    sub = submission.submit_array(workspace, "embed.pca", selftest.write_shard, [("/x", i, 3) for i in range(3)],
+                                  executor="slurm", jobs=cfg, snapshot={"values": {"model": "pca"}})
     assert sub.job_ids == ["42_0", "42_1", "42_2"] and sub.executor == "slurm"
     (sbatch,) = fake.calls("sbatch")
     script = Path(sbatch[1]).read_text()
@@ -255,7 +255,7 @@ def test_submit_array_refresh_and_cancel_with_fake_slurm(fake, workspace):
         assert [j.state for j in jobs] == [State.RUNNING, State.PENDING, State.PENDING]
         assert jobs[1].reason == "JobArrayTaskLimit" and jobs[0].node == "vm"
 
-    messages = executors.cancel(workspace, "42")
+    messages = submission.cancel(workspace, "42")
     assert fake.calls("scancel") == [["scancel", "42_0", "42_1", "42_2"]] and "scancel sent for 3" in messages[0]
     fake.script("squeue", "")
     fake.script("sacct", sq(*(f"42_{i}|4{i}|CANCELLED by 0|0:0|N/A|N/A|N/A|vm|None" for i in range(3))))
@@ -266,7 +266,7 @@ def test_submit_array_refresh_and_cancel_with_fake_slurm(fake, workspace):
         assert reg.active_jobs() == []
 
     # a vanished job becomes UNKNOWN only after the grace period
-    sub2 = executors.submit(workspace, "detect", selftest.sleep_then, 1, executor="slurm", jobs=cfg)
+    sub2 = submission.submit(workspace, "detect", selftest.sleep_then, 1, executor="slurm", jobs=cfg)
     fake.script("sacct", "")
     monitor.refresh(workspace)
     with open_registry(workspace) as reg:
@@ -278,14 +278,14 @@ def test_submit_array_refresh_and_cancel_with_fake_slurm(fake, workspace):
 
 
 def test_rejected_sbatch_records_nothing(fake, workspace):
-    from fmb_engine.jobs import executors, selftest
+    from fmb_engine.jobs import selftest, submission
     from fmb_engine.jobs.config import JobsConfig
 
     fake.script("sbatch", stderr="sbatch: error: invalid partition specified: nope\n"
                 "sbatch: error: Batch job submission failed: Invalid partition name specified\n", rc=1)
     with pytest.raises(JobsError, match="invalid partition specified: nope") as err:
-        executors.submit_array(workspace, "embed", selftest.write_shard, [("/x", 0, 1), ("/x", 1, 1)],
-                               executor="slurm", jobs=JobsConfig(partition="nope"))
+        submission.submit_array(workspace, "embed", selftest.write_shard, [("/x", 0, 1), ("/x", 1, 1)],
+                                executor="slurm", jobs=JobsConfig(partition="nope"))
     assert "nothing was submitted or recorded" in str(err.value)
     with open_registry(workspace) as reg:
         assert reg.runs() == []
