@@ -26,7 +26,7 @@ STATE_FILE = "state.h5"
 
 
 def fit_rows(split: np.ndarray, model: str, limit: int | None, seed: int) -> tuple[np.ndarray, list[str]]:
-    """The survey rows to fit on (train split, at most ``limit`` of them, seeded), and why the fit is weaker if it is."""
+    """The rows to fit on (train split, at most ``limit``, seeded) and the warnings when the fit is weaker."""
     warnings = []
     rows = np.flatnonzero(split == "train")
     if rows.size == 0:

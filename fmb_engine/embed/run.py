@@ -137,8 +137,8 @@ def _open_run(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, 
             raise
     key = run_key(model, cfg, wd, reader.digest, reader.n_objects, fit_digest)
     final = embeddings_path(ws, model, output)
-    return _Run(ws, Path(survey_path), model, resolved, cfg, reader, embedder, key, wd, device, shard_dir_of(final), final,
-                reporter or Silent(), fit_info=fit_info, fixed_state=fixed)
+    return _Run(ws, Path(survey_path), model, resolved, cfg, reader, embedder, key, wd, device, shard_dir_of(final),
+                final, reporter or Silent(), fit_info=fit_info, fixed_state=fixed)
 
 
 def _up_to_date(run: _Run) -> bool:
