@@ -11,13 +11,8 @@ from rich.markup import escape
 from fmb_engine.cli.jobs import ExecutorOpt, refuse_ignored_options
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
-from fmb_engine.embed.run import (
-    DEFAULT_SHARD_SIZE,
-    embed_survey,
-    embeddings_path,
-    register_embed_sections,
-    shard_range,
-)
+from fmb_engine.embed.run import embed_survey, register_embed_sections
+from fmb_engine.embed.shards import DEFAULT_SHARD_SIZE, embeddings_path, shard_range
 from fmb_engine.errors import ConfigError
 
 app = Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
@@ -61,7 +56,7 @@ def _embed(name, workspace, config, survey, batch_size, device, weights, start, 
     path = survey_file(ws, config, survey)
     if executor is not None:
         from fmb_engine.cli.jobs import print_submission
-        from fmb_engine.embed.run import discard
+        from fmb_engine.embed.shards import discard
         from fmb_engine.jobs.stages import submit_embedding
 
         if force:  # the array tasks then start from nothing

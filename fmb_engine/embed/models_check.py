@@ -8,7 +8,6 @@ the network except :func:`download`, on explicit request.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fmb_engine.config import Resolved
+from fmb_engine.embed.digests import weight_files
 from fmb_engine.errors import ConfigError, FMBError
 from fmb_engine.workspace import Workspace, make_dirs
 
@@ -79,63 +79,6 @@ class ModelStatus:
         out["problems"] = [p.__dict__ for p in self.problems]
         out["modalities"] = list(self.modalities)
         return out
-
-
-# --------------------------------------------------------------------------- weight files
-
-
-def weight_files(embedder: Any) -> list[Path]:
-    """Every weight file an embedder will read (ConfigError naming what is missing).
-
-    Duck-typed over the embedders' own resolvers: AION (``snapshot_dir`` +
-    ``adapter_path``), AstroPT/AstroCLIP (``checkpoint_path``); fitted baselines have none.
-    """
-    if getattr(embedder, "needs_fit", False):
-        return []
-    if hasattr(embedder, "snapshot_dir"):
-        from fmb_engine.embed.aion import SNAPSHOT_FILES
-
-        snap = embedder.snapshot_dir()
-        return [snap / f for f in SNAPSHOT_FILES] + [embedder.adapter_path(snap)]
-    if hasattr(embedder, "checkpoint_path"):
-        return [embedder.checkpoint_path()]
-    return []
-
-
-def file_identity(path: Path) -> str:
-    """Content id of one weight file: the blob name inside a Hugging Face cache, else its sha256.
-
-    Hugging Face cache snapshots are symlinks into ``blobs/<sha256>`` (LFS files), so the
-    id is free there; other files are hashed once per run.
-    """
-    real = Path(os.path.realpath(path))
-    if real.parent.name == "blobs" and len(real.name) >= 40:
-        return real.name
-    h = hashlib.sha256()
-    with open(real, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_digest(files: list[Path]) -> str:
-    """sha256 over ``name:content-id`` lines of the weight files ("" when there are none)."""
-    if not files:
-        return ""
-    lines = sorted(f"{Path(f).name}:{file_identity(Path(f))}" for f in files)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def state_digest(state: dict) -> str:
-    """sha256 of a fitted state (keys, dtypes, shapes and bytes), for fitted baselines."""
-    import numpy as np
-
-    h = hashlib.sha256()
-    for key in sorted(state):
-        arr = np.ascontiguousarray(np.asarray(state[key]))
-        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(memoryview(arr).cast("B") if arr.size else b"")
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- list / check

@@ -19,7 +19,9 @@ from fmb_engine.workspace import Workspace
 def embedding_shard_task(root: str, survey: str, model: str, values: dict[str, Any], sources: dict[str, str],
                          start: int, stop: int, n_objects: int) -> dict[str, Any]:
     """One array task: embed rows ``[start, stop)``; the task that completes the survey merges."""
-    from fmb_engine.embed.run import coverage, embed_shard, embeddings_path, merge_shards, up_to_date
+    from fmb_engine.embed.merge import merge_shards
+    from fmb_engine.embed.run import embed_shard, up_to_date
+    from fmb_engine.embed.shards import coverage, embeddings_path
     from fmb_engine.errors import DataError
 
     ws = Workspace(Path(root))
@@ -42,7 +44,7 @@ def embedding_shard_task(root: str, survey: str, model: str, values: dict[str, A
 def submit_embedding(ws: Workspace, survey: Path, model: str, resolved: Resolved, shards: int,
                      executor: str | None, jobs: Resolved | None = None) -> Submission:
     """A job array of ``shards`` tasks over the survey rows; outputs merge when the last shard lands."""
-    from fmb_engine.embed.run import shard_range
+    from fmb_engine.embed.shards import shard_range
     from fmb_engine.survey.stages import config_record
     from fmb_engine.survey.store import SurveyReader
 

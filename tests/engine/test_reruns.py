@@ -122,7 +122,9 @@ def test_sharded_embedding_rerun_keeps_the_fit(first_run, tmp_path):
     """The reported failure: a second and third sharded pca run over a finished one
     (no up-to-date shortcut: the shards are recomputed and merged each time)."""
     from fmb_engine.config import load
-    from fmb_engine.embed.run import embed_shard, merge_shards, shard_range
+    from fmb_engine.embed.merge import merge_shards
+    from fmb_engine.embed.run import embed_shard
+    from fmb_engine.embed.shards import shard_range
 
     src, _ = first_run
     ws = Workspace(tmp_path / "ws")
@@ -141,7 +143,7 @@ def test_sharded_embedding_rerun_keeps_the_fit(first_run, tmp_path):
     assert len(set(seen)) == 1
     with EmbeddingReader(path) as r:
         two = {m: r.load(m) for m in r.modalities}
-    from fmb_engine.embed.run import discard
+    from fmb_engine.embed.shards import discard
 
     discard(ws, "pca")  # another shard count: other batch cuts, the same vectors up to float32 rounding
     for shard in range(3):

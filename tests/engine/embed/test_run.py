@@ -15,15 +15,9 @@ import pytest
 
 from fmb_engine.config import load
 from fmb_engine.embed.baselines import CCAEmbedder
-from fmb_engine.embed.run import (
-    coverage,
-    embed_shard,
-    embed_survey,
-    embeddings_path,
-    merge_shards,
-    register_embed_sections,
-    shards_dir,
-)
+from fmb_engine.embed.merge import merge_shards
+from fmb_engine.embed.run import embed_shard, embed_survey, register_embed_sections
+from fmb_engine.embed.shards import coverage, embeddings_path, shards_dir
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.errors import DataError
 from fmb_engine.survey.stages import make_mock
@@ -275,7 +269,7 @@ def test_pretrained_model_through_the_stage(ws, tmp_path):
     import torch
 
     from fmb_engine.embed.astroclip import AstroCLIP, AstroCLIPArchitecture, save_checkpoint
-    from fmb_engine.embed.models_check import file_identity
+    from fmb_engine.embed.digests import file_identity
 
     arch = AstroCLIPArchitecture(image_size=16, patch_size=8, vit_dim=16, vit_depth=1, vit_heads=2, spec_dim=16,
                                  spec_layers=1, spec_heads=2, embed_dim=8, head_heads=2)

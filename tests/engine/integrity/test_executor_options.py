@@ -130,7 +130,7 @@ def test_every_option_is_covered():
                          ids=[f"{' '.join(c[0])} {c[1]}" for c in CASES])
 def test_option_is_carried_or_refused(ws, captured, monkeypatch, executor, command, option, argv, check):
     discarded = []
-    monkeypatch.setattr("fmb_engine.embed.run.discard", lambda *a, **k: discarded.append(a))
+    monkeypatch.setattr("fmb_engine.embed.shards.discard", lambda *a, **k: discarded.append(a))
     result = run(ws, *command, *argv, "--executor", executor)
     if check == "refused":
         assert result.exit_code == 2, result.output

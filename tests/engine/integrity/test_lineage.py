@@ -26,7 +26,8 @@ from fmb_engine.config import load
 from fmb_engine.detect import run as detect_run
 from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.embed import base
-from fmb_engine.embed.run import FORCED, discard, embed_survey, up_to_date
+from fmb_engine.embed.run import embed_survey, up_to_date
+from fmb_engine.embed.shards import FORCED, discard
 from fmb_engine.embed.store import EmbeddingReader, write_embeddings
 from fmb_engine.errors import BusyError, StaleError
 from fmb_engine.workspace import Workspace
