@@ -61,9 +61,9 @@ from fmb_engine import locks
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.manifest import RunManifest, versions
 from fmb_engine.progress import Reporter, Silent
+from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.survey.bands import BANDS
 from fmb_engine.survey.batch import SurveyBatch
-from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
 

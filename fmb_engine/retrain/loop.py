@@ -33,9 +33,9 @@ from torch import nn
 
 from fmb_engine.errors import ConfigError, DataError, FMBError
 from fmb_engine.manifest import RunManifest
-from fmb_engine.stage_run import stage_run
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.retrain.config import TrainConfig
+from fmb_engine.stage_run import stage_run
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
