@@ -45,7 +45,11 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 class RunManifest:
-    """Collects a run's facts; :meth:`write` saves them atomically under ``runs/``."""
+    """Collects a run's facts; :meth:`finish` saves them atomically under ``runs/``.
+
+    Stages get one from :func:`fmb_engine.stage_run.stage_run`, which finishes it with the
+    run's end state; they record through the methods below, never into :attr:`data`.
+    """
 
     def __init__(self, workspace: Workspace | None, stage: str, config: dict[str, Any], seed: int | None = None):
         self.workspace = workspace
@@ -56,6 +60,7 @@ class RunManifest:
             "run_id": self.run_id,
             "stage": stage,
             "status": "running",
+            "error": None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "command": sys.argv,
             "seed": seed,
@@ -69,9 +74,16 @@ class RunManifest:
             "warnings": [],
         }
 
-    def input(self, name: str, path: str | Path, digest: str | None = None) -> None:
+    def input(self, name: str, path: str | Path, digest: str | None = None) -> str:
+        """An input file: path, digest (sha256 unless the caller has a cheaper identity) and size; returns the digest."""
         path = Path(path)
-        self.data["inputs"][name] = {"path": str(path), "digest": digest or file_digest(path), "bytes": path.stat().st_size}
+        digest = digest or file_digest(path)
+        self.data["inputs"][name] = {"path": str(path), "digest": digest, "bytes": path.stat().st_size}
+        return digest
+
+    def input_digest(self, name: str, digest: str) -> None:
+        """An input known by its digest alone (``survey_digest``, ``weights_digest``)."""
+        self.data["inputs"][name] = digest
 
     def count(self, name: str, value: Any) -> None:
         self.data["counts"][name] = value
@@ -89,25 +101,63 @@ class RunManifest:
         """A system the stage could not compute (the rest of the run went on)."""
         self.data.setdefault("skipped_systems", []).append({"system": system, "reason": reason})
 
+    def record(self, key: str, value: Any) -> None:
+        """A stage's own top-level field (``run_key``, ``bad_files``, ``stopped_early``; docs/formats.md).
+
+        The fields every manifest has are written by their own methods; naming one here is a bug."""
+        if key in COMMON_FIELDS:
+            raise ValueError(f"{key!r} is a field every manifest has; record it with its own method")
+        self.data[key] = value
+
+    def setting(self, name: str, value: Any) -> None:
+        """A config value the stage settled while it ran (a default that depends on the data)."""
+        self.data["config"].setdefault("values", {})[name] = value
+
+    def timing(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to the timing ``name`` (what :meth:`phase` measures around a block)."""
+        self.data["timings_s"][name] = round(self.data["timings_s"].get(name, 0.0) + seconds, 4)
+
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.data["timings_s"][name] = round(self.data["timings_s"].get(name, 0.0) + time.perf_counter() - t0, 4)
+            self.timing(name, time.perf_counter() - t0)
+
+    @property
+    def started_at(self) -> str:
+        """The start time as the manifest writes it (local time with offset)."""
+        return self.data["started"]
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.data["warnings"])
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        return list(self.data.get("skipped_systems", []))
 
     @property
     def path(self) -> Path | None:
         return None if self.workspace is None else self.workspace.folder("runs") / f"{self.run_id}.json"
 
-    def write(self, status: str = "completed") -> Path | None:
+    def finish(self, status: str, error: BaseException | None = None) -> Path | None:
+        """Write the manifest with its end state (``completed``, ``failed``, ``interrupted``) and the
+        exception that ended the run, if any; returns its path (None without a workspace)."""
         self.data["status"] = status
+        self.data["error"] = None if error is None else {"type": type(error).__name__, "message": str(error)}
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.data["timings_s"]["total"] = round(time.time() - self.started, 4)
         if self.path is None:
             return None
         return atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+
+
+#: Fields every manifest has, each written by its own method of RunManifest.
+COMMON_FIELDS = frozenset({"run_id", "stage", "status", "error", "started", "finished", "command", "seed", "config",
+                           "versions", "inputs", "counts", "dropped", "timings_s", "outputs", "warnings",
+                           "skipped_systems"})
 
 
 def read_manifests(workspace: Workspace) -> list[dict[str, Any]]:

@@ -52,7 +52,7 @@ def _survey(ws: Workspace):
 def _plain(stage: str, door: Callable[[], Callable]) -> Submitter:
     def submit_(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
         from fmb_engine.jobs.submission import submit
-        from fmb_engine.survey.stages import config_record
+        from fmb_engine.stage_run import config_record
 
         return submit(ws, stage, door(), ws, resolved, executor=executor, jobs=_jobs(ws),
                       snapshot=config_record(resolved))

@@ -17,7 +17,7 @@ from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.publish import StagedSet
-from fmb_engine.survey.stages import StageResult, config_record
+from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.workspace import Workspace, atomic_path
 
 
@@ -109,9 +109,10 @@ def valid_vectors(ws: Workspace, cfg: AnalyzeConfig, manifest: RunManifest,
 
 
 def _finish(manifest: RunManifest, outputs: dict[str, Path], summary: dict) -> StageResult:
+    """Record the outputs; the manifest is written when the run's block ends."""
     for name, path in outputs.items():
         manifest.output(name, path)
-    return StageResult(outputs, manifest.write(), summary)
+    return StageResult(outputs, manifest.path, summary)
 
 
 # -- rankings ---------------------------------------------------------------------------------
@@ -120,28 +121,28 @@ def analyze_rankings(ws: Workspace, resolved: Resolved, reporter: Reporter | Non
     from fmb_engine.analyze.rankings import RankMatrix, compare
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
-    manifest = RunManifest(ws, "analyze.rankings", config_record(resolved), seed=cfg.seed)
-    src = systems_file(ws)
-    manifest.input("systems", src)
-    ranks = load_ranks(ws, cfg.systems)
-    if ranks.shape[1] < 2:
-        raise DataError(f"need at least two systems to compare, got {ranks.shape[1]}")
-    with manifest.phase("compare"):
-        res = compare(RankMatrix(ranks), cfg.top_percent, cfg.disagree_percent, cfg.retention_percents)
-    outputs = _publish(ws, manifest, ws.folder("analysis") / "rankings", {
-        "spearman": (res["spearman"], "spearman.csv", True),
-        "jaccard": (res["jaccard"], "jaccard.csv", True),
-        "shared": (res["shared"], "shared.csv", True),
-        "retention": (res["retention"], "retention.csv", False),
-        "disagreement": (res["disagreement"], "disagreement.csv", False),
-        "displacement": (res["displacement"], "displacement.parquet", False),
-    }, _inputs(ws, [src]))
-    manifest.count("systems", list(ranks.columns))
-    manifest.count("objects", len(ranks))
-    manifest.count("disagreements", len(res["disagreement"]))
-    for note in res["notes"]["note"]:  # why a Spearman is NaN (a constant ranking), instead of a bare NaN
-        manifest.warn(note)
-    return _finish(manifest, outputs, {"systems": list(ranks.columns), "objects": len(ranks), **res})
+    with stage_run(ws, "analyze.rankings", config_record(resolved), seed=cfg.seed) as manifest:
+        src = systems_file(ws)
+        manifest.input("systems", src)
+        ranks = load_ranks(ws, cfg.systems)
+        if ranks.shape[1] < 2:
+            raise DataError(f"need at least two systems to compare, got {ranks.shape[1]}")
+        with manifest.phase("compare"):
+            res = compare(RankMatrix(ranks), cfg.top_percent, cfg.disagree_percent, cfg.retention_percents)
+        outputs = _publish(ws, manifest, ws.folder("analysis") / "rankings", {
+            "spearman": (res["spearman"], "spearman.csv", True),
+            "jaccard": (res["jaccard"], "jaccard.csv", True),
+            "shared": (res["shared"], "shared.csv", True),
+            "retention": (res["retention"], "retention.csv", False),
+            "disagreement": (res["disagreement"], "disagreement.csv", False),
+            "displacement": (res["displacement"], "displacement.parquet", False),
+        }, _inputs(ws, [src]))
+        manifest.count("systems", list(ranks.columns))
+        manifest.count("objects", len(ranks))
+        manifest.count("disagreements", len(res["disagreement"]))
+        for note in res["notes"]["note"]:  # why a Spearman is NaN (a constant ranking), instead of a bare NaN
+            manifest.warn(note)
+        return _finish(manifest, outputs, {"systems": list(ranks.columns), "objects": len(ranks), **res})
 
 
 # -- similarity -------------------------------------------------------------------------------
@@ -166,35 +167,35 @@ def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | N
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
-    manifest = RunManifest(ws, "analyze.similarity", config_record(resolved), seed=cfg.seed)
-    backend = "faiss" if cfg.backend == "faiss" or (cfg.backend == "auto" and has_faiss()) else "torch"
-    manifest.count("backend", backend)
-    tables = []
-    used: list[Path] = []
-    for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
-        if queries:
-            pos = {o: i for i, o in enumerate(ids)}
-            missing = [q for q in queries if q not in pos]
-            if missing:
-                manifest.warn(f"{run}/{modality}: {len(missing)} query id(s) not found: {', '.join(missing[:10])}")
-                manifest.dropped(f"{run}/{modality}:query_not_found", len(missing))
-            rows = np.array([pos[q] for q in queries if q in pos], np.int64)
-        else:
-            rows = np.arange(len(ids))
-        with manifest.phase(f"knn:{run}/{modality}"):
-            idx, sims = knn(x, x[rows], cfg.k, self_rows=rows, chunk=cfg.chunk, backend=backend)
-        tables.append(neighbour_table(ids[rows], ids, idx, sims, run, modality))
-        reporter.log(f"{run}/{modality}: {len(rows):,} queries x {len(ids):,} objects")
-    if not tables:
-        raise DataError("no embeddings matched the chosen models / modalities")
-    table = pd.concat(tables, ignore_index=True)
-    # the full self-query is the table the explorer reads; a query run never replaces it
-    name = "query_neighbours.parquet" if queries else "neighbours.parquet"
-    outputs = _publish(ws, manifest, ws.folder("analysis") / "similarity", {"neighbours": (table, name, False)},
-                       _inputs(ws, used, lineage.active_survey(ws)))
-    manifest.count("rows", len(table))
-    manifest.count("queries", int(table["object_id"].nunique()))
-    return _finish(manifest, outputs, {"neighbours": table})
+    with stage_run(ws, "analyze.similarity", config_record(resolved), seed=cfg.seed) as manifest:
+        backend = "faiss" if cfg.backend == "faiss" or (cfg.backend == "auto" and has_faiss()) else "torch"
+        manifest.count("backend", backend)
+        tables = []
+        used: list[Path] = []
+        for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
+            if queries:
+                pos = {o: i for i, o in enumerate(ids)}
+                missing = [q for q in queries if q not in pos]
+                if missing:
+                    manifest.warn(f"{run}/{modality}: {len(missing)} query id(s) not found: {', '.join(missing[:10])}")
+                    manifest.dropped(f"{run}/{modality}:query_not_found", len(missing))
+                rows = np.array([pos[q] for q in queries if q in pos], np.int64)
+            else:
+                rows = np.arange(len(ids))
+            with manifest.phase(f"knn:{run}/{modality}"):
+                idx, sims = knn(x, x[rows], cfg.k, self_rows=rows, chunk=cfg.chunk, backend=backend)
+            tables.append(neighbour_table(ids[rows], ids, idx, sims, run, modality))
+            reporter.log(f"{run}/{modality}: {len(rows):,} queries x {len(ids):,} objects")
+        if not tables:
+            raise DataError("no embeddings matched the chosen models / modalities")
+        table = pd.concat(tables, ignore_index=True)
+        # the full self-query is the table the explorer reads; a query run never replaces it
+        name = "query_neighbours.parquet" if queries else "neighbours.parquet"
+        outputs = _publish(ws, manifest, ws.folder("analysis") / "similarity", {"neighbours": (table, name, False)},
+                           _inputs(ws, used, lineage.active_survey(ws)))
+        manifest.count("rows", len(table))
+        manifest.count("queries", int(table["object_id"].nunique()))
+        return _finish(manifest, outputs, {"neighbours": table})
 
 
 def analyze_neighbor_ranks(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:
@@ -202,31 +203,31 @@ def analyze_neighbor_ranks(ws: Workspace, resolved: Resolved, reporter: Reporter
     from fmb_engine.analyze.similarity import neighbour_ranks, summarise_neighbour_ranks
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
-    manifest = RunManifest(ws, "analyze.neighbor-ranks", config_record(resolved), seed=cfg.seed)
-    npath = ws.folder("analysis") / "similarity" / "neighbours.parquet"
-    if not npath.is_file():
-        raise DataError(f"no neighbours: {npath} does not exist; run `fmb-engine analyze similarity` first")
-    lineage.check_output(ws, npath, "fmb-engine analyze similarity")
-    manifest.input("neighbours", npath)
-    manifest.input("systems", systems_file(ws))
-    neighbours = pd.read_parquet(npath)
-    ranks = load_ranks(ws)
-    parts = []
-    for (model, modality), part in neighbours.groupby(["model", "modality"], sort=True):
-        system = f"{model}/{modality}/{cfg.rank_method}"
-        if system not in ranks.columns:
-            manifest.warn(f"no system {system}: neighbours of {model}/{modality} skipped")
-            manifest.dropped("no_system", len(part))
-            continue
-        parts.append(neighbour_ranks(part, ranks[system]).assign(system=system))
-    if not parts:
-        raise DataError(f"no system <model>/<modality>/{cfg.rank_method} matches the neighbours; try --method")
-    table = pd.concat(parts, ignore_index=True)
-    summary = summarise_neighbour_ranks(table, cfg.top_percent)
-    outputs = _publish(ws, manifest, ws.folder("analysis") / "neighbors", {
-        "neighbor_ranks": (table, "neighbor_ranks.parquet", False),
-        "summary": (summary, "neighbor_ranks_summary.csv", False)}, _inputs(ws, [npath, systems_file(ws)]))
-    return _finish(manifest, outputs, {"table": table, "summary": summary})
+    with stage_run(ws, "analyze.neighbor-ranks", config_record(resolved), seed=cfg.seed) as manifest:
+        npath = ws.folder("analysis") / "similarity" / "neighbours.parquet"
+        if not npath.is_file():
+            raise DataError(f"no neighbours: {npath} does not exist; run `fmb-engine analyze similarity` first")
+        lineage.check_output(ws, npath, "fmb-engine analyze similarity")
+        manifest.input("neighbours", npath)
+        manifest.input("systems", systems_file(ws))
+        neighbours = pd.read_parquet(npath)
+        ranks = load_ranks(ws)
+        parts = []
+        for (model, modality), part in neighbours.groupby(["model", "modality"], sort=True):
+            system = f"{model}/{modality}/{cfg.rank_method}"
+            if system not in ranks.columns:
+                manifest.warn(f"no system {system}: neighbours of {model}/{modality} skipped")
+                manifest.dropped("no_system", len(part))
+                continue
+            parts.append(neighbour_ranks(part, ranks[system]).assign(system=system))
+        if not parts:
+            raise DataError(f"no system <model>/<modality>/{cfg.rank_method} matches the neighbours; try --method")
+        table = pd.concat(parts, ignore_index=True)
+        summary = summarise_neighbour_ranks(table, cfg.top_percent)
+        outputs = _publish(ws, manifest, ws.folder("analysis") / "neighbors", {
+            "neighbor_ranks": (table, "neighbor_ranks.parquet", False),
+            "summary": (summary, "neighbor_ranks_summary.csv", False)}, _inputs(ws, [npath, systems_file(ws)]))
+        return _finish(manifest, outputs, {"table": table, "summary": summary})
 
 
 # -- regression -------------------------------------------------------------------------------
@@ -243,81 +244,81 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
-    gbm_shap = nonlinear and cfg.gbm_shap
-    shap_version = require_shap().__version__ if gbm_shap else None  # a clear error before any work, never a silent skip
-    manifest = RunManifest(ws, "analyze.regression", config_record(resolved), seed=cfg.seed)
-    manifest.count("shap_version", shap_version)
-    with SurveyReader(survey) as sr:
-        catalog = sr.table().set_index("object_id")
-        manifest.data["inputs"]["survey"] = {"path": str(survey), "digest": sr.summary()["digest"]}
-    catalog.index = catalog.index.astype(str)
-    missing = [t for t in cfg.targets if t not in catalog.columns]
-    if missing:
-        raise DataError(f"survey has no column(s) {', '.join(missing)}; columns: {', '.join(catalog.columns)}")
-    runs = embedding_files(ws, cfg.models, survey)
-    for path in runs:
-        manifest.input(f"embeddings:{path.stem}", path)
-    rows, preds, phis = [], [], []
-    kwargs = dict(alpha=cfg.ridge_alpha, gbm_iter=cfg.gbm_iter, gbm_early_stopping=cfg.gbm_early_stopping,
-                  bootstrap=cfg.bootstrap, seed=cfg.seed,
-                  nonlinear=nonlinear, gbm_shap=gbm_shap, shap_max_rows=cfg.shap_max_rows,
-                  pr_bootstrap=cfg.pr_bootstrap)
-    n_jobs = resolve_jobs(cfg.n_jobs)
-    for target in cfg.targets:
-        y_all = pd.to_numeric(catalog[target], errors="coerce")
-        y_all = y_all[np.isfinite(y_all)]
-        train_ids, test_ids = split_ids(y_all.index.to_numpy(), cfg.test_fraction, cfg.seed)
+    with stage_run(ws, "analyze.regression", config_record(resolved), seed=cfg.seed) as manifest:
+        gbm_shap = nonlinear and cfg.gbm_shap
+        shap_version = require_shap().__version__ if gbm_shap else None  # a clear error before any work, never a silent skip
+        manifest.count("shap_version", shap_version)
+        with SurveyReader(survey) as sr:
+            catalog = sr.table().set_index("object_id")
+            manifest.input("survey", survey, digest=sr.summary()["digest"])
+        catalog.index = catalog.index.astype(str)
+        missing = [t for t in cfg.targets if t not in catalog.columns]
+        if missing:
+            raise DataError(f"survey has no column(s) {', '.join(missing)}; columns: {', '.join(catalog.columns)}")
+        runs = embedding_files(ws, cfg.models, survey)
         for path in runs:
-            jobs = []  # (key, test ids, train x, train y, test x, test y): one run's probes go side by side
-            # The random baseline depends only on (seed, dimension, objects): modalities of one run
-            # with the same dimension and valid objects share it, so it is fitted once.
-            baseline_of: dict[tuple, int] = {}
-            same_as: list[int | None] = []
-            with EmbeddingReader(path) as reader:
-                ids_all = reader.object_ids.astype(str)
-                for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
-                    valid = reader.valid(modality)
-                    x = reader.load(modality)
-                    ok = valid & np.isfinite(x).all(axis=1) & pd.Index(ids_all).isin(y_all.index)
-                    manifest.dropped(f"{target}:{path.stem}/{modality}:unmatched_or_invalid", int((~ok).sum()))
-                    ids, x = ids_all[ok], x[ok]
-                    tr = pd.Index(ids).isin(train_ids)
-                    te = pd.Index(ids).isin(test_ids)
-                    if tr.sum() < cfg.min_train or te.sum() < 2:
-                        manifest.warn(f"{target} from {path.stem}/{modality}: {int(tr.sum())} train rows < {cfg.min_train}; skipped")
-                        continue
-                    y = y_all.loc[ids].to_numpy(np.float64)
-                    rng = np.random.default_rng(cfg.seed)
-                    signature = (x.shape, hash("\x1f".join(ids)))
-                    for features, feats in (("embedding", x), ("random", rng.standard_normal(x.shape).astype(np.float32))):
-                        key = {"target": target, "model": path.stem, "modality": modality, "features": features}
-                        jobs.append((key, ids[te], feats[tr], y[tr], feats[te], y[te]))
-                        same_as.append(baseline_of.get(signature) if features == "random" else None)
-                        if features == "random":
-                            baseline_of.setdefault(signature, len(jobs) - 1)
-            unique = [i for i, s in enumerate(same_as) if s is None]
-            ran = dict(zip(unique, run_probes([jobs[i][2:] for i in unique], kwargs, n_jobs), strict=True))
-            done = [ran[i] if s is None else (ran[s][0], 0.0) for i, s in enumerate(same_as)]
-            for (key, test_ids_, *_), (res, seconds) in zip(jobs, done, strict=True):
-                manifest.data["timings_s"][f"probe:{target}:{key['model']}/{key['modality']}:{key['features']}"] = round(seconds, 4)
-                rows.append({**key, **res.metrics})
-                phis.append({**key, **{f"phi_{k}": v.tolist() for k, v in res.phi.items()}})
-                if key["features"] == "embedding":
-                    preds.append(pd.DataFrame({"target": target, "model": key["model"], "modality": key["modality"],
-                                               "object_id": test_ids_, "y_true": res.y_test,
-                                               "pred_ridge": res.pred_ridge, "pred_gbm": res.pred_gbm}))
-                    reporter.log(f"{target} <- {key['model']}/{key['modality']}: R² ridge {res.metrics['r2_ridge']:.3f}")
-    if not rows:
-        raise DataError("no probe had enough rows; lower analyze.min_train or check the survey columns")
-    results = pd.DataFrame(rows)
-    predictions = pd.concat(preds, ignore_index=True)
-    phi = pd.DataFrame(phis)
-    outputs = _publish(ws, manifest, ws.folder("analysis") / "regression", {
-        "results": (results, "results_summary.csv", False),
-        "predictions": (predictions, "predictions.parquet", False),
-        "phi": (phi, "phi.parquet", False)}, _inputs(ws, runs, survey))
-    manifest.count("probes", len(results))
-    return _finish(manifest, outputs, {"results": results, "predictions": predictions, "phi": phi})
+            manifest.input(f"embeddings:{path.stem}", path)
+        rows, preds, phis = [], [], []
+        kwargs = dict(alpha=cfg.ridge_alpha, gbm_iter=cfg.gbm_iter, gbm_early_stopping=cfg.gbm_early_stopping,
+                      bootstrap=cfg.bootstrap, seed=cfg.seed,
+                      nonlinear=nonlinear, gbm_shap=gbm_shap, shap_max_rows=cfg.shap_max_rows,
+                      pr_bootstrap=cfg.pr_bootstrap)
+        n_jobs = resolve_jobs(cfg.n_jobs)
+        for target in cfg.targets:
+            y_all = pd.to_numeric(catalog[target], errors="coerce")
+            y_all = y_all[np.isfinite(y_all)]
+            train_ids, test_ids = split_ids(y_all.index.to_numpy(), cfg.test_fraction, cfg.seed)
+            for path in runs:
+                jobs = []  # (key, test ids, train x, train y, test x, test y): one run's probes go side by side
+                # The random baseline depends only on (seed, dimension, objects): modalities of one run
+                # with the same dimension and valid objects share it, so it is fitted once.
+                baseline_of: dict[tuple, int] = {}
+                same_as: list[int | None] = []
+                with EmbeddingReader(path) as reader:
+                    ids_all = reader.object_ids.astype(str)
+                    for modality in [m for m in reader.modalities if not cfg.modalities or m in cfg.modalities]:
+                        valid = reader.valid(modality)
+                        x = reader.load(modality)
+                        ok = valid & np.isfinite(x).all(axis=1) & pd.Index(ids_all).isin(y_all.index)
+                        manifest.dropped(f"{target}:{path.stem}/{modality}:unmatched_or_invalid", int((~ok).sum()))
+                        ids, x = ids_all[ok], x[ok]
+                        tr = pd.Index(ids).isin(train_ids)
+                        te = pd.Index(ids).isin(test_ids)
+                        if tr.sum() < cfg.min_train or te.sum() < 2:
+                            manifest.warn(f"{target} from {path.stem}/{modality}: {int(tr.sum())} train rows < {cfg.min_train}; skipped")
+                            continue
+                        y = y_all.loc[ids].to_numpy(np.float64)
+                        rng = np.random.default_rng(cfg.seed)
+                        signature = (x.shape, hash("\x1f".join(ids)))
+                        for features, feats in (("embedding", x), ("random", rng.standard_normal(x.shape).astype(np.float32))):
+                            key = {"target": target, "model": path.stem, "modality": modality, "features": features}
+                            jobs.append((key, ids[te], feats[tr], y[tr], feats[te], y[te]))
+                            same_as.append(baseline_of.get(signature) if features == "random" else None)
+                            if features == "random":
+                                baseline_of.setdefault(signature, len(jobs) - 1)
+                unique = [i for i, s in enumerate(same_as) if s is None]
+                ran = dict(zip(unique, run_probes([jobs[i][2:] for i in unique], kwargs, n_jobs), strict=True))
+                done = [ran[i] if s is None else (ran[s][0], 0.0) for i, s in enumerate(same_as)]
+                for (key, test_ids_, *_), (res, seconds) in zip(jobs, done, strict=True):
+                    manifest.timing(f"probe:{target}:{key['model']}/{key['modality']}:{key['features']}", seconds)
+                    rows.append({**key, **res.metrics})
+                    phis.append({**key, **{f"phi_{k}": v.tolist() for k, v in res.phi.items()}})
+                    if key["features"] == "embedding":
+                        preds.append(pd.DataFrame({"target": target, "model": key["model"], "modality": key["modality"],
+                                                   "object_id": test_ids_, "y_true": res.y_test,
+                                                   "pred_ridge": res.pred_ridge, "pred_gbm": res.pred_gbm}))
+                        reporter.log(f"{target} <- {key['model']}/{key['modality']}: R² ridge {res.metrics['r2_ridge']:.3f}")
+        if not rows:
+            raise DataError("no probe had enough rows; lower analyze.min_train or check the survey columns")
+        results = pd.DataFrame(rows)
+        predictions = pd.concat(preds, ignore_index=True)
+        phi = pd.DataFrame(phis)
+        outputs = _publish(ws, manifest, ws.folder("analysis") / "regression", {
+            "results": (results, "results_summary.csv", False),
+            "predictions": (predictions, "predictions.parquet", False),
+            "phi": (phi, "phi.parquet", False)}, _inputs(ws, runs, survey))
+        manifest.count("probes", len(results))
+        return _finish(manifest, outputs, {"results": results, "predictions": predictions, "phi": phi})
 
 
 # -- umap -------------------------------------------------------------------------------------
@@ -327,27 +328,27 @@ def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = 
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
-    manifest = RunManifest(ws, "analyze.umap", config_record(resolved), seed=cfg.seed)
-    params = {"n_neighbors": cfg.umap_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric, "seed": cfg.seed}
-    out = ws.folder("analysis") / "umap"
-    frames, cached = [], {}
-    used: list[Path] = []
-    for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
-        if len(ids) > cfg.umap_max_points:
-            keep = np.sort(np.random.default_rng(cfg.seed).choice(len(ids), cfg.umap_max_points, replace=False))
-            manifest.dropped(f"{run}/{modality}:subsampled", len(ids) - len(keep))
-            x, ids = x[keep], ids[keep]
-        with manifest.phase(f"umap:{run}/{modality}"):
-            coords, key, hit = project(x, params, out / "cache", projector)
-        cached[f"{run}/{modality}"] = {"digest": key, "cached": hit}
-        frames.append(pd.DataFrame({"object_id": ids, "model": run, "modality": modality,
-                                    "x": coords[:, 0], "y": coords[:, 1]}))
-        reporter.log(f"umap {run}/{modality}: {len(ids):,} points" + (" (cached)" if hit else ""))
-    table = pd.concat(frames, ignore_index=True)
-    manifest.count("projections", cached)
-    outputs = _publish(ws, manifest, out, {"coords": (table, "coords.parquet", False)},
-                       _inputs(ws, used, lineage.active_survey(ws)))
-    return _finish(manifest, outputs, {"coords": table, "projections": cached})
+    with stage_run(ws, "analyze.umap", config_record(resolved), seed=cfg.seed) as manifest:
+        params = {"n_neighbors": cfg.umap_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric, "seed": cfg.seed}
+        out = ws.folder("analysis") / "umap"
+        frames, cached = [], {}
+        used: list[Path] = []
+        for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
+            if len(ids) > cfg.umap_max_points:
+                keep = np.sort(np.random.default_rng(cfg.seed).choice(len(ids), cfg.umap_max_points, replace=False))
+                manifest.dropped(f"{run}/{modality}:subsampled", len(ids) - len(keep))
+                x, ids = x[keep], ids[keep]
+            with manifest.phase(f"umap:{run}/{modality}"):
+                coords, key, hit = project(x, params, out / "cache", projector)
+            cached[f"{run}/{modality}"] = {"digest": key, "cached": hit}
+            frames.append(pd.DataFrame({"object_id": ids, "model": run, "modality": modality,
+                                        "x": coords[:, 0], "y": coords[:, 1]}))
+            reporter.log(f"umap {run}/{modality}: {len(ids):,} points" + (" (cached)" if hit else ""))
+        table = pd.concat(frames, ignore_index=True)
+        manifest.count("projections", cached)
+        outputs = _publish(ws, manifest, out, {"coords": (table, "coords.parquet", False)},
+                           _inputs(ws, used, lineage.active_survey(ws)))
+        return _finish(manifest, outputs, {"coords": table, "projections": cached})
 
 
 __all__ = ["analyze_neighbor_ranks", "analyze_rankings", "analyze_regression", "analyze_similarity", "analyze_umap",

@@ -14,7 +14,8 @@ from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_
 from fmb_engine.survey.importers.euclid_desi import import_dataset
 from fmb_engine.survey.quicklook import render_quicklook
 from fmb_engine.survey.active import check_replace, record_active
-from fmb_engine.survey.stages import StageResult, make_mock, mock_params, write_index
+from fmb_engine.stage_run import StageResult
+from fmb_engine.survey.stages import make_mock, mock_params, write_index
 from fmb_engine.survey.store import SurveyReader
 
 app = Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)

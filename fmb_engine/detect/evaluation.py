@@ -26,7 +26,6 @@ from fmb_engine import lineage, locks, publish, rankings
 from fmb_engine.detect.degenerate import constancy
 from fmb_engine.detect.metrics import evaluate_scores, to_markdown
 from fmb_engine.errors import DataError
-from fmb_engine.manifest import RunManifest
 from fmb_engine.publish import StagedSet
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text
@@ -35,53 +34,53 @@ KS = (10, 50, 100)
 
 
 def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) -> Any:
-    from fmb_engine.survey.stages import StageResult
+    from fmb_engine.stage_run import StageResult, stage_run
 
-    systems_path = ws.folder("scores") / "systems.parquet"
-    if not systems_path.is_file():
-        raise DataError(f"{systems_path} not found: run `fmb-engine detect all` first")
-    rankings.check_current(ws, survey=Path(survey))  # the scores must be of this survey, and one published set
-    with SurveyReader(survey) as reader:
-        truth = reader.table()[["object_id", "anomaly_class"]]
-        digest = reader.digest
-    if not (truth["anomaly_class"] != "").any():
-        raise DataError(f"{survey} has no anomaly_class labels: evaluation needs a survey with injected truth (the mock)")
-    manifest = RunManifest(ws, "evaluate", {"ks": list(ks), "survey": str(survey)})
-    manifest.data["inputs"]["survey_digest"] = digest
-    manifest.input("systems", systems_path)
-    table = pd.read_parquet(systems_path).merge(truth, on="object_id", how="inner")
-    frames = []
-    for col in (c for c in table.columns if c.startswith("score:")):
-        system = col.split(":", 1)[1]
-        scored = table[np.isfinite(table[col].to_numpy(dtype=float))]
-        if (lost := len(table) - len(scored)):
-            manifest.dropped(f"{system}:not_scored", lost)
-        values = scored[col].to_numpy(dtype=float)
-        if not len(values):
-            manifest.warn(f"{system}: scored none of the labelled objects; every metric is undefined (empty)")
-        elif kind := constancy(values):
-            manifest.warn(f"{system}: score {kind} over its {len(values)} labelled objects; it ranks nothing "
-                          "(chance level: AUROC about 0.5, precision about the positives' share)")
-        metrics = evaluate_scores(scored["anomaly_class"].to_numpy(), values, ks=ks)
-        frames.append(metrics.assign(system=system))
-    result = pd.concat(frames, ignore_index=True)
-    result = result[["system", *[c for c in result.columns if c != "system"]]]
-    overview = summary_table(result)
-    folder = ws.folder("analysis")
-    out_csv, out_md = folder / "evaluation.csv", folder / "evaluation.md"
-    inputs = {lineage.key_of(ws, systems_path): lineage.file_digest(systems_path), lineage.SURVEY: digest}
-    with locks.hold(out_csv, "the evaluation report analysis/evaluation.*"), StagedSet(folder, manifest.run_id) as stage:
-        publish.clean(folder)
-        with atomic_path(stage.path(out_csv)) as tmp:
-            result.to_csv(tmp, index=False)
-        atomic_write_text(stage.path(out_md), markdown_report(result, overview, manifest.data["warnings"]))
-        lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), [out_csv, out_md], inputs)
-        stage.publish()
-    manifest.output("csv", out_csv)
-    manifest.output("markdown", out_md)
-    manifest.count("systems", int(result["system"].nunique()))
-    return StageResult({"evaluation": out_csv, "report": out_md}, manifest.write(),
-                       {"overview": overview, "warnings": list(manifest.data["warnings"])})
+    with stage_run(ws, "evaluate", {"ks": list(ks), "survey": str(survey)}) as manifest:
+        systems_path = ws.folder("scores") / "systems.parquet"
+        if not systems_path.is_file():
+            raise DataError(f"{systems_path} not found: run `fmb-engine detect all` first")
+        rankings.check_current(ws, survey=Path(survey))  # the scores must be of this survey, and one published set
+        with SurveyReader(survey) as reader:
+            truth = reader.table()[["object_id", "anomaly_class"]]
+            digest = reader.digest
+        if not (truth["anomaly_class"] != "").any():
+            raise DataError(f"{survey} has no anomaly_class labels: evaluation needs a survey with injected truth (the mock)")
+        manifest.input_digest("survey_digest", digest)
+        manifest.input("systems", systems_path)
+        table = pd.read_parquet(systems_path).merge(truth, on="object_id", how="inner")
+        frames = []
+        for col in (c for c in table.columns if c.startswith("score:")):
+            system = col.split(":", 1)[1]
+            scored = table[np.isfinite(table[col].to_numpy(dtype=float))]
+            if (lost := len(table) - len(scored)):
+                manifest.dropped(f"{system}:not_scored", lost)
+            values = scored[col].to_numpy(dtype=float)
+            if not len(values):
+                manifest.warn(f"{system}: scored none of the labelled objects; every metric is undefined (empty)")
+            elif kind := constancy(values):
+                manifest.warn(f"{system}: score {kind} over its {len(values)} labelled objects; it ranks nothing "
+                              "(chance level: AUROC about 0.5, precision about the positives' share)")
+            metrics = evaluate_scores(scored["anomaly_class"].to_numpy(), values, ks=ks)
+            frames.append(metrics.assign(system=system))
+        result = pd.concat(frames, ignore_index=True)
+        result = result[["system", *[c for c in result.columns if c != "system"]]]
+        overview = summary_table(result)
+        folder = ws.folder("analysis")
+        out_csv, out_md = folder / "evaluation.csv", folder / "evaluation.md"
+        inputs = {lineage.key_of(ws, systems_path): lineage.file_digest(systems_path), lineage.SURVEY: digest}
+        with locks.hold(out_csv, "the evaluation report analysis/evaluation.*"), StagedSet(folder, manifest.run_id) as stage:
+            publish.clean(folder)
+            with atomic_path(stage.path(out_csv)) as tmp:
+                result.to_csv(tmp, index=False)
+            atomic_write_text(stage.path(out_md), markdown_report(result, overview, manifest.warnings))
+            lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), [out_csv, out_md], inputs)
+            stage.publish()
+        manifest.output("csv", out_csv)
+        manifest.output("markdown", out_md)
+        manifest.count("systems", int(result["system"].nunique()))
+    return StageResult({"evaluation": out_csv, "report": out_md}, manifest.path,
+                       {"overview": overview, "warnings": manifest.warnings})
 
 
 def summary_table(result: pd.DataFrame) -> pd.DataFrame:

@@ -396,7 +396,7 @@ def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
     previous, recorded = _previous_systems(ws)
     embedded = {p.stem for p in ws.folder("embeddings").glob("*.h5")}
     others = sorted(scored_models(ws) - set(models))
-    now = {"run_id": manifest.run_id, "started": manifest.data["started"]}
+    now = {"run_id": manifest.run_id, "started": manifest.started_at}
     runs = {m: dict(now) for m in models}
     dropped: dict[str, str] = {}
     kept: dict[str, str] = {}
@@ -477,12 +477,13 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
     writes ``scores/`` (BusyError otherwise).
     """
     from fmb_engine.rankings import systems_path
-    from fmb_engine.survey.stages import StageResult, config_record
+    from fmb_engine.stage_run import StageResult, config_record, stage_run
 
     cfg: DetectConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
     scores_dir = ws.folder("scores")
-    with locks.hold(scores_dir, "the detect outputs in scores/"):
+    with locks.hold(scores_dir, "the detect outputs in scores/"), \
+            stage_run(ws, "detect." + "+".join(parts), config_record(resolved), seed=cfg.seed) as manifest:
         if left := publish.clean(scores_dir):
             reporter.log(f"removed {len(left)} unpublished output set(s) of interrupted detect runs")
         survey = Path(survey) if survey is not None else lineage.active_survey(ws)
@@ -490,44 +491,38 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         lineage.check_embeddings(ws, runs, survey)
         models = [p.stem for p in runs]
         identities = {p.stem: lineage.embedding_identity(p) for p in runs}
-        manifest = RunManifest(ws, "detect." + "+".join(parts), config_record(resolved), seed=cfg.seed)
         scored: list[str] = []
-        try:
-            with StagedSet(scores_dir, manifest.run_id) as stage:
-                if "flows" in parts or "mismatch" in parts:
-                    for path in runs:
-                        scored += score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts,
-                                            mismatch="mismatch" in parts, stage=stage)
-                if "fuse" in parts:
-                    with manifest.phase("fuse"):
-                        fused = {m: fuse_run(ws, m, cfg, manifest, stage) for m in models}
-                    fused = {m: table for m, table in fused.items() if table is not None}
-                    scored += [system_name(m, "fused", method) for m in fused for method in FUSION_METHODS]
-                    all_scores = scores_dir / "multimodal" / "all_scores.csv"
-                    _write_csv(_merge_fused(all_scores, list(fused.values()), models), stage.path(all_scores))
-                skipped = manifest.data.get("skipped_systems", [])
-                if not scored:
-                    reasons = "; ".join(f"{s['system']}: {s['reason']}" for s in skipped)
-                    raise DataError(f"no system could be scored: {reasons or 'nothing to score'}. "
-                                    "See docs/science.md (detection)")
-                with manifest.phase("systems"):
-                    sruns, dropped, kept = systems_runs(ws, models, manifest, survey)
-                    table = build_systems_table(ws, list(sruns), stage)
-                    inputs = systems_inputs(ws, stage, list(sruns), identities | kept, survey)
-                    out = write_systems_table(ws, stage, table, sruns, models, list(dropped), inputs)
-                stage.publish(last=(systems_path(ws),))
-        except BaseException as exc:
-            manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
-            raise
-    systems = sorted(c.split(":", 1)[1] for c in table.columns if c.startswith("rank:"))
-    check_scores({s: table[f"score:{s}"] for s in scored if f"score:{s}" in table.columns}, manifest)
-    manifest.count("systems", systems)
-    manifest.count("systems_runs", {m: "scored now" if m in models else f"kept from {r['run_id'] or r['started']}"
-                                    for m, r in sruns.items()})
-    for model, why in dropped.items():
-        manifest.warn(f"systems of {model} dropped from systems.parquet: {why}")
-    manifest.output("systems", out)
-    manifest.output("scores", scores_dir)
-    return StageResult({"systems": out, "scores": scores_dir}, manifest.write(),
-                       {"systems": systems, "objects": len(table), "skipped": skipped,
-                        "warnings": list(manifest.data["warnings"])})
+        with StagedSet(scores_dir, manifest.run_id) as stage:
+            if "flows" in parts or "mismatch" in parts:
+                for path in runs:
+                    scored += score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts,
+                                        mismatch="mismatch" in parts, stage=stage)
+            if "fuse" in parts:
+                with manifest.phase("fuse"):
+                    fused = {m: fuse_run(ws, m, cfg, manifest, stage) for m in models}
+                fused = {m: table for m, table in fused.items() if table is not None}
+                scored += [system_name(m, "fused", method) for m in fused for method in FUSION_METHODS]
+                all_scores = scores_dir / "multimodal" / "all_scores.csv"
+                _write_csv(_merge_fused(all_scores, list(fused.values()), models), stage.path(all_scores))
+            skipped = manifest.skipped
+            if not scored:
+                reasons = "; ".join(f"{s['system']}: {s['reason']}" for s in skipped)
+                raise DataError(f"no system could be scored: {reasons or 'nothing to score'}. "
+                                "See docs/science.md (detection)")
+            with manifest.phase("systems"):
+                sruns, dropped, kept = systems_runs(ws, models, manifest, survey)
+                table = build_systems_table(ws, list(sruns), stage)
+                inputs = systems_inputs(ws, stage, list(sruns), identities | kept, survey)
+                out = write_systems_table(ws, stage, table, sruns, models, list(dropped), inputs)
+            stage.publish(last=(systems_path(ws),))
+        systems = sorted(c.split(":", 1)[1] for c in table.columns if c.startswith("rank:"))
+        check_scores({s: table[f"score:{s}"] for s in scored if f"score:{s}" in table.columns}, manifest)
+        manifest.count("systems", systems)
+        manifest.count("systems_runs", {m: "scored now" if m in models else f"kept from {r['run_id'] or r['started']}"
+                                        for m, r in sruns.items()})
+        for model, why in dropped.items():
+            manifest.warn(f"systems of {model} dropped from systems.parquet: {why}")
+        manifest.output("systems", out)
+        manifest.output("scores", scores_dir)
+    return StageResult({"systems": out, "scores": scores_dir}, manifest.path,
+                       {"systems": systems, "objects": len(table), "skipped": skipped, "warnings": manifest.warnings})

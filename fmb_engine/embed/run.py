@@ -21,6 +21,7 @@ paths and vectors agree to float32 rounding only.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,10 @@ from fmb_engine.embed.shards import (
 from fmb_engine.embed.store import EmbeddingMeta, EmbeddingReader, write_embeddings
 from fmb_engine.embed.validity import add_reason, embeddability, not_embeddable_summary
 from fmb_engine import locks
-from fmb_engine.errors import BusyError, ConfigError, DataError
+from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.manifest import RunManifest, versions
 from fmb_engine.progress import Reporter, Silent
-from fmb_engine.survey.stages import StageResult, config_record
+from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace
 
@@ -334,17 +335,16 @@ def embed_survey(
     (pca/cca) reuses the fitted state stored in another embedding file instead of fitting
     on this survey's train split, so new objects land in the same space.
     """
-    run = _open_run(ws, survey_path, model, resolved, reporter, output, fit_from)
-    manifest = RunManifest(ws, f"embed.{model}", config_record(resolved), seed=run.cfg.seed)
-    manifest.input("survey", survey_path, digest=run.reader.digest)
-    manifest.data["inputs"]["survey_digest"] = run.reader.digest
-    manifest.data["inputs"]["weights_digest"] = run.weights_digest
-    manifest.data["run_key"] = run.key
-    manifest.data["device"] = run.device
-    summary: dict[str, Any] = {"model": model, "aligned": bool(type(run.embedder).aligned),
-                               "modalities": list(type(run.embedder).modalities), "device": run.device}
-    try:
-        with locks.hold(run.final, f"embeddings {run.final.name}"):
+    with stage_run(ws, f"embed.{model}", config_record(resolved), seed=resolved.values.seed) as manifest:
+        run = _open_run(ws, survey_path, model, resolved, reporter, output, fit_from)
+        with contextlib.closing(run.reader), locks.hold(run.final, f"embeddings {run.final.name}"):
+            manifest.input("survey", survey_path, digest=run.reader.digest)
+            manifest.input_digest("survey_digest", run.reader.digest)
+            manifest.input_digest("weights_digest", run.weights_digest)
+            manifest.record("run_key", run.key)
+            manifest.record("device", run.device)
+            summary: dict[str, Any] = {"model": model, "aligned": bool(type(run.embedder).aligned),
+                                       "modalities": list(type(run.embedder).modalities), "device": run.device}
             if force:  # the final file stays until the recompute is merged over it
                 discard(ws, model, output)
             if _up_to_date(run):
@@ -387,10 +387,4 @@ def embed_survey(
             else:
                 manifest.output("shards", run.shard_dir)
                 outputs["shards"] = run.shard_dir
-    except BaseException as exc:
-        if not isinstance(exc, BusyError):  # a busy output is another run's: this one never started
-            manifest.write(status="interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
-        raise
-    finally:
-        run.reader.close()
-    return StageResult(outputs, manifest.write(), summary)
+    return StageResult(outputs, manifest.path, summary)

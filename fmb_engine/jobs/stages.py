@@ -45,7 +45,7 @@ def submit_embedding(ws: Workspace, survey: Path, model: str, resolved: Resolved
                      executor: str | None, jobs: Resolved | None = None) -> Submission:
     """A job array of ``shards`` tasks over the survey rows; outputs merge when the last shard lands."""
     from fmb_engine.embed.shards import shard_range
-    from fmb_engine.survey.stages import config_record
+    from fmb_engine.stage_run import config_record
     from fmb_engine.survey.store import SurveyReader
 
     with SurveyReader(survey) as reader:
@@ -67,7 +67,7 @@ def detect_task(root: str, values: dict[str, Any], sources: dict[str, str], part
 
 def submit_detect(ws: Workspace, resolved: Resolved, parts: tuple[str, ...], executor: str | None,
                   jobs: Resolved | None = None) -> Submission:
-    from fmb_engine.survey.stages import config_record
+    from fmb_engine.stage_run import config_record
 
     record = config_record(resolved)
     return submit(ws, "detect", detect_task, str(ws.root), record["values"], record["sources"], tuple(parts),
@@ -86,7 +86,7 @@ def retrain_task(root: str, survey: str, task: str, values: dict[str, Any], sour
 
 def submit_retrain(ws: Workspace, survey: Path, task: str, resolved: Resolved, resume: bool, executor: str | None,
                    jobs: Resolved | None = None) -> Submission:
-    from fmb_engine.survey.stages import config_record
+    from fmb_engine.stage_run import config_record
 
     record = config_record(resolved)
     return submit(ws, f"retrain.{task}", retrain_task, str(ws.root), str(survey), task, record["values"],

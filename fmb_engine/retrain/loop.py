@@ -35,6 +35,7 @@ from fmb_engine.errors import ConfigError, DataError, FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.retrain.config import TrainConfig
+from fmb_engine.stage_run import stage_run
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
@@ -425,11 +426,10 @@ def train(task: TrainTask, ws: Workspace | None, survey: Path, folder: Path, *, 
     """
     reporter = reporter or Silent()
     cfg = task.config
-    manifest = RunManifest(ws, f"retrain-{task.name}", config_record or {"values": cfg.model_dump()}, seed=cfg.seed)
-    make_dirs(folder)
-    ckpts = Checkpoints(folder / "checkpoints", cfg.keep_checkpoints)
-
-    with SurveyReader(survey) as reader:
+    record = config_record or {"values": cfg.model_dump()}
+    with stage_run(ws, f"retrain-{task.name}", record, seed=cfg.seed) as manifest, SurveyReader(survey) as reader:
+        make_dirs(folder)
+        ckpts = Checkpoints(folder / "checkpoints", cfg.keep_checkpoints)
         manifest.input("survey", survey, digest=reader.digest)  # the store's own digest: no re-hash of GBs
         train_rows = usable_rows(reader, cfg.train_split, task.needs, cfg.max_objects, manifest)
         val_rows = usable_rows(reader, cfg.val_split, task.needs, cfg.max_objects, manifest)
@@ -440,12 +440,12 @@ def train(task: TrainTask, ws: Workspace | None, survey: Path, folder: Path, *, 
         latest = ckpts.latest() if resume else None
         if latest is not None:
             run.restore(latest)
-            manifest.data["resumed_from"] = {"checkpoint": str(latest), "step": run.step}
+            manifest.record("resumed_from", {"checkpoint": str(latest), "step": run.step})
             reporter.log(f"resuming retrain {task.name} at step {run.step} from {latest}")
         elif not resume:
             for old in ckpts.all():
                 old.unlink()
-        manifest.data["modules"] = task.describe()
+        manifest.record("modules", task.describe())
 
         t_start, first = time.perf_counter(), run.step
         try:
@@ -458,10 +458,6 @@ def train(task: TrainTask, ws: Workspace | None, survey: Path, folder: Path, *, 
             saved = run.interrupted()
             if saved is not None:
                 manifest.output("checkpoint", saved)
-            manifest.write("interrupted")
-            raise
-        except BaseException:
-            manifest.write("failed")
             raise
 
         outputs = {**{f"final_{k}": v for k, v in task.export(folder).items()},
@@ -473,7 +469,6 @@ def train(task: TrainTask, ws: Workspace | None, survey: Path, folder: Path, *, 
         early = run.stopped and run.step < cfg.steps
         manifest.count("steps", run.step)
         manifest.count("steps_per_s", round((run.step - first) / max(time.perf_counter() - t_start, 1e-9), 3))
-        manifest.data["stopped_early"] = early
-        manifest.data["best_val_loss"] = run.best if math.isfinite(run.best) else None
-        path = manifest.write()
-    return TrainResult(folder, run.step, early, run.history, outputs, path)
+        manifest.record("stopped_early", early)
+        manifest.record("best_val_loss", run.best if math.isfinite(run.best) else None)
+    return TrainResult(folder, run.step, early, run.history, outputs, manifest.path)

@@ -67,7 +67,7 @@ def build_task(task: str, config: TrainConfig) -> TrainTask:
 def retrain(ws: Workspace, survey: Path, task: str, resolved: Resolved, reporter: Reporter | None = None,
             resume: bool = True) -> TrainResult:
     """Run (or resume) ``task`` on ``survey`` with the resolved ``retrain.<task>`` section."""
-    from fmb_engine.survey.stages import config_record
+    from fmb_engine.stage_run import config_record
 
     config: TrainConfig = resolved.values
     built = build_task(task, config)

@@ -7,7 +7,6 @@ atomically plus a run manifest, and returns what it wrote.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,13 @@ import pandas as pd
 from fmb_engine import locks
 from fmb_engine.config import Resolved
 from fmb_engine.config.schemas import MockConfig
-from fmb_engine.errors import FMBError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
+from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.survey import interrupts, mock
 from fmb_engine.survey.bands import wavelength_grid
 from fmb_engine.survey.store import SurveyReader, SurveyWriter
 from fmb_engine.workspace import Workspace, atomic_path
-
-
-@dataclass
-class StageResult:
-    outputs: dict[str, Path]
-    manifest: Path | None
-    summary: dict
-
-
-def config_record(resolved: Resolved) -> dict:
-    return {"values": resolved.values.model_dump(mode="json"), "sources": resolved.sources}
 
 
 def mock_params(cfg: MockConfig) -> dict:
@@ -56,22 +44,14 @@ def report_resume(writer: SurveyWriter, reporter: Reporter, manifest: RunManifes
         manifest.count("resumed_from", writer.resumed_from)
 
 
-def write_manifest_after_failure(manifest: RunManifest, status: str) -> None:
-    """Record a failed or interrupted run; a manifest that cannot be written (a full disk) must not
-    hide the error that ended the run."""
-    with contextlib.suppress(OSError):
-        manifest.write(status=status)
-
-
 def make_mock(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:
     """Simulate the mock survey into ``survey/<name>.h5`` (resumes an interrupted run)."""
     cfg: MockConfig = resolved.values  # type: ignore[assignment]
-    with store_lock(ws, cfg.name):
-        return _make_mock(ws, resolved, cfg, reporter or Silent())
+    with store_lock(ws, cfg.name), stage_run(ws, "data.mock", config_record(resolved), seed=cfg.seed) as manifest:
+        return _make_mock(ws, manifest, cfg, reporter or Silent())
 
 
-def _make_mock(ws: Workspace, resolved: Resolved, cfg: MockConfig, reporter: Reporter) -> StageResult:
-    manifest = RunManifest(ws, "data.mock", config_record(resolved), seed=cfg.seed)
+def _make_mock(ws: Workspace, manifest: RunManifest, cfg: MockConfig, reporter: Reporter) -> StageResult:
     out = ws.survey_path(cfg.name)
     params = mock_params(cfg)
     with manifest.phase("population"):
@@ -99,9 +79,8 @@ def _make_mock(ws: Workspace, resolved: Resolved, cfg: MockConfig, reporter: Rep
                         check()
             with manifest.phase("finalise"):
                 writer.close()
-    except BaseException as exc:
+    except BaseException:
         writer.abort()
-        write_manifest_after_failure(manifest, "failed" if isinstance(exc, FMBError) else "interrupted")
         raise
     with SurveyReader(out) as reader:
         summary = reader.summary()
@@ -112,9 +91,9 @@ def _make_mock(ws: Workspace, resolved: Resolved, cfg: MockConfig, reporter: Rep
     injected = mock.anomaly_count(cfg.objects, cfg.anomaly_fraction)
     if injected != requested:
         manifest.warn(f"anomaly count raised from {requested} to {injected} so that every class appears")
-    manifest.data["inputs"]["survey_digest"] = summary["digest"]
+    manifest.input_digest("survey_digest", summary["digest"])
     manifest.output("survey", out)
-    return StageResult({"survey": out}, manifest.write(), summary)
+    return StageResult({"survey": out}, manifest.path, summary)
 
 
 def write_index(ws: Workspace, survey: Path, output: Path | None = None) -> Path:

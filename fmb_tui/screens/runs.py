@@ -62,6 +62,14 @@ def manifest_summary(m: Any) -> tuple[str, Text, str]:
             _short(m.get("stage") or "?", 30))
 
 
+def _error_text(error: Any) -> str:
+    """A manifest's ``error`` (``{type, message}``, docs/formats.md) as ``Type: message``; anything else as it is."""
+    if isinstance(error, dict) and "type" in error:
+        message = error.get("message")
+        return f"{error['type']}: {message}" if message else str(error["type"])
+    return str(error)
+
+
 def manifest_text(m: Any) -> Text:
     """The detail of one run record as plain text with styles: unknown fields, odd types and None are shown as they are."""
     out = Text()
@@ -98,7 +106,7 @@ def manifest_text(m: Any) -> Text:
         total = timings.get("total", "?") if isinstance(timings, dict) else timings
         out.append("\n").append("time", style="bold").append(f" {_short(total, 20)} s")
     if m.get("error"):
-        out.append("\n").append("error", style="bold red").append(f" {_short(m['error'], 300)}")
+        out.append("\n").append("error", style="bold red").append(f" {_short(_error_text(m['error']), 300)}")
     warnings = m.get("warnings")
     for w in (warnings if isinstance(warnings, list) else [warnings] if warnings else [])[:10]:
         out.append("\n").append("warning", style="yellow").append(f" {_short(w, 300)}")

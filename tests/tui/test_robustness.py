@@ -189,6 +189,16 @@ async def test_every_odd_run_record_renders(tui_ws):
     assert MARKUP_TEXT in manifest_text(markup).plain  # shown literally, not parsed
 
 
+async def test_a_runs_error_reads_as_type_and_message():
+    """The engine's end-state record (docs/formats.md) in the run detail; an older plain-text error as it is."""
+    failed = {"run_id": "r", "status": "failed", "error": {"type": "DataError", "message": "no rankings"}}
+    interrupted = {"run_id": "r", "status": "interrupted", "error": {"type": "KeyboardInterrupt", "message": ""}}
+    assert "error DataError: no rankings" in manifest_text(failed).plain
+    assert "error KeyboardInterrupt" in manifest_text(interrupted).plain
+    assert "error RuntimeError: gone" in manifest_text({"status": "failed", "error": "RuntimeError: gone"}).plain
+    assert "error" not in manifest_text({"status": "completed", "error": None}).plain
+
+
 async def test_runs_screen_with_odd_records_and_fast_stage_switching(tui_ws, config):
     add_odd_records(tui_ws)
     app = FMBApp(tui_ws, config, start="runs")

@@ -26,9 +26,10 @@ import numpy as np
 from fmb_engine.config import Resolved
 from fmb_engine.config.loader import DEFAULT_ORIGIN
 from fmb_engine.config.schemas import ImportConfig
-from fmb_engine.errors import DataError, FMBError
+from fmb_engine.errors import DataError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
+from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.survey import interrupts
 from fmb_engine.survey.bands import BANDS, wavelength_grid
 from fmb_engine.survey.importers.layout import Layout, SourceFile, absolute, plan
@@ -113,25 +114,24 @@ def import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved,
     from fmb_engine.survey.stages import store_lock
 
     cfg: ImportConfig = resolved.values  # type: ignore[assignment]
-    with store_lock(ws, cfg.name):
-        return _import_dataset(ws, source, resolved, cfg, reporter or Silent())
+    where = str(absolute(source)) if source is not None else "the --split NAME=PATH files"
+    with store_lock(ws, cfg.name), stage_run(ws, "data.import", config_record(resolved) | {"source": where}) as manifest:
+        return _import_dataset(manifest, ws, source, where, resolved, cfg, reporter or Silent())
 
 
-def _import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved, cfg: ImportConfig, reporter: Reporter) -> Any:
-    from fmb_engine.survey.stages import StageResult, config_record, report_resume, write_manifest_after_failure
+def _import_dataset(manifest: RunManifest, ws: Workspace, source: str | Path | None, where: str, resolved: Resolved,
+                    cfg: ImportConfig, reporter: Reporter) -> Any:
+    from fmb_engine.survey.stages import report_resume
 
     layout = plan(source, cfg.splits, resolved.sources.get("splits", DEFAULT_ORIGIN) != DEFAULT_ORIGIN)
     catalogue = Catalogue(Path(cfg.catalog).expanduser()) if cfg.catalog else None
     files, totals, bad_files = _check_files(layout.files, catalogue is not None, cfg.skip_bad_files)
     for bad in bad_files:
         reporter.log(f"skipping bad file {bad['path']}: {bad['reason']}")
-    where = str(absolute(source)) if source is not None else "the --split NAME=PATH files"
-    manifest = RunManifest(ws, "data.import", config_record(resolved) | {"source": where})
     params: dict[str, Any] = {"source": where, "files": [f"{f.split}={f.path}" for f in files], "image_size": cfg.image_size,
                               "missing": cfg.missing, "resample": cfg.resample, "limit": cfg.limit}
     if catalogue is not None:
-        manifest.input("catalog", Path(cfg.catalog).expanduser())
-        params["catalog_digest"] = manifest.data["inputs"]["catalog"]["digest"]
+        params["catalog_digest"] = manifest.input("catalog", Path(cfg.catalog).expanduser())
     base = absolute(source) if source is not None and Path(source).expanduser().is_dir() else None
     for f in files:  # keyed by the path under SOURCE: every split of save_to_disk has a data-00000-of-00001.arrow
         key = f.path.relative_to(base) if base is not None and f.path.is_relative_to(base) else f.path
@@ -194,12 +194,10 @@ def _import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved
             writer.discard()  # nothing worth resuming: leave no empty .partial behind
         else:
             writer.abort()  # the .partial resumes when the command is run again
-        failed = isinstance(exc, FMBError)
         if isinstance(exc, BadFile):
             bad_files.append({"path": str(exc.path), "reason": exc.reason, "rows_imported": writer.n_written - written_before})
-        manifest.data["bad_files"] = bad_files
-        manifest.data["rows"] = log.reasons
-        write_manifest_after_failure(manifest, "failed" if failed else "interrupted")
+        manifest.record("bad_files", bad_files)
+        manifest.record("rows", log.reasons)
         raise
     with SurveyReader(out) as reader:
         summary = reader.summary()
@@ -209,14 +207,15 @@ def _import_dataset(ws: Workspace, source: str | Path | None, resolved: Resolved
         "split_naming": layout.naming, "ignored_splits": layout.ignored, "bad_files": bad_files,
         "dropped": log.totals("dropped"), "kept_with": log.totals("kept"), "repaired": log.totals("repaired"),
     }
-    return StageResult({"survey": out}, manifest.write(), summary)
+    return StageResult({"survey": out}, manifest.path, summary)
 
 
 def _record(manifest: RunManifest, log: RowLog, bad_files: list[dict], layout: Layout, consumed: int, summary: dict) -> None:
     """Counts, per-reason row log and bad files into the manifest (docs/formats.md, run manifest)."""
-    manifest.data["dropped"] = log.totals("dropped")
-    manifest.data["rows"] = {action: log.reasons[action] for action in ("dropped", "kept", "repaired")}
-    manifest.data["bad_files"] = bad_files
+    for reason, n in log.totals("dropped").items():
+        manifest.dropped(reason, n)
+    manifest.record("rows", {action: log.reasons[action] for action in ("dropped", "kept", "repaired")})
+    manifest.record("bad_files", bad_files)
     for reason, n in log.totals("kept").items():
         manifest.count(f"kept_with:{reason}", n)
     for key in ("masked_input_pixels", "objects_with_nonfinite_flux", "resampled_images"):
@@ -228,7 +227,7 @@ def _record(manifest: RunManifest, log: RowLog, bad_files: list[dict], layout: L
     manifest.count("splits", summary["splits"])
     manifest.count("dropped_total", sum(log.totals("dropped").values()))
     manifest.count("bad_files", len(bad_files))
-    manifest.data["split_naming"] = layout.naming
+    manifest.record("split_naming", layout.naming)
     if layout.ignored:
-        manifest.data["ignored_splits"] = layout.ignored
-    manifest.data["inputs"]["survey_digest"] = summary["digest"]
+        manifest.record("ignored_splits", layout.ignored)
+    manifest.input_digest("survey_digest", summary["digest"])
