@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fmb_engine.config.loader import CLI_ORIGIN, Layer, Resolved, check_layer, read_layer_file, resolve, template
-from fmb_engine.config.schemas import SECTIONS, Section, register_section
+from fmb_engine.config.schemas import SECTIONS, Section
 from fmb_engine.workspace import Workspace
 
 
@@ -41,4 +41,4 @@ def load(
     return resolve(section, layers_for(workspace, config_file, nested))
 
 
-__all__ = ["register_section", "SECTIONS", "Layer", "Resolved", "Section", "layers_for", "load", "resolve", "template"]
+__all__ = ["SECTIONS", "Layer", "Resolved", "Section", "layers_for", "load", "resolve", "template"]

@@ -44,11 +44,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from fmb_engine.embed import preprocess as pp
-from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
+from fmb_engine.devices import resolve_device
+from fmb_engine.embed.base import Embedder
+from fmb_engine.embed.config import AIONConfig
 from fmb_engine.embed.weights import import_optional, load_strict, resolve_dir, resolve_file
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.survey.batch import SurveyBatch
@@ -72,22 +73,6 @@ SNAPSHOT_FILES: tuple[str, ...] = (
     "codecs/spectrum/config.json",
     "codecs/spectrum/model.safetensors",
 )
-
-
-class AIONConfig(EmbedderConfig):
-    """Settings of the AION embedder."""
-
-    repo_id: str = Field(
-        "polymathic-ai/aion-base", description="Hugging Face repo id, used only to find the local cache."
-    )
-    adapter: str | None = Field(
-        None,
-        description="FMB's Euclid->HSC adapter checkpoint: a file, or a directory holding adapter_file. "
-        "Unset: looked for next to the AION weights.",
-    )
-    adapter_file: str = Field("adapters_final.pt", description="Adapter checkpoint file name.")
-    image_size: int = Field(96, ge=16, description="Euclid bands are resized (bilinear) to this size.")
-    max_abs: float = Field(100.0, gt=0, description="Clamp of the scaled Euclid flux, before the adapter.")
 
 
 # --------------------------------------------------------------------------- adapter U-Net
@@ -266,9 +251,6 @@ class AIONEmbedder(Embedder):
     """AION-1 mean-pooled encoder embeddings; see the module docstring."""
 
     name: ClassVar[str] = "aion"
-    modalities: ClassVar[tuple[str, ...]] = ("image", "spectrum", "joint")
-    aligned: ClassVar[bool] = False
-    config_model: ClassVar[type[EmbedderConfig]] = AIONConfig
 
     def __init__(self, config: AIONConfig | dict[str, Any] | None = None):
         super().__init__(config)

@@ -143,9 +143,7 @@ def state_digest(state: dict) -> str:
 
 def _embedder_config(name: str, ws: Workspace | None, config_file: Path | None, cli: dict | None = None) -> Resolved:
     from fmb_engine.config import load
-    from fmb_engine.embed.run import register_embed_sections
 
-    register_embed_sections()
     return load(f"embed.{name}", ws, config_file, cli or None)
 
 
@@ -195,9 +193,7 @@ def _load_fix(name: str) -> str:
 def list_models(ws: Workspace | None = None, config_file: Path | None = None) -> list[ModelStatus]:
     """Every registered embedder: modalities, aligned, package and weights presence (nothing loaded)."""
     from fmb_engine.embed import base
-    from fmb_engine.embed.run import register_embed_sections
 
-    register_embed_sections()
     return [_status(name, ws, config_file, try_load=False) for name in base.names()]
 
 
@@ -223,9 +219,7 @@ def check_models(
 ) -> dict[str, Any]:
     """Environment plus, per embedder (or just ``name``), weight files found and whether they load."""
     from fmb_engine.embed import base
-    from fmb_engine.embed.run import register_embed_sections
 
-    register_embed_sections()
     names = [name] if name else base.names()
     for n in names:
         base.get(n)  # ConfigError for an unknown name

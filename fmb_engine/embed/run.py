@@ -51,10 +51,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fmb_engine.config import Resolved, register_section
-from fmb_engine.config.schemas import SECTIONS
+from fmb_engine.config import Resolved
+from fmb_engine.devices import resolve_device
 from fmb_engine.embed import base
-from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
+from fmb_engine.embed.base import Embedder
+from fmb_engine.embed.config import DEFAULT_SHARD_SIZE, EmbedderConfig
 from fmb_engine.embed.store import EmbeddingMeta, EmbeddingReader, EmbeddingWriter, write_embeddings
 from fmb_engine import locks
 from fmb_engine.errors import BusyError, ConfigError, DataError
@@ -66,26 +67,11 @@ from fmb_engine.survey.stages import StageResult, config_record
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
 
-DEFAULT_SHARD_SIZE = 4096
 #: Config keys that do not change the vectors (excluded from the run key).
 _NOT_IN_KEY = {"batch_size", "device"}
 _SHARD_RE = re.compile(r"^shard-(\d{9})-(\d{9})\.h5$")
 #: Object ids listed in the manifest per reason (the full list is in the file).
 _MANIFEST_IDS = 100
-
-
-def register_embed_sections() -> None:
-    """Register config section ``embed.<name>`` for every embedder (no heavy model package is imported).
-
-    The embedder modules import torch at most; ``astropt``/``aion`` are imported lazily
-    when a model is loaded.
-    """
-    import fmb_engine.embed.baselines  # noqa: F401  (registers pca, cca)
-    import fmb_engine.embed.registry_models  # noqa: F401  (registers astropt, aion, astroclip)
-
-    for name in base.names():
-        if f"embed.{name}" not in SECTIONS:
-            register_section(f"embed.{name}", base.get(name).config_model)
 
 
 def shard_range(n_objects: int, shard: int, shards: int) -> tuple[int, int]:
@@ -207,7 +193,6 @@ def _read_fit(path: Path, model: str) -> tuple[dict[str, np.ndarray], dict[str, 
 
 def _open_run(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, reporter: Reporter | None,
               output: Path | None = None, fit_from: Path | None = None) -> _Run:
-    register_embed_sections()
     cls = base.get(model)
     cfg = resolved.values
     if not isinstance(cfg, cls.config_model):

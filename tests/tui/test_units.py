@@ -164,7 +164,7 @@ def test_systems_that_do_not_rank_every_object(tmp_path):
     import pandas as pd
 
     from fmb_engine.rankings import systems_path
-    from fmb_engine.triage.config import TuiConfig
+    from fmb_engine.config.tui import TuiConfig
     from fmb_engine.workspace import Workspace
     from fmb_tui.data import WorkspaceData
 

@@ -1,0 +1,186 @@
+"""Every embedder's config schema (section ``embed.<name>``) and the table of embedders.
+
+Light on purpose (pydantic and the standard library): the config registry, ``config
+show|check``, the CLI's per-embedder commands and ``models list`` know every embedder, its
+settings and what it produces without importing torch or a model package. The
+implementation class named in :data:`EMBEDDERS` is imported by
+:func:`fmb_engine.embed.base.get` when an embedder is used; it takes its descriptive
+class attributes from the same entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Rows per shard file of an embedding run (the unit of resumption; ``embed --shard-size``).
+DEFAULT_SHARD_SIZE = 4096
+#: Canonical modality names, everywhere (config, columns, store datasets, docs).
+MODALITIES: tuple[str, ...] = ("image", "spectrum", "joint")
+
+
+class EmbedderConfig(BaseModel):
+    """Settings every embedder understands; embedders extend this."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    batch_size: int = Field(64, ge=1, description="Objects per forward pass.")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+    amp: bool = Field(False, description="Mixed precision on CUDA (ignored on CPU).")
+    weights: str | None = Field(
+        None, description="Local weights directory or Hugging Face cache holding the checkpoint."
+    )
+    seed: int = Field(42, ge=0, description="Seed for anything random inside the embedder.")
+
+
+class BaselineConfig(EmbedderConfig):
+    """Feature settings shared by the pca and cca embedders."""
+
+    batch_size: int = Field(512, ge=1, description="Objects per batch (features are computed batch by batch).")
+    image_grid: int = Field(16, ge=1, le=256, description="Band images are average-pooled to this many pixels per side.")
+    radial_bins: int = Field(8, ge=1, le=64, description="Annuli of the per-band radial profile (geometric edges).")
+    spectrum_rebin: int = Field(10, ge=1, description="Spectral pixels per fine bin (inverse-variance weighted mean).")
+    spectrum_coarse: int = Field(40, ge=1, description="Coarse continuum bins over the whole spectrum.")
+    fit_max_objects: int = Field(
+        20000, ge=10, description="At most this many train objects are used for the fit (a seeded random subset)."
+    )
+
+
+class PCAConfig(BaselineConfig):
+    """Settings of the PCA baseline embedder."""
+
+    image_components: int = Field(64, ge=1, description="Principal components kept for the image vector.")
+    spectrum_components: int = Field(64, ge=1, description="Principal components kept for the spectrum vector.")
+
+
+class CCAConfig(BaselineConfig):
+    """Settings of the CCA baseline embedder."""
+
+    pca_components: int = Field(32, ge=1, description="PCA components per modality before the CCA.")
+    n_components: int = Field(16, ge=1, description="Canonical pairs kept (vector dimension).")
+    weighting: Literal["rho", "sqrt", "none"] = Field(
+        "rho", description="Weight of canonical pair j: its correlation rho_j, sqrt(rho_j), or 1."
+    )
+    ridge: float = Field(1e-3, ge=0.0, description="Whitening ridge, relative to the mean PCA variance.")
+
+
+#: Image-side settings implied by each layout.
+ASTROPT_LAYOUTS: dict[str, dict[str, Any]] = {
+    "upstream": {"image_size": 256, "patch_order": "channel_last", "patch_norm": "zscore", "spiral": True},
+    "fmb": {"image_size": 224, "patch_order": "channel_first", "patch_norm": "none", "spiral": False},
+}
+
+
+class AstroPTConfig(EmbedderConfig):
+    """Settings of the AstroPT embedder."""
+
+    repo_id: str = Field("Smith42/astroPT_v2.0", description="Hugging Face repo id, used only to find the local cache.")
+    subfolder: str = Field("astropt/095M", description="Folder of the checkpoint inside the repo.")
+    checkpoint: str = Field("ckpt.pt", description="Checkpoint file name.")
+    loader: Literal["safe", "upstream"] = Field(
+        "safe",
+        description="safe: weights_only=True, registry rebuilt from plain fields; "
+        "upstream: astropt.model_utils.load_astropt (unpickles; trusted upstream files only).",
+    )
+    layout: Literal["upstream", "fmb"] = Field(
+        "upstream", description="Image patch layout preset: upstream AstroPT v2, or FMB's retrained model."
+    )
+    image_size: int | None = Field(None, ge=8, description="Image side in pixels after resize (layout default).")
+    patch_order: Literal["channel_last", "channel_first"] | None = Field(
+        None, description="Flattening inside a patch: (p1 p2 c) or (c p1 p2) (layout default)."
+    )
+    patch_norm: Literal["zscore", "none"] | None = Field(None, description="Per-patch z-score (layout default).")
+    spiral: bool | None = Field(None, description="Spiral patch order, centre first (layout default).")
+    image_source: Literal["auto", "rgb", "bands"] = Field(
+        "auto", description="RGB from the stored composite (rgb), from the 4 bands (bands), or rgb when present (auto)."
+    )
+    spectrum_length: int = Field(7781, ge=1, description="Spectra are padded/trimmed to this many bins.")
+    spectrum_norm: Literal["std", "zscore", "none"] = Field(
+        "std", description="Per-spectrum scaling before patching (FMB: divide by std)."
+    )
+    reduction: Literal["mean", "exp_decay", "last"] = Field(
+        "mean", description="Token reduction of generate_embeddings (middle layer)."
+    )
+    image_patch_size: int = Field(
+        16, ge=1, description="Image patch size, used only when the checkpoint has no registry."
+    )
+    spectrum_patch_size: int = Field(
+        10, ge=1, description="Spectrum patch size, used only when the checkpoint has no registry."
+    )
+
+    def resolved(self, key: str) -> Any:
+        """A layout-controlled image setting: the explicit value, else the layout's."""
+        value = getattr(self, key)
+        return ASTROPT_LAYOUTS[self.layout][key] if value is None else value
+
+
+class AIONConfig(EmbedderConfig):
+    """Settings of the AION embedder."""
+
+    repo_id: str = Field(
+        "polymathic-ai/aion-base", description="Hugging Face repo id, used only to find the local cache."
+    )
+    adapter: str | None = Field(
+        None,
+        description="FMB's Euclid->HSC adapter checkpoint: a file, or a directory holding adapter_file. "
+        "Unset: looked for next to the AION weights.",
+    )
+    adapter_file: str = Field("adapters_final.pt", description="Adapter checkpoint file name.")
+    image_size: int = Field(96, ge=16, description="Euclid bands are resized (bilinear) to this size.")
+    max_abs: float = Field(100.0, gt=0, description="Clamp of the scaled Euclid flux, before the adapter.")
+
+
+class AstroCLIPConfig(EmbedderConfig):
+    """Settings of the AstroCLIP embedder."""
+
+    repo_id: str = Field(
+        "polymathic-ai/astroclip", description="Hugging Face repo id, used only to find the local cache."
+    )
+    subfolder: str = Field("", description="Folder of the checkpoint inside the repo.")
+    checkpoint: str = Field(
+        "astroclip.ckpt",
+        description="Checkpoint file name; the published Lightning file must be converted once "
+        "(python -m fmb_engine.embed.astroclip.checkpoint SRC DST).",
+    )
+    image_size: int = Field(144, ge=8, description="Image side after resize; must match the model (144).")
+    image_source: Literal["auto", "rgb", "bands"] = Field(
+        "auto", description="RGB from the stored composite (rgb), from the 4 bands (bands), or rgb when present (auto)."
+    )
+    swap_hw: bool = Field(False, description="Transpose images (H <-> W) as upstream's training loader did.")
+    spectrum_length: int = Field(7781, ge=40, description="Spectra are padded/trimmed to this many bins.")
+    spectrum_norm: Literal["none", "zscore"] = Field(
+        "none", description="Scaling before SpecFormer (which standardises again): none = raw flux."
+    )
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """What the front doors know of an embedder before its implementation is imported."""
+
+    summary: str  # one line: the help of ``fmb-engine embed <name>``
+    config: type[EmbedderConfig]
+    implementation: str  # "module:Class", imported on first use
+    aligned: bool  # image and spectrum vectors live in one space (a cosine between them means something)
+    needs_fit: bool = False  # fitted on the train split before embedding
+    modalities: tuple[str, ...] = MODALITIES
+
+
+#: Embedder name -> its entry, by name (the order of ``models list`` and ``config show``).
+EMBEDDERS: dict[str, EmbedderInfo] = {
+    "aion": EmbedderInfo("AION-1 mean-pooled encoder embeddings; see the module docstring.", AIONConfig,
+                         "fmb_engine.embed.aion:AIONEmbedder", aligned=False),
+    "astroclip": EmbedderInfo("AstroCLIP image/spectrum embeddings in one space; see the module docstring.",
+                              AstroCLIPConfig, "fmb_engine.embed.astroclip.embedder:AstroCLIPEmbedder", aligned=True),
+    "astropt": EmbedderInfo("AstroPT middle-layer mean embeddings; see the module docstring.", AstroPTConfig,
+                            "fmb_engine.embed.astropt:AstroPTEmbedder", aligned=False),
+    "cca": EmbedderInfo("Canonical correlation of the PCA-whitened image and spectrum features (see the module "
+                        "docstring).", CCAConfig, "fmb_engine.embed.baselines:CCAEmbedder", aligned=True,
+                        needs_fit=True),
+    "pca": EmbedderInfo("Per-modality PCA of the baseline features; joint = concatenation (see the module docstring).",
+                        PCAConfig, "fmb_engine.embed.baselines:PCAEmbedder", aligned=False, needs_fit=True),
+}
+
+#: The ``embed`` family of config sections: ``embed.<name>`` -> schema (read by fmb_engine.config.SECTIONS).
+SCHEMAS: dict[str, type[EmbedderConfig]] = {name: info.config for name, info in EMBEDDERS.items()}
