@@ -97,7 +97,7 @@ def _retrain(task: str) -> Submitter:
 
 
 def _detect(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
-    from fmb_engine.detect.config import PARTS
+    from fmb_engine.detect.params import PARTS
     from fmb_engine.jobs.stages import submit_detect
 
     return submit_detect(ws, resolved, PARTS, executor, _jobs(ws))
@@ -111,7 +111,7 @@ def catalog() -> list[StageSpec]:
     for name in base.names():
         specs.append(StageSpec(f"embed.{name}", f"embed.{name}", f"embed {name} — embeddings of the survey",
                                _embed(name), sharded=True))
-    from fmb_engine.retrain.config import TASKS, section_of
+    from fmb_engine.retrain.tasks import TASKS, section_of
 
     for task in TASKS:
         specs.append(StageSpec(f"retrain.{task}", section_of(task), f"retrain {task} — adapt the model on the survey",

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fmb_engine.cli.jobs import ExecutorOpt
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
-from fmb_engine.detect.config import DEFAULT_FUSION, FUSION_METHODS, PARTS, PRESETS
+from fmb_engine.detect.params import DEFAULT_FUSION, FUSION_METHODS, PARTS, PRESETS
 
 app = Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from fmb_engine.cli.jobs import ExecutorOpt, refuse_ignored_options
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
-from fmb_engine.embed.config import DEFAULT_SHARD_SIZE, EMBEDDERS
+from fmb_engine.embed.catalog import DEFAULT_SHARD_SIZE, EMBEDDERS
 from fmb_engine.errors import ConfigError
 
 app = Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",

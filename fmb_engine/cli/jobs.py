@@ -18,7 +18,6 @@ from rich.text import Text
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
 from fmb_engine.jobs import JobsError, monitor, slurm
-from fmb_engine.jobs.config import JobsConfig
 from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_state
 from fmb_engine.jobs.states import COLOURS, State, explain_reason
 from fmb_engine.workspace import Workspace
@@ -304,6 +303,7 @@ def refresh(workspace: WorkspaceOpt = None) -> None:
 @app.command()
 def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """Which executors work here, and which one `--executor` would pick by default."""
+    from fmb_engine.jobs.config import JobsConfig
     from fmb_engine.jobs import executors as jobs_executors
 
     ws = None

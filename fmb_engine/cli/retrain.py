@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.retrain.config import TASKS, config_model, section_of
+from fmb_engine.retrain.tasks import TASKS, section_of
 
 app = Typer(help="Adapt the foundation models on the survey: AION adapters, AstroCLIP heads, AstroPT.",
                   no_args_is_help=True)
@@ -26,7 +26,7 @@ FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start over: delete this
 
 
 def _make_command(task: str):
-    doc = (config_model(task).__doc__ or task).strip().splitlines()[0]
+    doc = TASKS[task].summary
 
     def command(
         workspace: WorkspaceOpt = None,

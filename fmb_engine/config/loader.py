@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fmb_engine.config.schemas import SECTIONS, Section
+from fmb_engine.config.registry import SECTIONS
+from fmb_engine.config.schemas import Section
 from fmb_engine.errors import ConfigError
 
 DEFAULT_ORIGIN = "default"

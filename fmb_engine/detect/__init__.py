@@ -3,8 +3,8 @@
 No file formats, CLI or config here; those wrap these objects.
 
 * :mod:`~fmb_engine.detect.preprocess` -- ``finite_rows``, ``Preprocessor`` (PCA -> standardise -> clip)
-* :mod:`~fmb_engine.detect.config` -- the ``detect`` section and the one list of parts, fusion rules,
-  flow types and ``PRESETS`` (light: no torch)
+* :mod:`~fmb_engine.detect.params` -- the one list of parts, fusion rules, flow types and ``PRESETS``
+* :mod:`~fmb_engine.detect.config` -- the ``detect`` config section (pydantic only)
 * :mod:`~fmb_engine.detect.flows` -- ``FlowDensity`` (nflows coupling / MAF),
   ``split_preset``, ``fit_flows`` (one flow per key, optionally in worker processes),
   ``score_out_of_fold``, ``anomaly_table``

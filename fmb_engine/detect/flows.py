@@ -71,7 +71,7 @@ from nflows.transforms import (
 )
 from torch import nn
 
-from fmb_engine.detect.config import FLOW_TYPES, PRESETS
+from fmb_engine.detect.params import FLOW_TYPES, PRESETS
 from fmb_engine.devices import resolve_device
 from fmb_engine.errors import ConfigError
 from fmb_engine.detect.preprocess import Preprocessor, check_matrix

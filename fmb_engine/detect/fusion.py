@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmb_engine.detect.config import FUSION_METHODS
+from fmb_engine.detect.params import FUSION_METHODS
 from fmb_engine.detect.tables import as_object_ids, has_duplicates, min_rank, rank_descending
 
 FUSION_COLUMNS: tuple[str, ...] = (

@@ -37,7 +37,8 @@ import pandas as pd
 from fmb_engine import lineage, locks, publish
 from fmb_engine.config import Resolved
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
-from fmb_engine.detect.config import PARTS, DetectConfig
+from fmb_engine.detect.config import DetectConfig
+from fmb_engine.detect.params import PARTS
 from fmb_engine.detect.degenerate import check_embeddings, check_scores
 from fmb_engine.detect.flows import fit_flows, score_out_of_fold
 from fmb_engine.detect.fusion import FUSION_COLUMNS, FUSION_METHODS, fuse

@@ -54,7 +54,7 @@ from fmb_engine.embed import preprocess as pp
 from fmb_engine.devices import resolve_device
 from fmb_engine.embed.base import Embedder
 from fmb_engine.embed.config import ASTROPT_LAYOUTS, AstroPTConfig
-from fmb_engine.embed.weights import import_optional, load_strict, resolve_file
+from fmb_engine.embed.weights import import_optional, load_strict
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
 
@@ -220,12 +220,6 @@ class AstroPTEmbedder(Embedder):
         self._device: str | None = None
 
     # -- loading
-    def checkpoint_path(self) -> Path:
-        cfg = self.config
-        return resolve_file(
-            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroPT"
-        )
-
     def attach(self, model, source: str = "<given model>"):
         """Use ``model`` (a loaded one, or one being trained) on the configured device, checked as
         a loaded checkpoint is; returns it."""
@@ -238,7 +232,7 @@ class AstroPTEmbedder(Embedder):
         """Load (once) and return the GPT on the configured device."""
         if self._model is None:
             cfg: AstroPTConfig = self.config
-            path = self.checkpoint_path()
+            path = self.config.checkpoint_path()
             if cfg.loader == "upstream":
                 model = load_model_upstream(path)
             else:

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fmb_engine.embed.config import EMBEDDERS, EmbedderConfig
+from fmb_engine.embed.catalog import EMBEDDERS
+from fmb_engine.embed.config import SCHEMAS, EmbedderConfig
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
 
@@ -34,12 +35,12 @@ class Embedder(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A class naming an embedder takes its config model and its descriptive attributes from
-        its entry in :data:`fmb_engine.embed.config.EMBEDDERS`, so they are written once."""
+        its entry in :data:`fmb_engine.embed.catalog.EMBEDDERS`, so they are written once."""
         super().__init_subclass__(**kwargs)
         info = EMBEDDERS.get(cls.__dict__.get("name", ""))
         if info is not None:
             cls.config_model, cls.modalities, cls.aligned, cls.needs_fit = (
-                info.config, info.modalities, info.aligned, info.needs_fit)
+                SCHEMAS[cls.name], info.modalities, info.aligned, info.needs_fit)
 
     def __init__(self, config: EmbedderConfig | dict[str, Any] | None = None):
         if config is None:

@@ -1,24 +1,21 @@
-"""Every embedder's config schema (section ``embed.<name>``) and the table of embedders.
+"""Every embedder's config schema (section ``embed.<name>``), pydantic only (no torch).
 
-Light on purpose (pydantic and the standard library): the config registry, ``config
-show|check``, the CLI's per-embedder commands and ``models list`` know every embedder, its
-settings and what it produces without importing torch or a model package. The
-implementation class named in :data:`EMBEDDERS` is imported by
-:func:`fmb_engine.embed.base.get` when an embedder is used; it takes its descriptive
-class attributes from the same entry.
+The config registry, ``config show|check`` and ``models list`` read an embedder's settings
+here, and where its weight files are (the resolvers are the settings' own methods, so
+finding weights never loads a model); which embedders exist is
+:data:`fmb_engine.embed.catalog.EMBEDDERS`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Rows per shard file of an embedding run (the unit of resumption; ``embed --shard-size``).
-DEFAULT_SHARD_SIZE = 4096
-#: Canonical modality names, everywhere (config, columns, store datasets, docs).
-MODALITIES: tuple[str, ...] = ("image", "spectrum", "joint")
+from fmb_engine.embed.catalog import EMBEDDERS
+from fmb_engine.embed.weights import resolve_dir, resolve_file
+from fmb_engine.errors import ConfigError
 
 
 class EmbedderConfig(BaseModel):
@@ -115,6 +112,24 @@ class AstroPTConfig(EmbedderConfig):
         value = getattr(self, key)
         return ASTROPT_LAYOUTS[self.layout][key] if value is None else value
 
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file these settings name (ConfigError listing every place searched)."""
+        cfg = self
+        return resolve_file(
+            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroPT"
+        )
+
+
+#: Files of the model snapshot, relative to its root.
+SNAPSHOT_FILES: tuple[str, ...] = (
+    "config.json",
+    "model.safetensors",
+    "codecs/image/config.json",
+    "codecs/image/model.safetensors",
+    "codecs/spectrum/config.json",
+    "codecs/spectrum/model.safetensors",
+)
+
 
 class AIONConfig(EmbedderConfig):
     """Settings of the AION embedder."""
@@ -130,6 +145,28 @@ class AIONConfig(EmbedderConfig):
     adapter_file: str = Field("adapters_final.pt", description="Adapter checkpoint file name.")
     image_size: int = Field(96, ge=16, description="Euclid bands are resized (bilinear) to this size.")
     max_abs: float = Field(100.0, gt=0, description="Clamp of the scaled Euclid flux, before the adapter.")
+
+    def snapshot_dir(self) -> Path:
+        """The AION model snapshot (``weights``, else the Hugging Face cache of ``repo_id``)."""
+        cfg = self
+        return resolve_dir(SNAPSHOT_FILES, weights=cfg.weights, repo_id=cfg.repo_id, what="AION")
+
+    def adapter_path(self, snapshot: Path | None = None) -> Path:
+        """The adapter checkpoint: ``adapter`` (file or directory), else next to the AION weights."""
+        cfg = self
+        if cfg.adapter is not None:
+            return resolve_file(
+                cfg.adapter_file, weights=cfg.adapter, repo_id=None, what="AION adapter", config_key="adapter"
+            )
+        places = [p for p in (snapshot, Path(cfg.weights).expanduser() if cfg.weights else None) if p is not None]
+        for place in places:
+            if (place / cfg.adapter_file).is_file():
+                return place / cfg.adapter_file
+        looked = "".join(f"\n  - {p}" for p in places) or " nowhere ('weights' is unset)"
+        raise ConfigError(
+            f"AION needs FMB's Euclid->HSC adapter checkpoint '{cfg.adapter_file}' (AION has no Euclid modality). "
+            f"Looked in:{looked}\nSet 'adapter' to the file or to the directory holding it."
+        )
 
 
 class AstroCLIPConfig(EmbedderConfig):
@@ -154,33 +191,13 @@ class AstroCLIPConfig(EmbedderConfig):
         "none", description="Scaling before SpecFormer (which standardises again): none = raw flux."
     )
 
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file these settings name (ConfigError listing every place searched)."""
+        cfg = self
+        return resolve_file(
+            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroCLIP"
+        )
 
-@dataclass(frozen=True)
-class EmbedderInfo:
-    """What the front doors know of an embedder before its implementation is imported."""
-
-    summary: str  # one line: the help of ``fmb-engine embed <name>``
-    config: type[EmbedderConfig]
-    implementation: str  # "module:Class", imported on first use
-    aligned: bool  # image and spectrum vectors live in one space (a cosine between them means something)
-    needs_fit: bool = False  # fitted on the train split before embedding
-    modalities: tuple[str, ...] = MODALITIES
-
-
-#: Embedder name -> its entry, by name (the order of ``models list`` and ``config show``).
-EMBEDDERS: dict[str, EmbedderInfo] = {
-    "aion": EmbedderInfo("AION-1 mean-pooled encoder embeddings; see the module docstring.", AIONConfig,
-                         "fmb_engine.embed.aion:AIONEmbedder", aligned=False),
-    "astroclip": EmbedderInfo("AstroCLIP image/spectrum embeddings in one space; see the module docstring.",
-                              AstroCLIPConfig, "fmb_engine.embed.astroclip.embedder:AstroCLIPEmbedder", aligned=True),
-    "astropt": EmbedderInfo("AstroPT middle-layer mean embeddings; see the module docstring.", AstroPTConfig,
-                            "fmb_engine.embed.astropt:AstroPTEmbedder", aligned=False),
-    "cca": EmbedderInfo("Canonical correlation of the PCA-whitened image and spectrum features (see the module "
-                        "docstring).", CCAConfig, "fmb_engine.embed.baselines:CCAEmbedder", aligned=True,
-                        needs_fit=True),
-    "pca": EmbedderInfo("Per-modality PCA of the baseline features; joint = concatenation (see the module docstring).",
-                        PCAConfig, "fmb_engine.embed.baselines:PCAEmbedder", aligned=False, needs_fit=True),
-}
 
 #: The ``embed`` family of config sections: ``embed.<name>`` -> schema (read by fmb_engine.config.SECTIONS).
-SCHEMAS: dict[str, type[EmbedderConfig]] = {name: info.config for name, info in EMBEDDERS.items()}
+SCHEMAS: dict[str, type[EmbedderConfig]] = {name: globals()[info.config] for name, info in EMBEDDERS.items()}

@@ -225,7 +225,7 @@ def import_reference_pt(
     ref = read_reference_pt(path, family)
     name = model or ref.family
     if aligned is None:
-        from fmb_engine.embed.config import EMBEDDERS
+        from fmb_engine.embed.catalog import EMBEDDERS
 
         aligned = name in EMBEDDERS and EMBEDDERS[name].aligned
     meta = EmbeddingMeta(

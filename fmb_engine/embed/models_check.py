@@ -84,21 +84,20 @@ class ModelStatus:
 # --------------------------------------------------------------------------- weight files
 
 
-def weight_files(embedder: Any) -> list[Path]:
-    """Every weight file an embedder will read (ConfigError naming what is missing).
+def weight_files(config: Any) -> list[Path]:
+    """Every weight file an embedder with these settings will read (ConfigError naming what is missing).
 
-    Duck-typed over the embedders' own resolvers: AION (``snapshot_dir`` +
-    ``adapter_path``), AstroPT/AstroCLIP (``checkpoint_path``); fitted baselines have none.
+    Duck-typed over the config models' own resolvers (:mod:`fmb_engine.embed.config`): AION
+    (``snapshot_dir`` + ``adapter_path``), AstroPT/AstroCLIP (``checkpoint_path``); the
+    fitted baselines have none. No model is imported.
     """
-    if getattr(embedder, "needs_fit", False):
-        return []
-    if hasattr(embedder, "snapshot_dir"):
-        from fmb_engine.embed.aion import SNAPSHOT_FILES
+    if hasattr(config, "snapshot_dir"):
+        from fmb_engine.embed.config import SNAPSHOT_FILES
 
-        snap = embedder.snapshot_dir()
-        return [snap / f for f in SNAPSHOT_FILES] + [embedder.adapter_path(snap)]
-    if hasattr(embedder, "checkpoint_path"):
-        return [embedder.checkpoint_path()]
+        snap = config.snapshot_dir()
+        return [snap / f for f in SNAPSHOT_FILES] + [config.adapter_path(snap)]
+    if hasattr(config, "checkpoint_path"):
+        return [config.checkpoint_path()]
     return []
 
 
@@ -148,24 +147,23 @@ def _embedder_config(name: str, ws: Workspace | None, config_file: Path | None, 
 
 
 def _status(name: str, ws: Workspace | None, config_file: Path | None, try_load: bool, cli: dict | None = None) -> ModelStatus:
-    from fmb_engine.embed import base
+    from fmb_engine.embed.catalog import EMBEDDERS
 
-    cls = base.get(name)
+    info = EMBEDDERS[name]
     req = REQUIREMENTS.get(name, Requirements())
     present = req.module is None or importlib.util.find_spec(req.module) is not None
-    st = ModelStatus(name, tuple(cls.modalities), bool(cls.aligned), bool(cls.needs_fit), req.distribution, present,
-                     "not needed" if cls.needs_fit else "missing")
+    st = ModelStatus(name, info.modalities, info.aligned, info.needs_fit, req.distribution, present,
+                     "not needed" if info.needs_fit else "missing")
     if not present:
         st.problems.append(Problem(
             f"optional package {req.distribution!r} is not installed",
             f"pip install 'fmb[{req.extra}]' (on a CPU-only machine: see README, install with --no-deps)",
         ))
-    if cls.needs_fit:
+    if info.needs_fit:
         return st
     resolved = _embedder_config(name, ws, config_file, cli)
-    embedder = cls(resolved.values)
     try:
-        files = weight_files(embedder)
+        files = weight_files(resolved.values)
         st.weights = "found"
         st.weight_files = [str(f) for f in files]
     except ConfigError as exc:
@@ -173,8 +171,10 @@ def _status(name: str, ws: Workspace | None, config_file: Path | None, try_load:
                                    + (f". {req.download_note}" if req.download_note else "")))
         return st
     if try_load and present:
+        from fmb_engine.embed import base
+
         try:
-            embedder.load()
+            base.get(name)(resolved.values).load()
             st.loadable = True
         except FMBError as exc:
             st.loadable = False
@@ -192,9 +192,9 @@ def _load_fix(name: str) -> str:
 
 def list_models(ws: Workspace | None = None, config_file: Path | None = None) -> list[ModelStatus]:
     """Every registered embedder: modalities, aligned, package and weights presence (nothing loaded)."""
-    from fmb_engine.embed import base
+    from fmb_engine.embed.catalog import EMBEDDERS
 
-    return [_status(name, ws, config_file, try_load=False) for name in base.names()]
+    return [_status(name, ws, config_file, try_load=False) for name in EMBEDDERS]
 
 
 def environment() -> dict[str, Any]:
@@ -250,7 +250,7 @@ def download_plan(name: str, resolved: Resolved) -> dict[str, Any]:
         raise ConfigError(f"{name!r} has no weights to download (it is fitted on the survey)")
     repo_id = getattr(cfg, req.repo_id_key)
     if name == "aion":
-        from fmb_engine.embed.aion import SNAPSHOT_FILES
+        from fmb_engine.embed.config import SNAPSHOT_FILES
 
         patterns = list(SNAPSHOT_FILES)
     else:

@@ -55,7 +55,8 @@ from fmb_engine.config import Resolved
 from fmb_engine.devices import resolve_device
 from fmb_engine.embed import base
 from fmb_engine.embed.base import Embedder
-from fmb_engine.embed.config import DEFAULT_SHARD_SIZE, EmbedderConfig
+from fmb_engine.embed.catalog import DEFAULT_SHARD_SIZE
+from fmb_engine.embed.config import EmbedderConfig
 from fmb_engine.embed.store import EmbeddingMeta, EmbeddingReader, EmbeddingWriter, write_embeddings
 from fmb_engine import locks
 from fmb_engine.errors import BusyError, ConfigError, DataError
@@ -203,7 +204,7 @@ def _open_run(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, 
         embedder = cls(cfg)
         from fmb_engine.embed.models_check import weight_files, weights_digest
 
-        files = weight_files(embedder)  # ConfigError now, before any work, when weights are missing
+        files = weight_files(cfg)  # ConfigError now, before any work, when weights are missing
         wd = weights_digest(files)
     except BaseException:
         reader.close()

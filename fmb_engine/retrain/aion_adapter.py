@@ -52,12 +52,12 @@ from torch import nn
 from fmb_engine.embed.aion import (
     HSC_BANDS,
     INSTALL_HINT,
-    SNAPSHOT_FILES,
     UNetAdapter,
     euclid_preprocess,
     load_adapter,
     load_codec,
 )
+from fmb_engine.embed.config import SNAPSHOT_FILES
 from fmb_engine.embed.weights import import_optional, load_strict, resolve_dir, resolve_file
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.retrain.config import AIONAdapterConfig

@@ -119,7 +119,7 @@ class Task(TrainTask):
     def __init__(self, config: AstroCLIPHeadsConfig, device: str):
         super().__init__(config, device)
         self.embedder = AstroCLIPEmbedder(config.embedder_config(device))
-        self.source = self.embedder.checkpoint_path()  # ConfigError naming every place searched
+        self.source = self.embedder.config.checkpoint_path()  # ConfigError naming every place searched
         self.model = self.embedder.load()  # strict loading, architecture from the checkpoint, on device
         self.scale = LogitScale(config.logit_scale, config.learnable_scale).to(device)
 

@@ -109,7 +109,7 @@ class Task(TrainTask):
         )
         self.embedder = AstroPTEmbedder(embed_cfg)
         if cfg.weights is not None:
-            self.init_path: Path | None = self.embedder.checkpoint_path()
+            self.init_path: Path | None = self.embedder.config.checkpoint_path()
             self.model = self.embedder.load()  # safe loader, strict weights, modality checks
             self._check_architecture(self.model)
             _set_dropout(self.model, cfg.dropout)

@@ -1,8 +1,7 @@
-"""The retrain tasks and their settings: every loop's shared fields, each task's section ``retrain.<task>``.
+"""The retrain settings: every loop's shared fields, and each task's section ``retrain.<task>``.
 
-Light on purpose (pydantic and the standard library): the config registry and the CLI's
-per-task commands read the task names and schemas here; a task's torch module
-(:data:`TASKS`) is imported only when the task is built.
+Pydantic only (no torch): the config registry reads the schemas here; which tasks exist is
+:data:`fmb_engine.retrain.tasks.TASKS`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fmb_engine.embed.config import ASTROPT_LAYOUTS, AIONConfig, AstroCLIPConfig
+from fmb_engine.retrain.tasks import TASKS
 
 
 class TrainConfig(BaseModel):
@@ -227,24 +227,12 @@ class AstroCLIPHeadsConfig(TrainConfig):
         )
 
 
-#: Task name -> module defining its ``Task`` (a TrainTask; imports torch).
-TASKS: dict[str, str] = {
-    "aion-adapter": "fmb_engine.retrain.aion_adapter",
-    "astroclip-heads": "fmb_engine.retrain.astroclip_heads",
-    "astropt": "fmb_engine.retrain.astropt",
-}
-
 #: The ``retrain`` family of config sections: ``retrain.<task>`` (dashes as underscores) -> schema.
 SCHEMAS: dict[str, type[TrainConfig]] = {
     "aion_adapter": AIONAdapterConfig,
     "astroclip_heads": AstroCLIPHeadsConfig,
     "astropt": AstroPTTrainConfig,
 }
-
-
-def section_of(task: str) -> str:
-    """Config section of a task: ``retrain.aion_adapter`` for ``aion-adapter``."""
-    return "retrain." + task.replace("-", "_")
 
 
 def config_model(task: str) -> type[TrainConfig]:

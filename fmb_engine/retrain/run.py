@@ -1,6 +1,6 @@
 """The retrain front door: one call that builds and runs a task.
 
-The task names and their config schemas live in :mod:`fmb_engine.retrain.config` (light);
+The task names live in :mod:`fmb_engine.retrain.tasks`, their schemas in :mod:`fmb_engine.retrain.config`;
 task modules import torch, model packages (``aion``, ``astropt``) are imported when a task
 is built.
 """
@@ -15,14 +15,15 @@ import torch
 from fmb_engine.config import Resolved
 from fmb_engine.devices import resolve_device
 from fmb_engine.progress import Reporter
-from fmb_engine.retrain.config import TASKS, TrainConfig, config_model
+from fmb_engine.retrain.config import TrainConfig, config_model
 from fmb_engine.retrain.loop import TrainResult, TrainTask, train
+from fmb_engine.retrain.tasks import TASKS
 from fmb_engine.workspace import Workspace
 
 
 def _module(task: str):
     config_model(task)  # ConfigError naming the tasks for an unknown one
-    return importlib.import_module(TASKS[task])
+    return importlib.import_module(TASKS[task].module)
 
 
 def output_folder(ws: Workspace, task: str, config: TrainConfig) -> Path:

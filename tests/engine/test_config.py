@@ -4,7 +4,7 @@ import pytest
 
 from fmb_engine.config import load, template
 from fmb_engine.config.loader import CLI_ORIGIN, DEFAULT_ORIGIN, read_layer_file
-from fmb_engine.config.schemas import SECTIONS
+from fmb_engine.config.registry import SECTIONS
 from fmb_engine.errors import ConfigError
 
 

@@ -28,7 +28,6 @@ Weights
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,7 +39,6 @@ from fmb_engine.embed.astroclip.model import AstroCLIP, AstroCLIPArchitecture, l
 from fmb_engine.devices import resolve_device
 from fmb_engine.embed.base import Embedder
 from fmb_engine.embed.config import AstroCLIPConfig
-from fmb_engine.embed.weights import resolve_file
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
 
@@ -57,17 +55,11 @@ class AstroCLIPEmbedder(Embedder):
         self._model: AstroCLIP | None = None
         self._device: str | None = None
 
-    def checkpoint_path(self) -> Path:
-        cfg: AstroCLIPConfig = self.config
-        return resolve_file(
-            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroCLIP"
-        )
-
     def load(self) -> AstroCLIP:
         """Load (once) the model on the configured device."""
         if self._model is None:
             cfg: AstroCLIPConfig = self.config
-            path = self.checkpoint_path()
+            path = self.config.checkpoint_path()
             state, arch_dict = read_checkpoint(path)
             arch = AstroCLIPArchitecture.from_dict(arch_dict)
             if cfg.image_size != arch.image_size:

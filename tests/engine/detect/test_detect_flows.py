@@ -9,7 +9,7 @@ import torch
 from nflows.transforms import AffineCouplingTransform
 
 import fmb_engine.detect.flows as flows
-from fmb_engine.detect.config import PRESETS
+from fmb_engine.detect.params import PRESETS
 from fmb_engine.detect.flows import FlowDensity, anomaly_table, build_flow, score_out_of_fold, split_preset
 
 FAST = dict(num_transforms=2, hidden_features=16, epochs=3, batch_size=64, lr=3e-3, threads=1, device="cpu")

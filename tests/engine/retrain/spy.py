@@ -8,7 +8,7 @@ import pytest
 
 from fmb_engine.config import Resolved
 from fmb_engine.retrain import run
-from fmb_engine.retrain.config import section_of
+from fmb_engine.retrain.tasks import section_of
 from fmb_engine.workspace import Workspace
 
 
