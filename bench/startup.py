@@ -8,7 +8,9 @@ rounds (its code first on PYTHONPATH), e.g. the code before a change:
 
     python bench/startup.py --runs 9 --compare /path/to/old/checkout
 
-Commands that need a workspace run in a temporary one made by `fmb-engine init`.
+Commands that need a workspace run in a temporary one made by `fmb-engine init`. Bytecode
+is cached (in a temporary PYTHONPYCACHEPREFIX, written by a warm-up round) as in an installed
+package, also where PYTHONDONTWRITEBYTECODE is set, and nothing is written into the checkouts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: The engine's entry point run as a script, so no installed console script is needed.
 ENGINE = "import sys; from fmb_engine.cli.main import main; sys.argv[0] = 'fmb-engine'; main(sys.argv[1:])"
+#: The floor Typer itself sets: a two-command app (typer 0.29 imports pydantic to coerce parameters,
+#: and rich's help renderer for --help), to tell FMB's own start-up cost from the framework's.
+TYPER_FLOOR = ("import typer; app = typer.Typer(); jobs = typer.Typer(); app.add_typer(jobs, name='jobs')\n"
+               "@jobs.command('list')\ndef list_(limit: int = typer.Option(30, '--limit')): print('none')\n"
+               "@jobs.command('show')\ndef show(ref: str = typer.Argument(...)): pass\napp()")
 COMMANDS: dict[str, list[str]] = {
     "fmb-engine --help": ["--help"],
     "fmb-engine jobs list": ["jobs", "list"],
@@ -52,14 +59,17 @@ def main() -> None:
     args = parser.parse_args()
 
     trees = {"now": ROOT} | ({"before": args.compare.resolve()} if args.compare else {})
-    base_env = {k: v for k, v in os.environ.items() if k not in ("FMB_WORKSPACE", "PYTHONPATH")}
-    envs = {label: base_env | {"PYTHONPATH": str(tree)} for label, tree in trees.items()}
     with tempfile.TemporaryDirectory(prefix="fmb-bench-startup-") as tmp:
+        drop = ("FMB_WORKSPACE", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
+        base_env = {k: v for k, v in os.environ.items() if k not in drop} | {"PYTHONPYCACHEPREFIX": f"{tmp}/pycache"}
+        envs = {label: base_env | {"PYTHONPATH": str(tree)} for label, tree in trees.items()}
         ws = Path(tmp) / "ws"
         subprocess.run([sys.executable, "-c", ENGINE, "init", str(ws)], env=envs["now"], check=True,
                        stdout=subprocess.DEVNULL)
         jobs: list[tuple[str, list[str], dict[str, str]]] = [
-            ("python -c 'import typer, rich'", [sys.executable, "-c", "import typer, rich"], base_env)]
+            ("python -c 'import typer, rich'", [sys.executable, "-c", "import typer, rich"], base_env),
+            ("2-command Typer app --help (floor)", [sys.executable, "-c", TYPER_FLOOR, "--help"], base_env),
+            ("2-command Typer app jobs list (floor)", [sys.executable, "-c", TYPER_FLOOR, "jobs", "list"], base_env)]
         for label, env in envs.items():
             for name, argv in COMMANDS.items():
                 jobs.append((f"{name} [{label}]" if len(envs) > 1 else name, [sys.executable, "-c", ENGINE, *argv], env))

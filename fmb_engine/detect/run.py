@@ -38,11 +38,11 @@ from fmb_engine import lineage, locks, publish
 from fmb_engine.config import Resolved
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
 from fmb_engine.detect.config import DetectConfig
-from fmb_engine.detect.params import PARTS
 from fmb_engine.detect.degenerate import check_embeddings, check_scores
 from fmb_engine.detect.flows import fit_flows, score_out_of_fold
-from fmb_engine.detect.fusion import FUSION_COLUMNS, FUSION_METHODS, fuse
+from fmb_engine.detect.fusion import FUSION_COLUMNS, fuse
 from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, mismatch_scores
+from fmb_engine.detect.params import FUSION_METHODS, PARTS
 from fmb_engine.detect.preprocess import Preprocessor, finite_rows
 from fmb_engine.detect.tables import ANOMALY_COLUMNS, anomaly_table, rank_descending
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
