@@ -11,8 +11,8 @@ their fitted state through ``state_dict``/``load_state_dict`` as plain arrays.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ from fmb_engine.embed.catalog import EMBEDDERS
 from fmb_engine.embed.config import SCHEMAS, EmbedderConfig
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
+
 
 class Embedder(ABC):
     """Base class of all embedders; see the module docstring."""

@@ -114,9 +114,8 @@ class AstroPTConfig(EmbedderConfig):
 
     def checkpoint_path(self) -> Path:
         """The checkpoint file these settings name (ConfigError listing every place searched)."""
-        cfg = self
         return resolve_file(
-            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroPT"
+            self.checkpoint, weights=self.weights, repo_id=self.repo_id, subfolder=self.subfolder, what="AstroPT"
         )
 
 
@@ -148,23 +147,21 @@ class AIONConfig(EmbedderConfig):
 
     def snapshot_dir(self) -> Path:
         """The AION model snapshot (``weights``, else the Hugging Face cache of ``repo_id``)."""
-        cfg = self
-        return resolve_dir(SNAPSHOT_FILES, weights=cfg.weights, repo_id=cfg.repo_id, what="AION")
+        return resolve_dir(SNAPSHOT_FILES, weights=self.weights, repo_id=self.repo_id, what="AION")
 
     def adapter_path(self, snapshot: Path | None = None) -> Path:
         """The adapter checkpoint: ``adapter`` (file or directory), else next to the AION weights."""
-        cfg = self
-        if cfg.adapter is not None:
+        if self.adapter is not None:
             return resolve_file(
-                cfg.adapter_file, weights=cfg.adapter, repo_id=None, what="AION adapter", config_key="adapter"
+                self.adapter_file, weights=self.adapter, repo_id=None, what="AION adapter", config_key="adapter"
             )
-        places = [p for p in (snapshot, Path(cfg.weights).expanduser() if cfg.weights else None) if p is not None]
+        places = [p for p in (snapshot, Path(self.weights).expanduser() if self.weights else None) if p is not None]
         for place in places:
-            if (place / cfg.adapter_file).is_file():
-                return place / cfg.adapter_file
+            if (place / self.adapter_file).is_file():
+                return place / self.adapter_file
         looked = "".join(f"\n  - {p}" for p in places) or " nowhere ('weights' is unset)"
         raise ConfigError(
-            f"AION needs FMB's Euclid->HSC adapter checkpoint '{cfg.adapter_file}' (AION has no Euclid modality). "
+            f"AION needs FMB's Euclid->HSC adapter checkpoint '{self.adapter_file}' (AION has no Euclid modality). "
             f"Looked in:{looked}\nSet 'adapter' to the file or to the directory holding it."
         )
 
@@ -193,9 +190,8 @@ class AstroCLIPConfig(EmbedderConfig):
 
     def checkpoint_path(self) -> Path:
         """The checkpoint file these settings name (ConfigError listing every place searched)."""
-        cfg = self
         return resolve_file(
-            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroCLIP"
+            self.checkpoint, weights=self.weights, repo_id=self.repo_id, subfolder=self.subfolder, what="AstroCLIP"
         )
 
 
