@@ -25,11 +25,9 @@ def build(root: Path, objects: int) -> None:
     from fmb_engine.config import load
     from fmb_engine.detect.run import detect
     from fmb_engine.embed.run import embed_survey
-    from fmb_engine.sections import register_all
     from fmb_engine.survey.stages import make_mock
     from fmb_engine.workspace import Workspace
 
-    register_all()
     ws = Workspace.init(root, exist_ok=True)
     survey = make_mock(ws, load("mock", ws, cli={"objects": objects})).outputs["survey"]
     for model in ("pca", "cca"):
@@ -48,10 +46,8 @@ def main() -> None:
     from fmb_engine.config import load
     from fmb_engine.figures import run as figures
     from fmb_engine.rankings import list_systems
-    from fmb_engine.sections import register_all
     from fmb_engine.workspace import Workspace
 
-    register_all()
     tmp = tempfile.TemporaryDirectory()
     root = args.workspace or Path(tmp.name) / "demo"
     if args.workspace is None:

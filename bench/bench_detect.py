@@ -163,7 +163,8 @@ def _stage_in_child(root: str, preset: str, n_jobs: int, queue) -> None:
     from pathlib import Path
 
     from fmb_engine.config import Resolved
-    from fmb_engine.detect.run import DetectConfig, detect
+    from fmb_engine.detect.config import DetectConfig
+    from fmb_engine.detect.run import detect
     from fmb_engine.workspace import Workspace
 
     torch.set_num_threads(1)

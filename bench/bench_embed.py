@@ -36,13 +36,12 @@ def peak_mb() -> float:
 
 def bench_baselines(objects: int, survey: Path | None, keep: Path | None) -> None:
     from fmb_engine.config import load
-    from fmb_engine.embed.run import embed_survey, register_embed_sections
+    from fmb_engine.embed.run import embed_survey
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.survey.stages import make_mock
     from fmb_engine.survey.store import SurveyReader
     from fmb_engine.workspace import Workspace
 
-    register_embed_sections()
     root = Path(tempfile.mkdtemp(prefix="fmb-bench-embed-")) if keep is None else keep
     ws = Workspace.init(root, exist_ok=True)
     ws.config_file.write_text("general:\n  survey: mock\n")

@@ -106,7 +106,7 @@ def record_frames(app) -> tuple[list[float], object]:
 
 
 async def tui_ranking(ws, presses: int) -> dict[str, float]:
-    from fmb_engine.triage.config import TuiConfig
+    from fmb_engine.config.tui import TuiConfig
     from fmb_tui.app import FMBApp
     from fmb_tui.widgets.ranking_table import RankingTable
 
@@ -234,7 +234,7 @@ async def datatable_reference(ws, n: int, presses: int) -> dict[str, float]:
 
 def preview(ws, n_objects: int = 40) -> dict[str, float]:
     from fmb_engine.survey.quicklook import render_quicklook
-    from fmb_engine.triage.config import TuiConfig
+    from fmb_engine.config.tui import TuiConfig
     from fmb_tui.data import WorkspaceData
     from fmb_tui.render import halfblock_text, spectrum_text
 

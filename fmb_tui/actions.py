@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fmb_engine.errors import ConfigError
-from fmb_engine.triage.config import DEFAULT_LABELS
+from fmb_engine.config.tui import DEFAULT_LABELS
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from fmb_engine.errors import FMBError
-from fmb_engine.triage.config import TuiConfig
+from fmb_engine.config.tui import TuiConfig
 from fmb_engine.workspace import Workspace
 from fmb_tui import actions
 from fmb_tui.data import WorkspaceData, load_tui_config

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fmb_engine.config import load
+from fmb_engine.config.tui import TuiConfig
 from fmb_engine.errors import FMBError
-from fmb_engine.triage.config import TuiConfig
 from fmb_engine.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -31,38 +32,9 @@ class NoSurvey(FMBError):
     pass
 
 
-def register_sections() -> None:
-    """Make the light config sections (``jobs``, ``tui``) known without importing torch."""
-    import fmb_engine.jobs.config  # noqa: F401  (registers "jobs")
-    import fmb_engine.triage.config  # noqa: F401  (registers "tui")
-
-
-def load_section(name: str, ws: Workspace | None):
-    """``load(name, ws)`` without importing the heavy stages at start-up.
-
-    The engine refuses a layer holding a section it does not know yet; the stages register
-    theirs on import (embedders and detection import torch: seconds). So when the workspace
-    ``fmb.yaml`` holds such a section, read only the section asked for from each layer (the
-    same validation and provenance) instead of registering everything first.
-    """
-    from fmb_engine.config import load
-    from fmb_engine.errors import ConfigError
-
-    register_sections()
-    try:
-        return load(name, ws)
-    except ConfigError as exc:
-        if "unknown section" not in str(exc):
-            raise
-    from fmb_engine.config import read_layer_file, resolve
-
-    layers = [read_layer_file(ws.config_file, check=False)] if ws is not None and ws.config_file.is_file() else []
-    return resolve(name, layers)
-
-
 def load_tui_config(ws: Workspace | None) -> TuiConfig:
     """The ``tui`` section with the workspace layers (raises ConfigError on a bad value)."""
-    return load_section("tui", ws).values  # type: ignore[return-value]
+    return load("tui", ws).values  # type: ignore[return-value]
 
 
 @dataclass
@@ -98,7 +70,7 @@ class WorkspaceData:
         """The workspace's active survey (general.survey, the engine's rule); NoSurvey naming the file when missing."""
         from fmb_engine.survey.active import resolve_survey
 
-        name = load_section("general", self.ws).values.survey  # type: ignore[attr-defined]
+        name = load("general", self.ws).values.survey  # type: ignore[attr-defined]
         if not self.ws.surveys():
             raise NoSurvey(f"no survey in {self.ws.folder('survey')}: run `fmb-engine data mock` or "
                            "`fmb-engine data import SOURCE`")

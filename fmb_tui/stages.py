@@ -97,7 +97,7 @@ def _retrain(task: str) -> Submitter:
 
 
 def _detect(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int):
-    from fmb_engine.detect.run import PARTS
+    from fmb_engine.detect.params import PARTS
     from fmb_engine.jobs.stages import submit_detect
 
     return submit_detect(ws, resolved, PARTS, executor, _jobs(ws))
@@ -106,14 +106,12 @@ def _detect(ws: Workspace, resolved: Resolved, executor: str | None, tasks: int)
 def catalog() -> list[StageSpec]:
     """Every submittable stage: data, one per embedder, detection, the analyses the TUI shows."""
     from fmb_engine.embed import base
-    from fmb_engine.sections import register_all
 
-    register_all()
     specs = [StageSpec("data.mock", "mock", "data mock — simulate the mock survey", _plain("data.mock", _mock))]
     for name in base.names():
         specs.append(StageSpec(f"embed.{name}", f"embed.{name}", f"embed {name} — embeddings of the survey",
                                _embed(name), sharded=True))
-    from fmb_engine.retrain.run import TASKS, section_of
+    from fmb_engine.retrain.tasks import TASKS, section_of
 
     for task in TASKS:
         specs.append(StageSpec(f"retrain.{task}", section_of(task), f"retrain {task} — adapt the model on the survey",

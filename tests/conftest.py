@@ -33,9 +33,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, small_survey: Path) -> tu
 
     from fmb_engine.detect.run import detect
     from fmb_engine.embed.run import embed_survey
-    from fmb_engine.sections import register_all
 
-    register_all()
     ws = Workspace.init(tmp_path_factory.mktemp("analysed") / "ws")
     survey = ws.folder("survey") / "mock.h5"
     shutil.copy(small_survey, survey)

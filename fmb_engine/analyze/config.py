@@ -43,12 +43,3 @@ class AnalyzeConfig(Section):
 
 __all__ = ["AnalyzeConfig"]
 
-
-def _register() -> None:
-    from fmb_engine.config import SECTIONS, register_section
-
-    if "analyze" not in SECTIONS:
-        register_section("analyze", AnalyzeConfig)
-
-
-_register()

@@ -8,7 +8,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-import fmb_engine.analyze.config  # noqa: F401  (registers the `analyze` section)
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 
 app = Typer(help="Analyses: ranking comparisons, similarity search, regression probes, UMAP.", no_args_is_help=True)

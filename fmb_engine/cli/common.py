@@ -9,15 +9,17 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from fmb_engine.config import Resolved, load
 from fmb_engine.progress import RichReporter
 from fmb_engine.workspace import Workspace
+
+if TYPE_CHECKING:
+    from fmb_engine.config import Resolved
 
 # Off a terminal nothing is wrapped at 80 columns: a script reading "manifest: <path>" gets the whole path.
 console = Console(soft_wrap=not sys.stdout.isatty())
@@ -76,6 +78,8 @@ def find_workspace(path: Path | None) -> Workspace:
 
 def section(name: str, ws: Workspace | None, config: Path | None, /, **flags: Any) -> Resolved:
     """Effective config of section ``name``; ``flags`` left at None were not given."""
+    from fmb_engine.config import load
+
     return load(name, ws, config, {k: v for k, v in flags.items() if v is not None})
 
 

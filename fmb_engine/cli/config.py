@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console
-from fmb_engine.config import SECTIONS, layers_for, read_layer_file, resolve, template
+from fmb_engine.config import SECTIONS
 from fmb_engine.errors import ConfigError, WorkspaceError
 from fmb_engine.workspace import Workspace
 
@@ -18,11 +18,13 @@ app = Typer(help="Show, validate and template configuration.", no_args_is_help=T
 
 @app.command("show")
 def show(
-    section: str | None = typer.Argument(None, help=f"One section ({', '.join(SECTIONS)}); default all."),
+    section: str | None = typer.Argument(None, help=f"One section ({', '.join(SECTIONS.outline())}); default all."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Print the effective config and, for each value, the layer it came from."""
+    from fmb_engine.config import layers_for, resolve
+
     try:
         ws: Workspace | None = Workspace.find(workspace)
     except WorkspaceError:
@@ -46,6 +48,8 @@ def show(
 @app.command("template")
 def template_cmd(section: str = typer.Argument(..., help="Section to write a commented template for.")) -> None:
     """Print a commented YAML template of one section (every key, its default and meaning)."""
+    from fmb_engine.config import template
+
     if section not in SECTIONS:
         raise ConfigError(f"unknown section {section!r}; sections: {', '.join(SECTIONS)}")
     typer.echo(template(section), nl=False)
@@ -54,6 +58,8 @@ def template_cmd(section: str = typer.Argument(..., help="Section to write a com
 @app.command("validate")
 def validate(file: Path = typer.Argument(..., help="A YAML config file.")) -> None:
     """Check a config file: sections, keys, types and ranges."""
+    from fmb_engine.config import read_layer_file, resolve
+
     layer = read_layer_file(file)
     for name in layer.data:
         resolve(name, [layer])

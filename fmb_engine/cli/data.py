@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
-from fmb_engine.survey.importers.euclid_desi import import_dataset
-from fmb_engine.survey.quicklook import render_quicklook
-from fmb_engine.survey.active import check_replace, record_active
-from fmb_engine.stage_run import StageResult
-from fmb_engine.survey.stages import make_mock, mock_params, write_index
-from fmb_engine.survey.store import SurveyReader
+
+if TYPE_CHECKING:
+    from fmb_engine.stage_run import StageResult
 
 app = Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
 SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey name under survey/ or a path (default: general.survey).")
@@ -41,6 +39,9 @@ def mock(
     config: ConfigOpt = None,
 ) -> None:
     """Simulate the mock survey (images + spectra, injected labelled anomalies); it becomes the active survey."""
+    from fmb_engine.survey.active import check_replace
+    from fmb_engine.survey.stages import make_mock, mock_params
+
     ws = find_workspace(workspace)
     resolved = section("mock", ws, config, objects=objects, seed=seed, anomaly_fraction=anomaly_fraction,
                        image_size=image_size, name=name)
@@ -54,6 +55,8 @@ def mock(
 
 def _same_mock(path: Path, params: dict) -> bool:
     """True when ``path`` is a mock survey made with these settings (a rerun rewrites the same content)."""
+    from fmb_engine.survey.store import SurveyReader
+
     if not path.is_file():
         return False
     with SurveyReader(path) as reader:
@@ -62,6 +65,8 @@ def _same_mock(path: Path, params: dict) -> bool:
 
 def _report_active(ws, survey: Path, stale: list[Path]) -> None:
     """Record ``survey`` as the workspace's active survey and say what a replacement made stale."""
+    from fmb_engine.survey.active import record_active
+
     value = record_active(ws, survey)
     console.print(f"active survey: [bold]{escape(value)}[/] (general.survey in {escape(str(ws.config_file))})")
     if stale:
@@ -87,6 +92,9 @@ def import_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Convert a local copy of the published dataset into the survey store (offline, resumable)."""
+    from fmb_engine.survey.active import check_replace
+    from fmb_engine.survey.importers.euclid_desi import import_dataset
+
     ws = find_workspace(workspace)
     resolved = section("import", ws, config, catalog=catalog, name=name, image_size=image_size, missing=missing, limit=limit,
                        splits=split or None, resample=resample, skip_bad_files=skip_bad_files)
@@ -146,6 +154,8 @@ def print_summary(summary: dict) -> None:
 @app.command()
 def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """Counts, splits, bands, spectral grid and anomaly classes of a survey."""
+    from fmb_engine.survey.store import SurveyReader
+
     ws = find_workspace(workspace)
     with SurveyReader(survey_file(ws, config, survey)) as reader:
         print_summary(reader.summary())
@@ -155,6 +165,8 @@ def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: Config
 def verify(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """Re-read a survey and recompute its digest: exit 0 when intact, 1 (a data error naming the file,
     chunk and dataset) when anything differs, is unreadable or is incomplete."""
+    from fmb_engine.survey.store import SurveyReader
+
     ws = find_workspace(workspace)
     path = survey_file(ws, config, survey)
     with SurveyReader(path) as r, reporter().task(f"verify {path.name}", r.n_objects) as task:
@@ -182,6 +194,9 @@ def show(
     config: ConfigOpt = None,
 ) -> None:
     """Metadata of one object plus a quick PNG of its bands and spectrum."""
+    from fmb_engine.survey.quicklook import render_quicklook
+    from fmb_engine.survey.store import SurveyReader
+
     ws = find_workspace(workspace)
     with SurveyReader(survey_file(ws, config, survey)) as reader:
         obj = reader.get(object_id)
@@ -201,6 +216,8 @@ def index(
     config: ConfigOpt = None,
 ) -> None:
     """Write object_id,split,index[,row] CSV like the reference system's index."""
+    from fmb_engine.survey.stages import write_index
+
     ws = find_workspace(workspace)
     path = write_index(ws, survey_file(ws, config, survey), output)
     console.print(f"index: [bold]{escape(str(path))}[/]")

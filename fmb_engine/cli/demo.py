@@ -9,29 +9,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmb_engine.cli.common import console, reporter, section
-from fmb_engine.analyze.run import (
-    analyze_neighbor_ranks,
-    analyze_rankings,
-    analyze_regression,
-    analyze_similarity,
-    analyze_umap,
-)
-from fmb_engine.detect.evaluation import evaluate_workspace
-from fmb_engine.detect.run import detect
-from fmb_engine.embed.run import embed_survey
-from fmb_engine.figures.run import (
-    displacement_figure,
-    heatmap_figures,
-    object_fig,
-    outlier_grid_figure,
-    regression_figures,
-    similarity_figures,
-    umap_figures,
-)
-from fmb_engine.survey.active import record_active
-from fmb_engine.survey.quicklook import render_quicklook
-from fmb_engine.survey.stages import make_mock, write_index
-from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace
 
 
@@ -48,6 +25,18 @@ def demo(
     umap: bool = typer.Option(True, "--umap/--no-umap", help="Include UMAP (its first call JIT-compiles for ~35 s)."),
 ) -> None:
     """Init a workspace, simulate the mock survey and run every implemented stage on it."""
+    from fmb_engine.analyze.run import (analyze_neighbor_ranks, analyze_rankings, analyze_regression,
+                                        analyze_similarity, analyze_umap)
+    from fmb_engine.detect.evaluation import evaluate_workspace
+    from fmb_engine.detect.run import detect
+    from fmb_engine.embed.run import embed_survey
+    from fmb_engine.figures.run import (displacement_figure, heatmap_figures, object_fig, outlier_grid_figure,
+                                        regression_figures, similarity_figures, umap_figures)
+    from fmb_engine.survey.active import record_active
+    from fmb_engine.survey.quicklook import render_quicklook
+    from fmb_engine.survey.stages import make_mock, write_index
+    from fmb_engine.survey.store import SurveyReader
+
     ws = Workspace.init(directory, exist_ok=True)
     rep = reporter()
     outputs: list[tuple[str, Path]] = [("workspace", ws.root)]

@@ -10,13 +10,14 @@ from rich.table import Table
 
 from fmb_engine.cli.jobs import ExecutorOpt
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
-from fmb_engine.detect.evaluation import evaluate_workspace
-from fmb_engine.detect.run import PARTS, detect
+from fmb_engine.detect.params import DEFAULT_FUSION, FUSION_METHODS, PARTS, PRESETS
 
 app = Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
 
 
 def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor=None) -> None:
+    from fmb_engine.detect.run import detect
+
     ws = find_workspace(workspace)
     resolved = section("detect", ws, config, models=models or None, preset=preset, seed=seed, fusion=fusion,
                        top_k=top_k, out_of_fold=out_of_fold, n_jobs=n_jobs)
@@ -47,9 +48,9 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
 def _command(parts: tuple[str, ...], doc: str):
     def command(
         models: list[str] = typer.Option(None, "--model", "-m", help="Embedding run(s) to score (default: all)."),
-        preset: str = typer.Option(None, "--preset", help="Flow preset: default or paper."),
+        preset: str = typer.Option(None, "--preset", help=f"Flow preset: {' or '.join(PRESETS)}."),
         seed: int = typer.Option(None, "--seed", help="Seed (detect.seed)."),
-        fusion: str = typer.Option(None, "--fusion", help="geo, min or avg."),
+        fusion: str = typer.Option(None, "--fusion", help=f"Fusion that orders the top-k tables: {', '.join(FUSION_METHODS)} (default {DEFAULT_FUSION}; all are computed)."),
         top_k: int = typer.Option(None, "--top-k", help="Rows of the ranked / filtered tables."),
         out_of_fold: int = typer.Option(None, "--out-of-fold", help="K folds for out-of-sample flow scores (0 = off)."),
         n_jobs: int = typer.Option(None, "--n-jobs", min=0, help="Processes training the flows side by side (0 = one per core)."),
@@ -77,6 +78,8 @@ def _metric(value: float) -> str:
 def evaluate(survey: str = typer.Option(None, "--survey", "-s", help="Survey with anomaly_class truth (default: general.survey)."),
              workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """AUROC, average precision, precision@k and recall@k of every system against the injected anomalies."""
+    from fmb_engine.detect.evaluation import evaluate_workspace
+
     ws = find_workspace(workspace)
     result = evaluate_workspace(ws, survey_file(ws, config, survey))
     overview = result.summary["overview"]

@@ -10,15 +10,11 @@ from rich.markup import escape
 
 from fmb_engine.cli.jobs import ExecutorOpt, refuse_ignored_options
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
-from fmb_engine.embed import base
-from fmb_engine.embed.run import embed_survey, register_embed_sections
-from fmb_engine.embed.shards import DEFAULT_SHARD_SIZE, embeddings_path, shard_range
+from fmb_engine.embed.catalog import DEFAULT_SHARD_SIZE, EMBEDDERS
 from fmb_engine.errors import ConfigError
 
 app = Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
                   no_args_is_help=True)
-
-register_embed_sections()
 
 SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per batch (embed.<model>.batch_size).")]
@@ -51,6 +47,9 @@ def modality_counts(modalities: dict[str, dict]) -> str:
 
 def _embed(name, workspace, config, survey, batch_size, device, weights, start, stop, shard_size, force, fit_from,
            shard=None, shards=None, executor=None, array=1) -> None:
+    from fmb_engine.embed.run import embed_survey
+    from fmb_engine.embed.shards import shard_range
+
     ws = find_workspace(workspace)
     resolved = section(f"embed.{name}", ws, config, batch_size=batch_size, device=device, weights=weights)
     path = survey_file(ws, config, survey)
@@ -82,8 +81,7 @@ def _embed(name, workspace, config, survey, batch_size, device, weights, start, 
 
 
 def _make_command(name: str):
-    cls = base.get(name)
-    doc = (cls.__doc__ or name).strip().splitlines()[0]
+    info = EMBEDDERS[name]
 
     def command(
         ctx: typer.Context,
@@ -110,13 +108,13 @@ def _make_command(name: str):
 
     command.__name__ = f"embed_{name}"
     command.__doc__ = (
-        f"{doc} Modalities: {', '.join(cls.modalities)}; aligned: {'yes' if cls.aligned else 'no'}"
-        f"{'; fitted on the train split first' if cls.needs_fit else ''}. Resumes an interrupted run."
+        f"{info.summary} Modalities: {', '.join(info.modalities)}; aligned: {'yes' if info.aligned else 'no'}"
+        f"{'; fitted on the train split first' if info.needs_fit else ''}. Resumes an interrupted run."
     )
     return command
 
 
-for _name in base.names():
+for _name in EMBEDDERS:
     app.command(_name)(_make_command(_name))
 
 
@@ -135,6 +133,8 @@ def run_cmd(
     fit_from: FitFromOpt = None,
 ) -> None:
     """Array-task form: embed rows of task --shard of --shards with --model (the task completing the survey merges)."""
+    from fmb_engine.embed import base
+
     base.get(model)  # ConfigError naming the embedders for an unknown name
     _embed(model, workspace, config, survey, batch_size, device, weights, 0, None, shard_size, False, fit_from,
            shard=shard, shards=shards)
@@ -150,6 +150,7 @@ def import_cmd(
 ) -> None:
     """Import a reference-system .pt embedding file (read safely, weights_only) into the FMB store."""
     from fmb_engine.embed.interop import import_reference_pt
+    from fmb_engine.embed.shards import embeddings_path
 
     out = output if output is not None else embeddings_path(find_workspace(workspace), model)
     if out.exists() and not force:
@@ -171,6 +172,7 @@ def export_cmd(
 ) -> None:
     """Export embeddings in the reference system's .pt format (for its analysis scripts)."""
     from fmb_engine.embed.interop import export_reference_pt
+    from fmb_engine.embed.shards import embeddings_path
 
     if fmt != "fmb-pt":
         raise ConfigError(f"unknown export format {fmt!r}; supported: fmb-pt")

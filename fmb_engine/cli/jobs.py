@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -19,12 +19,13 @@ from rich.text import Text
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
 from fmb_engine.errors import WorkspaceError
 from fmb_engine.jobs import JobsError, monitor
-from fmb_engine.jobs import submission as jobs_submission
-from fmb_engine.jobs.config import JobsConfig
-from fmb_engine.jobs.executors import KINDS, Availability, choose_executor
 from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_state
 from fmb_engine.jobs.states import COLOURS, State, explain_reason
 from fmb_engine.workspace import Workspace
+
+if TYPE_CHECKING:
+    from fmb_engine.jobs.executors import Availability
+    from fmb_engine.jobs.submission import Submission
 
 app = Typer(help="Submitted jobs: list, show, logs, cancel, resubmit, attach.", no_args_is_help=True)
 
@@ -247,6 +248,8 @@ def cancel(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Cancel active jobs (scancel for SLURM, SIGINT to the controller for local jobs)."""
+    from fmb_engine.jobs import submission as jobs_submission
+
     ws = find_workspace(workspace)
     for line in jobs_submission.cancel(ws, ref):
         console.print(escape(line))
@@ -263,6 +266,8 @@ def resubmit(
     config: ConfigOpt = None,
 ) -> None:
     """Submit again only the tasks that failed or are missing (completed and active ones are kept)."""
+    from fmb_engine.jobs import submission as jobs_submission
+
     ws = find_workspace(workspace)
     sub = jobs_submission.resubmit(ws, ref, executor=executor, jobs=jobs_submission.jobs_config(ws, config))
     for note in sub.notes:
@@ -279,6 +284,8 @@ def attach(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Register a job submitted with submitit elsewhere, so list/show/logs/cancel work on it."""
+    from fmb_engine.jobs import submission as jobs_submission
+
     ws = find_workspace(workspace)
     run, jobs = jobs_submission.attach(ws, folder, job_id, executor=executor, stage=stage)
     console.print(f"attached as run [bold]{escape(run.run_id)}[/] ({run.executor}): ", counts_text(jobs))
@@ -298,6 +305,10 @@ def refresh(workspace: WorkspaceOpt = None) -> None:
 @app.command()
 def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """Which executors work here, and which one `--executor` would pick by default."""
+    from fmb_engine.jobs import submission as jobs_submission
+    from fmb_engine.jobs.config import JobsConfig
+    from fmb_engine.jobs.executors import KINDS, choose_executor
+
     ws = None
     try:
         ws = find_workspace(workspace)
@@ -326,7 +337,7 @@ def availability_text(said: Availability) -> str:
     return f"[{colour}]{said.state}[/]: {escape(said.detail)}"
 
 
-def print_submission(sub: jobs_submission.Submission) -> None:
+def print_submission(sub: Submission) -> None:
     """What a submitting command prints: executor notes, run id, job ids, how to follow."""
     for note in sub.notes:
         console.print(escape(note))
@@ -345,6 +356,7 @@ def selftest(
     config: ConfigOpt = None,
 ) -> None:
     """Submit a tiny job array (one file per shard) to check that the executor works here."""
+    from fmb_engine.jobs import submission as jobs_submission
     from fmb_engine.jobs.selftest import write_shard
 
     if not wait and (flag := _given(ctx, "timeout")):

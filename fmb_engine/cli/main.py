@@ -8,7 +8,7 @@ import sys
 
 
 def _stop_while_starting(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM during the imports (seconds, with torch): nothing is written yet; stop without a traceback."""
+    """Ctrl-C or SIGTERM during the imports: nothing is written yet; stop without a traceback."""
     code, word = (143, "terminated") if signum == signal.SIGTERM else (130, "interrupted")
     os.write(2, f"{word} while starting: nothing was written\n".encode())
     os._exit(code)
@@ -22,10 +22,6 @@ if os.path.basename(sys.argv[0]) == "fmb-engine":  # the console script only; ne
 
 import typer  # noqa: E402
 from rich.markup import escape  # noqa: E402
-
-from fmb_engine.sections import register_all  # noqa: E402
-
-register_all()  # before any config is read: every layer may hold any stage's section
 
 from fmb_engine.cli import analyze as analyze_cli  # noqa: E402
 from fmb_engine.cli import config as config_cli  # noqa: E402

@@ -9,12 +9,10 @@ from rich.markup import escape
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.retrain.run import TASKS, config_model, register_retrain_sections, retrain, section_of
+from fmb_engine.retrain.tasks import TASKS, section_of
 
 app = Typer(help="Adapt the foundation models on the survey: AION adapters, AstroCLIP heads, AstroPT.",
                   no_args_is_help=True)
-
-register_retrain_sections()
 
 SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Optimiser steps in total (retrain.<task>.steps).")]
@@ -28,7 +26,7 @@ FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start over: delete this
 
 
 def _make_command(task: str):
-    doc = (config_model(task).__doc__ or task).strip().splitlines()[0]
+    doc = TASKS[task].summary
 
     def command(
         workspace: WorkspaceOpt = None,
@@ -44,6 +42,8 @@ def _make_command(task: str):
         fresh: FreshOpt = False,
         executor: ExecutorOpt = None,
     ) -> None:
+        from fmb_engine.retrain.run import retrain
+
         ws = find_workspace(workspace)
         resolved = section(section_of(task), ws, config, steps=steps, batch_size=batch_size, lr=lr, device=device,
                            weights=weights, output=output, seed=seed)

@@ -1,13 +1,37 @@
-"""Configuration: typed schemas per section, layered loading with provenance."""
+"""Configuration: typed schemas per section, layered loading with provenance.
+
+The section table (:mod:`fmb_engine.config.registry`) is imported eagerly and is cheap; the
+loader (pydantic, PyYAML) is imported on first use of one of its names, so a command that
+reads no config pays nothing for it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fmb_engine.config.loader import CLI_ORIGIN, Layer, Resolved, check_layer, read_layer_file, resolve, template
-from fmb_engine.config.schemas import SECTIONS, Section, register_section
-from fmb_engine.workspace import Workspace
+from fmb_engine.config.registry import SECTIONS
+
+if TYPE_CHECKING:
+    from fmb_engine.config.loader import CLI_ORIGIN, Layer, Resolved, check_layer, read_layer_file, resolve, template
+    from fmb_engine.config.schemas import Section
+    from fmb_engine.workspace import Workspace
+
+#: Names served by the loader and the schemas, imported when first asked for (PEP 562).
+_LAZY = {
+    "CLI_ORIGIN": "fmb_engine.config.loader", "Layer": "fmb_engine.config.loader",
+    "Resolved": "fmb_engine.config.loader", "check_layer": "fmb_engine.config.loader",
+    "read_layer_file": "fmb_engine.config.loader", "resolve": "fmb_engine.config.loader",
+    "template": "fmb_engine.config.loader", "Section": "fmb_engine.config.schemas",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def layers_for(
@@ -16,6 +40,8 @@ def layers_for(
     cli: dict[str, dict[str, Any]] | None = None,
 ) -> list[Layer]:
     """The configuration layers above the defaults, lowest first."""
+    from fmb_engine.config.loader import CLI_ORIGIN, Layer, check_layer, read_layer_file
+
     layers: list[Layer] = []
     if workspace is not None and workspace.config_file.is_file():
         layers.append(read_layer_file(workspace.config_file))
@@ -33,6 +59,8 @@ def load(
     cli: dict[str, Any] | None = None,
 ) -> Resolved:
     """Effective config of one section; ``cli`` holds that section's flags (None = not given)."""
+    from fmb_engine.config.loader import resolve
+
     nested: dict[str, Any] | None = None
     if cli:
         nested = cli
@@ -41,4 +69,4 @@ def load(
     return resolve(section, layers_for(workspace, config_file, nested))
 
 
-__all__ = ["register_section", "SECTIONS", "Layer", "Resolved", "Section", "layers_for", "load", "resolve", "template"]
+__all__ = ["SECTIONS", "Layer", "Resolved", "Section", "layers_for", "load", "resolve", "template"]

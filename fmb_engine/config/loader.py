@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fmb_engine.config.schemas import SECTIONS, Section
+from fmb_engine.config.registry import SECTIONS
+from fmb_engine.config.schemas import Section
 from fmb_engine.errors import ConfigError
 
 DEFAULT_ORIGIN = "default"
@@ -60,11 +61,8 @@ def _suggest(name: str, valid: list[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def read_layer_file(path: str | Path, check: bool = True) -> Layer:
-    """Read and structurally check one YAML config file (``yaml.safe_load``).
-
-    ``check=False`` skips :func:`check_layer` (unknown sections), for a reader that resolves
-    only sections it knows (a section's own keys are still validated when it is resolved)."""
+def read_layer_file(path: str | Path) -> Layer:
+    """Read and structurally check one YAML config file (``yaml.safe_load``)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -78,8 +76,7 @@ def read_layer_file(path: str | Path, check: bool = True) -> Layer:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (general:, mock:, ...), got {type(data).__name__}")
-    layer = Layer(str(path), data)
-    return check_layer(layer) if check else layer
+    return check_layer(Layer(str(path), data))
 
 
 def section_body(data: dict[str, Any], section: str) -> dict[str, Any]:
@@ -97,7 +94,8 @@ def _check_body(origin: str, section: str, body: Any) -> None:
         return
     if not isinstance(body, dict):
         raise ConfigError(f"{origin}: section {section!r} must be a mapping of keys, got {body!r}")
-    if section in SECTIONS:
+    children = SECTIONS.children(section) if "." not in section else []
+    if not children:
         valid_keys = list(SECTIONS[section].model_fields)
         for key in body:
             if key not in valid_keys:
@@ -106,7 +104,6 @@ def _check_body(origin: str, section: str, body: Any) -> None:
                     f"Valid keys of {section!r}: {', '.join(valid_keys)}"
                 )
         return
-    children = sorted({name[len(section) + 1 :].split(".")[0] for name in SECTIONS if name.startswith(section + ".")})
     for key, sub in body.items():
         if str(key) not in children:
             raise ConfigError(
@@ -118,7 +115,7 @@ def _check_body(origin: str, section: str, body: Any) -> None:
 
 def check_layer(layer: Layer) -> Layer:
     """Reject unknown sections and keys, naming the layer and suggesting the closest name."""
-    top = sorted({name.split(".")[0] for name in SECTIONS})
+    top = sorted(SECTIONS.top_level())
     for section, body in layer.data.items():
         if section not in top:
             raise ConfigError(

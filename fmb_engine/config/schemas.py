@@ -2,8 +2,11 @@
 
 Each section is a pydantic model with ``extra="forbid"``: unknown keys are an
 error, every field has a default and a description (used by ``config show``, the
-templates under ``configs/`` and the TUI's generated forms). Later stages add
-their section here and register it in :data:`SECTIONS`.
+templates under ``configs/`` and the TUI's generated forms). The stage-less
+sections live here; every stage keeps its schema in a light module of its own
+(``<stage>/config.py``: pydantic and the standard library only), named in
+:data:`fmb_engine.config.registry.SECTIONS` by its import path and imported only when
+that section is used.
 """
 
 from __future__ import annotations
@@ -83,17 +86,3 @@ class ImportConfig(Section):
     skip_bad_files: bool = Field(
         False, description="Import the readable files and record unreadable ones in the manifest (else stop)."
     )
-
-
-#: Section name -> schema. The order is the order of ``config show``. Dotted names
-#: (``embed.pca``) are nested mappings in YAML (``embed: {pca: {...}}``).
-SECTIONS: dict[str, type[BaseModel]] = {
-    "general": GeneralConfig,
-    "mock": MockConfig,
-    "import": ImportConfig,
-}
-
-
-def register_section(name: str, schema: type[BaseModel]) -> None:
-    """Add a stage's schema (e.g. each embedder registers ``embed.<name>``)."""
-    SECTIONS[name] = schema

@@ -50,8 +50,6 @@ from fmb_engine.manifest import RunManifest
 NEAR_CONSTANT_SPREAD = 1e-6
 #: A score where more than this share of the objects ties with another object is "mostly ties".
 MOSTLY_TIED = 0.5
-#: Default of ``detect.max_duplicate_fraction``.
-MAX_DUPLICATE_FRACTION = 0.05
 
 
 @dataclass(frozen=True)

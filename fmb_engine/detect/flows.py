@@ -71,12 +71,13 @@ from nflows.transforms import (
 )
 from torch import nn
 
+from fmb_engine.detect.params import FLOW_TYPES, PRESETS
+from fmb_engine.devices import resolve_device
+from fmb_engine.errors import ConfigError
 from fmb_engine.detect.preprocess import Preprocessor, check_matrix
 from fmb_engine.detect.tables import anomaly_table
 
 __all__ = [
-    "FLOW_TYPES",
-    "PRESETS",
     "FlowDensity",
     "anomaly_table",
     "build_flow",
@@ -84,51 +85,6 @@ __all__ = [
     "score_out_of_fold",
     "split_preset",
 ]
-
-FLOW_TYPES: tuple[str, ...] = ("coupling", "autoregressive")
-
-#: Named settings. ``pca_components``/``clip_sigma`` go to :class:`Preprocessor`,
-#: the rest to :class:`FlowDensity` (see :func:`split_preset`).
-PRESETS: dict[str, dict[str, Any]] = {
-    # The reference paper's anomalies.yaml hyper-parameters, verbatim (the
-    # architecture is this module's, see the module docstring).
-    "paper": dict(
-        flow_type="coupling",
-        num_transforms=4,
-        hidden_features=16,
-        pca_components=100,
-        epochs=5,
-        batch_size=24,
-        lr=1e-4,
-        weight_decay=1e-5,
-        clip_sigma=8.0,
-        grad_clip=5.0,
-        seed=42,
-    ),
-    # The paper's model (4 coupling layers, hidden 16, PCA 100, clip 8) with a
-    # different optimisation: 10x the batch and 10x the learning rate, 10 epochs
-    # -> ~1,600 optimiser steps instead of ~8,300 on 40k objects, ~3-4x faster
-    # on one CPU core. Measured with `bench/bench_detect.py --quality` (16-d
-    # latent Gaussian mixture -> 768-d through a linear / a non-linear map,
-    # 40k objects, flows fit on 32k, NLL on 8k held-out normals; AUROC of
-    # in-sample -log p), fit 2.8 s vs 9.7 s: held-out NLL 138.3 / 134.1 vs
-    # 139.5 / 138.3 (paper), extreme singletons AUROC 0.983 / 0.998 vs
-    # 0.954 / 0.997, a rare 0.5 % group 0.805 / 0.954 vs 0.879 / 0.946 -- the
-    # under-trained paper preset flags that group better on the linear data.
-    "default": dict(
-        flow_type="coupling",
-        num_transforms=4,
-        hidden_features=16,
-        pca_components=100,
-        epochs=10,
-        batch_size=256,
-        lr=1e-3,
-        weight_decay=1e-5,
-        clip_sigma=8.0,
-        grad_clip=5.0,
-        seed=42,
-    ),
-}
 
 _PREPROCESS_KEYS = ("pca_components", "clip_sigma", "standardize")
 
@@ -355,19 +311,12 @@ class _FlatAdamW:
         return True
 
 
-def _resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when visible, else CPU; explicit CUDA requests are checked."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(device: str) -> torch.device:
+    """:func:`fmb_engine.devices.resolve_device` as a torch device; its errors as ValueError (a bad argument)."""
     try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch sees no CUDA device; use 'auto' or 'cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return dev
+        return torch.device(resolve_device(device))
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -438,7 +387,7 @@ class FlowDensity:
             raise ValueError(f"threads must be None (torch default) or an int >= 1, got {threads!r}")
         if not isinstance(device, str):
             raise ValueError(f"device must be a string, got {device!r}")
-        _resolve_device(device)  # validate early
+        _device(device)  # validate early
         self.flow_type = flow_type
         self.num_transforms = int(num_transforms)
         self.hidden_features = int(hidden_features)
@@ -463,7 +412,7 @@ class FlowDensity:
         n, d = X.shape
         if n < 2:
             raise ValueError(f"FlowDensity.fit needs at least 2 rows, got {n}")
-        device = _resolve_device(self.device)
+        device = _device(self.device)
         with _torch_threads(self.threads):
             flow = build_flow(d, self.flow_type, self.num_transforms, self.hidden_features, self.seed).to(device)
             flow.train()
@@ -569,7 +518,7 @@ class FlowDensity:
         flow = build_flow(d, seed=self.seed, **arch)
         weights = {k[len("flow."):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("flow.")}
         flow.load_state_dict(weights, strict=True)
-        flow.to(_resolve_device(self.device)).eval()
+        flow.to(_device(self.device)).eval()
         self.flow_ = flow
         self.n_features_in_ = d
         self.n_rows_fit_ = int(state.get("fit.n_rows_fit", -1))

@@ -82,9 +82,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmb_engine.detect.params import FUSION_METHODS
 from fmb_engine.detect.tables import as_object_ids, has_duplicates, min_rank, rank_descending
 
-FUSION_METHODS: tuple[str, ...] = ("geo", "min", "avg", "fisher")
 FUSION_COLUMNS: tuple[str, ...] = (
     "object_id", "rank_img", "rank_spec", "rank_mis", "p_img", "p_spec", "p_mis",
     "score_mm_geo", "score_mm_min", "score_mm_avg", "score_mm_fisher", "uplift_mm", "rank_fused", "passes_thresholds",

@@ -29,27 +29,26 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from fmb_engine import lineage, locks, publish
 from fmb_engine.config import Resolved
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
-from fmb_engine.detect.degenerate import MAX_DUPLICATE_FRACTION, check_embeddings, check_scores
-from fmb_engine.detect.flows import fit_flows, score_out_of_fold, split_preset
-from fmb_engine.detect.fusion import FUSION_COLUMNS, FUSION_METHODS, fuse
+from fmb_engine.detect.config import DetectConfig
+from fmb_engine.detect.degenerate import check_embeddings, check_scores
+from fmb_engine.detect.flows import fit_flows, score_out_of_fold
+from fmb_engine.detect.fusion import FUSION_COLUMNS, fuse
 from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, mismatch_scores
+from fmb_engine.detect.params import FUSION_METHODS, PARTS
 from fmb_engine.detect.preprocess import Preprocessor, finite_rows
 from fmb_engine.detect.tables import ANOMALY_COLUMNS, anomaly_table, rank_descending
-from fmb_engine.embed.base import resolve_device
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.errors import DataError, FMBError
 from fmb_engine.manifest import RunManifest
-from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.publish import StagedSet
 from fmb_engine.rankings import system_name
@@ -58,66 +57,6 @@ from fmb_engine.workspace import Workspace, atomic_path
 #: Usable rows a flow, a baseline or the mismatch needs; with fewer that system is skipped.
 MIN_ROWS = 10
 
-FLOW_KEYS = ("flow_type", "num_transforms", "hidden_features", "pca_components", "epochs", "batch_size", "lr",
-             "weight_decay", "clip_sigma", "grad_clip")
-
-
-class DetectConfig(BaseModel):
-    """`fmb-engine detect`: density flows, cross-modal mismatch, baselines and rank fusion."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    models: list[str] = Field(default_factory=list, description="Embedding runs to score (names under embeddings/); empty = all.")
-    preset: Literal["default", "paper"] = Field(
-        "default", description="Flow preset: paper = the reference's hyper-parameters on FMB's flow; default = ours (docs/science.md)."
-    )
-    flow_type: Literal["coupling", "autoregressive"] | None = Field(None, description="Override the preset's flow type.")
-    num_transforms: int | None = Field(None, ge=1, description="Override: number of flow transforms.")
-    hidden_features: int | None = Field(None, ge=1, description="Override: hidden units of each transform.")
-    pca_components: int | None = Field(None, ge=0, description="Override: PCA components before the flow (0 = none).")
-    epochs: int | None = Field(None, ge=1, description="Override: training epochs.")
-    batch_size: int | None = Field(None, ge=1, description="Override: training batch size.")
-    lr: float | None = Field(None, gt=0, description="Override: learning rate.")
-    weight_decay: float | None = Field(None, ge=0, description="Override: weight decay.")
-    clip_sigma: float | None = Field(None, ge=0, description="Override: clip standardised features at +-k sigma (0 = off).")
-    grad_clip: float | None = Field(None, ge=0, description="Override: gradient-norm clip (0 = off).")
-    out_of_fold: int = Field(
-        0, ge=0, description="K >= 2: score each object with a flow not trained on it (K folds); 0 = in-sample like the reference."
-    )
-    seed: int = Field(42, ge=0, description="Seed of every random choice (flows, folds, baselines).")
-    device: str = Field("auto", description="Torch device: auto, cpu, cuda.")
-    threads: int = Field(1, ge=0, description="Torch CPU threads for the flows (0 = torch default).")
-    n_jobs: int = Field(
-        0, ge=0, description="Processes training one run's flows side by side (0 = one per CPU core on CPU, 1 on CUDA)."
-    )
-    fusion: Literal["geo", "min", "avg", "fisher"] = Field(
-        "fisher", description="Fusion that orders the ranked top-k tables (all four are always computed)."
-    )
-    top_k: int = Field(200, ge=1, description="Rows in the ranked / filtered top-k tables.")
-    t_img: float = Field(0.0, ge=0, le=1, description="Filtered table: keep p_img >= t_img.")
-    t_spec: float = Field(0.0, ge=0, le=1, description="Filtered table: keep p_spec >= t_spec.")
-    t_mis: float = Field(0.0, ge=0, le=1, description="Filtered table: keep p_mis >= t_mis.")
-    baselines: bool = Field(True, description="Also score with IsolationForest and k-NN distance.")
-    knn_k: int = Field(10, ge=1, description="k of the k-NN distance baseline.")
-    iforest_trees: int = Field(200, ge=1, description="Trees of the IsolationForest baseline.")
-    mismatch_alpha: float = Field(1.0, gt=0, description="Ridge penalty of the learned mismatch (unaligned embedders).")
-    max_duplicate_fraction: float = Field(
-        MAX_DUPLICATE_FRACTION, ge=0, le=1,
-        description="Warn when more than this share of a modality's vectors duplicate another vector (docs/science.md).",
-    )
-
-    def flow_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(preprocessing kwargs, FlowDensity kwargs) from the preset plus overrides."""
-        overrides = {k: getattr(self, k) for k in FLOW_KEYS if getattr(self, k) is not None}
-        pre, flow = split_preset(self.preset, **overrides, seed=self.seed)
-        flow |= {"device": self.device, "threads": self.threads or None}
-        return pre, flow
-
-    def flow_jobs(self) -> int:
-        """Worker processes for the flows: results are identical for any value (same threads)."""
-        if not self.n_jobs and resolve_device(self.device).startswith("cuda"):
-            return 1
-        return resolve_jobs(self.n_jobs)
 
 
 def embedding_runs(ws: Workspace, models: list[str]) -> list[Path]:
@@ -464,7 +403,6 @@ def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd
     return new
 
 
-PARTS = ("flows", "mismatch", "fuse")
 
 
 def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS,

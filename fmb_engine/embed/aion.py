@@ -44,12 +44,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from fmb_engine.embed import preprocess as pp
-from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
-from fmb_engine.embed.weights import import_optional, load_strict, resolve_dir, resolve_file
+from fmb_engine.devices import resolve_device
+from fmb_engine.embed.base import Embedder
+from fmb_engine.embed.config import AIONConfig
+from fmb_engine.embed.weights import import_optional, load_strict
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.survey.batch import SurveyBatch
 
@@ -63,31 +64,7 @@ INSTALL_HINT = (
 #: Euclid AB zero points in Jy, per band of the store (bands.BANDS order).
 EUCLID_ZP_NU: dict[str, float] = {"VIS": 2835.34, "NISP_Y": 1916.10, "NISP_J": 1370.25, "NISP_H": 918.35}
 HSC_BANDS: list[str] = ["HSC-G", "HSC-R", "HSC-I", "HSC-Z", "HSC-Y"]
-#: Files of the model snapshot, relative to its root.
-SNAPSHOT_FILES: tuple[str, ...] = (
-    "config.json",
-    "model.safetensors",
-    "codecs/image/config.json",
-    "codecs/image/model.safetensors",
-    "codecs/spectrum/config.json",
-    "codecs/spectrum/model.safetensors",
-)
 
-
-class AIONConfig(EmbedderConfig):
-    """Settings of the AION embedder."""
-
-    repo_id: str = Field(
-        "polymathic-ai/aion-base", description="Hugging Face repo id, used only to find the local cache."
-    )
-    adapter: str | None = Field(
-        None,
-        description="FMB's Euclid->HSC adapter checkpoint: a file, or a directory holding adapter_file. "
-        "Unset: looked for next to the AION weights.",
-    )
-    adapter_file: str = Field("adapters_final.pt", description="Adapter checkpoint file name.")
-    image_size: int = Field(96, ge=16, description="Euclid bands are resized (bilinear) to this size.")
-    max_abs: float = Field(100.0, gt=0, description="Clamp of the scaled Euclid flux, before the adapter.")
 
 
 # --------------------------------------------------------------------------- adapter U-Net
@@ -266,35 +243,11 @@ class AIONEmbedder(Embedder):
     """AION-1 mean-pooled encoder embeddings; see the module docstring."""
 
     name: ClassVar[str] = "aion"
-    modalities: ClassVar[tuple[str, ...]] = ("image", "spectrum", "joint")
-    aligned: ClassVar[bool] = False
-    config_model: ClassVar[type[EmbedderConfig]] = AIONConfig
 
     def __init__(self, config: AIONConfig | dict[str, Any] | None = None):
         super().__init__(config)
         self._parts: dict[str, Any] | None = None
         self._device: str | None = None
-
-    def snapshot_dir(self) -> Path:
-        cfg = self.config
-        return resolve_dir(SNAPSHOT_FILES, weights=cfg.weights, repo_id=cfg.repo_id, what="AION")
-
-    def adapter_path(self, snapshot: Path | None = None) -> Path:
-        """The adapter checkpoint: ``adapter`` (file or directory), else next to the AION weights."""
-        cfg: AIONConfig = self.config
-        if cfg.adapter is not None:
-            return resolve_file(
-                cfg.adapter_file, weights=cfg.adapter, repo_id=None, what="AION adapter", config_key="adapter"
-            )
-        places = [p for p in (snapshot, Path(cfg.weights).expanduser() if cfg.weights else None) if p is not None]
-        for place in places:
-            if (place / cfg.adapter_file).is_file():
-                return place / cfg.adapter_file
-        looked = "".join(f"\n  - {p}" for p in places) or " nowhere ('weights' is unset)"
-        raise ConfigError(
-            f"AION needs FMB's Euclid->HSC adapter checkpoint '{cfg.adapter_file}' (AION has no Euclid modality). "
-            f"Looked in:{looked}\nSet 'adapter' to the file or to the directory holding it."
-        )
 
     def _adopt_training_scale(self, trained: dict[str, Any], path: Path) -> None:
         """The adapter only knows inputs clamped as in its training: use its ``max_abs``. A
@@ -314,8 +267,8 @@ class AIONEmbedder(Embedder):
         """Load (once) the transformer, both codecs and the adapter."""
         if self._parts is None:
             mods = import_optional("aion.modalities", "aion", INSTALL_HINT)
-            snapshot = self.snapshot_dir()
-            adapter_path = self.adapter_path(snapshot)
+            snapshot = self.config.snapshot_dir()
+            adapter_path = self.config.adapter_path(snapshot)
             model = load_aion(snapshot)
             image_codec = load_codec(snapshot, mods.HSCImage)
             spectrum_codec = load_codec(snapshot, mods.DESISpectrum)

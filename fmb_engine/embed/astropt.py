@@ -46,70 +46,21 @@ import io
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
 
 from fmb_engine.embed import preprocess as pp
-from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
-from fmb_engine.embed.weights import import_optional, load_strict, resolve_file
+from fmb_engine.devices import resolve_device
+from fmb_engine.embed.base import Embedder
+from fmb_engine.embed.config import ASTROPT_LAYOUTS, AstroPTConfig
+from fmb_engine.embed.weights import import_optional, load_strict
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install --no-deps astropt==2.0.9 && pip install loralib einops huggingface_hub"
-
-#: Image-side settings implied by each layout.
-LAYOUTS: dict[str, dict[str, Any]] = {
-    "upstream": {"image_size": 256, "patch_order": "channel_last", "patch_norm": "zscore", "spiral": True},
-    "fmb": {"image_size": 224, "patch_order": "channel_first", "patch_norm": "none", "spiral": False},
-}
-
-
-class AstroPTConfig(EmbedderConfig):
-    """Settings of the AstroPT embedder."""
-
-    repo_id: str = Field("Smith42/astroPT_v2.0", description="Hugging Face repo id, used only to find the local cache.")
-    subfolder: str = Field("astropt/095M", description="Folder of the checkpoint inside the repo.")
-    checkpoint: str = Field("ckpt.pt", description="Checkpoint file name.")
-    loader: Literal["safe", "upstream"] = Field(
-        "safe",
-        description="safe: weights_only=True, registry rebuilt from plain fields; "
-        "upstream: astropt.model_utils.load_astropt (unpickles; trusted upstream files only).",
-    )
-    layout: Literal["upstream", "fmb"] = Field(
-        "upstream", description="Image patch layout preset: upstream AstroPT v2, or FMB's retrained model."
-    )
-    image_size: int | None = Field(None, ge=8, description="Image side in pixels after resize (layout default).")
-    patch_order: Literal["channel_last", "channel_first"] | None = Field(
-        None, description="Flattening inside a patch: (p1 p2 c) or (c p1 p2) (layout default)."
-    )
-    patch_norm: Literal["zscore", "none"] | None = Field(None, description="Per-patch z-score (layout default).")
-    spiral: bool | None = Field(None, description="Spiral patch order, centre first (layout default).")
-    image_source: Literal["auto", "rgb", "bands"] = Field(
-        "auto", description="RGB from the stored composite (rgb), from the 4 bands (bands), or rgb when present (auto)."
-    )
-    spectrum_length: int = Field(7781, ge=1, description="Spectra are padded/trimmed to this many bins.")
-    spectrum_norm: Literal["std", "zscore", "none"] = Field(
-        "std", description="Per-spectrum scaling before patching (FMB: divide by std)."
-    )
-    reduction: Literal["mean", "exp_decay", "last"] = Field(
-        "mean", description="Token reduction of generate_embeddings (middle layer)."
-    )
-    image_patch_size: int = Field(
-        16, ge=1, description="Image patch size, used only when the checkpoint has no registry."
-    )
-    spectrum_patch_size: int = Field(
-        10, ge=1, description="Spectrum patch size, used only when the checkpoint has no registry."
-    )
-
-    def resolved(self, key: str) -> Any:
-        """A layout-controlled image setting: the explicit value, else the layout's."""
-        value = getattr(self, key)
-        return LAYOUTS[self.layout][key] if value is None else value
-
 
 # --------------------------------------------------------------------------- patching
 
@@ -262,9 +213,6 @@ class AstroPTEmbedder(Embedder):
     """AstroPT middle-layer mean embeddings; see the module docstring."""
 
     name: ClassVar[str] = "astropt"
-    modalities: ClassVar[tuple[str, ...]] = ("image", "spectrum", "joint")
-    aligned: ClassVar[bool] = False
-    config_model: ClassVar[type[EmbedderConfig]] = AstroPTConfig
 
     def __init__(self, config: AstroPTConfig | dict[str, Any] | None = None):
         super().__init__(config)
@@ -272,12 +220,6 @@ class AstroPTEmbedder(Embedder):
         self._device: str | None = None
 
     # -- loading
-    def checkpoint_path(self) -> Path:
-        cfg = self.config
-        return resolve_file(
-            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroPT"
-        )
-
     def attach(self, model, source: str = "<given model>"):
         """Use ``model`` (a loaded one, or one being trained) on the configured device, checked as
         a loaded checkpoint is; returns it."""
@@ -290,7 +232,7 @@ class AstroPTEmbedder(Embedder):
         """Load (once) and return the GPT on the configured device."""
         if self._model is None:
             cfg: AstroPTConfig = self.config
-            path = self.checkpoint_path()
+            path = self.config.checkpoint_path()
             if cfg.loader == "upstream":
                 model = load_model_upstream(path)
             else:
@@ -307,7 +249,7 @@ class AstroPTEmbedder(Embedder):
         Settings that differ from this embedder's config are replaced and logged."""
         if not trained:
             return
-        layout_keys = LAYOUTS[self.config.layout]
+        layout_keys = ASTROPT_LAYOUTS[self.config.layout]
 
         def current(key: str) -> Any:
             return self.config.resolved(key) if key in layout_keys else getattr(self.config, key)

@@ -1,4 +1,4 @@
-"""The embedder interface and its registry.
+"""The embedder interface and the lookup of an embedder by name.
 
 An embedder turns a :class:`~fmb_engine.survey.batch.SurveyBatch` into one
 vector per object per modality. It declares which modalities it produces and
@@ -11,32 +11,17 @@ their fitted state through ``state_dict``/``load_state_dict`` as plain arrays.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from fmb_engine.embed.catalog import EMBEDDERS
+from fmb_engine.embed.config import SCHEMAS, EmbedderConfig
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
-
-#: Canonical modality names, everywhere (config, columns, store datasets, docs).
-MODALITIES: tuple[str, ...] = ("image", "spectrum", "joint")
-
-
-class EmbedderConfig(BaseModel):
-    """Settings every embedder understands; embedders extend this."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    batch_size: int = Field(64, ge=1, description="Objects per forward pass.")
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
-    amp: bool = Field(False, description="Mixed precision on CUDA (ignored on CPU).")
-    weights: str | None = Field(
-        None, description="Local weights directory or Hugging Face cache holding the checkpoint."
-    )
-    seed: int = Field(42, ge=0, description="Seed for anything random inside the embedder.")
 
 
 class Embedder(ABC):
@@ -48,6 +33,15 @@ class Embedder(ABC):
     config_model: ClassVar[type[EmbedderConfig]] = EmbedderConfig
     #: True when ``fit`` must run (on the train split) before ``embed``.
     needs_fit: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A class naming an embedder takes its config model and its descriptive attributes from
+        its entry in :data:`fmb_engine.embed.catalog.EMBEDDERS`, so they are written once."""
+        super().__init_subclass__(**kwargs)
+        info = EMBEDDERS.get(cls.__dict__.get("name", ""))
+        if info is not None:
+            cls.config_model, cls.modalities, cls.aligned, cls.needs_fit = (
+                SCHEMAS[cls.name], info.modalities, info.aligned, info.needs_fit)
 
     def __init__(self, config: EmbedderConfig | dict[str, Any] | None = None):
         if config is None:
@@ -72,38 +66,14 @@ class Embedder(ABC):
         """Restore what :meth:`state_dict` returned."""
 
 
-_REGISTRY: dict[str, Callable[[], type[Embedder]]] = {}
-
-
-def register(name: str, loader: Callable[[], type[Embedder]]) -> None:
-    """Register an embedder class lazily (heavy imports happen on first use)."""
-    _REGISTRY[name] = loader
-
-
-def _load_builtins() -> None:
-    """Import the modules that register the built-in embedders (once; cheap, no model packages)."""
-    import fmb_engine.embed.baselines  # noqa: F401  (pca, cca)
-    import fmb_engine.embed.registry_models  # noqa: F401  (astropt, aion, astroclip)
-
-
 def names() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    """Every embedder's name (imports no implementation)."""
+    return list(EMBEDDERS)
 
 
 def get(name: str) -> type[Embedder]:
-    _load_builtins()
-    if name not in _REGISTRY:
+    """The implementation class of embedder ``name`` (imported now: torch for the foundation models)."""
+    if name not in EMBEDDERS:
         raise ConfigError(f"unknown embedder {name!r}; available: {', '.join(names())}")
-    return _REGISTRY[name]()
-
-
-def resolve_device(device: str) -> str:
-    """Map 'auto' to 'cuda' when a GPU is visible, else 'cpu'; check explicit CUDA requests."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but torch sees no CUDA device; use device: auto or cpu")
-    return device
+    module, _, attribute = EMBEDDERS[name].implementation.partition(":")
+    return getattr(importlib.import_module(module), attribute)

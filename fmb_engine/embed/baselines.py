@@ -51,49 +51,18 @@ state bit for bit; components have a fixed sign (largest loading positive).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
 
-from fmb_engine.embed.base import Embedder, EmbedderConfig, register
+from fmb_engine.embed.base import Embedder
+from fmb_engine.embed.config import BaselineConfig, CCAConfig, PCAConfig
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.survey.batch import SurveyBatch
 
 _MAD = 1.4826
 #: Objects whose noise arrays are kept during the fit (enough for a median).
 _NOISE_SAMPLE = 2048
-
-
-class BaselineConfig(EmbedderConfig):
-    """Feature settings shared by the pca and cca embedders."""
-
-    batch_size: int = Field(512, ge=1, description="Objects per batch (features are computed batch by batch).")
-    image_grid: int = Field(16, ge=1, le=256, description="Band images are average-pooled to this many pixels per side.")
-    radial_bins: int = Field(8, ge=1, le=64, description="Annuli of the per-band radial profile (geometric edges).")
-    spectrum_rebin: int = Field(10, ge=1, description="Spectral pixels per fine bin (inverse-variance weighted mean).")
-    spectrum_coarse: int = Field(40, ge=1, description="Coarse continuum bins over the whole spectrum.")
-    fit_max_objects: int = Field(
-        20000, ge=10, description="At most this many train objects are used for the fit (a seeded random subset)."
-    )
-
-
-class PCAConfig(BaselineConfig):
-    """Settings of the PCA baseline embedder."""
-
-    image_components: int = Field(64, ge=1, description="Principal components kept for the image vector.")
-    spectrum_components: int = Field(64, ge=1, description="Principal components kept for the spectrum vector.")
-
-
-class CCAConfig(BaselineConfig):
-    """Settings of the CCA baseline embedder."""
-
-    pca_components: int = Field(32, ge=1, description="PCA components per modality before the CCA.")
-    n_components: int = Field(16, ge=1, description="Canonical pairs kept (vector dimension).")
-    weighting: Literal["rho", "sqrt", "none"] = Field(
-        "rho", description="Weight of canonical pair j: its correlation rho_j, sqrt(rho_j), or 1."
-    )
-    ridge: float = Field(1e-3, ge=0.0, description="Whitening ridge, relative to the mean PCA variance.")
 
 
 # --------------------------------------------------------------------------- features
@@ -399,8 +368,6 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
 class _Baseline(Embedder):
     """Shared fit/state plumbing of the two baselines."""
 
-    modalities: ClassVar[tuple[str, ...]] = ("image", "spectrum", "joint")
-    needs_fit: ClassVar[bool] = True
     #: Survey fields the embedder reads (the run skips the RGB composite).
     input_fields: ClassVar[tuple[str, ...]] = ("images", "spectra")
     #: Feature blocks used per modality.
@@ -483,8 +450,6 @@ class PCAEmbedder(_Baseline):
     """Per-modality PCA of the baseline features; joint = concatenation (see the module docstring)."""
 
     name: ClassVar[str] = "pca"
-    aligned: ClassVar[bool] = False
-    config_model: ClassVar[type[EmbedderConfig]] = PCAConfig
 
     def _fit_linear(self, xi, xs):
         cfg: PCAConfig = self.config
@@ -511,8 +476,6 @@ class CCAEmbedder(_Baseline):
     """Canonical correlation of the PCA-whitened image and spectrum features (see the module docstring)."""
 
     name: ClassVar[str] = "cca"
-    aligned: ClassVar[bool] = True
-    config_model: ClassVar[type[EmbedderConfig]] = CCAConfig
     #: Only blocks that describe the galaxy itself: artefact blocks (sharp, chi) have no
     #: cross-modal counterpart and would only add noise to the canonical directions.
     image_blocks: ClassVar[tuple[str, ...]] = ("pool", "radial")
@@ -570,6 +533,3 @@ class CCAEmbedder(_Baseline):
         if have > cfg.n_components:
             raise ConfigError(f"stored cca state has {have} canonical pairs, the config asks for {cfg.n_components}; refit")
 
-
-register("pca", lambda: PCAEmbedder)
-register("cca", lambda: CCAEmbedder)

@@ -14,27 +14,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fmb_engine.embed.base import EmbedderConfig
+    from fmb_engine.embed.config import EmbedderConfig
 
 #: Config keys that do not change the vectors (excluded from the run key).
 NOT_IN_KEY = {"batch_size", "device"}
 
 
-def weight_files(embedder: Any) -> list[Path]:
-    """Every weight file an embedder will read (ConfigError naming what is missing).
+def weight_files(config: Any) -> list[Path]:
+    """Every weight file an embedder with these settings will read (ConfigError naming what is missing).
 
-    Duck-typed over the embedders' own resolvers: AION (``snapshot_dir`` +
-    ``adapter_path``), AstroPT/AstroCLIP (``checkpoint_path``); fitted baselines have none.
+    Duck-typed over the config models' own resolvers (:mod:`fmb_engine.embed.config`): AION
+    (``snapshot_dir`` + ``adapter_path``), AstroPT/AstroCLIP (``checkpoint_path``); the
+    fitted baselines have none. No model is imported.
     """
-    if getattr(embedder, "needs_fit", False):
-        return []
-    if hasattr(embedder, "snapshot_dir"):
-        from fmb_engine.embed.aion import SNAPSHOT_FILES  # torch: only for an AION embedder, already loaded then
+    if hasattr(config, "snapshot_dir"):
+        from fmb_engine.embed.config import SNAPSHOT_FILES
 
-        snap = embedder.snapshot_dir()
-        return [snap / f for f in SNAPSHOT_FILES] + [embedder.adapter_path(snap)]
-    if hasattr(embedder, "checkpoint_path"):
-        return [embedder.checkpoint_path()]
+        snap = config.snapshot_dir()
+        return [snap / f for f in SNAPSHOT_FILES] + [config.adapter_path(snap)]
+    if hasattr(config, "checkpoint_path"):
+        return [config.checkpoint_path()]
     return []
 
 

@@ -225,16 +225,9 @@ def import_reference_pt(
     ref = read_reference_pt(path, family)
     name = model or ref.family
     if aligned is None:
-        aligned = False
-        try:
-            from fmb_engine.embed import base
-            from fmb_engine.embed.run import register_embed_sections
+        from fmb_engine.embed.catalog import EMBEDDERS
 
-            register_embed_sections()
-            if name in base.names():
-                aligned = bool(base.get(name).aligned)
-        except Exception:  # registry problems must not block an import
-            aligned = False
+        aligned = name in EMBEDDERS and EMBEDDERS[name].aligned
     meta = EmbeddingMeta(
         embedder=name, aligned=aligned, modalities=tuple(ref.vectors), config={"imported_from": str(path)},
         weights_digest="", survey_digest="", versions=versions(),

@@ -86,31 +86,28 @@ class ModelStatus:
 
 def _embedder_config(name: str, ws: Workspace | None, config_file: Path | None, cli: dict | None = None) -> Resolved:
     from fmb_engine.config import load
-    from fmb_engine.embed.run import register_embed_sections
 
-    register_embed_sections()
     return load(f"embed.{name}", ws, config_file, cli or None)
 
 
 def _status(name: str, ws: Workspace | None, config_file: Path | None, try_load: bool, cli: dict | None = None) -> ModelStatus:
-    from fmb_engine.embed import base
+    from fmb_engine.embed.catalog import EMBEDDERS
 
-    cls = base.get(name)
+    info = EMBEDDERS[name]
     req = REQUIREMENTS.get(name, Requirements())
     present = req.module is None or importlib.util.find_spec(req.module) is not None
-    st = ModelStatus(name, tuple(cls.modalities), bool(cls.aligned), bool(cls.needs_fit), req.distribution, present,
-                     "not needed" if cls.needs_fit else "missing")
+    st = ModelStatus(name, info.modalities, info.aligned, info.needs_fit, req.distribution, present,
+                     "not needed" if info.needs_fit else "missing")
     if not present:
         st.problems.append(Problem(
             f"optional package {req.distribution!r} is not installed",
             f"pip install 'fmb[{req.extra}]' (on a CPU-only machine: see README, install with --no-deps)",
         ))
-    if cls.needs_fit:
+    if info.needs_fit:
         return st
     resolved = _embedder_config(name, ws, config_file, cli)
-    embedder = cls(resolved.values)
     try:
-        files = weight_files(embedder)
+        files = weight_files(resolved.values)
         st.weights = "found"
         st.weight_files = [str(f) for f in files]
     except ConfigError as exc:
@@ -118,8 +115,10 @@ def _status(name: str, ws: Workspace | None, config_file: Path | None, try_load:
                                    + (f". {req.download_note}" if req.download_note else "")))
         return st
     if try_load and present:
+        from fmb_engine.embed import base
+
         try:
-            embedder.load()
+            base.get(name)(resolved.values).load()
             st.loadable = True
         except FMBError as exc:
             st.loadable = False
@@ -137,11 +136,9 @@ def _load_fix(name: str) -> str:
 
 def list_models(ws: Workspace | None = None, config_file: Path | None = None) -> list[ModelStatus]:
     """Every registered embedder: modalities, aligned, package and weights presence (nothing loaded)."""
-    from fmb_engine.embed import base
-    from fmb_engine.embed.run import register_embed_sections
+    from fmb_engine.embed.catalog import EMBEDDERS
 
-    register_embed_sections()
-    return [_status(name, ws, config_file, try_load=False) for name in base.names()]
+    return [_status(name, ws, config_file, try_load=False) for name in EMBEDDERS]
 
 
 def environment() -> dict[str, Any]:
@@ -166,9 +163,7 @@ def check_models(
 ) -> dict[str, Any]:
     """Environment plus, per embedder (or just ``name``), weight files found and whether they load."""
     from fmb_engine.embed import base
-    from fmb_engine.embed.run import register_embed_sections
 
-    register_embed_sections()
     names = [name] if name else base.names()
     for n in names:
         base.get(n)  # ConfigError for an unknown name
@@ -199,7 +194,7 @@ def download_plan(name: str, resolved: Resolved) -> dict[str, Any]:
         raise ConfigError(f"{name!r} has no weights to download (it is fitted on the survey)")
     repo_id = getattr(cfg, req.repo_id_key)
     if name == "aion":
-        from fmb_engine.embed.aion import SNAPSHOT_FILES
+        from fmb_engine.embed.config import SNAPSHOT_FILES
 
         patterns = list(SNAPSHOT_FILES)
     else:

@@ -29,15 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from fmb_engine.config import Resolved, register_section
-from fmb_engine.config.schemas import SECTIONS
+from fmb_engine.config import Resolved
+from fmb_engine.devices import resolve_device
 from fmb_engine.embed import base
-from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
+from fmb_engine.embed.base import Embedder
+from fmb_engine.embed.config import EmbedderConfig
 from fmb_engine.embed.digests import run_key, state_digest, weight_files, weights_digest
 from fmb_engine.embed.fit import STATE_FILE, fit_rows, load_state, read_fit, save_state
 from fmb_engine.embed.merge import merge_shards
+from fmb_engine.embed.catalog import DEFAULT_SHARD_SIZE
 from fmb_engine.embed.shards import (
-    DEFAULT_SHARD_SIZE,
     FORCED,
     coverage,
     discard,
@@ -56,20 +57,6 @@ from fmb_engine.progress import Reporter, Silent
 from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace
-
-
-def register_embed_sections() -> None:
-    """Register config section ``embed.<name>`` for every embedder (no heavy model package is imported).
-
-    The embedder modules import torch at most; ``astropt``/``aion`` are imported lazily
-    when a model is loaded.
-    """
-    import fmb_engine.embed.baselines  # noqa: F401  (registers pca, cca)
-    import fmb_engine.embed.registry_models  # noqa: F401  (registers astropt, aion, astroclip)
-
-    for name in base.names():
-        if f"embed.{name}" not in SECTIONS:
-            register_section(f"embed.{name}", base.get(name).config_model)
 
 
 @dataclass
@@ -112,7 +99,6 @@ class _Run:
 
 def _open_run(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, reporter: Reporter | None,
               output: Path | None = None, fit_from: Path | None = None) -> _Run:
-    register_embed_sections()
     cls = base.get(model)
     cfg = resolved.values
     if not isinstance(cfg, cls.config_model):
@@ -121,7 +107,7 @@ def _open_run(ws: Workspace, survey_path: Path, model: str, resolved: Resolved, 
     reader = SurveyReader(survey_path)
     try:
         embedder = cls(cfg)
-        files = weight_files(embedder)  # ConfigError now, before any work, when weights are missing
+        files = weight_files(cfg)  # ConfigError now, before any work, when weights are missing
         wd = weights_digest(files)
     except BaseException:
         reader.close()

@@ -28,7 +28,6 @@ from fmb_engine.errors import ConfigError
 from fmb_engine.progress import Reporter
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
 
-DEFAULT_SHARD_SIZE = 4096
 #: The run a shard folder belongs to (run key, model, survey, size).
 RUN_INFO = "run.json"
 #: Marker in the shard folder of a forced recompute: the final file, though made by the same run key,

@@ -158,7 +158,6 @@ def umap_figures(ws: Workspace, survey: Path, colour_by: list[str], out: Path | 
     from fmb_engine.survey.store import SurveyReader
 
     if thumbnails is None:
-        import fmb_engine.analyze.config  # noqa: F401  (registers the section)
         from fmb_engine.config import load
 
         thumbnails = int(load("analyze", ws).values.umap_thumbnails)  # type: ignore[attr-defined]

@@ -99,9 +99,7 @@ class NotRecordable(ValueError):
 def rebuild_resolved(section: str, values: dict[str, Any], sources: dict[str, str]) -> Resolved:
     """A resolved config section from its recorded values (validated again)."""
     from fmb_engine.config import SECTIONS
-    from fmb_engine.sections import register_all
 
-    register_all()
     if section not in SECTIONS:
         raise JobsError(f"recorded config section {section!r} is unknown to this FMB")
     return Resolved(section, SECTIONS[section].model_validate(values), dict(sources))

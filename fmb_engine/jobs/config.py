@@ -1,8 +1,8 @@
 """The ``jobs`` config section: which executor runs stages, and the SLURM parameters.
 
-Registered with :func:`fmb_engine.config.register_section` when this module is
-imported, so ``fmb-engine config show jobs`` / ``template jobs`` and the layered
-``load("jobs", ...)`` know it.
+Named in :data:`fmb_engine.config.SECTIONS`, which imports this light module (pydantic
+only) when ``fmb-engine config show jobs`` / ``template jobs`` or ``load("jobs", ...)``
+use the section.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fmb_engine.config import register_section
 from fmb_engine.config.schemas import Section
 
 ExecutorName = Literal["local", "slurm", "debug"]
@@ -82,7 +81,5 @@ class JobsConfig(Section):
                 raise ValueError(f"sbatch_extra value of {key!r} must be one line")
         return extra
 
-
-register_section("jobs", JobsConfig)
 
 __all__ = ["JobsConfig", "ExecutorName"]

@@ -77,7 +77,8 @@ def submit_detect(ws: Workspace, resolved: Resolved, parts: tuple[str, ...], exe
 def retrain_task(root: str, survey: str, task: str, values: dict[str, Any], sources: dict[str, str],
                  resume: bool) -> dict[str, Any]:
     """One adaptation run; a requeued job continues from its newest checkpoint."""
-    from fmb_engine.retrain.run import retrain, section_of
+    from fmb_engine.retrain.run import retrain
+    from fmb_engine.retrain.tasks import section_of
 
     result = retrain(Workspace(Path(root)), Path(survey), task, _resolved(section_of(task), values, sources),
                      resume=resume)

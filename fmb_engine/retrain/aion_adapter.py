@@ -42,27 +42,25 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from fmb_engine.embed.aion import (
-    AIONConfig,
     HSC_BANDS,
     INSTALL_HINT,
-    SNAPSHOT_FILES,
     UNetAdapter,
     euclid_preprocess,
     load_adapter,
     load_codec,
 )
+from fmb_engine.embed.config import SNAPSHOT_FILES
 from fmb_engine.embed.weights import import_optional, load_strict, resolve_dir, resolve_file
 from fmb_engine.errors import ConfigError, DataError
-from fmb_engine.retrain.config import TrainConfig
+from fmb_engine.retrain.config import AIONAdapterConfig
 from fmb_engine.retrain.loop import TrainTask, file_fingerprint
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.workspace import atomic_path, make_dirs
@@ -71,46 +69,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapters_final.pt"
 GRID_FILE = "sample_grid"
-
-
-class Config(TrainConfig):
-    """Train the Euclid<->HSC U-Net adapters that AION's embedder needs, through AION's frozen image codec.
-
-    Section ``retrain.aion_adapter``; see the module docstring.
-    """
-
-    weights: str | None = Field(
-        None,
-        description="The AION snapshot holding the frozen image codec (a directory or a Hugging Face cache; "
-        "the same files and search as the AION embedder). Unset: the default local Hugging Face cache.",
-    )
-    repo_id: str = AIONConfig.model_fields["repo_id"]  # the embedder's own field: the snapshot resolves alike
-    init: str | None = Field(
-        None,
-        description="Start from this adapters checkpoint (adapters_final.pt, or a folder holding it) instead of "
-        "random initialisation; read with weights_only=True and loaded strictly.",
-    )
-    hidden: int = Field(16, ge=1, description="U-Net channels at full resolution (x2, x4 deeper).")
-    image_size: int = Field(96, ge=16, description="Euclid bands are resized (bilinear) to this size; "
-                            "the AION codec is trained on 96 px.")
-    max_abs: float = Field(100.0, gt=0, description="Clamp of the scaled Euclid flux, before the adapter.")
-    codec_grad: Literal["ste", "full"] = Field(
-        "ste",
-        description="Gradient through the codec round trip: ste (identity, codec run without autograd) "
-        "or full (backpropagate through the frozen codec).",
-    )
-    # task defaults (reference: Adam lr 1e-4, no weight decay, clip 1.0, constant rate)
-    batch_size: int = Field(8, ge=1, description="Objects per micro-batch.")
-    steps: int = Field(5000, ge=1, description="Optimiser steps in total (a resumed run continues up to this).")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    schedule: Literal["cosine", "constant"] = Field(
-        "constant", description="After warm-up: cosine to min_lr, or constant (the reference)."
-    )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (0: plain Adam, the reference).")
-    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: off).")
-    eval_every: int = Field(250, ge=1, description="Validate every this many steps (and at the last step).")
-    eval_batches: int = Field(20, ge=1, description="Validation micro-batches per evaluation (fixed objects).")
-    checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every this many steps.")
 
 
 # --------------------------------------------------------------------------- codec helpers
@@ -180,7 +138,7 @@ class Task(TrainTask):
     fields: ClassVar[tuple[str, ...]] = ("images",)
     needs: ClassVar[tuple[str, ...]] = ("bands",)
 
-    def __init__(self, config: Config, device: str):
+    def __init__(self, config: AIONAdapterConfig, device: str):
         super().__init__(config, device)
         cfg = config
         mods = import_optional("aion.modalities", "aion", INSTALL_HINT)
@@ -239,7 +197,7 @@ class Task(TrainTask):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The pipeline of the module docstring on (B, 4, H, W) Euclid bands."""
-        cfg: Config = self.config
+        cfg: AIONAdapterConfig = self.config
         x = euclid_preprocess(images.to(self.device), cfg.image_size, cfg.max_abs)
         hsc = self.e2h(x)
         device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
@@ -265,7 +223,7 @@ class Task(TrainTask):
         return loss, {"codec_mse": float(codec_mse)}
 
     def export(self, folder: Path) -> dict[str, Path]:
-        cfg: Config = self.config
+        cfg: AIONAdapterConfig = self.config
         make_dirs(folder)
         payload = {
             "euclid_to_hsc": {k: v.detach().cpu().clone() for k, v in self.e2h.state_dict().items()},

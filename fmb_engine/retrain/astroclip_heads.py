@@ -56,17 +56,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from fmb_engine.embed.astroclip.checkpoint import save_checkpoint
-from fmb_engine.embed.astroclip.embedder import AstroCLIPConfig, AstroCLIPEmbedder
+from fmb_engine.embed.astroclip.embedder import AstroCLIPEmbedder
 from fmb_engine.errors import ConfigError
-from fmb_engine.retrain.config import TrainConfig
+from fmb_engine.retrain.config import AstroCLIPHeadsConfig
 from fmb_engine.retrain.loop import TrainTask, file_fingerprint
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.workspace import atomic_path, make_dirs
@@ -75,57 +74,6 @@ from fmb_engine.workspace import atomic_path, make_dirs
 NORM_EPS = 1e-3
 #: File name of the reference-format payload.
 FINETUNED_FILE = "finetuned.pt"
-
-
-class Config(TrainConfig):
-    """Fine-tune AstroCLIP's projection heads (optionally the last ViT blocks) with the CLIP loss on matched pairs."""
-
-    weights: str | None = Field(
-        None,
-        description="AstroCLIP checkpoint to start from: the file itself, or a directory / Hugging Face cache "
-        "holding 'checkpoint' (resolved exactly as embed.astroclip resolves it).",
-    )
-    repo_id: str = AstroCLIPConfig.model_fields["repo_id"]  # the embedder's own fields: weights resolve alike
-    subfolder: str = AstroCLIPConfig.model_fields["subfolder"]
-    checkpoint: str = Field(
-        "astroclip.ckpt",
-        description="Checkpoint file name (FMB format; convert the published Lightning file once with "
-        "python -m fmb_engine.embed.astroclip.checkpoint SRC DST). The result is written under the same name.",
-    )
-    finetune_spectrum: bool = Field(True, description="Train the spectrum head too (SpecFormer stays frozen).")
-    unfreeze_backbone_blocks: int = Field(
-        0, ge=0, description="Also train the last N ViT blocks and the ViT's final norm (0: backbone frozen)."
-    )
-    backbone_lr_scale: float = Field(
-        0.1, gt=0, description="Learning-rate multiplier of the unfrozen ViT blocks (pretrained: move them gently)."
-    )
-    learnable_scale: bool = Field(False, description="Train the logit scale (stored as its log, used as exp).")
-    logit_scale: float = Field(15.5, gt=0, description="CLIP logit scale s (the start value when learnable).")
-    # preprocessing: the embedder's own fields (keep them equal to embed.astroclip)
-    image_size: int = AstroCLIPConfig.model_fields["image_size"]
-    image_source: Literal["auto", "rgb", "bands"] = AstroCLIPConfig.model_fields["image_source"]
-    swap_hw: bool = AstroCLIPConfig.model_fields["swap_hw"]
-    spectrum_length: int = AstroCLIPConfig.model_fields["spectrum_length"]
-    spectrum_norm: Literal["none", "zscore"] = AstroCLIPConfig.model_fields["spectrum_norm"]
-    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Warm-up fraction of steps when warmup_steps is unset.")
-    # task defaults (the reference's): AdamW wd 5e-4, clip 1.0, patience 3, min_delta 1e-4
-    batch_size: int = Field(
-        64, ge=1, description="Pairs per micro-batch; each pair has batch_size - 1 negatives (accumulation adds none)."
-    )
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate (pretrained heads; see docs/retrain.md).")
-    weight_decay: float = Field(5e-4, ge=0, description="AdamW weight decay (not applied to the logit scale).")
-    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: off).")
-    patience: int = Field(3, ge=0, description="Stop after this many evaluations without improvement (0: never).")
-    min_delta: float = Field(1e-4, ge=0, description="Smallest drop of the validation loss that counts as better.")
-
-    def embedder_config(self, device: str) -> AstroCLIPConfig:
-        """The embedder settings that load the starting model and preprocess like ``embed astroclip``."""
-        return AstroCLIPConfig(
-            weights=self.weights, repo_id=self.repo_id, subfolder=self.subfolder, checkpoint=self.checkpoint,
-            image_size=self.image_size, image_source=self.image_source, swap_hw=self.swap_hw,
-            spectrum_length=self.spectrum_length, spectrum_norm=self.spectrum_norm, device=device,
-            batch_size=self.batch_size, seed=self.seed,
-        )
 
 
 # --------------------------------------------------------------------------- the loss
@@ -168,10 +116,10 @@ class Task(TrainTask):
     fields: ClassVar[tuple[str, ...]] = ("images", "rgb", "spectra")
     needs: ClassVar[tuple[str, ...]] = ("bands", "spectrum")
 
-    def __init__(self, config: Config, device: str):
+    def __init__(self, config: AstroCLIPHeadsConfig, device: str):
         super().__init__(config, device)
         self.embedder = AstroCLIPEmbedder(config.embedder_config(device))
-        self.source = self.embedder.checkpoint_path()  # ConfigError naming every place searched
+        self.source = self.embedder.config.checkpoint_path()  # ConfigError naming every place searched
         self.model = self.embedder.load()  # strict loading, architecture from the checkpoint, on device
         self.scale = LogitScale(config.logit_scale, config.learnable_scale).to(device)
 
@@ -251,7 +199,7 @@ class Task(TrainTask):
 
     def export(self, folder: Path) -> dict[str, Path]:
         """``<checkpoint name>`` for the embedder and the reference ``finetuned.pt``; see the module docstring."""
-        cfg: Config = self.config
+        cfg: AstroCLIPHeadsConfig = self.config
         make_dirs(folder)
         full = folder / Path(cfg.checkpoint).name
         if full.resolve() == self.source.resolve():

@@ -46,94 +46,23 @@ import dataclasses
 import io
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from fmb_engine.errors import ConfigError
-from fmb_engine.retrain.config import TrainConfig
+from fmb_engine.retrain.config import AstroPTTrainConfig, token_counts
 from fmb_engine.retrain.loop import TrainTask
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.workspace import atomic_path
 
-#: Architecture fields of ``Config`` that a continued checkpoint defines.
+#: Architecture fields of ``AstroPTTrainConfig`` that a continued checkpoint defines.
 ARCH_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "tokeniser", "image_patch_size",
                "spectrum_patch_size")
 #: Preprocessing fields passed through to the embedder's config (same names and meaning).
 PREPROCESS_FIELDS = ("layout", "image_size", "patch_order", "patch_norm", "spiral", "image_source",
                      "spectrum_length", "spectrum_norm")
-
-
-def token_counts(image_size: int, image_patch: int, spectrum_length: int, spectrum_patch: int) -> tuple[int, int]:
-    """(image tokens, spectrum tokens): ``(size / patch)^2`` and ``ceil(length / patch)``."""
-    return (image_size // image_patch) ** 2, -(-spectrum_length // spectrum_patch)
-
-
-class Config(TrainConfig):
-    """Retrain AstroPT (multimodal GPT on image + spectrum patches), from scratch or from a checkpoint."""
-
-    weights: str | None = Field(
-        None, description="AstroPT checkpoint to continue from (file, or folder holding `checkpoint`); "
-        "unset: a fresh model seeded by seed (the reference trains from scratch).",
-    )
-    checkpoint: str = Field("ckpt_final.pt", description="Checkpoint file name when weights is a folder.")
-    # architecture (upstream GPTConfig + the two modality patch sizes); a continued checkpoint defines them
-    n_layer: int = Field(12, ge=1, description="Transformer blocks.")
-    n_head: int = Field(12, ge=1, description="Attention heads.")
-    n_embd: int = Field(768, ge=1, description="Model width (embedding dimension).")
-    block_size: int = Field(1024, ge=2, description="Largest sequence (image + spectrum tokens).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout (also applied to a continued checkpoint).")
-    bias: bool = Field(False, description="Biases in Linear and LayerNorm layers.")
-    tokeniser: Literal["aim", "affine"] = Field(
-        "aim", description="Patch encoder/decoder: aim (2-layer MLP) or affine.")
-    image_patch_size: int = Field(16, ge=1, description="Image patch side in pixels (tokens of 3 x p^2 values).")
-    spectrum_patch_size: int = Field(10, ge=1, description="Spectrum bins per token.")
-    # preprocessing: the embedder's fields, same meaning
-    layout: Literal["upstream", "fmb"] = Field("fmb", description="Image patch layout preset (embed.astropt layout).")
-    image_size: int | None = Field(None, ge=8, description="Image side after resize (layout default: fmb 224).")
-    patch_order: Literal["channel_last", "channel_first"] | None = Field(None, description="Layout override.")
-    patch_norm: Literal["zscore", "none"] | None = Field(None, description="Layout override.")
-    spiral: bool | None = Field(None, description="Layout override.")
-    image_source: Literal["auto", "rgb", "bands"] = Field("auto", description="RGB composite source (as the embedder).")
-    spectrum_length: int = Field(7781, ge=1, description="Spectra padded/trimmed to this many bins.")
-    spectrum_norm: Literal["std", "zscore", "none"] = Field("std", description="Per-spectrum scaling (FMB: std).")
-    # loss
-    image_loss_weight: float | None = Field(
-        None, gt=0, description="Loss weight of the image tokens (default: spectrum tokens / image tokens).")
-    spectrum_loss_weight: float | None = Field(
-        None, gt=0, description="Loss weight of the spectrum tokens (default: image tokens / spectrum tokens).")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
-    # TrainConfig defaults replaced by the reference's
-    steps: int = Field(3000, ge=1, description="Optimiser steps in total (reference max_iters 3000).")
-    lr: float = Field(6e-4, gt=0, description="Peak learning rate.")
-    min_lr: float = Field(6e-5, ge=0, description="Learning rate at the end of the cosine.")
-    warmup_fraction: float = Field(
-        1 / 15, ge=0, lt=1, description="Warm-up fraction of steps when warmup_steps is unset (reference: 2000 of 30000).")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (parameters with >= 2 dimensions only).")
-    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: off).")
-    batch_size: int = Field(8, ge=1, description="Objects per micro-batch.")
-    accum_steps: int = Field(4, ge=1, description="Micro-batches accumulated per optimiser step.")
-    amp: Literal["off", "bfloat16", "float16"] = Field("bfloat16", description="Mixed precision on CUDA.")
-
-    @model_validator(mode="after")
-    def _check_tokens(self) -> Config:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.weights is None:  # a continued checkpoint brings its own patch sizes and block size
-            size = self.image_size_resolved()
-            if size % self.image_patch_size:
-                raise ValueError(f"image_size {size} is not a multiple of image_patch_size {self.image_patch_size}")
-            n_img, n_spec = token_counts(size, self.image_patch_size, self.spectrum_length, self.spectrum_patch_size)
-            if n_img + n_spec > self.block_size:
-                raise ValueError(f"{n_img} image + {n_spec} spectrum tokens exceed block_size {self.block_size}")
-        return self
-
-    def image_size_resolved(self) -> int:
-        from fmb_engine.embed.astropt import LAYOUTS
-
-        return self.image_size if self.image_size is not None else LAYOUTS[self.layout]["image_size"]
 
 
 class _Progress(nn.Module):
@@ -161,9 +90,10 @@ class Task(TrainTask):
     fields: ClassVar[tuple[str, ...]] = ("images", "spectra", "rgb")
     needs: ClassVar[tuple[str, ...]] = ("bands", "spectrum")
 
-    def __init__(self, config: Config, device: str):
+    def __init__(self, config: AstroPTTrainConfig, device: str):
         super().__init__(config, device)
-        from fmb_engine.embed.astropt import INSTALL_HINT, AstroPTConfig, AstroPTEmbedder, default_registry
+        from fmb_engine.embed.astropt import INSTALL_HINT, AstroPTEmbedder, default_registry
+        from fmb_engine.embed.config import AstroPTConfig
         from fmb_engine.embed.weights import import_optional
 
         m = import_optional("astropt.model", "astropt", INSTALL_HINT)
@@ -179,7 +109,7 @@ class Task(TrainTask):
         )
         self.embedder = AstroPTEmbedder(embed_cfg)
         if cfg.weights is not None:
-            self.init_path: Path | None = self.embedder.checkpoint_path()
+            self.init_path: Path | None = self.embedder.config.checkpoint_path()
             self.model = self.embedder.load()  # safe loader, strict weights, modality checks
             self._check_architecture(self.model)
             _set_dropout(self.model, cfg.dropout)

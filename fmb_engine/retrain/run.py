@@ -1,7 +1,8 @@
-"""The retrain front door: task registry, config sections, and one call that runs a task.
+"""The retrain front door: one call that builds and runs a task.
 
-Task modules import torch only; model packages (``aion``, ``astropt``) are imported when a
-task is built, so registering the sections stays cheap.
+The task names live in :mod:`fmb_engine.retrain.tasks`, their schemas in :mod:`fmb_engine.retrain.config`;
+task modules import torch, model packages (``aion``, ``astropt``) are imported when a task
+is built.
 """
 
 from __future__ import annotations
@@ -11,42 +12,18 @@ from pathlib import Path
 
 import torch
 
-from fmb_engine.config import SECTIONS, Resolved, register_section
-from fmb_engine.embed.base import resolve_device
+from fmb_engine.config import Resolved
+from fmb_engine.devices import resolve_device
 from fmb_engine.progress import Reporter
-from fmb_engine.retrain.config import TrainConfig
+from fmb_engine.retrain.config import TrainConfig, config_model
 from fmb_engine.retrain.loop import TrainResult, TrainTask, train
+from fmb_engine.retrain.tasks import TASKS
 from fmb_engine.workspace import Workspace
-
-#: task name -> module defining ``Config`` (a TrainConfig) and ``Task`` (a TrainTask).
-TASKS: dict[str, str] = {
-    "aion-adapter": "fmb_engine.retrain.aion_adapter",
-    "astroclip-heads": "fmb_engine.retrain.astroclip_heads",
-    "astropt": "fmb_engine.retrain.astropt",
-}
-
-
-def section_of(task: str) -> str:
-    """Config section of a task: ``retrain.aion_adapter`` for ``aion-adapter``."""
-    return "retrain." + task.replace("-", "_")
 
 
 def _module(task: str):
-    if task not in TASKS:
-        from fmb_engine.errors import ConfigError
-
-        raise ConfigError(f"unknown retrain task {task!r}; expected one of {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[task])
-
-
-def config_model(task: str) -> type[TrainConfig]:
-    return _module(task).Config
-
-
-def register_retrain_sections() -> None:
-    for task in TASKS:
-        if section_of(task) not in SECTIONS:
-            register_section(section_of(task), config_model(task))
+    config_model(task)  # ConfigError naming the tasks for an unknown one
+    return importlib.import_module(TASKS[task].module)
 
 
 def output_folder(ws: Workspace, task: str, config: TrainConfig) -> Path:

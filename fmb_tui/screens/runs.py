@@ -166,13 +166,12 @@ class RunsScreen(FMBScreen):
     # --- loading -----------------------------------------------------------------------------
 
     def _load_catalog(self):
-        from fmb_engine.config import layers_for
-        from fmb_tui.data import load_section
+        from fmb_engine.config import layers_for, load
         from fmb_tui.stages import catalog
 
-        specs = catalog()  # registers every section first
+        specs = catalog()
         layers = layers_for(self.fmb.workspace)
-        jobs = load_section("jobs", self.fmb.workspace)
+        jobs = load("jobs", self.fmb.workspace)
         return specs, layers, jobs
 
     def _show_catalog(self, result) -> None:

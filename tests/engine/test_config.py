@@ -4,9 +4,8 @@ import pytest
 
 from fmb_engine.config import load, template
 from fmb_engine.config.loader import CLI_ORIGIN, DEFAULT_ORIGIN, read_layer_file
-from fmb_engine.config.schemas import SECTIONS
+from fmb_engine.config.registry import SECTIONS
 from fmb_engine.errors import ConfigError
-from fmb_engine.sections import register_all
 
 
 def write(path: Path, text: str) -> Path:
@@ -77,7 +76,6 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 
 def test_templates_under_configs_match_the_schemas():
-    register_all()
     root = Path(__file__).resolve().parents[2] / "configs"
     assert "embed.cca" in SECTIONS
     for name in SECTIONS:

@@ -42,9 +42,7 @@ def _import(ws: Workspace, tmp: Path, source: Path | None = None) -> Any:
 
 
 def _embed(ws: Workspace, tmp: Path, survey: Path | None = None) -> Any:
-    from fmb_engine.embed.run import embed_survey, register_embed_sections
-
-    register_embed_sections()
+    from fmb_engine.embed.run import embed_survey
 
     return embed_survey(ws, survey or ws.survey_path("mock"), "pca", load("embed.pca", ws))
 

@@ -134,7 +134,7 @@ def test_embed_detect_and_figures(workspace):
 
 @pytest.mark.asyncio
 async def test_tui_anomalies_and_object_show_the_real_objects(workspace):
-    from fmb_engine.triage.config import TuiConfig
+    from fmb_engine.config.tui import TuiConfig
     from fmb_engine.workspace import Workspace
     from fmb_tui.app import FMBApp
     from fmb_tui.screens.anomalies import AnomaliesScreen

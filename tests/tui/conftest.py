@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fmb_engine.triage.config import TuiConfig
+from fmb_engine.config.tui import TuiConfig
 from fmb_engine.workspace import Workspace
 from fmb_tui.synthetic import populate
 

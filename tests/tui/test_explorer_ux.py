@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fmb_engine.rankings import PROVENANCE_KEY, systems_path
-from fmb_engine.triage.config import TuiConfig
+from fmb_engine.config.tui import TuiConfig
 from fmb_tui.app import FMBApp
 
 from .conftest import saved, settle

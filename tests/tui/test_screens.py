@@ -4,7 +4,7 @@
 import pytest
 
 from fmb_engine.errors import ConfigError
-from fmb_engine.triage.config import TuiConfig
+from fmb_engine.config.tui import TuiConfig
 from fmb_engine.triage.labels import LabelStore
 from fmb_tui import actions
 from fmb_tui.app import FMBApp

@@ -44,10 +44,8 @@ async def test_the_workspace_screen_marks_embeddings_of_another_survey_and_says_
 
     from fmb_engine.config import load
     from fmb_engine.embed.run import embed_survey
-    from fmb_engine.sections import register_all
     from fmb_tui.screens.workspace import WorkspaceScreen
 
-    register_all()
     survey = lineage.active_survey(tui_ws)
     embed_survey(tui_ws, survey, "pca", load("embed.pca", tui_ws))
     with h5py.File(tui_ws.folder("embeddings") / "pca.h5", "a") as f:

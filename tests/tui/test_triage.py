@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from fmb_engine.triage.config import TuiConfig
+from fmb_engine.config.tui import TuiConfig
 from fmb_engine.triage.labels import LabelStore, labels_path
 from fmb_tui.app import FMBApp
 from fmb_tui.widgets.ranking_table import RankingTable

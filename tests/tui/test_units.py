@@ -164,7 +164,7 @@ def test_systems_that_do_not_rank_every_object(tmp_path):
     import pandas as pd
 
     from fmb_engine.rankings import systems_path
-    from fmb_engine.triage.config import TuiConfig
+    from fmb_engine.config.tui import TuiConfig
     from fmb_engine.workspace import Workspace
     from fmb_tui.data import WorkspaceData
 
@@ -188,11 +188,25 @@ def test_systems_that_do_not_rank_every_object(tmp_path):
     assert data.ids_at(desc)[-1] == "b"
 
 
-def test_tui_config_reads_without_registering_every_stage(tmp_path):
-    """A workspace config holding a section the TUI has not imported (here a made-up one) still yields `tui`."""
+def test_tui_config_reads_without_importing_the_stages(tmp_path):
+    """A workspace config holding stage sections yields `tui` without importing a stage (every section is
+    named by the config registry; an unknown one is an error, as in the CLI)."""
+    import subprocess
+    import sys
+
+    from fmb_engine.errors import ConfigError
     from fmb_engine.workspace import Workspace
     from fmb_tui.data import load_tui_config
 
     ws = Workspace.init(tmp_path / "ws")
-    ws.config_file.write_text("tui:\n  top_k: 7\nnot_imported_yet:\n  x: 1\n")
-    assert load_tui_config(ws).top_k == 7
+    ws.config_file.write_text("tui:\n  top_k: 7\ndetect:\n  epochs: 3\nembed:\n  astroclip:\n    batch_size: 8\n")
+    code = ("import sys; from pathlib import Path; from fmb_engine.workspace import Workspace; "
+            "from fmb_tui.data import load_tui_config; "
+            f"assert load_tui_config(Workspace(Path({str(ws.root)!r}))).top_k == 7; "
+            "heavy = [m for m in ('torch', 'nflows', 'sklearn', 'fmb_engine.detect.run') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ws.config_file.write_text("tui:\n  top_k: 7\nnot_a_section:\n  x: 1\n")
+    with pytest.raises(ConfigError, match="unknown section 'not_a_section'"):
+        load_tui_config(ws)

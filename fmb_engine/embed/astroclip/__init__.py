@@ -7,13 +7,12 @@ strict loading), :mod:`.checkpoint` (weights_only reading, Lightning conversion)
 """
 
 from fmb_engine.embed.astroclip.checkpoint import convert_lightning_checkpoint, read_checkpoint, save_checkpoint
-from fmb_engine.embed.astroclip.embedder import AstroCLIPConfig, AstroCLIPEmbedder
+from fmb_engine.embed.astroclip.embedder import AstroCLIPEmbedder
 from fmb_engine.embed.astroclip.model import AstroCLIP, AstroCLIPArchitecture, load_state_strict
 
 __all__ = [
     "AstroCLIP",
     "AstroCLIPArchitecture",
-    "AstroCLIPConfig",
     "AstroCLIPEmbedder",
     "convert_lightning_checkpoint",
     "load_state_strict",

@@ -28,71 +28,38 @@ Weights
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from fmb_engine.embed import preprocess as pp
 from fmb_engine.embed.astroclip.checkpoint import read_checkpoint
 from fmb_engine.embed.astroclip.model import AstroCLIP, AstroCLIPArchitecture, load_state_strict
-from fmb_engine.embed.base import Embedder, EmbedderConfig, resolve_device
-from fmb_engine.embed.weights import resolve_file
+from fmb_engine.devices import resolve_device
+from fmb_engine.embed.base import Embedder
+from fmb_engine.embed.config import AstroCLIPConfig
 from fmb_engine.errors import ConfigError
 from fmb_engine.survey.batch import SurveyBatch
 
 log = logging.getLogger(__name__)
 
 
-class AstroCLIPConfig(EmbedderConfig):
-    """Settings of the AstroCLIP embedder."""
-
-    repo_id: str = Field(
-        "polymathic-ai/astroclip", description="Hugging Face repo id, used only to find the local cache."
-    )
-    subfolder: str = Field("", description="Folder of the checkpoint inside the repo.")
-    checkpoint: str = Field(
-        "astroclip.ckpt",
-        description="Checkpoint file name; the published Lightning file must be converted once "
-        "(python -m fmb_engine.embed.astroclip.checkpoint SRC DST).",
-    )
-    image_size: int = Field(144, ge=8, description="Image side after resize; must match the model (144).")
-    image_source: Literal["auto", "rgb", "bands"] = Field(
-        "auto", description="RGB from the stored composite (rgb), from the 4 bands (bands), or rgb when present (auto)."
-    )
-    swap_hw: bool = Field(False, description="Transpose images (H <-> W) as upstream's training loader did.")
-    spectrum_length: int = Field(7781, ge=40, description="Spectra are padded/trimmed to this many bins.")
-    spectrum_norm: Literal["none", "zscore"] = Field(
-        "none", description="Scaling before SpecFormer (which standardises again): none = raw flux."
-    )
-
-
 class AstroCLIPEmbedder(Embedder):
     """AstroCLIP image/spectrum embeddings in one space; see the module docstring."""
 
     name: ClassVar[str] = "astroclip"
-    modalities: ClassVar[tuple[str, ...]] = ("image", "spectrum", "joint")
-    aligned: ClassVar[bool] = True
-    config_model: ClassVar[type[EmbedderConfig]] = AstroCLIPConfig
 
     def __init__(self, config: AstroCLIPConfig | dict[str, Any] | None = None):
         super().__init__(config)
         self._model: AstroCLIP | None = None
         self._device: str | None = None
 
-    def checkpoint_path(self) -> Path:
-        cfg: AstroCLIPConfig = self.config
-        return resolve_file(
-            cfg.checkpoint, weights=cfg.weights, repo_id=cfg.repo_id, subfolder=cfg.subfolder, what="AstroCLIP"
-        )
-
     def load(self) -> AstroCLIP:
         """Load (once) the model on the configured device."""
         if self._model is None:
             cfg: AstroCLIPConfig = self.config
-            path = self.checkpoint_path()
+            path = self.config.checkpoint_path()
             state, arch_dict = read_checkpoint(path)
             arch = AstroCLIPArchitecture.from_dict(arch_dict)
             if cfg.image_size != arch.image_size:

@@ -13,7 +13,6 @@ from fmb_engine.config import load
 from fmb_engine.detect.run import MIN_ROWS, detect
 from fmb_engine.embed.run import embed_survey
 from fmb_engine.errors import DataError
-from fmb_engine.sections import register_all
 
 FAST = {"epochs": 2, "iforest_trees": 50}
 USABLE_SPECTRA = 6  # below MIN_ROWS: every spectrum system must be skipped
@@ -24,7 +23,6 @@ def few_spectra(tmp_path_factory, small_survey):
     """The 120-object mock with every spectrum but six fully masked (ivar = 0), embedded and detected."""
     from fmb_engine.workspace import Workspace
 
-    register_all()
     ws = Workspace.init(tmp_path_factory.mktemp("degrade") / "ws")
     survey = ws.folder("survey") / "mock.h5"
     shutil.copy(small_survey, survey)

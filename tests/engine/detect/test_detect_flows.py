@@ -9,7 +9,8 @@ import torch
 from nflows.transforms import AffineCouplingTransform
 
 import fmb_engine.detect.flows as flows
-from fmb_engine.detect.flows import PRESETS, FlowDensity, anomaly_table, build_flow, score_out_of_fold, split_preset
+from fmb_engine.detect.params import PRESETS
+from fmb_engine.detect.flows import FlowDensity, anomaly_table, build_flow, score_out_of_fold, split_preset
 
 FAST = dict(num_transforms=2, hidden_features=16, epochs=3, batch_size=64, lr=3e-3, threads=1, device="cpu")
 
@@ -186,7 +187,7 @@ def test_invalid_parameters_raise(kwargs):
 def test_cuda_request_without_gpu_is_a_clear_error_and_auto_means_cpu():
     with pytest.raises(ValueError, match="no CUDA"):
         FlowDensity(device="cuda")
-    assert flows._resolve_device("auto").type == "cpu"
+    assert flows._device("auto").type == "cpu"
 
 
 def test_input_checks():

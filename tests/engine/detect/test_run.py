@@ -12,7 +12,6 @@ from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.run import detect
 from fmb_engine.embed.run import embed_survey
 from fmb_engine.errors import DataError
-from fmb_engine.sections import register_all
 
 FAST = {"epochs": 2, "iforest_trees": 50}
 
@@ -21,7 +20,6 @@ FAST = {"epochs": 2, "iforest_trees": 50}
 def scored(tmp_path_factory, small_survey):
     from fmb_engine.workspace import Workspace
 
-    register_all()
     ws = Workspace.init(tmp_path_factory.mktemp("detect") / "ws")
     survey = ws.folder("survey") / "mock.h5"
     shutil.copy(small_survey, survey)
@@ -108,7 +106,6 @@ def test_evaluation_reports_every_system(scored):
 
 
 def test_missing_inputs_are_clear_errors(workspace):
-    register_all()
     with pytest.raises(DataError, match="no embeddings in .*run `fmb-engine embed cca`"):
         detect(workspace, load("detect", workspace))
     with pytest.raises(DataError, match="no embeddings for nope"):

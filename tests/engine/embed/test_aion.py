@@ -117,7 +117,7 @@ def test_reload_from_hand_built_hf_cache(tiny, embedded, tmp_path, monkeypatch):
     assert all(np.array_equal(first[k], again[k]) for k in first)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # weights unset: the default cache
     emb = AIONEmbedder(_cfg(tiny, weights=None))
-    assert emb.snapshot_dir() == repo / "snapshots" / REV
+    assert emb.config.snapshot_dir() == repo / "snapshots" / REV
     again = emb.embed(one)
     assert all(np.array_equal(first[k], again[k]) for k in first)
 

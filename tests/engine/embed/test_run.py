@@ -16,7 +16,7 @@ import pytest
 from fmb_engine.config import load
 from fmb_engine.embed.baselines import CCAEmbedder
 from fmb_engine.embed.merge import merge_shards
-from fmb_engine.embed.run import embed_shard, embed_survey, register_embed_sections
+from fmb_engine.embed.run import embed_shard, embed_survey
 from fmb_engine.embed.shards import coverage, embeddings_path, shards_dir
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.errors import DataError
@@ -49,7 +49,6 @@ def ws(tmp_path, mock_file) -> Workspace:
 
 
 def _cfg(ws: Workspace, model: str = "cca", **over):
-    register_embed_sections()
     return load(f"embed.{model}", ws, cli=(CFG if model == "cca" else {"batch_size": 32}) | over)
 
 
@@ -133,7 +132,7 @@ def test_resume_after_kill_9(ws, reference):
         import os, signal
         from fmb_engine.config import load
         from fmb_engine.embed.baselines import CCAEmbedder
-        from fmb_engine.embed.run import embed_survey, register_embed_sections
+        from fmb_engine.embed.run import embed_survey
         from fmb_engine.workspace import Workspace
         original, calls = CCAEmbedder.embed, [0]
         def dying(self, batch):
@@ -142,7 +141,6 @@ def test_resume_after_kill_9(ws, reference):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(self, batch)
         CCAEmbedder.embed = dying
-        register_embed_sections()
         ws = Workspace.find({str(ws.root)!r})
         embed_survey(ws, ws.survey_path("mock"), "cca", load("embed.cca", ws, cli={CFG!r}), shard_size=64)
     """)
@@ -255,8 +253,8 @@ def test_not_embeddable_objects_are_flagged(ws, mock_file):
         f"joint: {N - 3} embedded, 3 missing an image band or without a usable spectrum")
 
 
-def test_sections_registered_without_model_packages():
-    code = ("import sys; from fmb_engine.embed.run import register_embed_sections; register_embed_sections(); "
+def test_sections_known_without_model_packages():
+    code = ("import sys; "
             "from fmb_engine.config import SECTIONS; "
             "assert {'embed.pca','embed.cca','embed.astropt','embed.aion','embed.astroclip'} <= set(SECTIONS), SECTIONS; "
             "assert 'astropt' not in sys.modules and 'aion' not in sys.modules")

@@ -135,7 +135,6 @@ def test_joint_and_chunks():
 
 
 def test_registry_names():
-    import fmb_engine.embed.registry_models  # noqa: F401
     from fmb_engine.embed import base
 
     for name in ("astropt", "aion", "astroclip"):

@@ -54,11 +54,11 @@ def test_config_validate_and_show_check_every_section_of_the_file(ws):
     assert proc.returncode == 1 and "fmb.yaml: mock.objects = 'lots' is invalid" in " ".join((proc.stdout + proc.stderr).split())
 
 
-def test_a_reader_that_skips_the_file_check_still_validates_the_section_it_resolves(ws):
-    """The TUI reads fmb.yaml with check=False; resolving a section validates that file's values,
+def test_reading_a_file_checks_its_structure_and_resolving_validates_its_values(ws):
+    """Reading fmb.yaml checks names only; resolving a section validates that file's values,
     and says which layer overrides the bad one."""
     ws.config_file.write_text("mock:\n  objects: lots\n")
-    layer = read_layer_file(ws.config_file, check=False)
+    layer = read_layer_file(ws.config_file)
     cli = Layer(CLI_ORIGIN, {"mock": {"objects": 30}})
     with pytest.raises(ConfigError, match=r"fmb\.yaml: mock\.objects = 'lots' is invalid.*overridden by command line"):
         resolve("mock", [layer, cli])

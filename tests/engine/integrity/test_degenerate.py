@@ -28,7 +28,6 @@ from fmb_engine.detect.tables import anomaly_table, rank_ascending, rank_descend
 from fmb_engine.embed.run import embed_survey
 from fmb_engine.embed.store import EmbeddingReader, write_embeddings
 from fmb_engine.errors import DataError
-from fmb_engine.sections import register_all
 from fmb_engine.workspace import Workspace
 
 FAST = {"epochs": 2, "iforest_trees": 20, "baselines": False}
@@ -124,7 +123,6 @@ def test_tie_share():
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, small_survey):
     """The 120-object mock embedded with cca; tests write doctored copies of cca.h5."""
-    register_all()
     ws = Workspace.init(tmp_path_factory.mktemp("degenerate") / "ws")
     survey = ws.folder("survey") / "mock.h5"
     shutil.copy(small_survey, survey)

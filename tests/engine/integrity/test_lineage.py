@@ -231,9 +231,7 @@ import sys
 from pathlib import Path
 from fmb_engine.config import load
 from fmb_engine.detect.run import detect
-from fmb_engine.sections import register_all
 from fmb_engine.workspace import Workspace
-register_all()
 ws = Workspace(Path(sys.argv[1]))
 detect(ws, load("detect", ws, cli={"epochs": 400, "iforest_trees": 20, "n_jobs": 1, "seed": 9}))
 """

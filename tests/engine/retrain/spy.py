@@ -8,6 +8,7 @@ import pytest
 
 from fmb_engine.config import Resolved
 from fmb_engine.retrain import run
+from fmb_engine.retrain.tasks import section_of
 from fmb_engine.workspace import Workspace
 
 
@@ -22,5 +23,5 @@ def retrain_keeping_task(ws: Workspace, survey: Path, task: str, config):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run, "build_task", spy)
-        result = run.retrain(ws, survey, task, Resolved(run.section_of(task), config, {}))
+        result = run.retrain(ws, survey, task, Resolved(section_of(task), config, {}))
     return result, built["task"]

@@ -15,10 +15,12 @@ pytest.importorskip("safetensors")
 from aion.modalities import HSCImage  # noqa: E402
 
 from fmb_engine.config import Resolved  # noqa: E402
-from fmb_engine.embed.aion import HSC_BANDS, AIONConfig, AIONEmbedder, load_codec  # noqa: E402
+from fmb_engine.embed.aion import HSC_BANDS, AIONEmbedder, load_codec  # noqa: E402
+from fmb_engine.embed.config import AIONConfig  # noqa: E402
 from fmb_engine.errors import ConfigError  # noqa: E402
 from fmb_engine.retrain import run  # noqa: E402
-from fmb_engine.retrain.aion_adapter import Config, codec_roundtrip, prepare_codec  # noqa: E402
+from fmb_engine.retrain.aion_adapter import codec_roundtrip, prepare_codec  # noqa: E402
+from fmb_engine.retrain.config import AIONAdapterConfig as Config, config_model  # noqa: E402
 from fmb_engine.retrain.loop import Checkpoints  # noqa: E402
 from fmb_engine.workspace import Workspace  # noqa: E402
 
@@ -66,7 +68,7 @@ def trained(tiny, small_survey, tmp_path_factory):
 
 
 def test_registered_section_and_defaults():
-    assert run.config_model("aion-adapter") is Config
+    assert config_model("aion-adapter") is Config
     cfg = Config()
     assert (cfg.hidden, cfg.image_size, cfg.max_abs, cfg.codec_grad) == (16, 96, 100.0, "ste")
     assert (cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.batch_size, cfg.schedule) == (1e-4, 0.0, 1.0, 8, "constant")

@@ -20,7 +20,8 @@ from fmb_engine.embed.astroclip import (
 )
 from fmb_engine.errors import ConfigError
 from fmb_engine.retrain import run
-from fmb_engine.retrain.astroclip_heads import FINETUNED_FILE, Config, Task, clip_loss
+from fmb_engine.retrain.astroclip_heads import FINETUNED_FILE, Task, clip_loss
+from fmb_engine.retrain.config import AstroCLIPHeadsConfig as Config
 from fmb_engine.retrain.loop import BatchSource, usable_rows
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace

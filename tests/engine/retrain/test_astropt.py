@@ -16,10 +16,12 @@ import torch
 
 astropt_model = pytest.importorskip("astropt.model")
 
-from fmb_engine.embed.astropt import AstroPTConfig, AstroPTEmbedder, load_model_safe  # noqa: E402
+from fmb_engine.embed.astropt import AstroPTEmbedder, load_model_safe  # noqa: E402
+from fmb_engine.embed.config import AstroPTConfig  # noqa: E402
 from fmb_engine.errors import ConfigError  # noqa: E402
 from fmb_engine.retrain import run  # noqa: E402
-from fmb_engine.retrain.astropt import Config, Task, token_counts  # noqa: E402
+from fmb_engine.retrain.astropt import Task  # noqa: E402
+from fmb_engine.retrain.config import AstroPTTrainConfig as Config, token_counts  # noqa: E402
 from fmb_engine.retrain.loop import BatchSource, lr_at, usable_rows  # noqa: E402
 from fmb_engine.survey.store import SurveyReader  # noqa: E402
 from fmb_engine.workspace import Workspace  # noqa: E402

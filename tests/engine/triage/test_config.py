@@ -4,7 +4,7 @@ import pytest
 
 from fmb_engine.config import load
 from fmb_engine.errors import ConfigError
-from fmb_engine.triage.config import DEFAULT_LABELS, TuiConfig
+from fmb_engine.config.tui import DEFAULT_LABELS, TuiConfig
 
 
 def test_defaults():

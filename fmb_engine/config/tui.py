@@ -1,8 +1,8 @@
 """The ``tui`` config section: label set, keymap and triage settings of ``fmb-tui``.
 
 Engine-side on purpose (no UI import): ``fmb-engine config show tui`` and the layered
-``load("tui", ws)`` know it, and label exports use the same label set. Registered with
-:func:`fmb_engine.config.register_section` when this module is imported.
+``load("tui", ws)`` know it, and label exports use the same label set. It is the explorer's
+settings, not triage logic, so it sits with the other stage-less schemas in ``config/``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fmb_engine.config import register_section
 from fmb_engine.config.schemas import Section
 
 #: Default triage labels, on keys 1..7 in this order.
@@ -80,7 +79,5 @@ class TuiConfig(Section):
             out[str(action)] = ",".join(parts)
         return out
 
-
-register_section("tui", TuiConfig)
 
 __all__ = ["DEFAULT_LABELS", "TuiConfig"]
