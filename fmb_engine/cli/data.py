@@ -8,9 +8,8 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
-
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.output import Format, FormatOpt, emit, notes, pairs
 from fmb_engine.survey.importers.euclid_desi import import_dataset
 from fmb_engine.survey.quicklook import render_quicklook
 from fmb_engine.survey.active import check_replace, record_active
@@ -121,10 +120,12 @@ def _redshift_range(span: dict) -> str:
     return f"{span['min']:.3f} - {span['max']:.3f}"
 
 
-def print_summary(summary: dict) -> None:
-    table = Table(show_header=False, show_edge=False, box=None)
-    table.add_column(style="cyan")
-    table.add_column()
+def print_summary(summary: dict, fmt: Format = Format.table) -> None:
+    """A survey's summary (SurveyReader.summary(); fields in docs/cli.md): JSON object, one CSV row, or key/value lines."""
+    emit(fmt, summary, lambda: [pairs(_summary_rows(summary))])
+
+
+def _summary_rows(summary: dict) -> list[tuple[str, str]]:
     wl = summary["wavelength"]
     rows = [
         ("file", summary["path"]),
@@ -137,17 +138,16 @@ def print_summary(summary: dict) -> None:
         ("anomaly classes", ", ".join(f"{k}: {v}" for k, v in summary["anomaly_classes"].items()) or "none labelled"),
         ("digest", summary["digest"]),
     ]
-    for key, value in rows:
-        table.add_row(key, escape(str(value)))
-    console.print(table)
+    return rows
 
 
 @app.command()
-def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
+         fmt: FormatOpt = Format.table) -> None:
     """Counts, splits, bands, spectral grid and anomaly classes of a survey."""
     ws = find_workspace(workspace)
     with SurveyReader(survey_file(ws, config, survey)) as reader:
-        print_summary(reader.summary())
+        print_summary(reader.summary(), fmt)
 
 
 @app.command()
@@ -179,17 +179,16 @@ def show(
     survey: str = SurveyOpt,
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Metadata of one object plus a quick PNG of its bands and spectrum."""
     ws = find_workspace(workspace)
     with SurveyReader(survey_file(ws, config, survey)) as reader:
         obj = reader.get(object_id)
-    table = Table(show_header=False, show_edge=False, box=None)
-    for key, value in {"row": obj.index, **obj.meta}.items():
-        table.add_row(f"[cyan]{key}[/]", escape(str(value)))
-    console.print(table)
+    record = {"row": obj.index, **obj.meta}
+    emit(fmt, record, lambda: [pairs(list(record.items()))])
     path = render_quicklook(obj, output or ws.folder("figures") / f"object_{object_id}.png")
-    console.print(f"quick look: [bold]{escape(str(path))}[/]")
+    notes(fmt).print(f"quick look: [bold]{escape(str(path))}[/]")
 
 
 @app.command()
