@@ -53,6 +53,7 @@ class Column:
     key: str
     header: str | None = None
     cell: Callable[[Any], str | Text] | None = None  # a value as table text; default: escaped str, "-" for None
+    whole: bool = False  # ``cell`` reads the whole record (a table cell made of several fields)
     style: str | None = None
     justify: str = "left"
     no_wrap: bool = False
@@ -115,6 +116,10 @@ def _cell(column: Column, value: Any) -> str | Text:
     return "-" if value is None else escape(str(value))
 
 
+def _value(column: Column, record: Mapping[str, Any]) -> Any:
+    return record if column.whole else record.get(column.key)
+
+
 def table(records: Sequence[Mapping[str, Any]], columns: Sequence[Column], **options: Any) -> Table:
     """The rich table of ``records`` (``options``: title, show_edge, box ... of rich's Table)."""
     if "title" in options:
@@ -124,7 +129,7 @@ def table(records: Sequence[Mapping[str, Any]], columns: Sequence[Column], **opt
         grid.add_column(c.header if c.header is not None else c.key, style=c.style, justify=c.justify,  # type: ignore[arg-type]
                         no_wrap=c.no_wrap, overflow=c.overflow)  # type: ignore[arg-type]
     for record in records:
-        grid.add_row(*(_cell(c, record.get(c.key)) for c in columns))
+        grid.add_row(*(_cell(c, _value(c, record)) for c in columns))
     return grid
 
 
