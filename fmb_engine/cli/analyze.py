@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 import fmb_engine.analyze.config  # noqa: F401  (registers the `analyze` section)
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli import complete
+from fmb_engine.cli.common import ConfigOpt, RunsOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.output import Column, Format, FormatOpt, emit, notes, plain, table
 
 app = Typer(help="Analyses: ranking comparisons, similarity search, regression probes, UMAP.", no_args_is_help=True)
 
-ModelOpt = typer.Option(None, "--model", "-m", help="Embedding run(s) to analyse (default: all).")
 ModalityOpt = typer.Option(None, "--modality", help="Modality(ies): image, spectrum, joint (default: all).")
 
 
@@ -39,7 +39,7 @@ def _emit_stage(fmt: Format, result, data: dict, rows: list[dict], shown, remark
 
 @app.command()
 def rankings(
-    systems: list[str] = typer.Option(None, "--system", help="System(s) model/modality/method to compare (default: all)."),
+    systems: list[str] = typer.Option(None, "--system", autocompletion=complete.systems, help="System(s) model/modality/method to compare (default: all)."),
     top_percent: float = typer.Option(None, "--top", help="Top q % for Jaccard, disagreement and retention (default 1)."),
     disagree: float = typer.Option(None, "--disagree", help="Disagreement: beyond this percentile in the other system (default 50)."),
     workspace: WorkspaceOpt = None,
@@ -75,7 +75,7 @@ def similarity(
     ids: list[str] = typer.Option(None, "--id", help="Query object id (repeat for several; default: every object)."),
     ids_csv: Path = typer.Option(None, "--ids-csv", help="CSV of query ids (column object_id, else the first)."),
     k: int = typer.Option(None, "--k", "-k", help="Neighbours per query (default 10)."),
-    models: list[str] = ModelOpt,
+    models: RunsOpt = None,
     modalities: list[str] = ModalityOpt,
     backend: str = typer.Option(None, "--backend", help="auto, torch or faiss."),
     workspace: WorkspaceOpt = None,
@@ -114,12 +114,12 @@ def neighbor_ranks(
 @app.command()
 def regression(
     targets: list[str] = typer.Option(None, "--target", "-t", help="Survey column(s) to predict (default redshift, logM, logSFR)."),
-    models: list[str] = ModelOpt,
+    models: RunsOpt = None,
     modalities: list[str] = ModalityOpt,
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for R² intervals."),
     seed: int = typer.Option(None, "--seed", help="Seed (analyze.seed)."),
     linear_only: bool = typer.Option(False, "--linear-only", help="Skip the non-linear regressor."),
-    survey: str = typer.Option(None, "--survey", "-s", help="Survey with the targets (default: general.survey)."),
+    survey: SurveyOpt = None,
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
     fmt: FormatOpt = Format.table,
@@ -142,7 +142,7 @@ def regression(
 
 @app.command()
 def umap(
-    models: list[str] = ModelOpt,
+    models: RunsOpt = None,
     modalities: list[str] = ModalityOpt,
     neighbors: int = typer.Option(None, "--neighbors", help="UMAP n_neighbors (default 15)."),
     min_dist: float = typer.Option(None, "--min-dist", help="UMAP min_dist (default 0.1)."),

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
+from fmb_engine.cli import complete
 from fmb_engine.config import Resolved, load
 from fmb_engine.progress import RichReporter
 from fmb_engine.workspace import Workspace
@@ -73,6 +74,17 @@ class Typer(typer.Typer):
 WorkspaceOpt = Annotated[
     Path | None,
     typer.Option("--workspace", "-w", help="Workspace folder (default: $FMB_WORKSPACE, else the current folder upwards)."),
+]
+SurveyOpt = Annotated[
+    str | None,
+    typer.Option("--survey", "-s", autocompletion=complete.surveys,
+                 help="Survey name under survey/ or an .h5 path (default: general.survey)."),
+]
+#: ``--model`` where it names embedding runs of the workspace (embeddings/<run>.h5), repeatable.
+RunsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", autocompletion=complete.embedding_runs,
+                 help="Embedding run(s) under embeddings/ (default: all)."),
 ]
 ConfigOpt = Annotated[
     Path | None,

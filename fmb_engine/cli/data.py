@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli import complete
 from fmb_engine.cli.output import Format, FormatOpt, emit, notes, pairs
 from fmb_engine.survey.importers.euclid_desi import import_dataset
 from fmb_engine.survey.quicklook import render_quicklook
@@ -17,7 +18,6 @@ from fmb_engine.survey.stages import StageResult, make_mock, mock_params, write_
 from fmb_engine.survey.store import SurveyReader
 
 app = Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
-SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey name under survey/ or a path (default: general.survey).")
 
 
 def print_result(result: StageResult) -> None:
@@ -142,7 +142,7 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
 
 
 @app.command()
-def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
+def info(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
          fmt: FormatOpt = Format.table) -> None:
     """Counts, splits, bands, spectral grid and anomaly classes of a survey."""
     ws = find_workspace(workspace)
@@ -151,7 +151,7 @@ def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: Config
 
 
 @app.command()
-def verify(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+def verify(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """Re-read a survey and recompute its digest: exit 0 when intact, 1 (a data error naming the file,
     chunk and dataset) when anything differs, is unreadable or is incomplete."""
     ws = find_workspace(workspace)
@@ -174,9 +174,9 @@ def verify(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: Conf
 
 @app.command()
 def show(
-    object_id: str = typer.Argument(..., help="The object's object_id."),
+    object_id: str = typer.Argument(..., help="The object's object_id.", autocompletion=complete.object_ids),
     output: Path = typer.Option(None, "--output", "-o", help="PNG path (default figures/object_<id>.png)."),
-    survey: str = SurveyOpt,
+    survey: SurveyOpt = None,
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
     fmt: FormatOpt = Format.table,
@@ -194,7 +194,7 @@ def show(
 @app.command()
 def index(
     output: Path = typer.Option(None, "--output", "-o", help="CSV path (default next to the survey)."),
-    survey: str = SurveyOpt,
+    survey: SurveyOpt = None,
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, RunsOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.output import Column, Format, FormatOpt, emit, notes, plain, table
 from fmb_engine.detect.evaluation import evaluate_workspace
 from fmb_engine.detect.run import PARTS, detect
@@ -45,7 +45,7 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
 
 def _command(parts: tuple[str, ...], doc: str):
     def command(
-        models: list[str] = typer.Option(None, "--model", "-m", help="Embedding run(s) to score (default: all)."),
+        models: RunsOpt = None,
         preset: str = typer.Option(None, "--preset", help="Flow preset: default or paper."),
         seed: int = typer.Option(None, "--seed", help="Seed (detect.seed)."),
         fusion: str = typer.Option(None, "--fusion", help="geo, min or avg."),
@@ -73,8 +73,7 @@ def _metric(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
-def evaluate(survey: str = typer.Option(None, "--survey", "-s", help="Survey with anomaly_class truth (default: general.survey)."),
-             workspace: WorkspaceOpt = None, config: ConfigOpt = None, fmt: FormatOpt = Format.table) -> None:
+def evaluate(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None, fmt: FormatOpt = Format.table) -> None:
     """AUROC, average precision, precision@k and recall@k of every system against the injected anomalies."""
     ws = find_workspace(workspace)
     result = evaluate_workspace(ws, survey_file(ws, config, survey))

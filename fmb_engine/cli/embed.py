@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from fmb_engine.cli.jobs import ExecutorOpt, refuse_ignored_options
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
 from fmb_engine.embed.run import (
     DEFAULT_SHARD_SIZE,
@@ -25,7 +25,6 @@ app = Typer(help="Compute embeddings (one command per model); import/export refe
 
 register_embed_sections()
 
-SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per batch (embed.<model>.batch_size).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (embed.<model>.device).")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights directory or Hugging Face cache (embed.<model>.weights).")]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.jobs import ExecutorOpt
 from fmb_engine.retrain.run import TASKS, config_model, register_retrain_sections, retrain, section_of
 
@@ -16,7 +16,6 @@ app = Typer(help="Adapt the foundation models on the survey: AION adapters, Astr
 
 register_retrain_sections()
 
-SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Optimiser steps in total (retrain.<task>.steps).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per micro-batch.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak learning rate.")]
