@@ -93,12 +93,17 @@ def demo(
     outputs.append((f"figures ({sum(len(f.outputs) for f in figures)} files, PNG + PDF)", ws.folder("figures")))
     outputs.append(("run manifests", ws.folder("runs")))
 
+    best = evaluated.summary["overview"].head(5)["auroc"].items()
+    print_summary(fmt, ws.root, outputs, [{"system": k, "auroc": v} for k, v in best])
+
+
+def print_summary(fmt: Format, root: Path, outputs: list[tuple[str, Path]], best: list[dict]) -> None:
+    """What the demo made and its five best systems: JSON object, CSV of the outputs, or a table and two lines."""
     records = [{"what": what, "where": where} for what, where in outputs]
-    best = [{"system": k, "auroc": v} for k, v in evaluated.summary["overview"].head(5)["auroc"].items()]
 
     def shown():
         return [table(records, (Column("what", style="cyan"), Column("where")), title="demo outputs", show_edge=False),
                 "\nbest systems on the injected anomalies (AUROC): " + ", ".join(f"{b['system']} {b['auroc']:.3f}" for b in best),
-                f"\nexplore it: [bold]fmb-tui {escape(str(ws.root))}[/]   or   fmb-engine --help"]
+                f"\nexplore it: [bold]fmb-tui {escape(str(root))}[/]   or   fmb-engine --help"]
 
-    emit(fmt, {"workspace": ws.root, "outputs": records, "best": best}, shown, rows=records)
+    emit(fmt, {"workspace": root, "outputs": records, "best": best}, shown, rows=records)
