@@ -16,10 +16,10 @@ app = Typer(help="Analyses: ranking comparisons, similarity search, regression p
 ModalityOpt = typer.Option(None, "--modality", help="Modality(ies): image, spectrum, joint (default: all).")
 
 
-def _outputs(result) -> None:
+def _outputs(result, to=console) -> None:
     for name, path in result.outputs.items():
-        console.print(f"{name}: [bold]{escape(str(path))}[/]")
-    console.print(f"manifest: {escape(str(result.manifest))}")
+        to.print(f"{name}: [bold]{escape(str(path))}[/]")
+    to.print(f"manifest: {escape(str(result.manifest))}")
 
 
 def _written(result) -> dict:
@@ -29,12 +29,13 @@ def _written(result) -> dict:
 
 def _emit_stage(fmt: Format, result, data: dict, rows: list[dict], shown, remarks: list[str] = ()) -> None:
     """An analysis's result: JSON (``data`` + outputs + manifest), CSV ``rows``, or ``shown`` and the files written.
-    ``remarks`` are notes for the reader (beside the table, else on stderr)."""
+    ``remarks`` are notes for the reader (beside the table, else on stderr); the files written are listed
+    after the table, on stderr after CSV, and are part of the JSON document."""
     emit(fmt, {**data, **_written(result)}, shown, rows=rows)
     for remark in remarks:
         notes(fmt).print(f"[yellow]note: {escape(remark)}[/]")
-    if fmt is Format.table:
-        _outputs(result)
+    if fmt is not Format.json:
+        _outputs(result, notes(fmt))
 
 
 @app.command()

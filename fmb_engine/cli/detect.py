@@ -84,5 +84,5 @@ def evaluate(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: C
     emit(fmt, data, lambda: [table(systems, columns, title="evaluation (overall)", show_edge=False)], rows=systems)
     for warning in warnings:
         notes(fmt).print(f"[yellow]warning: {escape(warning)}[/]")
-    if fmt is Format.table:
-        console.print(f"report: [bold]{escape(str(result.outputs['report']))}[/]")
+    if fmt is not Format.json:  # the JSON document names it
+        notes(fmt).print(f"report: [bold]{escape(str(result.outputs['report']))}[/]")
