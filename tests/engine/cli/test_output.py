@@ -189,6 +189,10 @@ def test_demo_summary(tmp_path, capsys):
     print_summary(Format.csv, tmp_path, outputs, best)
     assert list(csv.DictReader(io.StringIO(capsys.readouterr().out))) == [
         {"what": "workspace", "where": str(tmp_path)}, {"what": "mock survey", "where": str(tmp_path / "survey" / "mock.h5")}]
+    print_summary(Format.table, tmp_path, outputs, best)
+    shown = capsys.readouterr().out
+    assert "demo outputs" in shown and str(tmp_path / "survey" / "mock.h5") in shown
+    assert "(AUROC): cca/fused/fisher 0.910, pca/image/flow nan" in shown
 
 
 # -- off a terminal: whole and uncoloured; NO_COLOR -----------------------------------------------------------------
