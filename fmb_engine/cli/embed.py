@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from fmb_engine.cli import complete
 from fmb_engine.cli.jobs import ExecutorOpt, refuse_ignored_options
 from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed import base
@@ -167,7 +168,8 @@ def import_cmd(
 
 @app.command("export")
 def export_cmd(
-    model: str = typer.Argument(..., help="Model name (embeddings/<model>.h5) or a path to an FMB embedding .h5."),
+    model: str = typer.Argument(..., help="Model name (embeddings/<model>.h5) or a path to an FMB embedding .h5.",
+                                autocompletion=complete.embedding_runs),
     output: Path = typer.Option(..., "--output", "-o", help="Output .pt file."),
     fmt: str = typer.Option("fmb-pt", "--format", help="Output format: fmb-pt (the reference list-of-dicts .pt)."),
     family: str | None = typer.Option(None, "--family", help="Key family: aion, astropt, astroclip, generic (default: from the model)."),
