@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from fmb_engine.cli.common import console, reporter, section
+from fmb_engine.cli.common import reporter, section
 from fmb_engine.cli.output import Column, Format, FormatOpt, emit, table
 from fmb_engine.analyze.run import (
     analyze_neighbor_ranks,
