@@ -6,29 +6,46 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli import complete
+from fmb_engine.cli.common import ConfigOpt, RunsOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.output import Column, Format, FormatOpt, emit, notes, plain, table
 
 app = Typer(help="Analyses: ranking comparisons, similarity search, regression probes, UMAP.", no_args_is_help=True)
 
-ModelOpt = typer.Option(None, "--model", "-m", help="Embedding run(s) to analyse (default: all).")
 ModalityOpt = typer.Option(None, "--modality", help="Modality(ies): image, spectrum, joint (default: all).")
 
 
-def _outputs(result) -> None:
+def _outputs(result, to=console) -> None:
     for name, path in result.outputs.items():
-        console.print(f"{name}: [bold]{escape(str(path))}[/]")
-    console.print(f"manifest: {escape(str(result.manifest))}")
+        to.print(f"{name}: [bold]{escape(str(path))}[/]")
+    to.print(f"manifest: {escape(str(result.manifest))}")
+
+
+def _written(result) -> dict:
+    """The JSON fields every analysis shares: its output files and run manifest."""
+    return {"outputs": dict(result.outputs), "manifest": result.manifest}
+
+
+def _emit_stage(fmt: Format, result, data: dict, rows: list[dict], shown, remarks: list[str] = ()) -> None:
+    """An analysis's result: JSON (``data`` + outputs + manifest), CSV ``rows``, or ``shown`` and the files written.
+    ``remarks`` are notes for the reader (beside the table, else on stderr); the files written are listed
+    after the table, on stderr after CSV, and are part of the JSON document."""
+    emit(fmt, {**data, **_written(result)}, shown, rows=rows)
+    for remark in remarks:
+        notes(fmt).print(f"[yellow]note: {escape(remark)}[/]")
+    if fmt is not Format.json:
+        _outputs(result, notes(fmt))
 
 
 @app.command()
 def rankings(
-    systems: list[str] = typer.Option(None, "--system", help="System(s) model/modality/method to compare (default: all)."),
+    systems: list[str] = typer.Option(None, "--system", autocompletion=complete.systems, help="System(s) model/modality/method to compare (default: all)."),
     top_percent: float = typer.Option(None, "--top", help="Top q % for Jaccard, disagreement and retention (default 1)."),
     disagree: float = typer.Option(None, "--disagree", help="Disagreement: beyond this percentile in the other system (default 50)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Spearman, top-q % Jaccard, retention/displacement and disagreement of every pair of systems."""
     from fmb_engine.analyze.run import analyze_rankings
@@ -36,11 +53,15 @@ def rankings(
     ws = find_workspace(workspace)
     result = analyze_rankings(ws, section("analyze", ws, config, systems=systems or None, top_percent=top_percent,
                                           disagree_percent=disagree), reporter())
-    console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects; "
-                  f"{len(result.summary['disagreement']):,} disagreements")
-    for note in result.summary["notes"]["note"]:
-        console.print(f"[yellow]note: {escape(note)}[/]")
-    _outputs(result)
+    s = result.summary
+    names = list(s["systems"])
+    pairs = [{"system_a": a, "system_b": b, "spearman": plain(s["spearman"].loc[a, b]),
+              "jaccard": plain(s["jaccard"].loc[a, b])} for i, a in enumerate(names) for b in names[i + 1:]]
+    data = {"systems": names, "objects": s["objects"], "disagreements": len(s["disagreement"]), "pairs": pairs,
+            "notes": list(s["notes"]["note"])}
+    _emit_stage(fmt, result, data, pairs, lambda: [
+        f"{len(names)} systems over {data['objects']:,} objects; {data['disagreements']:,} disagreements"],
+        remarks=data["notes"])
 
 
 def _queries(ids: list[str] | None, csv: Path | None) -> list[str] | None:
@@ -55,7 +76,7 @@ def similarity(
     ids: list[str] = typer.Option(None, "--id", help="Query object id (repeat for several; default: every object)."),
     ids_csv: Path = typer.Option(None, "--ids-csv", help="CSV of query ids (column object_id, else the first)."),
     k: int = typer.Option(None, "--k", "-k", help="Neighbours per query (default 10)."),
-    models: list[str] = ModelOpt,
+    models: RunsOpt = None,
     modalities: list[str] = ModalityOpt,
     backend: str = typer.Option(None, "--backend", help="auto, torch or faiss."),
     workspace: WorkspaceOpt = None,
@@ -77,33 +98,32 @@ def neighbor_ranks(
     top_percent: float = typer.Option(None, "--top", help="Share of neighbours in the top q % (default 1)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Anomaly-rank percentiles of each object's neighbours and their top-q % share."""
     from fmb_engine.analyze.run import analyze_neighbor_ranks
 
     ws = find_workspace(workspace)
     result = analyze_neighbor_ranks(ws, section("analyze", ws, config, rank_method=method, top_percent=top_percent), reporter())
-    summary = result.summary["summary"]
-    table = Table(title="neighbour ranks", title_justify="left", show_edge=False)
-    for col in summary.columns:
-        table.add_column(str(col))
-    for row in summary.itertuples(index=False):
-        table.add_row(*(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
-    console.print(table)
-    _outputs(result)
+    rows = plain(result.summary["summary"].to_dict("records"))
+    columns = [Column(str(c), cell=lambda v: f"{v:.2f}" if isinstance(v, float) else escape(str(v)))
+               for c in result.summary["summary"].columns]
+    _emit_stage(fmt, result, {"summary": rows}, rows,
+                lambda: [table(rows, columns, title="neighbour ranks", show_edge=False)])
 
 
 @app.command()
 def regression(
     targets: list[str] = typer.Option(None, "--target", "-t", help="Survey column(s) to predict (default redshift, logM, logSFR)."),
-    models: list[str] = ModelOpt,
+    models: RunsOpt = None,
     modalities: list[str] = ModalityOpt,
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for R² intervals."),
     seed: int = typer.Option(None, "--seed", help="Seed (analyze.seed)."),
     linear_only: bool = typer.Option(False, "--linear-only", help="Skip the non-linear regressor."),
-    survey: str = typer.Option(None, "--survey", "-s", help="Survey with the targets (default: general.survey)."),
+    survey: SurveyOpt = None,
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Probe physical parameters from each embedding: ridge + gradient boosting vs a random baseline."""
     from fmb_engine.analyze.run import analyze_regression
@@ -113,21 +133,17 @@ def regression(
                        modalities=modalities or None, bootstrap=bootstrap, seed=seed)
     result = analyze_regression(ws, resolved, survey_file(ws, config, survey), reporter(), nonlinear=not linear_only)
     res = result.summary["results"]
-    table = Table(title="R² on held-out objects; participation ratio PR of the attributions",
-                  title_justify="left", show_edge=False)
+    rows = plain(res.to_dict("records"))
     numbers = [c for c in ("r2_ridge", "r2_gbm", "pr_ridge", "pr_gbm") if c in res.columns]
-    for col in ("target", "model", "modality", "features", *numbers):
-        table.add_column(col)
-    for row in res.to_dict("records"):
-        table.add_row(row["target"], row["model"], row["modality"], row["features"],
-                      *(f"{row[c]:.3f}" for c in numbers))
-    console.print(table)
-    _outputs(result)
+    columns = [*map(Column, ("target", "model", "modality", "features")),
+               *(Column(c, cell=lambda v: "nan" if v is None else f"{v:.3f}") for c in numbers)]
+    _emit_stage(fmt, result, {"results": rows}, rows, lambda: [
+        table(rows, columns, title="R² on held-out objects; participation ratio PR of the attributions", show_edge=False)])
 
 
 @app.command()
 def umap(
-    models: list[str] = ModelOpt,
+    models: RunsOpt = None,
     modalities: list[str] = ModalityOpt,
     neighbors: int = typer.Option(None, "--neighbors", help="UMAP n_neighbors (default 15)."),
     min_dist: float = typer.Option(None, "--min-dist", help="UMAP min_dist (default 0.1)."),

@@ -15,15 +15,26 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
+from fmb_engine.cli import complete
 from fmb_engine.progress import RichReporter
 from fmb_engine.workspace import Workspace
 
 if TYPE_CHECKING:
     from fmb_engine.config import Resolved
 
-# Off a terminal nothing is wrapped at 80 columns: a script reading "manifest: <path>" gets the whole path.
-console = Console(soft_wrap=not sys.stdout.isatty())
-err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+#: Width of the console off a terminal: wide enough that no table column is ever cut ("CO…").
+UNLIMITED = 1_000_000
+
+
+def _console(stderr: bool) -> Console:
+    """Rich's console (colour off a terminal, NO_COLOR and FORCE_COLOR as rich reads them); off a terminal
+    nothing is wrapped or truncated at 80 columns: a script reading a table or "manifest: <path>" gets it whole."""
+    off_terminal = not (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, soft_wrap=off_terminal, width=UNLIMITED if off_terminal else None)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 #: A token that starts like a negative number: an object id such as Euclid's negative MER ids, never an option.
 NEGATIVE = re.compile(r"-\d")
@@ -65,6 +76,17 @@ class Typer(typer.Typer):
 WorkspaceOpt = Annotated[
     Path | None,
     typer.Option("--workspace", "-w", help="Workspace folder (default: $FMB_WORKSPACE, else the current folder upwards)."),
+]
+SurveyOpt = Annotated[
+    str | None,
+    typer.Option("--survey", "-s", autocompletion=complete.surveys,
+                 help="Survey name under survey/ or an .h5 path (default: general.survey)."),
+]
+#: ``--model`` where it names embedding runs of the workspace (embeddings/<run>.h5), repeatable.
+RunsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", autocompletion=complete.embedding_runs,
+                 help="Embedding run(s) under embeddings/ (default: all)."),
 ]
 ConfigOpt = Annotated[
     Path | None,

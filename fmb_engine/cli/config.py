@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
-
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console
+from fmb_engine.cli.output import Column, Format, FormatOpt, emit, table
 from fmb_engine.config import SECTIONS
 from fmb_engine.errors import ConfigError, WorkspaceError
 from fmb_engine.workspace import Workspace
@@ -21,6 +20,7 @@ def show(
     section: str | None = typer.Argument(None, help=f"One section ({', '.join(SECTIONS.outline())}); default all."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Print the effective config and, for each value, the layer it came from."""
     from fmb_engine.config import layers_for, resolve
@@ -33,16 +33,16 @@ def show(
         ws = None  # outside a workspace: defaults and --config only
     names = [section] if section else list(SECTIONS)
     layers = layers_for(ws, config)
-    for name in names:
-        resolved = resolve(name, layers)
-        table = Table(title=f"[bold]{name}[/]", title_justify="left", show_edge=False)
-        table.add_column("key", style="cyan")
-        table.add_column("value")
-        table.add_column("from", style="dim")
-        for key, value, source in resolved.rows():
-            table.add_row(key, escape(repr(value)), escape(source))
-        console.print(table)
-        console.print()
+    records = [{"section": name, "key": key, "value": value, "from": source}
+               for name in names for key, value, source in resolve(name, layers).rows()]
+    columns = (Column("key", style="cyan"), Column("value", cell=lambda v: escape(repr(v))), Column("from", style="dim"))
+
+    def shown():
+        return [part for name in names
+                for part in (table([r for r in records if r["section"] == name], columns, title=f"[bold]{name}[/]",
+                                   show_edge=False), "")]
+
+    emit(fmt, records, shown)
 
 
 @app.command("template")

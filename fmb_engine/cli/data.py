@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli import complete
+from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.output import Format, FormatOpt, emit, notes, pairs
 
 if TYPE_CHECKING:
     from fmb_engine.stage_run import StageResult
 
 app = Typer(help="Survey data: mock survey, importer, info, index, quick look.", no_args_is_help=True)
-SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey name under survey/ or a path (default: general.survey).")
 
 
 def print_result(result: StageResult) -> None:
@@ -130,10 +130,12 @@ def _redshift_range(span: dict) -> str:
     return f"{span['min']:.3f} - {span['max']:.3f}"
 
 
-def print_summary(summary: dict) -> None:
-    table = Table(show_header=False, show_edge=False, box=None)
-    table.add_column(style="cyan")
-    table.add_column()
+def print_summary(summary: dict, fmt: Format = Format.table) -> None:
+    """A survey's summary (SurveyReader.summary(); fields in docs/cli.md): JSON object, one CSV row, or key/value lines."""
+    emit(fmt, summary, lambda: [pairs(_summary_rows(summary))])
+
+
+def _summary_rows(summary: dict) -> list[tuple[str, str]]:
     wl = summary["wavelength"]
     rows = [
         ("file", summary["path"]),
@@ -146,23 +148,22 @@ def print_summary(summary: dict) -> None:
         ("anomaly classes", ", ".join(f"{k}: {v}" for k, v in summary["anomaly_classes"].items()) or "none labelled"),
         ("digest", summary["digest"]),
     ]
-    for key, value in rows:
-        table.add_row(key, escape(str(value)))
-    console.print(table)
+    return rows
 
 
 @app.command()
-def info(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+def info(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
+         fmt: FormatOpt = Format.table) -> None:
     """Counts, splits, bands, spectral grid and anomaly classes of a survey."""
     from fmb_engine.survey.store import SurveyReader
 
     ws = find_workspace(workspace)
     with SurveyReader(survey_file(ws, config, survey)) as reader:
-        print_summary(reader.summary())
+        print_summary(reader.summary(), fmt)
 
 
 @app.command()
-def verify(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+def verify(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
     """Re-read a survey and recompute its digest: exit 0 when intact, 1 (a data error naming the file,
     chunk and dataset) when anything differs, is unreadable or is incomplete."""
     from fmb_engine.survey.store import SurveyReader
@@ -187,11 +188,12 @@ def verify(survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: Conf
 
 @app.command()
 def show(
-    object_id: str = typer.Argument(..., help="The object's object_id."),
+    object_id: str = typer.Argument(..., help="The object's object_id.", autocompletion=complete.object_ids),
     output: Path = typer.Option(None, "--output", "-o", help="PNG path (default figures/object_<id>.png)."),
-    survey: str = SurveyOpt,
+    survey: SurveyOpt = None,
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Metadata of one object plus a quick PNG of its bands and spectrum."""
     from fmb_engine.survey.quicklook import render_quicklook
@@ -200,18 +202,16 @@ def show(
     ws = find_workspace(workspace)
     with SurveyReader(survey_file(ws, config, survey)) as reader:
         obj = reader.get(object_id)
-    table = Table(show_header=False, show_edge=False, box=None)
-    for key, value in {"row": obj.index, **obj.meta}.items():
-        table.add_row(f"[cyan]{key}[/]", escape(str(value)))
-    console.print(table)
+    record = {"row": obj.index, **obj.meta}
+    emit(fmt, record, lambda: [pairs(list(record.items()))])
     path = render_quicklook(obj, output or ws.folder("figures") / f"object_{object_id}.png")
-    console.print(f"quick look: [bold]{escape(str(path))}[/]")
+    notes(fmt).print(f"quick look: [bold]{escape(str(path))}[/]")
 
 
 @app.command()
 def index(
     output: Path = typer.Option(None, "--output", "-o", help="CSV path (default next to the survey)."),
-    survey: str = SurveyOpt,
+    survey: SurveyOpt = None,
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:

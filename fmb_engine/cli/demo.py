@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from fmb_engine.cli.common import console, reporter, section
+from fmb_engine.cli.common import reporter, section
+from fmb_engine.cli.output import Column, Format, FormatOpt, emit, table
 from fmb_engine.workspace import Workspace
 
 
@@ -23,6 +23,7 @@ def demo(
     objects: int = typer.Option(None, "--objects", "-n", help="Mock survey size (default: mock.objects)."),
     seed: int = typer.Option(None, "--seed", help="Seed for every stage."),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="Include UMAP (its first call JIT-compiles for ~35 s)."),
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Init a workspace, simulate the mock survey and run every implemented stage on it."""
     from fmb_engine.analyze.run import (analyze_neighbor_ranks, analyze_rankings, analyze_regression,
@@ -82,12 +83,17 @@ def demo(
     outputs.append((f"figures ({sum(len(f.outputs) for f in figures)} files, PNG + PDF)", ws.folder("figures")))
     outputs.append(("run manifests", ws.folder("runs")))
 
-    summary = Table(title="demo outputs", title_justify="left", show_edge=False)
-    summary.add_column("what", style="cyan")
-    summary.add_column("where")
-    for what, where in outputs:
-        summary.add_row(what, escape(str(where)))
-    console.print(summary)
-    best = evaluated.summary["overview"].head(5)
-    console.print("\nbest systems on the injected anomalies (AUROC): " + ", ".join(f"{k} {v:.3f}" for k, v in best["auroc"].items()))
-    console.print(f"\nexplore it: [bold]fmb-tui {escape(str(ws.root))}[/]   or   fmb-engine --help")
+    best = evaluated.summary["overview"].head(5)["auroc"].items()
+    print_summary(fmt, ws.root, outputs, [{"system": k, "auroc": v} for k, v in best])
+
+
+def print_summary(fmt: Format, root: Path, outputs: list[tuple[str, Path]], best: list[dict]) -> None:
+    """What the demo made and its five best systems: JSON object, CSV of the outputs, or a table and two lines."""
+    records = [{"what": what, "where": where} for what, where in outputs]
+
+    def shown():
+        return [table(records, (Column("what", style="cyan"), Column("where")), title="demo outputs", show_edge=False),
+                "\nbest systems on the injected anomalies (AUROC): " + ", ".join(f"{b['system']} {b['auroc']:.3f}" for b in best),
+                f"\nexplore it: [bold]fmb-tui {escape(str(root))}[/]   or   fmb-engine --help"]
+
+    emit(fmt, {"workspace": root, "outputs": records, "best": best}, shown, rows=records)

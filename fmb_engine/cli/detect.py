@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
-
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, RunsOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.output import Column, Format, FormatOpt, emit, notes, plain, table
 from fmb_engine.detect.params import DEFAULT_FUSION, FUSION_METHODS, PARTS, PRESETS
 
 app = Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
@@ -47,7 +46,7 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
 
 def _command(parts: tuple[str, ...], doc: str):
     def command(
-        models: list[str] = typer.Option(None, "--model", "-m", help="Embedding run(s) to score (default: all)."),
+        models: RunsOpt = None,
         preset: str = typer.Option(None, "--preset", help=f"Flow preset: {' or '.join(PRESETS)}."),
         seed: int = typer.Option(None, "--seed", help="Seed (detect.seed)."),
         fusion: str = typer.Option(None, "--fusion", help=f"Fusion that orders the top-k tables: {', '.join(FUSION_METHODS)} (default {DEFAULT_FUSION}; all are computed)."),
@@ -70,25 +69,23 @@ app.command("fuse")(_command(("fuse",), "Fuse image, spectrum and mismatch ranks
 app.command("all")(_command(PARTS, "Flows, mismatch and fusion, then the systems table."))
 
 
-def _metric(value: float) -> str:
-    """A metric to 3 decimals; an undefined one (NaN) as "n/a" (the report's notes say why)."""
-    return "n/a" if value != value else f"{value:.3f}"
+def _metric(value: float | None) -> str:
+    """A metric to 3 decimals; an undefined one (NaN, null) as "n/a" (the report's notes say why)."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
-def evaluate(survey: str = typer.Option(None, "--survey", "-s", help="Survey with anomaly_class truth (default: general.survey)."),
-             workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+def evaluate(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None, fmt: FormatOpt = Format.table) -> None:
     """AUROC, average precision, precision@k and recall@k of every system against the injected anomalies."""
     from fmb_engine.detect.evaluation import evaluate_workspace
 
     ws = find_workspace(workspace)
     result = evaluate_workspace(ws, survey_file(ws, config, survey))
-    overview = result.summary["overview"]
-    table = Table(title="evaluation (overall)", title_justify="left", show_edge=False)
-    for col in ("system", "auroc", "ap", "p@100"):
-        table.add_column(col)
-    for system, row in overview.iterrows():
-        table.add_row(system, *(_metric(row.get(c, float("nan"))) for c in ("auroc", "ap", "p@100")))
-    console.print(table)
-    for warning in result.summary.get("warnings", []):
-        console.print(f"[yellow]warning: {escape(warning)}[/]")
-    console.print(f"report: [bold]{escape(str(result.outputs['report']))}[/]")
+    systems = [{"system": system, **plain(row.to_dict())} for system, row in result.summary["overview"].iterrows()]
+    warnings = list(result.summary.get("warnings", []))
+    data = {"systems": systems, "warnings": warnings, "report": result.outputs["report"]}
+    columns = [Column("system"), *(Column(c, cell=_metric) for c in ("auroc", "ap", "p@100"))]
+    emit(fmt, data, lambda: [table(systems, columns, title="evaluation (overall)", show_edge=False)], rows=systems)
+    for warning in warnings:
+        notes(fmt).print(f"[yellow]warning: {escape(warning)}[/]")
+    if fmt is not Format.json:  # the JSON document names it
+        notes(fmt).print(f"report: [bold]{escape(str(result.outputs['report']))}[/]")

@@ -8,15 +8,15 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from fmb_engine.cli import complete
 from fmb_engine.cli.jobs import ExecutorOpt, refuse_ignored_options
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.embed.catalog import DEFAULT_SHARD_SIZE, EMBEDDERS
 from fmb_engine.errors import ConfigError
 
 app = Typer(help="Compute embeddings (one command per model); import/export reference .pt files.",
                   no_args_is_help=True)
 
-SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per batch (embed.<model>.batch_size).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (embed.<model>.device).")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights directory or Hugging Face cache (embed.<model>.weights).")]
@@ -164,7 +164,8 @@ def import_cmd(
 
 @app.command("export")
 def export_cmd(
-    model: str = typer.Argument(..., help="Model name (embeddings/<model>.h5) or a path to an FMB embedding .h5."),
+    model: str = typer.Argument(..., help="Model name (embeddings/<model>.h5) or a path to an FMB embedding .h5.",
+                                autocompletion=complete.embedding_runs),
     output: Path = typer.Option(..., "--output", "-o", help="Output .pt file."),
     fmt: str = typer.Option("fmb-pt", "--format", help="Output format: fmb-pt (the reference list-of-dicts .pt)."),
     family: str | None = typer.Option(None, "--family", help="Key family: aion, astropt, astroclip, generic (default: from the model)."),

@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, section, survey_file
+from fmb_engine.cli import complete
+from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, section, survey_file
 
 app = Typer(help="Publication figures: outliers, objects, heatmaps, displacement, regression, UMAP, similarity.",
                   no_args_is_help=True)
 
 OutOpt = typer.Option(None, "--output", "--out", "-o", help="Output path without suffix (default under figures/).")
-SurveyOpt = typer.Option(None, "--survey", "-s", help="Survey (default: general.survey).")
 
 
 def _written(result) -> None:
@@ -23,14 +23,14 @@ def _written(result) -> None:
 
 @app.command("outlier-grid")
 def outlier_grid(
-    system: str = typer.Option(None, "--system", help="Ranking model/modality/method in scores/systems.parquet."),
+    system: str = typer.Option(None, "--system", autocompletion=complete.systems, help="Ranking model/modality/method in scores/systems.parquet."),
     table: Path = typer.Option(None, "--table", help="Any ranked CSV/parquet with object_id (rank column optional)."),
     ids: list[str] = typer.Option(None, "--id", help="Object id(s) to draw instead of a top-k (repeat)."),
     ids_csv: Path = typer.Option(None, "--ids-csv", help="CSV of object ids to draw."),
     top_k: int = typer.Option(12, "--top-k", help="Objects drawn from the top of the ranking."),
     columns: int = typer.Option(2, "--columns", help="Objects per row."),
     smooth: float = typer.Option(2.0, "--smooth", help="Gaussian smoothing of spectra (σ in pixels, 0 = none)."),
-    out: Path = OutOpt, survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
+    out: Path = OutOpt, survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Top-k objects of a ranking (or listed ids): asinh RGB with id, rank, score + spectrum with lines."""
     from fmb_engine.analyze.run import read_query_ids
@@ -44,9 +44,9 @@ def outlier_grid(
 
 @app.command("object")
 def object_(
-    object_id: str = typer.Argument(..., help="Object id."),
+    object_id: str = typer.Argument(..., help="Object id.", autocompletion=complete.object_ids),
     smooth: float = typer.Option(2.0, "--smooth", help="Gaussian smoothing of the spectrum (σ in pixels, 0 = none)."),
-    out: Path = OutOpt, survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
+    out: Path = OutOpt, survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
 ) -> None:
     """One object: 4 bands, RGB, spectrum with emission/absorption lines at its redshift."""
     from fmb_engine.figures.run import object_fig
@@ -69,7 +69,7 @@ def heatmaps(
 
 @app.command()
 def displacement(
-    systems: list[str] = typer.Option(None, "--system", help="Systems of the grid (default: every flow system)."),
+    systems: list[str] = typer.Option(None, "--system", autocompletion=complete.systems, help="Systems of the grid (default: every flow system)."),
     top_percent: float = typer.Option(1.0, "--top", help="q of the source top-q % (title only)."),
     out: Path = OutOpt, workspace: WorkspaceOpt = None,
 ) -> None:
@@ -101,7 +101,7 @@ def umap(
     thumbnails: int = typer.Option(None, "--thumbnails", min=0, max=100,
                                    help="Thumbnail grid beside each map: N x N cells, 0 = none (default: analyze.umap_thumbnails)."),
     out: Path = typer.Option(None, "--output", "--out", "-o", help="Output folder (default figures/umap)."),
-    survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
+    survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
 ) -> None:
     """UMAP maps per model x modality coloured by a physical parameter, optionally with a thumbnail grid
     (the RGB of the object nearest each occupied cell's centre)."""
@@ -119,7 +119,7 @@ def similarity(
     top_percent: float = typer.Option(1.0, "--top", help="q of the top-q % share."),
     smooth: float = typer.Option(3.0, "--smooth", help="Gaussian smoothing of spectra (σ in pixels)."),
     out: Path = typer.Option(None, "--output", "--out", "-o", help="Output folder (default figures/similarity)."),
-    survey: str = SurveyOpt, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
+    survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Neighbour grid of the query ids and the neighbour anomaly-rank histograms."""
     from fmb_engine.analyze.run import read_query_ids

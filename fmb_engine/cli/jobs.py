@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
+from fmb_engine.cli.output import Column, Format, FormatOpt, emit, emit_records, pairs, table
 from fmb_engine.errors import WorkspaceError
 from fmb_engine.jobs import JobsError, monitor
 from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_state
@@ -24,7 +24,6 @@ from fmb_engine.jobs.states import COLOURS, State, explain_reason
 from fmb_engine.workspace import Workspace
 
 if TYPE_CHECKING:
-    from fmb_engine.jobs.executors import Availability
     from fmb_engine.jobs.submission import Submission
 
 app = Typer(help="Submitted jobs: list, show, logs, cancel, resubmit, attach.", no_args_is_help=True)
@@ -88,27 +87,33 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", lt)
 
 
-def duration(start: float | None, end: float | None) -> str:
+def seconds_between(start: float | None, end: float | None) -> int | None:
+    """Whole seconds from ``start`` to ``end`` (now when None); None when not started or the clocks disagree."""
     if not start:
-        return "-"
+        return None
     seconds = int((end or time.time()) - start)
-    if seconds < 0:
+    return seconds if seconds >= 0 else None
+
+
+def duration_text(seconds: int | None) -> str:
+    if seconds is None:
         return "-"
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def counts_text(jobs: list[JobRecord]) -> Text:
-    counts: dict[State, int] = {}
-    for job in jobs:
-        counts[job.state] = counts.get(job.state, 0) + 1
+def state_counts(jobs: list[JobRecord]) -> dict[str, int]:
+    """Tasks per state, in the states' order, states without tasks left out."""
+    return {state.value: n for state in State if (n := sum(1 for j in jobs if j.state is state))}
+
+
+def counts_text(counts: dict[str, int]) -> Text:
     text = Text()
-    for state in State:
-        if counts.get(state):
-            if text:
-                text.append(" ")
-            text.append(f"{counts[state]} {state.value.lower()}", style=COLOURS[state])
+    for state, n in counts.items():
+        if text:
+            text.append(" ")
+        text.append(f"{n} {state.lower()}", style=COLOURS[State(state)])
     return text
 
 
@@ -125,37 +130,45 @@ def _refresh(ws: Workspace, reg, jobs: list[JobRecord] | None = None) -> None:
 # --- commands --------------------------------------------------------------------------------
 
 
+def _first_ids(ids: list[str]) -> str:
+    return escape(", ".join(ids[:3]) + (" ..." if len(ids) > 3 else ""))
+
+
+#: `jobs list`: one record per run (fields in docs/cli.md).
+RUN_COLUMNS = (
+    Column("run", no_wrap=True), Column("stage"), Column("executor"), Column("state", cell=state_text),
+    Column("tasks", cell=counts_text), Column("job_ids", "job ids", cell=_first_ids, no_wrap=True),
+    Column("submitted", cell=when), Column("elapsed_s", "elapsed", cell=duration_text),
+)
+
+
+def run_record(run: RunRecord, jobs: list[JobRecord]) -> dict:
+    counts = {s: sum(1 for j in jobs if j.state is s) for s in State}
+    ended = max((j.ended or 0 for j in jobs), default=0) or None
+    active = any(j.active for j in jobs)
+    return {
+        "run": run.run_id, "stage": run.stage, "executor": run.executor, "state": run_state(counts).value,
+        "tasks": state_counts(jobs), "job_ids": sorted({j.array_job_id or j.job_id for j in jobs}),
+        "submitted": run.created, "elapsed_s": seconds_between(run.created, None if active else ended),
+    }
+
+
 @app.command("list")
 def list_cmd(
     stage: str = typer.Option(None, "--stage", help="Only runs of this stage."),
     limit: int = typer.Option(30, "--limit", help="Newest N runs (0 = all)."),
     no_refresh: NoRefreshOpt = False,
     workspace: WorkspaceOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """Runs, newest first: stage, executor, task states, times."""
     ws = find_workspace(workspace)
     with _registry(ws) as reg:
         if not no_refresh:
             _refresh(ws, reg)
-        runs = reg.runs(stage=stage, limit=limit or None)
-        if not runs:
-            console.print("no jobs recorded yet in this workspace")
-            return
-        table = Table(title=f"jobs in {escape(str(ws.root))}", title_justify="left")
-        for column in ("run", "stage", "executor", "state", "tasks", "job ids", "submitted", "elapsed"):
-            table.add_column(column, no_wrap=column in ("run", "job ids"))
-        for run in runs:
-            jobs = reg.jobs(run.run_id)
-            counts = {s: sum(1 for j in jobs if j.state is s) for s in State}
-            ended = max((j.ended or 0 for j in jobs), default=0) or None
-            active = any(j.active for j in jobs)
-            ids = sorted({j.array_job_id or j.job_id for j in jobs})
-            table.add_row(
-                escape(run.run_id), escape(run.stage), run.executor, state_text(run_state(counts)),
-                counts_text(jobs), escape(", ".join(ids[:3]) + (" ..." if len(ids) > 3 else "")),
-                when(run.created), duration(run.created, None if active else ended),
-            )
-        console.print(table)
+        records = [run_record(run, reg.jobs(run.run_id)) for run in reg.runs(stage=stage, limit=limit or None)]
+    emit_records(fmt, records, RUN_COLUMNS, empty="no jobs recorded yet in this workspace",
+                 title=f"jobs in {escape(str(ws.root))}")
 
 
 @app.command()
@@ -163,6 +176,7 @@ def show(
     ref: str = typer.Argument(..., metavar="ID", help="Run id (or a unique prefix), job id, or SLURM array id."),
     no_refresh: NoRefreshOpt = False,
     workspace: WorkspaceOpt = None,
+    fmt: FormatOpt = Format.table,
 ) -> None:
     """One run: its settings, folder, and every task with state, reason, exit code and outputs."""
     ws = find_workspace(workspace)
@@ -170,40 +184,51 @@ def show(
         if not no_refresh:
             _refresh(ws, reg, reg.resolve(ref)[1])
         run, jobs = reg.resolve(ref)
-        print_run(run, jobs)
+        print_run(run, jobs, fmt)
 
 
-def print_run(run: RunRecord, jobs: list[JobRecord]) -> None:
-    info = Table(show_header=False, box=None)
-    info.add_column(style="cyan")
-    info.add_column()
+def _outputs_text(outputs: dict) -> str:
+    return escape(", ".join(f"{k}={v}" for k, v in outputs.items()) or "-")
+
+
+#: `jobs show`: one record per task (fields in docs/cli.md).
+TASK_COLUMNS = tuple(Column(*args, overflow="fold", **kw) for *args, kw in (  # type: ignore[misc]
+    ("task", {}), ("job_id", "job id", {}), ("state", {"cell": state_text}),
+    ("detail", "reason / error", {"cell": lambda v: escape(v or "")}), ("exit_code", "exit", {}), ("node", {}),
+    ("started", {"cell": when}), ("ran_s", "ran", {"cell": duration_text}), ("outputs", {"cell": _outputs_text}),
+))
+
+
+def task_record(job: JobRecord) -> dict:
+    detail = (explain_reason(job.reason) or job.reason) if job.state is State.PENDING else job.error
+    return {
+        "task": job.task_index, "attempt": job.attempt, "job_id": job.job_id, "state": job.state.value,
+        "detail": detail or None, "exit_code": job.exit_code, "node": job.node, "started": job.started,
+        "ended": job.ended, "ran_s": seconds_between(job.started, job.ended), "outputs": job.outputs or {},
+    }
+
+
+def print_run(run: RunRecord, jobs: list[JobRecord], fmt: Format = Format.table) -> None:
+    """A run and its tasks: JSON object with ``tasks``; CSV one row per task; else settings + task table."""
     params = run.params
-    settings = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("python",) and v not in (None, "", [], {}))
-    rows = [
-        ("run", run.run_id), ("stage", run.stage), ("executor", run.executor),
-        ("submitted", f"{when(run.created)} by {run.user or '?'} on {run.host or '?'}"),
-        ("folder", run.folder), ("python", str(params.get("python", "-"))), ("parameters", settings or "-"),
-    ]
-    if run.note:
-        rows.append(("note", run.note))
-    for key, value in rows:
-        info.add_row(key, escape(str(value)))
-    console.print(info)
-    table = Table()
-    for column in ("task", "job id", "state", "reason / error", "exit", "node", "started", "ran", "outputs"):
-        table.add_column(column, overflow="fold")
-    for job in jobs:
-        if job.state is State.PENDING:
-            detail = explain_reason(job.reason) or (job.reason or "")
-        else:
-            detail = job.error or ""
-        outputs = ", ".join(f"{k}={v}" for k, v in (job.outputs or {}).items())
-        table.add_row(
-            str(job.task_index) + (f" (try {job.attempt})" if job.attempt > 1 else ""), escape(job.job_id),
-            state_text(job.state), escape(detail), escape(job.exit_code or "-"), escape(job.node or "-"),
-            when(job.started), duration(job.started, job.ended) if job.started else "-", escape(outputs or "-"),
-        )
-    console.print(table)
+    data = {"run": run.run_id, "stage": run.stage, "executor": run.executor, "submitted": run.created,
+            "user": run.user, "host": run.host, "folder": run.folder, "parameters": params, "note": run.note or None,
+            "tasks": [task_record(job) for job in jobs]}
+
+    def shown():
+        settings = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("python",) and v not in (None, "", [], {}))
+        rows = [
+            ("run", run.run_id), ("stage", run.stage), ("executor", run.executor),
+            ("submitted", f"{when(run.created)} by {run.user or '?'} on {run.host or '?'}"),
+            ("folder", run.folder), ("python", str(params.get("python", "-"))), ("parameters", settings or "-"),
+        ]
+        if run.note:
+            rows.append(("note", run.note))
+        tasks = [{**t, "task": f"{t['task']}" + (f" (try {t['attempt']})" if t["attempt"] > 1 else "")}
+                 for t in data["tasks"]]
+        return [pairs(rows), table(tasks, TASK_COLUMNS)]
+
+    emit(fmt, data, shown, rows=[{"run": run.run_id, **t} for t in data["tasks"]])
 
 
 def _one_job(jobs: list[JobRecord], task: int | None, ref: str) -> JobRecord:
@@ -255,7 +280,7 @@ def cancel(
         console.print(escape(line))
     with _registry(ws) as reg:
         run, jobs = reg.resolve(ref)
-        console.print(f"{escape(run.run_id)}: ", counts_text(jobs))
+        console.print(f"{escape(run.run_id)}: ", counts_text(state_counts(jobs)))
 
 
 @app.command()
@@ -288,7 +313,7 @@ def attach(
 
     ws = find_workspace(workspace)
     run, jobs = jobs_submission.attach(ws, folder, job_id, executor=executor, stage=stage)
-    console.print(f"attached as run [bold]{escape(run.run_id)}[/] ({run.executor}): ", counts_text(jobs))
+    console.print(f"attached as run [bold]{escape(run.run_id)}[/] ({run.executor}): ", counts_text(state_counts(jobs)))
 
 
 @app.command()
@@ -303,7 +328,7 @@ def refresh(workspace: WorkspaceOpt = None) -> None:
 
 
 @app.command()
-def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None, fmt: FormatOpt = Format.table) -> None:
     """Which executors work here, and which one `--executor` would pick by default."""
     from fmb_engine.jobs import submission as jobs_submission
     from fmb_engine.jobs.config import JobsConfig
@@ -316,25 +341,31 @@ def executors(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
         ws = None
     resolved = jobs_submission.jobs_config(ws, config)
     cfg: JobsConfig = resolved.values  # type: ignore[assignment]
-    table = Table(show_header=False, box=None)
-    table.add_column(style="cyan")
-    table.add_column()
+    records = []
     for kind in KINDS.values():
-        table.add_row(kind.name, availability_text(kind.availability()))
+        said = kind.availability()
+        records.append({"executor": kind.name, "available": said.state == "available", "state": said.state,
+                        "note": said.detail})
     try:
         choice = choose_executor(None, cfg, resolved.sources.get("executor", "default"))
-        table.add_row("default", escape(choice.note))
+        default = {"executor": choice.name, "note": choice.note, "error": None}
     except JobsError as exc:
-        table.add_row("default", f"[red]{escape(str(exc))}[/]")
-    console.print(table)
+        default = {"executor": None, "note": None, "error": str(exc)}
+    data = {"executors": records, "default": default}
+
+    def shown():
+        rows = [(r["executor"], availability_text(r["state"], r["note"])) for r in records]
+        rows.append(("default", Text(default["error"], style="red") if default["error"] else default["note"]))
+        return [pairs(rows)]
+
+    emit(fmt, data, shown, rows=records)
 
 
-def availability_text(said: Availability) -> str:
+def availability_text(state: str, detail: str) -> Text:
     """One executor's line in `jobs executors`: its state (coloured unless available) and why."""
-    if said.state == "available":
-        return f"available ({escape(said.detail)})"
-    colour = "red" if said.state == "unavailable" else "yellow"
-    return f"[{colour}]{said.state}[/]: {escape(said.detail)}"
+    if state == "available":
+        return Text(f"available ({detail})")
+    return Text(f"{state}: {detail}", style="red" if state == "unavailable" else "yellow")
 
 
 def print_submission(sub: Submission) -> None:

@@ -43,7 +43,7 @@ app = Typer(
     help="Foundation-model anomaly discovery: survey data, embeddings, retraining, detection, analysis, jobs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
 app.add_typer(config_cli.app, name="config")
 app.add_typer(data_cli.app, name="data")

@@ -7,14 +7,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.jobs import ExecutorOpt
 from fmb_engine.retrain.tasks import TASKS, section_of
 
 app = Typer(help="Adapt the foundation models on the survey: AION adapters, AstroCLIP heads, AstroPT.",
                   no_args_is_help=True)
 
-SurveyOpt = Annotated[str | None, typer.Option("--survey", "-s", help="Survey name under survey/ or an .h5 path (default: general.survey).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Optimiser steps in total (retrain.<task>.steps).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Objects per micro-batch.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak learning rate.")]

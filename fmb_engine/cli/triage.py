@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
-
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, find_workspace, section
+from fmb_engine.cli.output import Column, Format, FormatOpt, emit, table
 from fmb_engine.errors import DataError
 
 app = Typer(help="Triage labels given in fmb-tui: counts, who labelled what, CSV export.", no_args_is_help=True)
@@ -38,21 +37,23 @@ def check_labels(wanted: list[str], configured: list[str], used: list[str]) -> N
 
 
 @app.command()
-def summary(workspace: WorkspaceOpt = None, config: ConfigOpt = None) -> None:
+def summary(workspace: WorkspaceOpt = None, config: ConfigOpt = None, fmt: FormatOpt = Format.table) -> None:
     """Objects per label, and the people and sessions that labelled them."""
     ws, store, _ = _store(workspace, config)
     with store:
         counts = store.counts()
         events = store.history()
-    table = Table(title=f"labels in {escape(str(ws.root))}", title_justify="left", show_edge=False)
-    table.add_column("label")
-    table.add_column("objects", justify="right")
-    for label, n in counts.items():
-        table.add_row(escape(label), f"{n:,}")
-    console.print(table)
-    users = sorted({e.user for e in events})
-    console.print(f"{len(events):,} changes by {', '.join(map(escape, users)) or 'nobody'} "
-                  f"in {len({e.session for e in events})} session(s)")
+    labels = [{"label": label, "objects": n} for label, n in counts.items()]
+    data = {"labels": labels, "changes": len(events), "users": sorted({e.user for e in events}),
+            "sessions": len({e.session for e in events})}
+
+    def shown():
+        columns = (Column("label"), Column("objects", cell="{:,}".format, justify="right"))
+        return [table(labels, columns, title=f"labels in {escape(str(ws.root))}", show_edge=False),
+                f"{data['changes']:,} changes by {', '.join(map(escape, data['users'])) or 'nobody'} "
+                f"in {data['sessions']} session(s)"]
+
+    emit(fmt, data, shown, rows=labels)
 
 
 @app.command()

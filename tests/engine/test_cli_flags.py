@@ -8,8 +8,10 @@ import typer
 
 from fmb_engine.cli.main import app
 
-#: Options every command that has them spells the same way, with this letter.
-CORE = {"--survey": "-s", "--model": "-m", "--workspace": "-w", "--config": "-c", "--executor": "-x"}
+#: One name per concept, and the short letter each has everywhere (None: no short letter anywhere).
+#: ``--format`` has none: ``-f`` is ``jobs logs --follow``'s, as in ``tail -f``.
+CORE = {"--survey": "-s", "--model": "-m", "--workspace": "-w", "--config": "-c", "--executor": "-x",
+        "--system": None, "--format": None}
 
 
 def _options():
@@ -55,4 +57,23 @@ def test_each_long_name_has_one_short_flag_everywhere():
     assert not mixed, f"options spelled with different short flags in different commands: {mixed}"
     for long, short in CORE.items():
         assert letters[long], f"no command has {long}"
-        assert {s for s, _ in letters[long]} == {(short,)}, f"{long} should be {short} everywhere"
+        expected = (short,) if short else ()
+        assert {s for s, _ in letters[long]} == {expected}, f"{long} should be {short or 'without a short flag'} everywhere"
+
+
+def test_each_concept_has_one_name():
+    """A second spelling of a concept (``--models``, ``--surveys``, ``--out`` beside ``--output``) is refused:
+    scripts and completion learn one name."""
+    names = {long for _, long, _ in _options()}
+    variants = {long: sorted(n for n in names if n != long and n.rstrip("s") == long.rstrip("s"))
+                for long in [*CORE, "--output"]}
+    assert not {k: v for k, v in variants.items() if v}, variants
+
+
+def test_every_listing_takes_format():
+    """Every command that prints a table or a summary takes --format table|json|csv (docs/cli.md)."""
+    listings = {"jobs list", "jobs show", "jobs executors", "data info", "data show", "models list", "models check",
+                "triage summary", "evaluate", "analyze rankings", "analyze regression", "analyze neighbor-ranks",
+                "config show", "demo"}
+    with_format = {path.removeprefix("fmb-engine ") for path, long, _ in _options() if long == "--format"}
+    assert listings <= with_format, sorted(listings - with_format)

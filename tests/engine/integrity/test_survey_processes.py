@@ -102,8 +102,9 @@ def test_ctrl_c_and_sigterm_end_with_one_line_and_the_partial_resumes(ws, sig, c
     wait_for(lambda: committed(ws) >= 40)
     kids = children(proc.pid)
     os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C: the whole process group, the worker too
-    _, err = proc.communicate(timeout=240)
+    out, err = proc.communicate(timeout=240)
     assert proc.returncode == code, err
+    assert out == "", out  # the message is on stderr; stdout holds results only
     assert "Traceback" not in err and "Error" not in err, err
     said = [line for line in err.splitlines() if word in line]
     assert said == [f"{word}: partial outputs are kept and resume on the next run"], err
