@@ -403,8 +403,6 @@ def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd
     return new
 
 
-
-
 def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS,
            survey: Path | None = None) -> Any:
     """Run the chosen parts for every embedding run, then rebuild ``scores/systems.parquet``.

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -112,6 +113,9 @@ def test_local_state_from_pid_and_files(tmp_path):
     # a live process whose command line names the folder -> RUNNING
     proc = subprocess.Popen([sys.executable, "-c", "import time,sys; time.sleep(30)", str(folder)])
     try:
+        deadline = time.monotonic() + 20  # until the child has exec'd, its command line is pytest's
+        while not pid_alive(proc.pid, must_contain=str(folder)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert pid_alive(proc.pid, must_contain=str(folder))
         assert not pid_alive(proc.pid, must_contain="some/other/folder")  # PID reuse guard
         assert derive_local(proc.pid, str(folder), str(result)).state is State.RUNNING
