@@ -349,7 +349,7 @@ def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
             dropped[model] = f"{key} was recomputed after its scores were made; rerun `fmb-engine detect all -m {model}`"
             continue
         try:
-            lineage.check_embedding(ws, ws.root / key, survey)
+            lineage.check_embeddings(ws, [ws.folder("embeddings") / f"{m}.h5" for m in models] + [ws.root / key], survey)
         except FMBError as exc:
             dropped[model] = str(exc)
             continue
@@ -427,6 +427,10 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         survey = Path(survey) if survey is not None else lineage.active_survey(ws)
         runs = embedding_runs(ws, cfg.models)
         lineage.check_embeddings(ws, runs, survey)
+        if lineage.is_survey_free(runs[0]):  # then all are (check_embeddings refuses a mix): no survey to check
+            survey = None
+            manifest.record("survey_free", True)
+            reporter.log("survey-free runs (synthetic embeddings): no survey is read or checked")
         models = [p.stem for p in runs]
         identities = {p.stem: lineage.embedding_identity(p) for p in runs}
         scored: list[str] = []
