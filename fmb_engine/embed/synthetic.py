@@ -164,15 +164,18 @@ class SyntheticModel:
         """Objects ``start .. stop-1`` (made block by block; the same rows whatever the range)."""
         if not 0 <= start <= stop <= self.spec.objects:
             raise ValueError(f"rows {start}..{stop} outside 0..{self.spec.objects}")
+        if start == stop:
+            return Rows(np.zeros(0, str), {m: np.zeros((0, d), np.float32) for m, d in self.spec.dims.items()},
+                        np.zeros(0, f"S{CLASS_LENGTH}"))
         first = start // BLOCK
         blocks = [self._block(b) for b in range(first, -(-stop // BLOCK))]
         sl = slice(start - first * BLOCK, stop - first * BLOCK)
 
-        def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
-            return (np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else empty)[sl]
+        def joined(parts: list[np.ndarray]) -> np.ndarray:
+            return (np.concatenate(parts) if len(parts) > 1 else parts[0])[sl]
 
-        vectors = {m: joined([v[m] for v, _ in blocks], np.zeros((0, d), np.float32)) for m, d in self.spec.dims.items()}
-        classes = joined([c for _, c in blocks], np.zeros(0, f"S{CLASS_LENGTH}"))
+        vectors = {m: joined([v[m] for v, _ in blocks]) for m in self.spec.dims}
+        classes = joined([c for _, c in blocks])
         return Rows(object_ids(start, stop, self.spec.objects), vectors, classes)
 
     def _block(self, b: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
