@@ -119,6 +119,8 @@ def outliers_before(row: int, fraction: float) -> int:
 def object_ids(start: int, stop: int, n_objects: int) -> np.ndarray:
     """``syn-000000001`` ... (1-based, zero-padded to at least 9 digits) for rows ``start .. stop-1``."""
     width = max(9, len(str(n_objects)))
+    if stop <= start:
+        return np.zeros(0, f"U{width + 4}")
     numbers = np.arange(start + 1, stop + 1).astype(str)
     return np.char.add("syn-", np.char.zfill(numbers, width))
 
@@ -164,18 +166,16 @@ class SyntheticModel:
         """Objects ``start .. stop-1`` (made block by block; the same rows whatever the range)."""
         if not 0 <= start <= stop <= self.spec.objects:
             raise ValueError(f"rows {start}..{stop} outside 0..{self.spec.objects}")
-        if start == stop:
-            return Rows(np.zeros(0, str), {m: np.zeros((0, d), np.float32) for m, d in self.spec.dims.items()},
-                        np.zeros(0, f"S{CLASS_LENGTH}"))
-        first = start // BLOCK
-        blocks = [self._block(b) for b in range(first, -(-stop // BLOCK))]
-        sl = slice(start - first * BLOCK, stop - first * BLOCK)
-
-        def joined(parts: list[np.ndarray]) -> np.ndarray:
-            return (np.concatenate(parts) if len(parts) > 1 else parts[0])[sl]
-
-        vectors = {m: joined([v[m] for v, _ in blocks]) for m in self.spec.dims}
-        classes = joined([c for _, c in blocks])
+        n = stop - start
+        vectors = {m: np.empty((n, d), np.float32) for m, d in self.spec.dims.items()}
+        classes = np.empty(n, f"S{CLASS_LENGTH}")
+        for b in range(start // BLOCK, -(-stop // BLOCK)):  # each block's overlap with the range, in place
+            block_vectors, block_classes = self._block(b)
+            lo, hi = max(start, b * BLOCK), min(stop, (b + 1) * BLOCK)
+            src, dst = slice(lo - b * BLOCK, hi - b * BLOCK), slice(lo - start, hi - start)
+            for m in vectors:
+                vectors[m][dst] = block_vectors[m][src]
+            classes[dst] = block_classes[src]
         return Rows(object_ids(start, stop, self.spec.objects), vectors, classes)
 
     def _block(self, b: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
