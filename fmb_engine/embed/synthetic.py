@@ -169,10 +169,13 @@ class SyntheticModel:
         n = stop - start
         vectors = {m: np.empty((n, d), np.float32) for m, d in self.spec.dims.items()}
         classes = np.empty(n, f"S{CLASS_LENGTH}")
-        for b in range(start // BLOCK, -(-stop // BLOCK)):  # each block's overlap with the range, in place
-            block_vectors, block_classes = self._block(b)
+        for b in range(start // BLOCK, -(-stop // BLOCK)):  # each block's overlap with the range
             lo, hi = max(start, b * BLOCK), min(stop, (b + 1) * BLOCK)
             src, dst = slice(lo - b * BLOCK, hi - b * BLOCK), slice(lo - start, hi - start)
+            if lo == b * BLOCK and hi == min((b + 1) * BLOCK, self.spec.objects):  # a whole block: made in place
+                classes[dst] = self._make_block(b, {m: v[dst] for m, v in vectors.items()})[1]
+                continue
+            block_vectors, block_classes = self._block(b)
             for m in vectors:
                 vectors[m][dst] = block_vectors[m][src]
             classes[dst] = block_classes[src]
@@ -184,7 +187,8 @@ class SyntheticModel:
             self._cached = (b, self._make_block(b))
         return self._cached[1]
 
-    def _make_block(self, b: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _make_block(self, b: int, out: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Vectors (written into ``out`` when given, else new arrays) and classes of block ``b``."""
         spec = self.spec
         start, stop = b * BLOCK, min((b + 1) * BLOCK, spec.objects)
         n = stop - start
@@ -206,14 +210,14 @@ class SyntheticModel:
         off = {"image": kind == KINDS.index("off_manifold_image"),
                "spectrum": kind == KINDS.index("off_manifold_spectrum")}
         off["joint"] = off["image"] | off["spectrum"]  # the joint vector sees either modality's oddity
-        vectors = {}
+        vectors = out if out is not None else {m: np.empty((n, d), np.float32) for m, d in spec.dims.items()}
         for m in spec.dims:
             noise_rng = _rng(spec.seed, 2, b, MODALITIES.index(m))
-            x = noise_rng.standard_normal((n, self.maps[m].shape[1]), dtype=np.float32)
+            x = vectors[m]
+            noise_rng.standard_normal(dtype=np.float32, out=x)
             x *= NOISE
             x += inputs[m].astype(np.float32) @ self.maps[m]
             rows = np.flatnonzero(off[m])
             x[rows] += OFF_MANIFOLD * noise_rng.standard_normal((rows.size, x.shape[1]), dtype=np.float32)
-            vectors[m] = x
         names = np.array([k.encode() for k in KINDS] + [b""], dtype=f"S{CLASS_LENGTH}")
         return vectors, names[kind]  # kind -1 -> b"" (normal)
