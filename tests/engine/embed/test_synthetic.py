@@ -77,6 +77,19 @@ def test_the_file_is_a_standard_embedding_file_with_its_truth(workspace):
     assert manifest["counts"]["outliers"] == dict.fromkeys(KINDS, 25)
 
 
+def test_an_interrupted_write_leaves_nothing_under_the_final_name(workspace, monkeypatch):
+    def interrupted(self, start, stop):
+        if start:
+            raise KeyboardInterrupt
+        return original(self, start, stop)
+
+    original = SyntheticModel.rows
+    monkeypatch.setattr(SyntheticModel, "rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic(workspace, SyntheticSpec(3000, {"image": 4}), chunk=1000)
+    assert list(workspace.folder("embeddings").iterdir()) in ([], [workspace.folder("embeddings") / ".synthetic.h5.lock"])
+
+
 def test_the_truth_does_not_depend_on_the_dimensions(workspace):
     small = write_synthetic(workspace, SyntheticSpec(1500, {"image": 4}, seed=5), "small").outputs["embeddings"]
     large = write_synthetic(workspace, SyntheticSpec(1500, {"image": 9, "joint": 6}, seed=5), "large").outputs["embeddings"]
