@@ -328,7 +328,9 @@ def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
     has score tables *and* its embedding store, made from that same store and survey: a
     detect run over fewer runs keeps the others' systems (with their older provenance)
     instead of dropping them. Runs whose embeddings were removed, recomputed or made from
-    another survey since they were scored are dropped from the table (named in the manifest).
+    another survey since they were scored, or that cannot be scored with this run's (a
+    survey-free synthetic run beside a survey's, :func:`lineage.check_embeddings`), are dropped
+    from the table (named in the manifest).
     Returns (model -> {"run_id", "started"}, dropped model -> why, kept model -> the identity
     of the embedding file its scores were made from).
     """
@@ -401,8 +403,6 @@ def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd
         if "model" in old.columns:
             new = pd.concat([old[~old["model"].isin(models)], new], ignore_index=True)
     return new
-
-
 
 
 def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS,
