@@ -123,12 +123,26 @@ def check(ws: Workspace, output: str | os.PathLike[str], inputs: dict[str, str],
             )
 
 
+def is_survey_free(path: str | os.PathLike[str]) -> bool:
+    """True for an embedding file made without a survey (``embed synthetic``): its ``survey_digest``
+    names its synthetic population, and no survey is checked against it."""
+    from fmb_engine.embed.store import read_meta
+
+    return bool(read_meta(path).extra.get("survey_free"))
+
+
 def check_embedding(ws: Workspace, path: str | os.PathLike[str], survey: Path | None) -> None:
-    """StaleError when an embedding file was made from another survey than ``survey`` (the active one)."""
+    """StaleError when an embedding file was made from another survey than ``survey`` (the active one),
+    or made without one (a survey-free file does not belong with a survey's)."""
     from fmb_engine.embed.store import read_meta
 
     if survey is None:
         return
+    if is_survey_free(path):
+        raise StaleError(
+            f"{key_of(ws, path)} is a survey-free synthetic file; it is not scored or compared with the "
+            f"embeddings of survey {key_of(ws, survey)}. Choose the runs with -m/--models (detect.models)."
+        )
     stored = read_meta(path).survey_digest
     now = survey_digest(survey)
     if stored and stored != now:
@@ -141,20 +155,30 @@ def check_embedding(ws: Workspace, path: str | os.PathLike[str], survey: Path | 
 
 
 def check_embeddings(ws: Workspace, paths: Iterable[Path], survey: Path | None) -> None:
-    """Every embedding file against the active survey; without one, against each other."""
+    """Every embedding file against the active survey; without one, or when the files are survey-free
+    (:func:`is_survey_free`), against each other. Survey-free files and a survey's are never mixed."""
     from fmb_engine.embed.store import read_meta
 
     paths = list(paths)
-    if survey is not None:
+    free = [p for p in paths if is_survey_free(p)]
+    if free and len(free) < len(paths):
+        made = ", ".join(key_of(ws, p) for p in paths if p not in free)
+        raise StaleError(f"survey-free synthetic embeddings ({', '.join(key_of(ws, p) for p in free)}) cannot be "
+                         f"scored or compared with embeddings made from a survey ({made}): their objects are not "
+                         "the same. Choose the runs with -m/--models (detect.models).")
+    if survey is not None and not free:
         for path in paths:
             check_embedding(ws, path, survey)
         return
     digests = {p: read_meta(p).survey_digest for p in paths}
     known = {d for d in digests.values() if d}
     if len(known) > 1:
-        listing = ", ".join(f"{key_of(ws, p)} ({d[:16]})" for p, d in digests.items() if d)
-        raise StaleError(f"stale: the embedding files were made from different surveys: {listing}. "
-                         "Re-embed the stale ones on the workspace's survey (`fmb-engine embed MODEL`).")
+        what = "synthetic populations (seed, size, outlier fraction)" if free else "surveys"
+        listing = ", ".join(f"{key_of(ws, p)} ({d if free else d[:16]})" for p, d in digests.items() if d)
+        raise StaleError(f"stale: the embedding files were made from different {what}: {listing}. "
+                         + ("Generate them with one --seed, --objects and --outlier-fraction, or choose the runs "
+                            "with -m/--models." if free else
+                            "Re-embed the stale ones on the workspace's survey (`fmb-engine embed MODEL`)."))
 
 
 # -- records of analysis outputs ------------------------------------------------------------------

@@ -75,11 +75,14 @@ def _metric(value: float | None) -> str:
 
 
 def evaluate(survey: SurveyOpt = None, workspace: WorkspaceOpt = None, config: ConfigOpt = None, fmt: FormatOpt = Format.table) -> None:
-    """AUROC, average precision, precision@k and recall@k of every system against the injected anomalies."""
-    from fmb_engine.detect.evaluation import evaluate_workspace
+    """AUROC, average precision, precision@k and recall@k of every system against the injected anomalies
+    (the survey's, or those of the synthetic files a survey-free systems table was made from)."""
+    from fmb_engine.detect.evaluation import evaluate_workspace, synthetic_runs
 
     ws = find_workspace(workspace)
-    result = evaluate_workspace(ws, survey_file(ws, config, survey))
+    # a table made from survey-free synthetic runs is evaluated against their own truth
+    truth_survey = None if survey is None and synthetic_runs(ws) else survey_file(ws, config, survey)
+    result = evaluate_workspace(ws, truth_survey)
     systems = [{"system": system, **plain(row.to_dict())} for system, row in result.summary["overview"].iterrows()]
     warnings = list(result.summary.get("warnings", []))
     data = {"systems": systems, "warnings": warnings, "report": result.outputs["report"]}

@@ -180,3 +180,31 @@ def export_cmd(
     src = Path(model) if model.endswith((".h5", ".hdf5")) else embeddings_path(find_workspace(workspace), model)
     path = export_reference_pt(src, output, family)
     console.print(f"[green]exported[/] {escape(str(src))} -> {escape(str(path))}")
+
+
+@app.command("synthetic")
+def synthetic_cmd(
+    objects: int = typer.Option(..., "--objects", "-n", help="Number of objects N (any size: written in chunks)."),
+    dims: str | None = typer.Option(None, "--dims", help="Modalities and their dimensions, MODALITY=D,... of image, "
+                                    "spectrum, joint (default image=768,spectrum=768,joint=1536)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same file whatever --chunk is."),
+    outlier_fraction: float = typer.Option(0.01, "--outlier-fraction",
+                                           help="Share of injected outliers (exactly floor(N*F); kinds in docs/science.md)."),
+    chunk: int | None = typer.Option(None, "--chunk", help="Rows generated and written at a time: sets the memory, "
+                                     "not the content (default 8192, best a multiple of 1024)."),
+    name: str = typer.Option("synthetic", "--name", help="Output embeddings/<name>.h5 (also the run's name in detect)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing embeddings/<name>.h5."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Synthetic embeddings of N objects with latent structure, injected outliers and their truth (no survey)."""
+    from fmb_engine.embed.synthetic import DEFAULT_DIMS, SyntheticSpec, parse_dims
+    from fmb_engine.embed.synthetic_file import DEFAULT_CHUNK, write_synthetic
+
+    spec = SyntheticSpec(objects, parse_dims(dims) if dims is not None else dict(DEFAULT_DIMS), seed, outlier_fraction)
+    result = write_synthetic(find_workspace(workspace), spec, name, chunk if chunk is not None else DEFAULT_CHUNK,
+                             reporter(), force=force)
+    s = result.summary
+    outliers = ", ".join(f"{n:,} {kind}" for kind, n in s["outliers"].items())
+    console.print(f"[green]done[/]: {escape(str(result.outputs['embeddings']))} ({s['objects']:,} objects; "
+                  f"{', '.join(f'{m}: {d}' for m, d in s['dims'].items())}; outliers: {outliers})")
+    console.print(f"manifest: {escape(str(result.manifest))}")

@@ -1,6 +1,8 @@
 """Stage door of ``fmb-engine evaluate``: how well each system finds the injected anomalies.
 
-Reads ``scores/systems.parquet`` and the survey's ``anomaly_class`` truth; writes
+Reads ``scores/systems.parquet`` and the truth: the survey's ``anomaly_class``, or, when the
+table was made from survey-free synthetic embeddings (``embed synthetic``), the
+``anomaly_class`` column those files carry (:func:`synthetic_runs`). Writes
 ``analysis/evaluation.csv`` (tidy: system, subset, metric, k, value, counts) and
 ``analysis/evaluation.md`` (AUROC and AP per system, overall and per class).
 Metrics and their definitions are in :mod:`fmb_engine.detect.metrics`.
@@ -33,20 +35,62 @@ from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text
 KS = (10, 50, 100)
 
 
-def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) -> Any:
+def synthetic_runs(ws: Workspace) -> list[Path]:
+    """The survey-free embedding files the systems table was made from ([] for a survey's, or no table)."""
+    path = rankings.systems_path(ws)
+    if not path.is_file():
+        return []
+    prov = rankings.provenance(ws)
+    files = [ws.folder("embeddings") / f"{model}.h5" for model in (prov.runs if prov else {})]
+    return files if files and all(p.is_file() and lineage.is_survey_free(p) for p in files) else []
+
+
+def _synthetic_truth(ws: Workspace, files: list[Path]) -> tuple[pd.DataFrame, str]:
+    """(object_id, anomaly_class) of survey-free runs, and their population digest.
+
+    The runs share one population (detect refuses others), whose truth does not depend on the
+    dimensions, so the first file's columns are the truth of all of them."""
+    from fmb_engine.embed.store import EmbeddingReader
+
+    with EmbeddingReader(files[0]) as reader:
+        columns = reader.columns()
+        if "anomaly_class" not in columns:
+            raise DataError(f"{files[0]}: no anomaly_class column; it is not a file of `fmb-engine embed synthetic`")
+        truth = pd.DataFrame({"object_id": reader.object_ids.astype(str), "anomaly_class": columns["anomaly_class"]})
+        return truth, reader.survey_digest
+
+
+def evaluate_workspace(ws: Workspace, survey: Path | None, ks: tuple[int, ...] = KS) -> Any:
+    """Evaluate every system against the survey's truth; ``survey`` None: against the truth of the
+    survey-free synthetic files the systems table was made from."""
     from fmb_engine.stage_run import StageResult, stage_run
 
-    with stage_run(ws, "evaluate", {"ks": list(ks), "survey": str(survey)}) as manifest:
+    with stage_run(ws, "evaluate", {"ks": list(ks), "survey": str(survey) if survey else None}) as manifest:
         systems_path = ws.folder("scores") / "systems.parquet"
         if not systems_path.is_file():
             raise DataError(f"{systems_path} not found: run `fmb-engine detect all` first")
-        rankings.check_current(ws, survey=Path(survey))  # the scores must be of this survey, and one published set
-        with SurveyReader(survey) as reader:
-            truth = reader.table()[["object_id", "anomaly_class"]]
-            digest = reader.digest
+        synthetic = synthetic_runs(ws)
+        if survey is None:
+            if not synthetic:
+                raise DataError(f"{systems_path} was made from a survey's embeddings: evaluating it needs that survey")
+            rankings.check_current(ws)  # one published set, of the synthetic files the workspace holds now
+            truth, digest = _synthetic_truth(ws, synthetic)
+            manifest.record("survey_free", True)
+            manifest.input_digest("synthetic_population", digest)
+            source = lineage.key_of(ws, synthetic[0])
+        else:
+            if synthetic:
+                raise DataError(f"{systems_path} was made from survey-free synthetic embeddings "
+                                f"({', '.join(p.name for p in synthetic)}): their files hold the truth; leave out --survey")
+            rankings.check_current(ws, survey=Path(survey))  # the scores must be of this survey, and one published set
+            with SurveyReader(survey) as reader:
+                truth = reader.table()[["object_id", "anomaly_class"]]
+                digest = reader.digest
+            manifest.input_digest("survey_digest", digest)
+            source = str(survey)
         if not (truth["anomaly_class"] != "").any():
-            raise DataError(f"{survey} has no anomaly_class labels: evaluation needs a survey with injected truth (the mock)")
-        manifest.input_digest("survey_digest", digest)
+            raise DataError(f"{source} has no anomaly_class labels: evaluation needs injected truth "
+                            "(the mock survey, or `embed synthetic` with --outlier-fraction > 0)")
         manifest.input("systems", systems_path)
         table = pd.read_parquet(systems_path).merge(truth, on="object_id", how="inner")
         frames = []
@@ -68,7 +112,9 @@ def evaluate_workspace(ws: Workspace, survey: Path, ks: tuple[int, ...] = KS) ->
         overview = summary_table(result)
         folder = ws.folder("analysis")
         out_csv, out_md = folder / "evaluation.csv", folder / "evaluation.md"
-        inputs = {lineage.key_of(ws, systems_path): lineage.file_digest(systems_path), lineage.SURVEY: digest}
+        inputs = {lineage.key_of(ws, systems_path): lineage.file_digest(systems_path)}
+        if survey is not None:
+            inputs[lineage.SURVEY] = digest
         with locks.hold(out_csv, "the evaluation report analysis/evaluation.*"), StagedSet(folder, manifest.run_id) as stage:
             publish.clean(folder)
             with atomic_path(stage.path(out_csv)) as tmp:

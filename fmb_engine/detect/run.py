@@ -328,7 +328,9 @@ def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
     has score tables *and* its embedding store, made from that same store and survey: a
     detect run over fewer runs keeps the others' systems (with their older provenance)
     instead of dropping them. Runs whose embeddings were removed, recomputed or made from
-    another survey since they were scored are dropped from the table (named in the manifest).
+    another survey since they were scored, or that cannot be scored with this run's (a
+    survey-free synthetic run beside a survey's, :func:`lineage.check_embeddings`), are dropped
+    from the table (named in the manifest).
     Returns (model -> {"run_id", "started"}, dropped model -> why, kept model -> the identity
     of the embedding file its scores were made from).
     """
@@ -349,7 +351,7 @@ def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
             dropped[model] = f"{key} was recomputed after its scores were made; rerun `fmb-engine detect all -m {model}`"
             continue
         try:
-            lineage.check_embedding(ws, ws.root / key, survey)
+            lineage.check_embeddings(ws, [ws.folder("embeddings") / f"{m}.h5" for m in models] + [ws.root / key], survey)
         except FMBError as exc:
             dropped[model] = str(exc)
             continue
@@ -425,6 +427,10 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         survey = Path(survey) if survey is not None else lineage.active_survey(ws)
         runs = embedding_runs(ws, cfg.models)
         lineage.check_embeddings(ws, runs, survey)
+        if lineage.is_survey_free(runs[0]):  # then all are (check_embeddings refuses a mix): no survey to check
+            survey = None
+            manifest.record("survey_free", True)
+            reporter.log("survey-free runs (synthetic embeddings): no survey is read or checked")
         models = [p.stem for p in runs]
         identities = {p.stem: lineage.embedding_identity(p) for p in runs}
         scored: list[str] = []

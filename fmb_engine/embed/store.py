@@ -82,12 +82,15 @@ def _encode_reasons(reasons: Sequence[str] | np.ndarray) -> np.ndarray:
 class EmbeddingWriter:
     """Build an embedding file of ``n`` objects piece by piece; rename it into place on :meth:`close`.
 
-    Memory stays at one piece (a merge of shards never holds the whole survey). Until
-    :meth:`close` the file lives under a temporary name, so an interruption never
-    leaves a partial file under the final name.
+    Memory stays at one piece (a merge of shards never holds the whole survey; nothing is
+    allocated per object up front). Until :meth:`close` the file lives under a temporary
+    name, so an interruption never leaves a partial file under the final name. ``columns``
+    declares per-object columns (name -> dtype; bytes columns with their final width) that
+    :meth:`write` fills piece by piece; :meth:`set_columns` adds whole ones instead.
     """
 
-    def __init__(self, path: str | os.PathLike[str], n: int, dims: Mapping[str, int], meta: EmbeddingMeta):
+    def __init__(self, path: str | os.PathLike[str], n: int, dims: Mapping[str, int], meta: EmbeddingMeta,
+                 columns: Mapping[str, Any] | None = None):
         self.path = Path(path)
         self.n = int(n)
         missing = [m for m in meta.modalities if m not in dims]
@@ -115,12 +118,15 @@ class EmbeddingWriter:
                 extra=json.dumps(meta.extra, sort_keys=True, default=str),
             )
             f.create_dataset("object_id", shape=(self.n,), dtype=f"S{ID_LENGTH}")
-            f.create_dataset("row", data=np.full(self.n, -1, np.int64))
-            f.create_dataset("reason", data=np.zeros(self.n, f"S{REASON_LENGTH}"))
+            f.create_dataset("row", shape=(self.n,), dtype=np.int64, fillvalue=-1)
+            f.create_dataset("reason", shape=(self.n,), dtype=f"S{REASON_LENGTH}")
             vec, val = f.create_group("vectors"), f.create_group("valid")
             for mod in meta.modalities:
                 vec.create_dataset(mod, shape=(self.n, int(dims[mod])), dtype=np.float32)  # contiguous: one read
-                val.create_dataset(mod, data=np.ones(self.n, bool))
+                val.create_dataset(mod, shape=(self.n,), dtype=bool, fillvalue=True)
+            for key, dtype in (columns or {}).items():
+                f.require_group("columns").create_dataset(key, shape=(self.n,), dtype=np.dtype(dtype))
+            self.columns = tuple(columns or ())
             self.modalities = tuple(meta.modalities)
             self.dims = {m: int(dims[m]) for m in meta.modalities}
         except BaseException:
@@ -136,8 +142,10 @@ class EmbeddingWriter:
         rows: np.ndarray | None = None,
         valid: Mapping[str, np.ndarray] | None = None,
         reasons: Sequence[str] | np.ndarray | None = None,
+        columns: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Fill the objects at ``where`` (a slice, or increasing row positions of the file)."""
+        """Fill the objects at ``where`` (a slice, or increasing row positions of the file);
+        ``columns``: values of columns declared at construction."""
         ids = encode_ids(object_ids)
         k = ids.shape[0]
         f = self._file
@@ -157,6 +165,11 @@ class EmbeddingWriter:
                 f["row"][where] = np.asarray(rows, dtype=np.int64)
             if reasons is not None:
                 f["reason"][where] = _encode_reasons(reasons)
+        for key, value in (columns or {}).items():
+            if key not in self.columns:
+                raise DataError(f"{self.path.name}: column {key!r} was not declared when the file was created")
+            if k:
+                f[f"columns/{key}"][where] = np.asarray(value)
 
     def set_columns(self, columns: Mapping[str, np.ndarray]) -> None:
         g = self._file.require_group("columns")

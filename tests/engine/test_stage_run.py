@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from fmb_engine.config import load
-from fmb_engine.errors import BusyError, DataError, FMBError
+from fmb_engine.errors import BusyError, DataError, EnvironmentFault, FMBError
 from fmb_engine.manifest import COMMON_FIELDS, RunManifest, read_manifests
 from fmb_engine.stage_run import stage_run
 from fmb_engine.workspace import Workspace
@@ -39,6 +39,13 @@ def _import(ws: Workspace, tmp: Path, source: Path | None = None) -> Any:
 
     src = source or write_parquet(tmp / "hf", n=6)
     return import_dataset(ws, src, load("import", cli={"image_size": 24, "batch_size": 4}))
+
+
+def _synthetic(ws: Workspace, tmp: Path, objects: int = 300) -> Any:
+    from fmb_engine.embed.synthetic import SyntheticSpec
+    from fmb_engine.embed.synthetic_file import write_synthetic
+
+    return write_synthetic(ws, SyntheticSpec(objects, {"image": 4, "joint": 6}))
 
 
 def _embed(ws: Workspace, tmp: Path, survey: Path | None = None) -> Any:
@@ -114,6 +121,8 @@ CASES = [
          "fmb_engine.survey.importers.euclid_desi:convert_batch"),
     Case("embed.pca", "survey", _embed, lambda ws, tmp, mp: _embed(ws, tmp, tmp / "missing.h5"),
          "fmb_engine.embed.baselines:PCAEmbedder.embed"),
+    Case("embed.synthetic", "empty", _synthetic, lambda ws, tmp, mp: _synthetic(ws, tmp, objects=10**13),  # no disk
+         "fmb_engine.embed.synthetic:SyntheticModel.rows", error=EnvironmentFault),
     Case("retrain-probe", "survey", _retrain, lambda ws, tmp, mp: _retrain(ws, tmp, train_split="nosuch"),
          "fmb_engine.retrain.loop:_Run.run_step"),
     Case("detect.fuse", "analysed", _detect, lambda ws, tmp, mp: _detect(ws, tmp, models=["nosuch"]),
