@@ -1,0 +1,9 @@
+"""Active discovery: triage labels re-rank the remaining candidates.
+
+* :mod:`~fmb_engine.discover.features`   -- the embedding reduced to a few whitened PCA components
+* :mod:`~fmb_engine.discover.relevance`  -- label names -> relevance in [0, 1]
+* :mod:`~fmb_engine.discover.strategies` -- fit/score re-ranking strategies (static, astronomaly, gp, evidence)
+* :mod:`~fmb_engine.discover.simulate`   -- the labelling loop with an oracle from injected truth
+
+Submodules are not imported here, so ``import fmb_engine.discover`` stays cheap.
+"""
