@@ -19,16 +19,40 @@ from fmb_engine.errors import DataError
 BLOCK = 65_536
 
 
+def orthonormal(Y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns of the tall ``Y`` by Cholesky QR.
+
+    The small Gram matrix is factored in float64; only matrix products touch the tall matrix. (LAPACK's
+    threaded QR of a tall float32 matrix took 0.4-1.3 s on a busy 2-core machine, this takes 0.02 s.)
+    """
+    gram = (Y.T @ Y).astype(np.float64)
+    gram[np.diag_indices_from(gram)] += 1e-10 * max(np.trace(gram), 1e-300)
+    return Y @ np.linalg.inv(np.linalg.cholesky(gram).T).astype(Y.dtype)
+
+
+def principal_axes(A: np.ndarray, k: int, rng: np.random.Generator, oversample: int = 10,
+                   power_iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` leading singular values (float64) and right singular vectors (D, k) of the centred ``A``."""
+    width = min(k + oversample, *A.shape)
+    Q = orthonormal(A @ rng.standard_normal((A.shape[1], width)).astype(A.dtype))
+    for _ in range(power_iterations):
+        Q = orthonormal(A @ orthonormal(A.T @ Q))
+    _, singular, vt = np.linalg.svd((Q.T @ A).astype(np.float64), full_matrices=False)
+    return singular[:k], vt[:k].T
+
+
 @dataclass
 class Features:
     dims: int = 32
-    fit_rows: int = 20_000
+    fit_rows: int = 10_000
     seed: int = 0
 
     def fit(self, X: np.ndarray) -> Features:
-        """Learn the centre and the whitened principal axes from a seeded subsample of ``X`` (N, D)."""
-        from sklearn.decomposition import PCA
+        """Learn the centre and the whitened principal axes from a seeded subsample of ``X`` (N, D).
 
+        A randomized SVD with a few power iterations (Halko et al. 2011): the leading components of a
+        768-dim embedding come out as from a full PCA at a fraction of its cost.
+        """
         n, d = X.shape
         if n < 2:
             raise DataError(f"re-ranking needs at least 2 embedded objects, got {n}")
@@ -39,14 +63,15 @@ class Features:
         if bad.any():
             raise DataError(f"embedding row {int(rows[bad.argmax()])} has non-finite values; "
                             "drop such rows before re-ranking")
+        self.mean_ = sample.mean(0)
+        sample -= self.mean_
         dims = max(1, min(self.dims, d, rows.size - 1))
-        solver = "randomized" if dims < min(d, rows.size) // 2 else "full"
-        pca = PCA(n_components=dims, svd_solver=solver, random_state=self.seed).fit(sample)
-        var = pca.explained_variance_.astype(np.float64)
+        singular, axes = principal_axes(sample, dims, rng)
+        var = singular ** 2 / (rows.size - 1)
+        total = float(np.einsum("ij,ij->", sample, sample, dtype=np.float64)) / (rows.size - 1)
         scale = np.where(var > 1e-12 * max(var.max(), 1e-300), 1.0 / np.sqrt(np.maximum(var, 1e-300)), 1.0)
-        self.mean_ = pca.mean_.astype(np.float32)
-        self.projection_ = (pca.components_.T * scale).astype(np.float32)  # (D, dims): rotate and whiten
-        self.explained_variance_ratio_ = float(pca.explained_variance_ratio_.sum())
+        self.projection_ = (axes * scale).astype(np.float32)  # (D, dims): rotate and whiten
+        self.explained_variance_ratio_ = float(var.sum() / total) if total > 0 else 1.0
         self.fitted_rows_ = int(rows.size)
         return self
 
@@ -54,9 +79,10 @@ class Features:
         """Z (N, dims) float32, block by block; a non-finite input row is an error naming the row."""
         n = X.shape[0]
         Z = np.empty((n, self.projection_.shape[1]), dtype=np.float32)
+        offset = self.mean_ @ self.projection_  # centring after the product: no centred copy of X
         for start in range(0, n, BLOCK):
-            block = np.asarray(X[start:start + BLOCK], dtype=np.float32) - self.mean_
-            Z[start:start + BLOCK] = block @ self.projection_
+            np.matmul(np.asarray(X[start:start + BLOCK], dtype=np.float32), self.projection_, out=Z[start:start + BLOCK])
+            Z[start:start + BLOCK] -= offset
         bad = ~np.isfinite(Z).all(1)
         if bad.any():
             raise DataError(f"embedding row {int(bad.argmax())} has non-finite values; "
