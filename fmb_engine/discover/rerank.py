@@ -32,13 +32,23 @@ class Reranked:
 
 
 def rerank(X: np.ndarray, base: np.ndarray, rows: np.ndarray, relevance: np.ndarray, strategy: str = "default",
-           seed: int = 0, params: dict | None = None, features: Features | None = None) -> Reranked:
+           seed: int = 0, params: dict | None = None, features: Features | None = None,
+           threads: int | None = 1) -> Reranked:
     """Re-rank the N objects of ``X`` (N, D) finite embeddings with base score ``base`` (N,).
 
     ``rows`` (L,) are the labelled row indices and ``relevance`` (L,) their relevance in [0, 1]
     (:func:`~fmb_engine.discover.relevance.targets` gives both). ``features`` defaults to
-    ``Features(seed=seed)``.
+    ``Features(seed=seed)``. ``threads`` caps the BLAS pool while it runs (None: the library default):
+    one thread was 3-4x faster than two on the shared 2-core machine (docs/benchmarks.md), and leaves a
+    core to the explorer's event loop.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads):
+        return _rerank(X, base, rows, relevance, strategy, seed, params, features)
+
+
+def _rerank(X, base, rows, relevance, strategy, seed, params, features) -> Reranked:
     name = DEFAULT if strategy == "default" else strategy
     if name not in STRATEGIES:
         raise ConfigError(f"unknown discovery strategy {strategy!r}; choose from default, {', '.join(STRATEGIES)}")

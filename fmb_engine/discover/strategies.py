@@ -64,8 +64,11 @@ def kth_distance(Z: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     k = min(k, Z.shape[0] - 1)
     best = np.full((queries.shape[0], k + 1), np.inf, dtype=np.result_type(Z.dtype, queries.dtype))
     for start in range(0, Z.shape[0], BLOCK):
-        both = np.concatenate([best, sq_distances(queries, Z[start:start + BLOCK])], axis=1)
-        best = np.partition(both, k, axis=1)[:, :k + 1]
+        d2 = sq_distances(queries, Z[start:start + BLOCK])
+        closer = (d2 < best.max(1)[:, None]).any(1)  # after a few blocks most queries find nothing nearer
+        if closer.any():
+            both = np.concatenate([best[closer], d2[closer]], axis=1)
+            best[closer] = np.partition(both, k, axis=1)[:, :k + 1]
     return np.sqrt(np.sort(best, axis=1)[:, k])  # column 0 is the query itself
 
 
@@ -224,13 +227,18 @@ class Evidence(Learned):
 
     def _score(self, Z: np.ndarray, base: np.ndarray) -> np.ndarray:
         pi = (self._y.sum() + 1.0) / (self._y.size + 2.0)
+        # -|x - c|^2 / (2 h^2) as one product of [x, |x|^2, 1] with [c / h^2, -1 / (2 h^2), -|c|^2 / (2 h^2)];
+        # round-off can make it a hair above 0 for x = c, harmless in a kernel sum.
         centres = Z[self._idx]
+        g = 1.0 / self._h ** 2
+        right = np.concatenate([centres.T * g, np.full((1, centres.shape[0]), -0.5 * g),
+                                -0.5 * g * (centres * centres).sum(1)[None, :]]).astype(Z.dtype)
         masses = np.stack([self._y, np.ones_like(self._y)], 1).astype(Z.dtype)  # -> (P, P + Q) in one product
         score = logit(percentile(base))
         for start in range(0, Z.shape[0], BLOCK):
-            K = sq_distances(Z[start:start + BLOCK], centres)
-            K *= -0.5 / self._h ** 2
-            np.exp(K, out=K)
+            block = Z[start:start + BLOCK]
+            left = np.concatenate([block, (block * block).sum(1)[:, None], np.ones((block.shape[0], 1), Z.dtype)], 1)
+            K = np.exp(left @ right)
             shift = np.zeros(K.shape[0])
             for _ in range(self.scales):
                 P, total = (K @ masses).astype(np.float64).T
