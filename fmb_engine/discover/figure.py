@@ -38,7 +38,7 @@ def discovery_figure(curves: pd.DataFrame, path: str | Path, title: str | None =
         for name, part in curves.groupby("strategy", sort=False):
             table = part.pivot_table(index="inspected", columns="seed", values="found")
             x = table.index.to_numpy()
-            mean, std = table.mean(1).to_numpy(), table.std(1, ddof=0).to_numpy()
+            mean, std = table.mean(axis=1).to_numpy(), table.std(axis=1, ddof=0).to_numpy()
             if name == FLOOR:
                 style = {"color": "0.45", "ls": "--"}
             else:

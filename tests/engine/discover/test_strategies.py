@@ -14,20 +14,7 @@ from fmb_engine.discover.simulate import Oracle, discovery_curve
 from fmb_engine.discover.strategies import STRATEGIES, kth_distance, make, nearest_labelled
 from fmb_engine.errors import DataError
 
-
-def clustered(seed: int = 0, n: int = 3000):
-    """Normal objects in one blob; two compact anomaly clusters far out: artefacts (more anomalous) and
-    interesting objects (a little less anomalous), so the base order shows artefacts first."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 8))
-    kind = np.zeros(n, dtype=int)
-    art, good = np.arange(0, 60), np.arange(60, 100)
-    X[art] = rng.normal(size=(art.size, 8)) * 0.3 + 6.0
-    X[good] = rng.normal(size=(good.size, 8)) * 0.3 - 6.0
-    kind[art], kind[good] = 1, 2
-    base = np.linalg.norm(X, axis=1) + rng.normal(scale=0.2, size=n)
-    base[art] += 3.0
-    return X, base, kind == 2
+from .synthetic import clustered
 
 
 def test_every_strategy_without_labels_keeps_the_base_order():
@@ -66,7 +53,7 @@ def test_one_kind_of_label_still_moves_the_order(name, kind):
 
 
 def test_learned_strategies_beat_the_base_order_on_clustered_truth():
-    X, base, interesting = clustered()
+    X, base, interesting = clustered(n=1500)
     found = {name: discovery_curve(name, X, base, Oracle(interesting), budget=60, batch=10, seed=0)
              for name in ("random", "static", "astronomaly", "gp", "evidence")}
     assert found["static"][59] == 0  # the 60 artefacts come first in the base order
