@@ -56,7 +56,7 @@ def discovery_figure(curves: pd.DataFrame, path: str | Path, title: str | None =
         ax.set_ylabel("interesting objects found")
         seeds = curves.groupby("strategy")["seed"].nunique().max()
         ax.set_title(title or f"Discovery curves (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})")
-        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        ax.legend(loc="lower right", fontsize=7, frameon=False)
         fig.tight_layout()
         return save(fig, path)
 

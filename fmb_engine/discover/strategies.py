@@ -214,8 +214,8 @@ class Evidence(Learned):
     cost a multiplication each.
     """
 
-    beta: float = 8.0
-    prior_strength: float = 0.5
+    beta: float = 12.0
+    prior_strength: float = 1.0
     bandwidth: float = 1.0
     scales: int = 4
     k: int = 10

@@ -78,7 +78,7 @@ def test_rerank_reports_what_the_order_reflects_and_is_deterministic():
     two = rerank(X, base, rows, relevance, seed=3)
     assert np.array_equal(one.score, two.score)
     assert one.strategy == "evidence" and one.labels == 10 and one.relevant == 4 and one.fallback is None
-    assert one.params["beta"] == 8.0 and one.features["dims"] == 8 and set(one.seconds) == {"features", "fit", "score"}
+    assert one.params["beta"] == 12.0 and one.features["dims"] == 8 and set(one.seconds) == {"features", "fit", "score"}
     open_rows = np.setdiff1d(np.arange(1500), rows)
     top = open_rows[np.argsort(-one.score[open_rows])[:20]]
     assert interesting[top].mean() > 0.9  # the labelled interesting cluster comes first, artefacts drop
