@@ -98,3 +98,22 @@ def test_rerank_falls_back_with_few_labels_and_checks_its_input():
         rerank(X, base, [1, 1], [0, 1])
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         rerank(X, base, [1, 2], [0, 2])
+
+
+def test_runner_gives_each_curve_its_own_oracle(monkeypatch):
+    from fmb_engine.discover import simulate as module
+
+    made = []
+
+    class Recording(module.Oracle):
+        def __init__(self, truth):
+            super().__init__(truth)
+            made.append(self)
+
+    monkeypatch.setattr(module, "Oracle", Recording)
+    X, base, interesting = clustered(n=500)
+    out = simulate(X, base, interesting, ("random", "evidence"), seeds=2, budget=30, batch=10)
+    assert len(made) == 4  # strategies x seeds, none shared
+    for oracle, (_, part) in zip(made, out.groupby(["strategy", "seed"], sort=False)):
+        assert len(oracle.asked) == len(set(oracle.asked)) == 30
+        assert part["found"].iloc[-1] == interesting[oracle.asked].sum()
