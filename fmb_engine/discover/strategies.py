@@ -14,8 +14,8 @@ Fallback: with fewer than :data:`MIN_LABELS` labels a learned strategy keeps the
 ``fallback`` (and ``notes``), so a caller can report it. One kind of label only (all relevant or all not)
 is used as it is: it moves neighbourhoods one way, which is what such labels say.
 
-What a seed changes: the random forest (``astronomaly``) and the GP optimiser restarts (``gp``); ``evidence``
-and ``static`` draw nothing at random (the simulation's seed also sets the tie-break and the random order).
+What a seed changes: the random forest (``astronomaly``); ``gp`` (no optimiser restarts), ``evidence`` and
+``static`` draw nothing at random (the simulation's seed also sets the tie-break and the random order).
 """
 
 from __future__ import annotations
