@@ -11,9 +11,9 @@
 (b) Re-rank time with 200 labels (30 % relevant) on synthetic N(0, 1) float32 vectors, 40,000 x 768 and
     1,000,000 x 768: features + fit + score, as :func:`rerank` does it, with the BLAS pool at 1 thread
     and at its default. Wall time and the process's CPU time are printed: with one thread, CPU time is
-    what the wall time would be on a quiet machine. Reference in the same run (40k only unless ``--ref-1e6``): the direct version,
-    sklearn's PCA (randomized, float64) and the kernel computed in float64 one width at a time
-    (``np.exp`` per width, 65,536-row blocks).
+    what the wall time would be on a quiet machine. Reference in the same run (40k only unless
+    ``--ref-1e6``): the direct version, sklearn's PCA (randomized, float64) and the kernel computed in
+    float64 one width at a time (``np.exp`` per width, 65,536-row blocks).
 
     python bench/discover.py --workspace /path/to/mock-ws   # table on an existing workspace + timings
     python bench/discover.py                                 # builds a 10k mock first (~3 min on 2 cores)
@@ -78,7 +78,8 @@ def discovery_table(args) -> None:
         root = Path(tmp.name) / "mock"
         t = time.perf_counter()
         build_mock(root, args.objects, args.mock_seed)
-        print(f"mock workspace built in {time.perf_counter() - t:.0f} s ({args.objects} objects, seed {args.mock_seed})")
+        print(f"mock workspace built in {time.perf_counter() - t:.0f} s "
+              f"({args.objects} objects, seed {args.mock_seed})")
     X, base, interesting, fused = load_workspace(root, args.model, args.base)
     Z = Features().fit_transform(X)
     print(f"workspace {root}: {X.shape[0]} objects x {X.shape[1]} dims -> {Z.shape[1]} features; "
