@@ -19,6 +19,8 @@ SIMULATED = ("random", *STRATEGY_NAMES)
 DEFAULT_STRATEGY = "evidence"
 #: Label name -> relevance in [0, 1] (case-insensitive): the physically rare objects are what is hunted.
 DEFAULT_RELEVANCE = {"interesting": 1.0, "agn": 1.0, "lens": 1.0, "merger": 1.0, "artefact": 0.0, "normal": 0.0}
+#: Labels that say nothing about relevance: counted, not learned from.
+DEFAULT_IGNORED = ("skip",)
 #: The mock survey's anomaly classes the simulation's oracle calls interesting (the physical rarities).
 DEFAULT_INTERESTING = ("broad_line_agn", "extreme_emission_line", "lensed_arc", "merger")
 MODALITY_NAMES = ("image", "spectrum", "joint")
@@ -35,11 +37,11 @@ class DiscoverConfig(Section):
     strategy: Literal["static", "astronomaly", "gp", "evidence"] = Field(DEFAULT_STRATEGY, description="Re-ranking strategy (docs/science.md, Active discovery).")
     params: dict[str, float] = Field(default_factory=dict, description="Overrides of the strategy's parameters (name -> value; see docs/science.md).")
     dims: int = Field(32, ge=1, le=1024, description="Whitened PCA components of the features.")
-    fit_rows: int = Field(50_000, ge=100, description="Rows the feature PCA is fitted on at most (seeded subsample above).")
+    fit_rows: int = Field(10_000, ge=100, description="Rows the feature PCA is fitted on at most (seeded subsample above).")
     seed: int = Field(42, ge=0, description="Seed of the feature subsample, the strategy and tie-breaks.")
     relevance: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RELEVANCE),
                                         description="Label name -> relevance in [0, 1]; labels not listed are counted and not used.")
-    ignored: list[str] = Field(default_factory=lambda: ["skip"], description="Labels that say nothing about relevance (counted, not used).")
+    ignored: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORED), description="Labels that say nothing about relevance (counted, not used).")
     auto_every: int = Field(0, ge=0, description="Explorer: re-rank by itself after this many new labels (0 = only on the key).")
     interesting: list[str] = Field(default_factory=lambda: list(DEFAULT_INTERESTING),
                                    description="Simulation: anomaly_class values the oracle calls interesting (everything else is not).")

@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DEFAULT_RELEVANCE: dict[str, float] = {
-    "interesting": 1.0, "agn": 1.0, "lens": 1.0, "merger": 1.0, "artefact": 0.0, "normal": 0.0,
-}
-DEFAULT_IGNORED: tuple[str, ...] = ("skip",)
+from fmb_engine.discover.config import DEFAULT_IGNORED, DEFAULT_RELEVANCE
 
 
 @dataclass

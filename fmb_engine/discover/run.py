@@ -127,7 +127,7 @@ def rerank(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
     from fmb_engine.detect.tables import rank_descending
     from fmb_engine.discover.features import Features
     from fmb_engine.discover.relevance import targets
-    from fmb_engine.discover.strategies import make
+    from fmb_engine.discover.rerank import rerank as rerank_arrays
 
     cfg = resolved.values
     reporter = reporter or Silent()
@@ -142,30 +142,30 @@ def rerank(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
             manifest.count("not_finite_examples", problem.not_finite[:EXAMPLES].tolist())
         labels, users, version = read_labels(ws)
         t = targets(labels, problem.object_ids, cfg.relevance, tuple(cfg.ignored))
-        relevant = int((t.relevance >= 0.5).sum())
-        manifest.count("labels", {"total": len(labels), "used": int(t.rows.size), "relevant": relevant,
-                                  "not_relevant": int(t.rows.size) - relevant, "ignored": t.ignored,
+        manifest.count("labels", {"total": len(labels), "used": int(t.rows.size),
+                                  "relevant": int((t.relevance >= 0.5).sum()),
+                                  "not_relevant": int((t.relevance < 0.5).sum()), "ignored": t.ignored,
                                   "not_in_run": len(t.not_in_run), "not_in_run_examples": t.not_in_run[:EXAMPLES],
                                   "users": users})
-        with manifest.phase("features"):
-            features = Features(dims=cfg.dims, fit_rows=cfg.fit_rows, seed=cfg.seed)
-            Z = features.fit_transform(problem.X)
-        manifest.setting("features", {"dims": int(Z.shape[1]), "fit_rows": features.fitted_rows_,
-                                      "explained_variance": round(features.explained_variance_ratio_, 6)})
-        with manifest.phase("fit+score"):
+        with manifest.phase("rerank"):
             try:
-                strategy = make(cfg.strategy, seed=cfg.seed, **cfg.params)
-            except TypeError as exc:
+                done = rerank_arrays(problem.X, problem.base, t.rows, t.relevance, cfg.strategy, seed=cfg.seed,
+                                     params=dict(cfg.params),
+                                     features=Features(dims=cfg.dims, fit_rows=cfg.fit_rows, seed=cfg.seed))
+            except TypeError as exc:  # a parameter the strategy does not have
                 raise ConfigError(f"discover.params {cfg.params} do not fit strategy {cfg.strategy!r}: {exc}") from None
-            score = strategy.fit(Z, problem.base, t.rows, t.relevance).score(Z, problem.base)
-        for note in strategy.notes:
+        manifest.setting("features", done.features)
+        notes = ([done.fallback] if done.fallback else []) + list(done.notes)
+        for note in notes:
             manifest.warn(note)
             reporter.log(note)
+        score = done.score
         name = active_system(problem.model, problem.modalities)
-        record = {"strategy": cfg.strategy, "params": dict(cfg.params), "seed": cfg.seed, "base": problem.system,
+        record = {"strategy": done.strategy, "params": done.params, "seed": cfg.seed, "base": problem.system,
                   "modalities": problem.modalities, "labels": int(t.rows.size), "labels_total": len(labels),
                   "labels_digest": labels_digest(labels), "label_version": version, "users": users,
-                  "run_id": manifest.run_id, "time": manifest.started_at, "notes": list(strategy.notes)}
+                  "run_id": manifest.run_id, "time": manifest.started_at, "notes": notes,
+                  "fallback": done.fallback, "seconds": {k: round(v, 3) for k, v in done.seconds.items()}}
         manifest.record("active", {"system": name} | record)
         with manifest.phase("write"):
             out = write_active(ws, name, problem.object_ids, score, rank_descending, record)
@@ -173,10 +173,99 @@ def rerank(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
     unlabelled = ~np.isin(problem.object_ids, list(labels))
     best = problem.object_ids[unlabelled][np.argmax(np.where(np.isfinite(score[unlabelled]), score[unlabelled], -np.inf))] \
         if unlabelled.any() else None
-    summary = {"system": name, "strategy": cfg.strategy, "base": problem.system, "labels_used": int(t.rows.size),
+    summary = {"system": name, "strategy": done.strategy, "base": problem.system, "labels_used": int(t.rows.size),
                "labels_total": len(labels), "ignored": t.ignored, "not_in_run": len(t.not_in_run), "users": users,
-               "notes": list(strategy.notes), "best_unlabelled": best}
+               "notes": notes, "fallback": done.fallback, "best_unlabelled": best}
     return StageResult({"systems": out}, manifest.path, summary)
+
+
+def read_truth(ws: Workspace, model: str, object_ids: np.ndarray, survey: Path | None = None) -> np.ndarray:
+    """The injected ``anomaly_class`` of ``object_ids`` ('' = normal): from the embedding file when it carries
+    its own truth (a synthetic run), else from the survey (default: the active one)."""
+    from fmb_engine import lineage
+    from fmb_engine.embed.store import EmbeddingReader
+    from fmb_engine.survey.store import SurveyReader
+
+    path = ws.folder("embeddings") / f"{model}.h5"
+    with EmbeddingReader(path) as reader:
+        columns = reader.columns()
+        ids = reader.object_ids.astype(str)
+    if "anomaly_class" in columns:
+        truth = dict(zip(ids, np.asarray(columns["anomaly_class"]).astype(str)))
+        where = str(path)
+    else:
+        survey = survey or lineage.active_survey(ws)
+        if survey is None or not Path(survey).is_file():
+            raise DataError(f"discover simulate needs injected truth: {path.name} carries none and there is no "
+                            "active survey (general.survey)")
+        with SurveyReader(survey) as reader:
+            table = reader.table()
+        if "anomaly_class" not in table.columns:
+            raise DataError(f"{survey}: no anomaly_class column; discover simulate needs a survey with injected "
+                            "truth (the mock)")
+        truth = dict(zip(table["object_id"].astype(str), table["anomaly_class"].astype(str)))
+        where = str(survey)
+    missing = [oid for oid in object_ids[:EXAMPLES * 100] if oid not in truth]
+    if missing:
+        raise DataError(f"{where}: no truth for object(s) {', '.join(missing[:EXAMPLES])} of embedding run {model}")
+    return np.array([truth[oid] for oid in object_ids], dtype=object)
+
+
+def simulate(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
+             survey: Path | None = None) -> StageResult:
+    """Discovery curves on the workspace: an oracle from the injected truth labels what each strategy shows.
+
+    Writes ``analysis/discovery/curves.csv`` (strategy, seed, inspected, found), ``summary.csv``
+    (mean and std over seeds at 50/100/200 inspections) and ``figures/discovery_curves.png|pdf``."""
+    from threadpoolctl import threadpool_limits
+
+    from fmb_engine.discover.features import Features
+    from fmb_engine.discover.simulate import CHECKPOINTS, simulate as run_curves, summarize
+    from fmb_engine.figures.discovery import discovery_figure
+
+    cfg = resolved.values
+    reporter = reporter or Silent()
+    out_dir = ws.folder("analysis") / "discovery"
+    with stage_run(ws, "discover.simulate", config_record(resolved), seed=cfg.seed) as manifest:
+        problem = load_problem(ws, cfg, survey)
+        manifest.input("embeddings", ws.folder("embeddings") / f"{problem.model}.h5")
+        manifest.input("systems", systems_path(ws))
+        if problem.not_finite.size:
+            manifest.dropped("not_finite_vector", int(problem.not_finite.size))
+            manifest.count("not_finite_examples", problem.not_finite[:EXAMPLES].tolist())
+        classes = read_truth(ws, problem.model, problem.object_ids, survey)
+        known = sorted(set(classes) - {""})
+        unknown = [c for c in cfg.interesting if c not in known]
+        if unknown:
+            raise ConfigError(f"discover.interesting: no object of class {', '.join(unknown)} in the truth; "
+                              f"classes there: {', '.join(known) or 'none'}")
+        interesting = np.isin(classes, list(cfg.interesting))
+        manifest.count("objects", int(classes.size))
+        manifest.count("interesting", int(interesting.sum()))
+        with manifest.phase("features"), threadpool_limits(1):
+            features = Features(dims=cfg.dims, fit_rows=cfg.fit_rows, seed=cfg.seed)
+            Z = features.fit_transform(problem.X)
+        runs = len(cfg.strategies) * cfg.seeds
+        with manifest.phase("curves"), threadpool_limits(1), reporter.task("discovery curves", total=runs) as step:
+            curves = run_curves(Z, problem.base, interesting, cfg.strategies, seeds=range(cfg.seed, cfg.seed + cfg.seeds),
+                                budget=cfg.budget, batch=cfg.batch,
+                                params={cfg.strategy: dict(cfg.params)} if cfg.params else None,
+                                progress=lambda name, seed: step.advance())
+        summary = summarize(curves, [a for a in CHECKPOINTS if a <= cfg.budget] or [cfg.budget])
+        files = {"curves": out_dir / "curves.csv", "summary": out_dir / "summary.csv"}
+        for name, table in (("curves", curves), ("summary", summary)):
+            with atomic_path(files[name]) as tmp:
+                table.to_csv(tmp, index=False)
+            manifest.output(name, files[name])
+        title = f"{problem.system}: {int(interesting.sum())} interesting of {classes.size:,}"
+        for path in discovery_figure(curves, ws.folder("figures") / "discovery_curves", title=title,
+                                     total=int(interesting.sum())):
+            files[f"figure {path.suffix[1:]}"] = path
+            manifest.output(f"figure_{path.suffix[1:]}", path)
+    return StageResult(files, manifest.path, {"base": problem.system, "model": problem.model,
+                                              "objects": int(classes.size), "interesting": int(interesting.sum()),
+                                              "summary": summary, "strategies": list(cfg.strategies),
+                                              "seeds": cfg.seeds, "budget": cfg.budget, "batch": cfg.batch})
 
 
 def write_active(ws: Workspace, name: str, object_ids: np.ndarray, score: np.ndarray, rank_of, record: dict) -> Path:
@@ -208,5 +297,5 @@ def write_active(ws: Workspace, name: str, object_ids: np.ndarray, score: np.nda
     return path
 
 
-__all__ = ["Problem", "active_system", "choose_base", "labels_digest", "load_problem", "read_labels", "rerank",
-           "write_active"]
+__all__ = ["Problem", "active_system", "choose_base", "labels_digest", "load_problem", "read_labels", "read_truth",
+           "rerank", "simulate", "write_active"]

@@ -109,6 +109,8 @@ def test_every_strategy_runs_with_one_kind_of_label_and_with_none(scored, strate
     _label(scored, {oid: "artefact" for oid in _top(scored, "cca/fused/fisher", 3)})
     result = _rerank(scored, strategy=strategy)
     assert result.summary["labels_used"] == 3
+    if strategy != "static":  # too few labels to learn from: the base order, and the reason said
+        assert result.summary["fallback"] and result.summary["notes"][0] == result.summary["fallback"]
     assert pd.read_parquet(systems_path(scored))["rank:cca/fused/active"].notna().all()
 
 
@@ -117,3 +119,27 @@ def test_bad_settings_name_what_is_wrong(scored):
         _rerank(scored, params={"no_such_knob": 1.0})
     with pytest.raises(ConfigError, match="discover.model"):
         rerank(scored, load("discover", scored, cli={"model": "nope", "system": "cca/fused/fisher"}))
+
+
+def test_simulate_writes_curves_summary_and_figure(scored):
+    from fmb_engine.discover.run import simulate
+
+    result = simulate(scored, load("discover", scored, cli={
+        "model": "cca", "strategies": ["random", "static", "evidence"], "seeds": 2, "budget": 20, "batch": 5}))
+    curves = pd.read_csv(result.outputs["curves"])
+    assert list(curves.columns) == ["strategy", "seed", "inspected", "found"]
+    assert len(curves) == 3 * 2 * 20
+    for _, part in curves.groupby(["strategy", "seed"]):
+        assert (np.diff(part["found"].to_numpy()) >= 0).all() and part["found"].iloc[-1] <= result.summary["interesting"]
+    summary = pd.read_csv(result.outputs["summary"])
+    assert set(summary["inspected"]) == {20}  # 50/100/200 capped by the budget
+    assert result.outputs["figure png"].is_file() and result.outputs["figure pdf"].is_file()
+    manifest = json.loads(Path(result.manifest).read_text())
+    assert manifest["status"] == "completed" and manifest["counts"]["interesting"] == result.summary["interesting"]
+
+
+def test_simulate_refuses_a_class_the_truth_does_not_have(scored):
+    from fmb_engine.discover.run import simulate
+
+    with pytest.raises(ConfigError, match="no_such_class"):
+        simulate(scored, load("discover", scored, cli={"model": "cca", "interesting": ["no_such_class"]}))
