@@ -25,6 +25,7 @@ from fmb_engine.workspace import Workspace
 if TYPE_CHECKING:
     from fmb_engine.survey.store import SurveyObject, SurveyReader
     from fmb_engine.triage.labels import LabelStore
+    from fmb_tui.discovery import ActiveState
     from fmb_tui.ranking_model import RankingData
 
 
@@ -149,6 +150,71 @@ class WorkspaceData:
         if not labels_path(self.ws).is_file():
             return []
         return self.labels().history(object_id, limit=limit)[::-1]
+
+    # --- active discovery ----------------------------------------------------------------
+
+    def rerank(self) -> tuple[dict[str, Any], tuple[RankingData, str], int | None]:
+        """``discover rerank`` with the workspace's settings, then the new order opened on its system.
+
+        Returns the stage's summary, :meth:`open_ranking`'s result and the row of the best
+        unlabelled candidate (None when the engine named none or the ranking lacks it).
+        """
+        from fmb_engine.discover.run import rerank
+
+        summary = dict(rerank(self.ws, load("discover", self.ws)).summary)
+        best = summary.get("best_unlabelled")
+        summary["best_unlabelled"] = None if best is None else str(best)
+        data, system = self.open_ranking(summary["system"])
+        rows = data.rows_of([summary["best_unlabelled"]]) if best is not None else []
+        return summary, (data, system), int(rows[0]) if len(rows) else None
+
+    def active_state(self, system: str | None, labels: dict[str, str]) -> ActiveState:
+        """How the order of active ``system`` (else the last re-ranked one) stands against ``labels``.
+
+        A configuration or ranking problem is returned as the state's ``problem``, not raised:
+        this check runs after every label and must not notify on each.
+        """
+        from fmb_engine import rankings
+        from fmb_engine.discover.run import labels_digest
+        from fmb_tui.discovery import ActiveState, is_active, latest_record
+
+        digest = labels_digest(labels)
+        try:
+            auto_every = int(load("discover", self.ws).values.auto_every)  # type: ignore[attr-defined]
+            records = rankings.active_records(self.ws)
+        except FMBError as exc:
+            return ActiveState(system, None, 0, digest, problem=str(exc))
+        if is_active(system):
+            name, record = system, records.get(system)  # type: ignore[arg-type]
+            record = record if isinstance(record, dict) else None
+        else:
+            name, record = latest_record(records)
+        if record is None:
+            stale = len(labels)
+        elif record.get("labels_digest") == digest:
+            stale = 0
+        else:
+            stale = self._changed_since(record, labels)
+        return ActiveState(name, record, stale, digest, auto_every)
+
+    def _changed_since(self, record: dict[str, Any], labels: dict[str, str]) -> int:
+        """Objects whose label differs from those ``record`` reflects (rebuilt from the label history)."""
+        from fmb_engine.discover.run import labels_digest
+        from fmb_engine.triage.labels import labels_path
+        from fmb_tui.discovery import changed, labels_at
+
+        try:
+            version = int(record.get("label_version") or 0)
+            total = int(record.get("labels_total") or 0)
+        except (TypeError, ValueError):
+            version, total = 0, 0
+        if not labels_path(self.ws).is_file():
+            return max(1, total)
+        store = self.labels()
+        then = labels_at(store.labels(), store.history(), version)
+        if labels_digest(then) != record.get("labels_digest"):  # the history does not explain it (a replaced store)
+            return max(1, abs(len(labels) - total))
+        return max(1, changed(then, labels))
 
     # --- analysis outputs ------------------------------------------------------------------
 
