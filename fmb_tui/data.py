@@ -23,6 +23,8 @@ from fmb_engine.errors import FMBError
 from fmb_engine.workspace import Workspace
 
 if TYPE_CHECKING:
+    import subprocess
+
     from fmb_engine.survey.store import SurveyObject, SurveyReader
     from fmb_engine.triage.labels import LabelStore
     from fmb_tui.discovery import ActiveState
@@ -31,6 +33,14 @@ if TYPE_CHECKING:
 
 class NoSurvey(FMBError):
     pass
+
+
+#: how much lower than the explorer the re-rank's child process runs (nice increment): keys stay fast on a busy node
+RERANK_NICENESS = 10
+
+
+class RerankFailed(FMBError):
+    """``discover rerank`` did not complete; the message is the engine's."""
 
 
 def load_tui_config(ws: Workspace | None) -> TuiConfig:
@@ -64,6 +74,7 @@ class WorkspaceData:
         self._reader_path: Path | None = None
         self._objects: OrderedDict[str, SurveyObject] = OrderedDict()
         self._labels: LabelStore | None = None
+        self._rerank_child: subprocess.Popen | None = None
 
     # --- survey ----------------------------------------------------------------------------
 
@@ -154,18 +165,43 @@ class WorkspaceData:
     # --- active discovery ----------------------------------------------------------------
 
     def rerank(self) -> tuple[dict[str, Any], tuple[RankingData, str], int | None]:
-        """``discover rerank`` with the workspace's settings, then the new order opened on its system.
+        """``fmb-engine discover rerank`` with the workspace's settings, then the new order opened on its system.
 
-        Returns the stage's summary, :meth:`open_ranking`'s result and the row of the best
-        unlabelled candidate (None when the engine named none or the ranking lacks it).
+        The engine runs in a child process at a lower priority: its own interpreter, so its
+        file reads and numpy loops never hold this process's GIL (in a thread they stalled the
+        keys for up to a second; see docs/tui.md), the explorer wins the CPU on a busy node,
+        and the engine's output cannot reach the terminal the explorer draws on. Returns the stage's summary (the CLI's JSON), :meth:`open_ranking`'s result and the
+        row of the best unlabelled candidate (None when the engine named none or the ranking
+        lacks it). An engine error is raised as :class:`RerankFailed` with the engine's message.
         """
-        from fmb_engine.discover.run import rerank
+        import json
+        import subprocess
+        import sys
 
-        summary = dict(rerank(self.ws, load("discover", self.ws)).summary)
+        command = [sys.executable, "-m", "fmb_engine.cli.main", "discover", "rerank", "-w", str(self.ws.root),
+                   "--format", "json"]
+        with self._lock:
+            child = self._rerank_child = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with contextlib.suppress(OSError, AttributeError):  # below the explorer's priority: keys first (Unix)
+            os.setpriority(os.PRIO_PROCESS, child.pid, RERANK_NICENESS)
+        try:
+            out, err = child.communicate()
+        finally:
+            with self._lock:
+                self._rerank_child = None
+        if child.returncode != 0:
+            at = err.find("error: ")  # the CLI's one message (it may span lines); else the end of what it said
+            said = err[at + len("error: "):].strip() if at >= 0 else err.strip()[-500:]
+            raise RerankFailed(said or f"`fmb-engine discover rerank` ended with exit status {child.returncode}")
+        try:
+            summary = json.loads(out)
+            system = str(summary["system"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RerankFailed(f"`fmb-engine discover rerank` wrote no summary ({exc}): {out[:200]!r}") from None
         best = summary.get("best_unlabelled")
-        summary["best_unlabelled"] = None if best is None else str(best)
-        data, system = self.open_ranking(summary["system"])
-        rows = data.rows_of([summary["best_unlabelled"]]) if best is not None else []
+        data, system = self.open_ranking(system)
+        rows = data.rows_of([str(best)]) if best is not None else []
         return summary, (data, system), int(rows[0]) if len(rows) else None
 
     def active_state(self, system: str | None, labels: dict[str, str]) -> ActiveState:
@@ -298,6 +334,9 @@ class WorkspaceData:
 
     def close(self) -> None:
         with self._lock:
+            if self._rerank_child is not None:  # the explorer ends: the engine records the run as interrupted
+                with contextlib.suppress(OSError):
+                    self._rerank_child.terminate()
             if self._reader is not None:
                 with contextlib.suppress(Exception):
                     self._reader.close()

@@ -36,8 +36,28 @@ def active_line(app) -> str:
     return str(line.render()) if line.display else ""
 
 
-def messages(app, title: str | None = None) -> list[str]:
-    return [n.message for n in app._notifications if title is None or n.title == title]
+@pytest.fixture(autouse=True)
+def _same_priority(monkeypatch) -> None:
+    """The child process runs at the tests' priority: on a busy test machine a niced one waits for every other."""
+    monkeypatch.setattr("fmb_tui.data.RERANK_NICENESS", 0)
+
+
+@pytest.fixture(autouse=True)
+def said(monkeypatch) -> list[tuple[str, str, str]]:
+    """Every notification (title, message, severity): Textual drops them from the screen after seconds."""
+    shown: list[tuple[str, str, str]] = []
+    notify = FMBApp.notify
+
+    def record(self, message, *, title="", severity="information", timeout=None, markup=False):
+        shown.append((title, message, severity))
+        notify(self, message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    monkeypatch.setattr(FMBApp, "notify", record)
+    return shown
+
+
+def messages(said, title: str | None = None) -> list[str]:
+    return [m for t, m, _ in said if title is None or t == title]
 
 
 async def label_top(pilot, keys: str) -> None:
@@ -48,7 +68,7 @@ async def label_top(pilot, keys: str) -> None:
     await saved(pilot)
 
 
-async def test_rerank_key_shows_the_active_order_on_an_unlabelled_candidate(discover_ws):
+async def test_rerank_key_shows_the_active_order_on_an_unlabelled_candidate(discover_ws, said):
     app = FMBApp(discover_ws, alice(), start="anomalies")
     async with app.run_test(size=(110, 32)) as pilot:
         await settle(pilot)
@@ -67,7 +87,7 @@ async def test_rerank_key_shows_the_active_order_on_an_unlabelled_candidate(disc
         # the cursor is on the first unlabelled candidate of the new order
         assert table.current_id() not in app.labels
         assert table.cursor == rm.next_unlabelled(screen.rdata, table.order, -1, app.labels)
-        assert any(ACTIVE in m for m in messages(app, "re-ranked"))
+        assert any(ACTIVE in m for m in messages(said, "re-ranked"))
         line = active_line(app)
         assert "evidence · 4 labels (alice 4)" in line and "up to date" in line
         assert "re-ranking" not in str(screen.query_one("#anomalies-status").render())
@@ -97,7 +117,7 @@ async def test_rerank_key_shows_the_active_order_on_an_unlabelled_candidate(disc
         assert "5 labels (alice 4, bob 1)" in line and "up to date" in line
 
 
-async def test_next_unlabelled_in_every_ranking_after_a_rerank(discover_ws):
+async def test_next_unlabelled_in_every_ranking_after_a_rerank(discover_ws, said):
     app = FMBApp(discover_ws, alice(), start="anomalies")
     async with app.run_test(size=(110, 32)) as pilot:
         await settle(pilot)
@@ -128,7 +148,7 @@ async def test_next_unlabelled_in_every_ranking_after_a_rerank(discover_ws):
         assert table.cursor == rm.next_unlabelled(screen.rdata, table.order, expected, app.labels)
 
 
-async def test_auto_mode_reranks_after_n_labels(discover_ws):
+async def test_auto_mode_reranks_after_n_labels(discover_ws, said):
     (discover_ws.root / "fmb.yaml").write_text("discover:\n  auto_every: 3\n", encoding="utf-8")
     app = FMBApp(discover_ws, alice(), start="anomalies")
     async with app.run_test(size=(110, 32)) as pilot:
@@ -136,10 +156,10 @@ async def test_auto_mode_reranks_after_n_labels(discover_ws):
         screen = anomalies(app)
         await label_top(pilot, "12")
         await settle(pilot)
-        assert screen.spec.system == BASE and not messages(app, "auto re-rank")
+        assert screen.spec.system == BASE and not messages(said, "auto re-rank")
         await label_top(pilot, "121")  # a third new label (the first two are unchanged)
         await settle(pilot, 6)
-        assert any("discover.auto_every = 3" in m for m in messages(app, "auto re-rank"))
+        assert any("discover.auto_every = 3" in m for m in messages(said, "auto re-rank"))
         assert screen.spec.system == ACTIVE
         assert "3 labels (alice 3)" in active_line(app)
         # two more labels: not yet; the third: again
@@ -149,15 +169,15 @@ async def test_auto_mode_reranks_after_n_labels(discover_ws):
             await saved(pilot)
         await settle(pilot)
         assert "stale: 2 labels since" in active_line(app)
-        assert len(messages(app, "re-ranked")) == 1
+        assert len(messages(said, "re-ranked")) == 1
         await pilot.press("N", "2")
         await saved(pilot)
         await settle(pilot, 6)
-        assert len(messages(app, "re-ranked")) == 2
+        assert len(messages(said, "re-ranked")) == 2
         assert "6 labels (alice 6)" in active_line(app) and table.current_id() not in app.labels
 
 
-async def test_a_second_press_while_one_runs_is_refused(discover_ws, monkeypatch):
+async def test_a_second_press_while_one_runs_is_refused(discover_ws, monkeypatch, said):
     release = threading.Event()
     calls = []
     real = WorkspaceData.rerank
@@ -177,16 +197,16 @@ async def test_a_second_press_while_one_runs_is_refused(discover_ws, monkeypatch
         await pilot.press("a", "j")  # refused; the other keys keep working
         await pilot.pause(0.1)
         assert len(calls) == 1
-        assert any("already running" in m for m in messages(app, "re-rank"))
+        assert any("already running" in m for m in messages(said, "re-rank"))
         assert "re-ranking by the labels" in str(anomalies(app).query_one("#anomalies-status").render())
         assert anomalies(app).query_one(RankingTable).cursor == 2
         release.set()
         await settle(pilot, 6)
-        assert len(calls) == 1 and len(messages(app, "re-ranked")) == 1
+        assert len(calls) == 1 and len(messages(said, "re-ranked")) == 1
         assert anomalies(app).spec.system == ACTIVE
 
 
-async def test_a_failing_rerank_is_said_and_the_app_lives(tui_ws):
+async def test_a_failing_rerank_is_said_and_the_app_lives(tui_ws, said):
     """The synthetic workspace has rankings but no embeddings: the engine's message, nothing else changes."""
     (tui_ws.root / "fmb.yaml").write_text("discover:\n  auto_every: 1\n", encoding="utf-8")
     app = FMBApp(tui_ws, alice(), start="anomalies")
@@ -196,8 +216,8 @@ async def test_a_failing_rerank_is_said_and_the_app_lives(tui_ws):
         system = screen.spec.system
         await pilot.press("a")
         await settle(pilot)
-        errors = [n for n in app._notifications if n.severity == "error"]
-        assert errors and "no embedding run" in errors[-1].message
+        errors = [m for _, m, severity in said if severity == "error"]
+        assert errors and "no embedding run" in errors[-1]
         assert screen.spec.system == system and app.error_log.count == 0
         assert "re-ranking" not in str(screen.query_one("#anomalies-status").render())
         # auto mode: one attempt, then paused (no error per label)
@@ -205,7 +225,7 @@ async def test_a_failing_rerank_is_said_and_the_app_lives(tui_ws):
         await settle(pilot)
         await label_top(pilot, "22")
         await settle(pilot)
-        assert len(messages(app, "auto re-rank")) == 2  # the attempt, and that auto mode is paused
-        assert sum(n.severity == "error" for n in app._notifications) == 2
+        assert len(messages(said, "auto re-rank")) == 2  # the attempt, and that auto mode is paused
+        assert sum(severity == "error" for _, _, severity in said) == 2
         await pilot.press("j")
         assert app.is_running
