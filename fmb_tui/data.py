@@ -170,9 +170,11 @@ class WorkspaceData:
         The engine runs in a child process at a lower priority: its own interpreter, so its
         file reads and numpy loops never hold this process's GIL (in a thread they stalled the
         keys for up to a second; see docs/tui.md), the explorer wins the CPU on a busy node,
-        and the engine's output cannot reach the terminal the explorer draws on. Returns the stage's summary (the CLI's JSON), :meth:`open_ranking`'s result and the
-        row of the best unlabelled candidate (None when the engine named none or the ranking
-        lacks it). An engine error is raised as :class:`RerankFailed` with the engine's message.
+        and the engine's output cannot reach the terminal the explorer draws on.
+
+        Returns the stage's summary (the CLI's JSON), :meth:`open_ranking`'s result and the row
+        of the best unlabelled candidate (None when the engine named none or the ranking lacks
+        it). An engine error is raised as :class:`RerankFailed` with the engine's message.
         """
         import json
         import subprocess
