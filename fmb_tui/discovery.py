@@ -71,7 +71,7 @@ def changed(a: dict[str, str], b: dict[str, str]) -> int:
 
 
 def describe(state: ActiveState, rerank_key: str = "a") -> str:
-    """``evidence · 20 labels (alice 15, bob 5) · base cca/fused/fisher · stale: 3 labels since (a re-ranks)``.
+    """``evidence · 20 labels (alice 15, bob 5) · stale: 3 labels since (a re-ranks) · base cca/fused/fisher``.
 
     Plain text: names of users and systems come from files and are not markup.
     """
@@ -87,12 +87,12 @@ def describe(state: ActiveState, rerank_key: str = "a") -> str:
     parts = [str(record.get("strategy") or "?"), f"{total} label{'s' if total != 1 else ''}" + (f" ({who})" if who else "")]
     if used != total:
         parts.append(f"{used} used")
-    if record.get("base"):
-        parts.append(f"base {record['base']}")
     if state.stale:
         parts.append(f"stale: {state.stale} label{'s' if state.stale != 1 else ''} since ({rerank_key} re-ranks)")
     else:
         parts.append("up to date")
+    if record.get("base"):  # after what matters most: an 80-column line wraps here
+        parts.append(f"base {record['base']}")
     notes = record.get("notes")
     if isinstance(notes, list) and notes:
         parts.append("note: " + "; ".join(str(n) for n in notes))

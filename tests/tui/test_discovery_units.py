@@ -28,7 +28,7 @@ def test_describe_says_strategy_labels_users_and_staleness():
     record = {"strategy": "evidence", "labels": 18, "labels_total": 20, "users": {"bob": 5, "alice": 15},
               "base": "cca/fused/fisher", "notes": ["only one kind of label: ranked by distance"]}
     fresh = describe(ActiveState("cca/fused/active", record, 0, "d"))
-    assert fresh.startswith("evidence · 20 labels (alice 15, bob 5) · 18 used · base cca/fused/fisher · up to date")
+    assert fresh.startswith("evidence · 20 labels (alice 15, bob 5) · 18 used · up to date · base cca/fused/fisher")
     assert fresh.endswith("note: only one kind of label: ranked by distance")
     stale = describe(ActiveState("cca/fused/active", record, 1, "d"), rerank_key="ctrl+r")
     assert "stale: 1 label since (ctrl+r re-ranks)" in stale
