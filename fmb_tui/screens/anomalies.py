@@ -205,8 +205,9 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
             line.set_class(bool(state.stale) or state.problem is not None, "stale")
         if not self._auto_paused and self._rerank_started is None and auto_due(state, self._auto_tried):
             self._auto_tried = state.digest
-            self.fmb.notify(f"{state.stale} label(s) changed since the last re-rank (discover.auto_every = "
-                            f"{state.auto_every}): re-ranking in the background", title="auto re-rank")
+            since = "since the last re-rank" if state.record is not None else "and nothing re-ranked yet"
+            self.fmb.notify(f"{state.stale} label(s) changed {since} (discover.auto_every = {state.auto_every}): "
+                            "re-ranking in the background", title="auto re-rank")
             self.start_rerank(auto=True)
 
     def _rerank_key(self) -> str:
