@@ -56,6 +56,14 @@ def said(monkeypatch) -> list[tuple[str, str, str]]:
     return shown
 
 
+def store_ids(ws) -> list[str]:
+    import pyarrow.parquet as pq
+
+    from fmb_engine.rankings import systems_path
+
+    return pq.read_table(systems_path(ws), columns=["object_id"]).column(0).to_pylist()
+
+
 def messages(said, title: str | None = None) -> list[str]:
     return [m for t, m, _ in said if title is None or t == title]
 
@@ -188,14 +196,25 @@ async def test_a_second_press_while_one_runs_is_refused(discover_ws, monkeypatch
         return real(self)
 
     monkeypatch.setattr(WorkspaceData, "rerank", slow)
-    app = FMBApp(discover_ws, alice(), start="anomalies")
+    with LabelStore.for_workspace(discover_ws, user="bob") as store:
+        store.set_label(store_ids(discover_ws)[0], "interesting")
+    app = FMBApp(discover_ws, alice(), start="workspace")
     async with app.run_test(size=(110, 32)) as pilot:
         await settle(pilot)
-        await label_top(pilot, "2")
-        await pilot.press("a")
-        await pilot.pause(0.1)
-        await pilot.press("a", "j")  # refused; the other keys keep working
-        await pilot.pause(0.1)
+        # the first from the palette, on another screen: it switches to Anomalies and starts there
+        await pilot.press("ctrl+p")
+        await pilot.press(*"re-rank")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        for _ in range(100):
+            if calls:
+                break
+            await pilot.pause(0.05)
+        assert app.current_mode == "anomalies" and len(calls) == 1
+        while anomalies(app).query_one(RankingTable).n_rows == 0:  # no settle(): it would wait for the re-rank
+            await pilot.pause(0.05)
+        await pilot.press("a", "j", "j")  # refused; the other keys keep working
+        await pilot.pause(0.2)
         assert len(calls) == 1
         assert any("already running" in m for m in messages(said, "re-rank"))
         assert "re-ranking by the labels" in str(anomalies(app).query_one("#anomalies-status").render())
