@@ -84,7 +84,7 @@ async def test_rerank_key_shows_the_active_order_on_an_unlabelled_candidate(disc
         table = screen.query_one(RankingTable)
         assert screen.spec.system == BASE and active_line(app) == ""
         base_top = screen.rdata.ids_at(table.order[:20])
-        await label_top(pilot, "1122")  # two artefacts, two interesting at the top of the base order
+        await label_top(pilot, "112212")  # enough labels to learn from (strategies.MIN_LABELS)
         await pilot.press("a")
         await settle(pilot, 6)
         assert screen.spec.system == ACTIVE
@@ -97,7 +97,7 @@ async def test_rerank_key_shows_the_active_order_on_an_unlabelled_candidate(disc
         assert table.cursor == rm.next_unlabelled(screen.rdata, table.order, -1, app.labels)
         assert any(ACTIVE in m for m in messages(said, "re-ranked"))
         line = active_line(app)
-        assert "evidence · 4 labels (alice 4)" in line and "up to date" in line
+        assert "evidence · 6 labels (alice 6)" in line and "up to date" in line
         assert "re-ranking" not in str(screen.query_one("#anomalies-status").render())
 
         # one more label (on the row under the cursor: unlabelled): stale by one
@@ -122,7 +122,7 @@ async def test_rerank_key_shows_the_active_order_on_an_unlabelled_candidate(disc
         await pilot.press("a")
         await settle(pilot, 6)
         line = active_line(app)
-        assert "5 labels (alice 4, bob 1)" in line and "up to date" in line
+        assert "7 labels (alice 6, bob 1)" in line and "up to date" in line
 
 
 async def test_next_unlabelled_in_every_ranking_after_a_rerank(discover_ws, said):
