@@ -142,6 +142,10 @@ def systems_in(columns: list[str], where: str = "systems.parquet") -> list[str]:
 
 #: Parquet key-value metadata of systems.parquet: which detect run scored each embedding run's systems.
 PROVENANCE_KEY = b"fmb:systems"
+#: Parquet key-value metadata of systems.parquet: per active system (`discover rerank`), what its order reflects.
+ACTIVE_KEY = b"fmb:active"
+#: The method of the systems `discover rerank` writes (``<model>/<modality>/active``).
+ACTIVE_METHOD = "active"
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,21 @@ def provenance_of(metadata: dict | None, path: Path) -> Provenance | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise RankingsError(f"{path}: unreadable {PROVENANCE_KEY.decode()} metadata ({exc}); "
                             f"{DETECT_HINT} again") from None
+
+
+def active_records(ws: Workspace) -> dict[str, dict]:
+    """Per active system: strategy, parameters, seed, base system and the labels it reflects
+    (count, digest, the label store's version, users); empty when none was re-ranked."""
+    import json
+
+    raw = (_schema_unchecked(ws).metadata or {}).get(ACTIVE_KEY)
+    if raw is None:
+        return {}
+    try:
+        return dict(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise RankingsError(f"{systems_path(ws)}: unreadable {ACTIVE_KEY.decode()} metadata ({exc}); "
+                            "run `fmb-engine discover rerank` again") from None
 
 
 def list_systems(ws: Workspace, survey: Path | None = None) -> list[str]:

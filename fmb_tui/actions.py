@@ -96,6 +96,8 @@ ACTIONS: tuple[Action, ...] = (
     _A("anomalies.search", "slash", "search", "Find id", "Filter by object id text.", show=False),
     _A("anomalies.clear_filter", "x", "clear_filter", "No filter", "Remove every filter.", show=False),
     _A("anomalies.jump", "colon", "jump", "Go to rank", "Jump to a rank of the current system."),
+    _A("anomalies.rerank", "a", "rerank", "Re-rank",
+       "Re-rank by the labels (discover rerank, in the background), show that order, go to its best unlabelled candidate."),
     _A("anomalies.preview", "p", "toggle_preview", "Preview", "Show or hide the spectrum and image preview.", show=False),
     _A("anomalies.reload", "r", "reload", "Reload", "Reload the ranking and labels from disk.", show=False),
     # object

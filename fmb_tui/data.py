@@ -23,13 +23,24 @@ from fmb_engine.errors import FMBError
 from fmb_engine.workspace import Workspace
 
 if TYPE_CHECKING:
+    import subprocess
+
     from fmb_engine.survey.store import SurveyObject, SurveyReader
     from fmb_engine.triage.labels import LabelStore
+    from fmb_tui.discovery import ActiveState
     from fmb_tui.ranking_model import RankingData
 
 
 class NoSurvey(FMBError):
     pass
+
+
+#: how much lower than the explorer the re-rank's child process runs (nice increment): keys stay fast on a busy node
+RERANK_NICENESS = 10
+
+
+class RerankFailed(FMBError):
+    """``discover rerank`` did not complete; the message is the engine's."""
 
 
 def load_tui_config(ws: Workspace | None) -> TuiConfig:
@@ -63,6 +74,7 @@ class WorkspaceData:
         self._reader_path: Path | None = None
         self._objects: OrderedDict[str, SurveyObject] = OrderedDict()
         self._labels: LabelStore | None = None
+        self._rerank_child: subprocess.Popen | None = None
 
     # --- survey ----------------------------------------------------------------------------
 
@@ -150,6 +162,98 @@ class WorkspaceData:
             return []
         return self.labels().history(object_id, limit=limit)[::-1]
 
+    # --- active discovery ----------------------------------------------------------------
+
+    def rerank(self) -> tuple[dict[str, Any], tuple[RankingData, str], int | None]:
+        """``fmb-engine discover rerank`` with the workspace's settings, then the new order opened on its system.
+
+        The engine runs in a child process at a lower priority: its own interpreter, so its
+        file reads and numpy loops never hold this process's GIL (in a thread they stalled the
+        keys for up to a second; see docs/tui.md), the explorer wins the CPU on a busy node,
+        and the engine's output cannot reach the terminal the explorer draws on.
+
+        Returns the stage's summary (the CLI's JSON), :meth:`open_ranking`'s result and the row
+        of the best unlabelled candidate (None when the engine named none or the ranking lacks
+        it). An engine error is raised as :class:`RerankFailed` with the engine's message.
+        """
+        import json
+        import subprocess
+        import sys
+
+        command = [sys.executable, "-m", "fmb_engine.cli.main", "discover", "rerank", "-w", str(self.ws.root),
+                   "--format", "json"]
+        with self._lock:
+            child = self._rerank_child = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with contextlib.suppress(OSError, AttributeError):  # below the explorer's priority: keys first (Unix)
+            os.setpriority(os.PRIO_PROCESS, child.pid, RERANK_NICENESS)
+        try:
+            out, err = child.communicate()
+        finally:
+            with self._lock:
+                self._rerank_child = None
+        if child.returncode != 0:
+            at = err.find("error: ")  # the CLI's one message (it may span lines); else the end of what it said
+            said = err[at + len("error: "):].strip() if at >= 0 else err.strip()[-500:]
+            raise RerankFailed(said or f"`fmb-engine discover rerank` ended with exit status {child.returncode}")
+        try:
+            summary = json.loads(out)
+            system = str(summary["system"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RerankFailed(f"`fmb-engine discover rerank` wrote no summary ({exc}): {out[:200]!r}") from None
+        best = summary.get("best_unlabelled")
+        data, system = self.open_ranking(system)
+        rows = data.rows_of([str(best)]) if best is not None else []
+        return summary, (data, system), int(rows[0]) if len(rows) else None
+
+    def active_state(self, system: str | None, labels: dict[str, str]) -> ActiveState:
+        """How the order of active ``system`` (else the last re-ranked one) stands against ``labels``.
+
+        A configuration or ranking problem is returned as the state's ``problem``, not raised:
+        this check runs after every label and must not notify on each.
+        """
+        from fmb_engine import rankings
+        from fmb_engine.discover.run import labels_digest
+        from fmb_tui.discovery import ActiveState, is_active, latest_record
+
+        digest = labels_digest(labels)
+        try:
+            auto_every = int(load("discover", self.ws).values.auto_every)  # type: ignore[attr-defined]
+            records = rankings.active_records(self.ws)
+        except FMBError as exc:
+            return ActiveState(system, None, 0, digest, problem=str(exc))
+        if is_active(system):
+            name, record = system, records.get(system)  # type: ignore[arg-type]
+            record = record if isinstance(record, dict) else None
+        else:
+            name, record = latest_record(records)
+        if record is None:
+            stale = len(labels)
+        elif record.get("labels_digest") == digest:
+            stale = 0
+        else:
+            stale = self._changed_since(record, labels)
+        return ActiveState(name, record, stale, digest, auto_every)
+
+    def _changed_since(self, record: dict[str, Any], labels: dict[str, str]) -> int:
+        """Objects whose label differs from those ``record`` reflects (rebuilt from the label history)."""
+        from fmb_engine.discover.run import labels_digest
+        from fmb_engine.triage.labels import labels_path
+        from fmb_tui.discovery import changed, labels_at
+
+        try:
+            version = int(record.get("label_version") or 0)
+            total = int(record.get("labels_total") or 0)
+        except (TypeError, ValueError):
+            version, total = 0, 0
+        if not labels_path(self.ws).is_file():
+            return max(1, total)
+        store = self.labels()
+        then = labels_at(store.labels(), store.history(), version)
+        if labels_digest(then) != record.get("labels_digest"):  # the history does not explain it (a replaced store)
+            return max(1, abs(len(labels) - total))
+        return max(1, changed(then, labels))
+
     # --- analysis outputs ------------------------------------------------------------------
 
     def neighbours(self, object_id: str):
@@ -232,6 +336,9 @@ class WorkspaceData:
 
     def close(self) -> None:
         with self._lock:
+            if self._rerank_child is not None:  # the explorer ends: the engine records the run as interrupted
+                with contextlib.suppress(OSError):
+                    self._rerank_child.terminate()
             if self._reader is not None:
                 with contextlib.suppress(Exception):
                     self._reader.close()

@@ -27,6 +27,7 @@ from fmb_engine.cli import analyze as analyze_cli  # noqa: E402
 from fmb_engine.cli import config as config_cli  # noqa: E402
 from fmb_engine.cli import data as data_cli  # noqa: E402
 from fmb_engine.cli import detect as detect_cli  # noqa: E402
+from fmb_engine.cli import discover as discover_cli  # noqa: E402
 from fmb_engine.cli import embed as embed_cli  # noqa: E402
 from fmb_engine.cli import figures as figures_cli  # noqa: E402
 from fmb_engine.cli import jobs as jobs_cli  # noqa: E402
@@ -52,6 +53,7 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(retrain_cli.app, name="retrain")
 app.add_typer(detect_cli.app, name="detect")
 app.add_typer(analyze_cli.app, name="analyze")
+app.add_typer(discover_cli.app, name="discover")
 app.add_typer(figures_cli.app, name="figures")
 app.add_typer(jobs_cli.app, name="jobs")
 app.add_typer(triage_cli.app, name="triage")

@@ -89,4 +89,5 @@ SECTIONS = SectionRegistry({
     "embed": "fmb_engine.embed.config:SCHEMAS",
     "retrain": "fmb_engine.retrain.config:SCHEMAS",
     "detect": "fmb_engine.detect.config:DetectConfig",
+    "discover": "fmb_engine.discover.config:DiscoverConfig",
 }, families=("embed", "retrain"))

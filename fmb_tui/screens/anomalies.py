@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 
 from rich.text import Text
@@ -12,7 +13,9 @@ from textual.widgets import Footer, Header, ProgressBar, Static
 
 from fmb_engine.errors import FMBError
 from fmb_engine.rankings import RankingsError
+from fmb_tui import actions
 from fmb_tui import ranking_model as rm
+from fmb_tui.discovery import ActiveState, auto_due, describe, is_active
 from fmb_tui.safe_text import escape
 from fmb_tui.screens.base import FMBScreen
 from fmb_tui.screens.dialogs import ChoiceDialog, FilterDialog, PromptDialog
@@ -26,7 +29,11 @@ MORE_SYSTEMS_DELAY_S = 0.2  # let the first rows paint before the other systems'
 
 class AnomaliesScreen(TriageMixin, FMBScreen):
     NAME = "anomalies"
-    DEFAULT_CSS = "#anomalies-sources { height: auto; padding: 0 1; color: $warning; display: none; }"
+    DEFAULT_CSS = """
+    #anomalies-sources { height: auto; padding: 0 1; color: $warning; display: none; }
+    #anomalies-active { height: auto; padding: 0 1; color: $success; display: none; }
+    #anomalies-active.stale { color: $warning; }
+    """
     BINDINGS = FMBScreen.screen_bindings("anomalies")
 
     def __init__(self) -> None:
@@ -39,6 +46,10 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self._pending_keep: int | None = None
         self._pending_cursor: int | None = None
         self._more_pending = False
+        self._rerank_started: float | None = None  # monotonic start of the re-rank in flight (one at a time)
+        self._land_unlabelled = False  # after a re-rank: the cursor goes to an unlabelled row
+        self._auto_tried: str | None = None  # labels digest an automatic re-rank was started for
+        self._auto_paused = False  # an automatic re-rank failed: none until one by the key works
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -47,6 +58,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         yield Header()
         yield Static("opening the ranking…", id="anomalies-status")
         yield Static("", id="anomalies-sources")
+        yield Static("", id="anomalies-active")
         with Horizontal(id="triage-bar"):
             yield ProgressBar(total=cfg.top_k, show_eta=False, show_percentage=False, id="topk-bar")
             yield Static("", id="topk-text")
@@ -90,7 +102,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self.table.empty_message = str(error) if isinstance(error, RankingsError) else "no ranking"
         self.table.refresh()
 
-    def _show_ranking(self, result: tuple[rm.RankingData, str]) -> None:
+    def _show_ranking(self, result: tuple[rm.RankingData, str], keep_row: int | None = None) -> None:
         data, system = result
         self.rdata = data
         self.spec = rm.ViewSpec(system)
@@ -99,7 +111,7 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         line.update(Text(sources or ""))
         line.display = sources is not None
         self._more_pending = True  # the other systems' columns load once the first rows are on screen
-        self.recompute(cursor=0)
+        self.recompute(keep_row=keep_row, cursor=0 if keep_row is None else None)
 
     def _add_systems(self, arrays) -> None:
         if self.rdata is None:
@@ -129,8 +141,12 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
                             keep_row=self._pending_keep, cursor=self._pending_cursor,
                             sorted_by=(rm.sort_column(spec), spec.descending))
         self.table.show_column(rm.sort_column(spec))
+        if self._land_unlabelled:
+            self._land_unlabelled = False
+            self._to_unlabelled()
         self.update_status()
         self.update_progress()
+        self.check_active()
         if self._more_pending:
             self._more_pending = False
             others = [s for s in self.rdata.systems if not self.rdata.loaded(s)]
@@ -149,7 +165,9 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         where = f"row {table.cursor + 1:,} of {table.n_rows:,}" if table.n_rows else "no rows"
         if self.spec.filtered:
             where += f" (of {self.rdata.n:,})"
-        text = f"[b]{escape(self.spec.system)}[/] · {escape(self.spec.describe())} · {where}{more}{' · working…' if busy else ''}"
+        running = " · re-ranking by the labels…" if self._rerank_started is not None else ""
+        text = (f"[b]{escape(self.spec.system)}[/] · {escape(self.spec.describe())} · {where}{more}"
+                f"{' · working…' if busy else ''}{running}")
         self.query_one("#anomalies-status", Static).update(text, layout=False)
 
     def update_progress(self) -> None:
@@ -167,6 +185,82 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         self.table.set_labels(self.fmb.labels, self.fmb.notes)
         self.update_progress()
         self.update_title()
+        self.check_active()
+
+    # --- active discovery: re-rank by the labels ---------------------------------------------------
+
+    def check_active(self) -> None:
+        """Compare the labels with those the active order reflects (a worker): the line under the status, auto mode."""
+        if self.spec is None or not self.fmb.labels_loaded:
+            return  # before the labels are read every label would look new
+        self.background(self.data.active_state, self.spec.system, dict(self.fmb.labels), then=self._show_active,
+                        group="active-state")
+
+    def _show_active(self, state: ActiveState) -> None:
+        line = self.query_one("#anomalies-active", Static)
+        shown = self.spec is not None and is_active(self.spec.system) and state.system == self.spec.system
+        line.display = shown
+        if shown:
+            line.update(Text(describe(state, self._rerank_key())))
+            line.set_class(bool(state.stale) or state.problem is not None, "stale")
+        if not self._auto_paused and self._rerank_started is None and auto_due(state, self._auto_tried):
+            self._auto_tried = state.digest
+            since = "since the last re-rank" if state.record is not None else "and nothing re-ranked yet"
+            self.fmb.notify(f"{state.stale} label(s) changed {since} (discover.auto_every = {state.auto_every}): "
+                            "re-ranking in the background", title="auto re-rank")
+            self.start_rerank(auto=True)
+
+    def _rerank_key(self) -> str:
+        action = actions.BY_ID["anomalies.rerank"]
+        return actions.display_key(self.fmb.effective_keymap().get(action.id, action.key))
+
+    def start_rerank(self, auto: bool = False) -> None:
+        """``discover rerank`` in a worker; one at a time (a second request is refused and said)."""
+        if self._rerank_started is not None:
+            seconds = time.monotonic() - self._rerank_started
+            self.fmb.notify(f"a re-rank is already running ({seconds:.0f} s so far); the order changes when it is done",
+                            title="re-rank", severity="warning")
+            return
+        self._rerank_started = time.monotonic()
+        self.update_status()
+        self.background(self._rerank, then=self._reranked, failed=partial(self._rerank_failed, auto), group="rerank")
+
+    def _rerank(self):
+        self.fmb.label_writer.drain()  # the engine reads the labels from the store: this session's are in it
+        return self.data.rerank()
+
+    def _reranked(self, result) -> None:
+        summary, opened, best_row = result
+        self._rerank_started = None
+        self._auto_paused = False
+        used, total = summary.get("labels_used", 0), summary.get("labels_total", 0)
+        message = f"{summary['system']}: {summary.get('strategy')} on {used} of {total} label(s)"
+        if summary.get("not_in_run"):
+            message += f" ({summary['not_in_run']} on objects not in the embedding run)"
+        for note in summary.get("notes") or ():
+            message += f"; {note}"
+        self.fmb.notify(message, title="re-ranked")
+        self._land_unlabelled = True
+        self._show_ranking(opened, keep_row=best_row)
+
+    def _rerank_failed(self, auto: bool, error: Exception) -> None:
+        """Already notified (and logged when a bug); the order stays as it was."""
+        self._rerank_started = None
+        if auto:
+            self._auto_paused = True
+            self.fmb.notify(f"automatic re-ranks are paused until a re-rank by {self._rerank_key()} works",
+                            title="auto re-rank", severity="warning")
+        self.update_status()
+
+    def _to_unlabelled(self) -> None:
+        """Cursor to the first unlabelled row of the order unless it is on one already."""
+        table = self.table
+        row = table.current_row()
+        if self.rdata is None or row is None or self.rdata.id_at(row) not in self.fmb.labels:
+            return
+        position = rm.next_unlabelled(self.rdata, table.order, -1, self.fmb.labels)
+        if position is not None:
+            table.move_cursor(position)
 
     # --- cursor and preview --------------------------------------------------------------------
 
@@ -384,6 +478,9 @@ class AnomaliesScreen(TriageMixin, FMBScreen):
         preview.display = not preview.display
         if preview.display and self._preview_id:
             self.load_preview(self._preview_id)
+
+    def action_rerank(self) -> None:
+        self.start_rerank()
 
     def action_reload(self) -> None:
         self.fmb.reload_labels()

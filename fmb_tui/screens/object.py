@@ -169,6 +169,8 @@ class ObjectScreen(TriageMixin, FMBScreen):
     def triage_changed(self) -> None:
         if self.is_mounted:
             self.update_meta()
+        if self.navigator is not None:  # its table, its top-k bar and the auto re-rank count these labels too
+            self.navigator.triage_changed()
 
     def on_label_saved(self, message) -> None:
         super().on_label_saved(message)

@@ -39,6 +39,32 @@ def tui_template(small_survey: Path, tmp_path_factory: pytest.TempPathFactory) -
     return root
 
 
+#: the systems of the discovery workspace: one embedding run (cca) the re-rank can learn on
+DISCOVER_SYSTEMS = ("cca/image/flow", "cca/spectrum/flow", "cca/cross/mismatch", "cca/fused/geo")
+
+
+@pytest.fixture(scope="session")
+def discover_template(small_survey: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small survey, its cca embeddings (the weight-free baseline) and rankings of cca systems: re-rankable."""
+    from fmb_engine.config import load
+    from fmb_engine.embed.run import embed_survey
+
+    root = tmp_path_factory.mktemp("discover-template") / "ws"
+    ws = Workspace.init(root)
+    survey = ws.folder("survey") / "mock.h5"
+    os.symlink(small_survey, survey)
+    embed_survey(ws, survey, "cca", load("embed.cca", ws))
+    populate(ws, survey, systems=DISCOVER_SYSTEMS)
+    return root
+
+
+@pytest.fixture
+def discover_ws(discover_template: Path, tmp_path: Path) -> Workspace:
+    dst = tmp_path / "ws"
+    shutil.copytree(discover_template, dst, symlinks=True)
+    return Workspace(dst)
+
+
 @pytest.fixture
 def tui_ws(tui_template: Path, tmp_path: Path) -> Iterator[Workspace]:
     dst = tmp_path / "ws"

@@ -83,6 +83,7 @@ def add_odd_records(ws: Workspace) -> None:
         con.execute("UPDATE jobs SET state = 'SUSPENDED_BY_ADMIN' WHERE job_id = ?", (f"{1000 + list(State).index(State.UNKNOWN)}",))
     con.close()
 
+    add_active_systems(ws)
     ids = _object_ids(ws)
     for user, label, note in (("ana", "interesting", None), ("bo", "AGN", MARKUP_TEXT), ("chen", "artefact", "see [/]")):
         with LabelStore.for_workspace(ws, user=user) as store:
@@ -91,6 +92,28 @@ def add_odd_records(ws: Workspace) -> None:
                 if note:
                     store.set_note(oid, note)
             ids = ids[3:]
+
+
+def add_active_systems(ws: Workspace) -> None:
+    """Two re-ranked (active) systems, one of them shown first: a record with markup in every text and a
+    malformed one; auto mode on (the re-rank itself fails here: no embeddings, so auto mode pauses)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from fmb_engine.detect.tables import rank_descending
+    from fmb_engine.discover.run import write_active
+    from fmb_engine.rankings import systems_path
+
+    ids = np.asarray(pq.read_table(systems_path(ws), columns=["object_id"]).column(0).to_pylist(), dtype=str)
+    score = np.random.default_rng(7).normal(size=ids.size)
+    write_active(ws, "astropt/fused/active", ids, score, rank_descending,
+                 {"strategy": MARKUP_TEXT, "labels": 3, "labels_total": 4, "labels_digest": "0" * 64,
+                  "label_version": 2, "users": {MARKUP_TEXT: 3, "bo": 1}, "base": MARKUP_TEXT, "time": "2026-01-01",
+                  "notes": [MARKUP_TEXT]})
+    write_active(ws, "aion/image/active", ids[: ids.size // 2], score[: ids.size // 2], rank_descending,
+                 {"strategy": None, "labels": "many", "users": ["x"], "label_version": "?", "notes": "one"})
+    with (ws.root / "fmb.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("tui:\n  system: astropt/fused/active\ndiscover:\n  auto_every: 2\n")
 
 
 def _object_ids(ws: Workspace) -> list[str]:

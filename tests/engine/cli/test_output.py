@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from fmb_engine.cli.main import app
 from fmb_engine.cli.output import Format, csv_text, json_text
-from fmb_engine.jobs import executors, selftest
+from fmb_engine.jobs import selftest, submission
 from fmb_engine.triage.labels import LabelStore
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -58,8 +58,8 @@ def test_values_scripts_read_plainly():
 
 @pytest.fixture
 def jobs_workspace(workspace, tmp_path):
-    done = executors.submit(workspace, "selftest", selftest.write_shard, str(tmp_path / "c"), 0, 1, executor="debug")
-    failed = executors.submit(workspace, "detect", selftest.fail, "json boom", executor="debug")
+    done = submission.submit(workspace, "selftest", selftest.write_shard, str(tmp_path / "c"), 0, 1, executor="debug")
+    failed = submission.submit(workspace, "detect", selftest.fail, "json boom", executor="debug")
     return workspace, done, failed
 
 
