@@ -11,8 +11,8 @@ memory. The similarities of the candidates found are then recomputed in float32 
 database and the candidates re-sorted, so the reported similarities are exact. Measured
 against float32 cells (IVF-Flat) and an HNSW graph in docs/benchmarks.md ("Approximate k-NN").
 
-``nprobe`` (unless fixed) is the smallest power of two whose recall@k on a seeded *tuning*
-sample of queries reaches the target; recall@k is then measured on a separate seeded sample
+``nprobe`` (unless fixed) is the first step of the ladder 1, 2, 3, 4, 6, 8, 11, 16, … (×√2)
+whose recall@k on a seeded *tuning* sample of queries reaches the target; recall@k is then measured on a separate seeded sample
 against exact search and reported with the index parameters and timings. Everything is
 seeded (subsample, k-means, samples), so the same seed gives the same neighbours.
 """
@@ -129,7 +129,7 @@ def approx_knn(database: np.ndarray, queries: np.ndarray, k: int, self_rows: np.
             steps.append({"nprobe": nprobe, "recall": round(recall_at_k(found, truth), 4)})
             if steps[-1]["recall"] >= s.min_recall or nprobe >= nlist:
                 break
-            nprobe = min(2 * nprobe, nlist)
+            nprobe = min(max(nprobe + 1, round(nprobe * math.sqrt(2))), nlist)
         report["tuning"] = {"queries": int(rows.size), "separate_from_check": bool(tune.size), "steps": steps}
     report["tune_s"] = round(time.perf_counter() - t0, 3)
     index.nprobe = nprobe

@@ -23,7 +23,7 @@ class AnalyzeConfig(Section):
     backend: Literal["auto", "exact", "approx", "torch", "faiss"] = Field("auto", description="k-NN search: exact (faiss IndexFlatIP when installed, else torch; or name one), approx (faiss inverted file, recall measured), auto = approx from approx_threshold on.")
     approx_threshold: int = Field(200_000, ge=2, description="auto searches approximately when queries x objects >= this squared (a self-query of this many objects) and faiss-cpu is installed.")
     approx_nlist: int = Field(0, ge=0, description="Cells of the approximate index; 0 = round(sqrt(objects)).")
-    approx_nprobe: int = Field(0, ge=0, description="Cells scanned per query; 0 = the smallest power of two reaching approx_min_recall on a seeded tuning sample.")
+    approx_nprobe: int = Field(0, ge=0, description="Cells scanned per query; 0 = the first of 1, 2, 3, 4, 6, 8, 11, 16, ... (x sqrt 2) reaching approx_min_recall on a seeded tuning sample.")
     approx_min_recall: float = Field(0.95, gt=0, le=1, description="Recall@k the tuning aims at; a lower measured recall is a manifest warning.")
     approx_recall_queries: int = Field(1000, ge=1, le=1_000_000, description="Seeded queries whose recall@k against exact search is measured and recorded.")
     rank_method: str = Field("flow", description="Method whose ranks neighbour-ranks reads (system <model>/<modality>/<method>).")
