@@ -9,7 +9,7 @@ the engine's exact path): timed on the recall sample and scaled to all queries (
 
     python bench/knn.py                  # 10⁶ x 768 (about 4.5 GB peak)
     python bench/knn.py -n 100000        # 10⁵ x 768
-    python bench/knn.py -n 100000 --compare   # also float32 cells (IVF-Flat) and HNSW32, same data
+    python bench/knn.py -n 100000 --compare   # also float32/float16 cells and HNSW32, same data
 
 Data: ``N / 1000`` cluster centres ~ N(0, I) with Zipf-like sizes (1/sqrt(rank)); each point is
 its centre plus a spread in a 32-dimensional subspace shared by all clusters (standard deviation
@@ -44,7 +44,8 @@ def clustered(n: int, d: int, clusters: int, spread: float, seed: int, chunk: in
 
 
 def compare(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int, nlist: int, nprobe: int) -> None:
-    """The alternatives at the same N: float32 cells and an HNSW graph (faiss defaults otherwise);
+    """The alternatives at the same N, codes not re-ranked: float32 and float16 cells and an HNSW
+    graph (faiss defaults otherwise);
     ``truth`` is the exact top ``k`` of the first queries, the query itself included."""
     import faiss
 
@@ -52,7 +53,8 @@ def compare(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int, nlist
     from fmb_engine.analyze.similarity import normalise
 
     xn = normalise(x)
-    for spec, knob, value in ((f"IVF{nlist},Flat", "nprobe", nprobe), ("HNSW32", "efSearch", 64)):
+    for spec, knob, value in ((f"IVF{nlist},Flat", "nprobe", nprobe), (f"IVF{nlist},SQfp16", "nprobe", nprobe),
+                              ("HNSW32", "efSearch", 64)):
         index = faiss.index_factory(x.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         t0 = time.perf_counter()
         index.train(xn[np.sort(np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), replace=False))])
@@ -97,11 +99,12 @@ def main() -> None:
     exact_all = r["exact_sample_s"] * args.queries / r["recall_queries"]
     steps = ", ".join(f"{s['nprobe']}: {s['recall']:.3f}" for s in r["tuning"]["steps"])
     print(f"index {r['index']}, nlist {r['nlist']}, trained on {r['train_rows']:,} rows")
-    print(f"build {r['build_s']:.1f} s (train {r['train_s']:.1f} s)   [target <= 300 s]")
+    print(f"build {r['build_s']:.1f} s wall, {r['build_cpu_s']:.1f} CPU s (train {r['train_s']:.1f} s)   [target <= 300 s]")
     print(f"nprobe tuning on {r['tuning']['queries']} queries: {r['tune_s']:.1f} s; recall@{args.k} by nprobe: {steps}")
-    print(f"search {args.queries:,} queries, top {args.k}, nprobe {r['nprobe']}: {r['search_s']:.1f} s   [target <= 30 s]")
+    print(f"search {args.queries:,} queries, top {args.k}, nprobe {r['nprobe']}: {r['search_s']:.1f} s wall, "
+          f"{r['search_cpu_s']:.1f} CPU s   [target <= 30 s]")
     print(f"recall@{args.k} vs exact on {r['recall_queries']:,} separate queries: {r[f'recall_at_{args.k}']:.4f}   [target >= 0.95]")
-    print(f"exact reference: {r['exact_sample_s']:.1f} s for {r['recall_queries']:,} queries -> {exact_all:.0f} s (est.) for "
+    print(f"exact reference: {r['exact_sample_s']:.1f} s wall ({r['exact_sample_cpu_s']:.1f} CPU s) for {r['recall_queries']:,} queries -> {exact_all:.0f} s (est.) for "
           f"{args.queries:,}; ratio exact / approximate search = {exact_all / r['search_s']:.1f}x "
           f"(with build and tuning: {exact_all / (r['build_s'] + r['tune_s'] + r['search_s']):.1f}x)")
     print(f"approx_knn total {total:.1f} s; load after: {os.getloadavg()[0]:.2f}; "

@@ -108,7 +108,7 @@ def _streamed_knn(database: np.ndarray, q: np.ndarray, kk: int, chunk: int) -> t
 
     n, nq = database.shape[0], q.shape[0]
     q_rows = max(1, min(chunk, nq))
-    db_rows = max(1, min(n, BLOCK_ELEMENTS // q_rows))
+    db_rows = max(1, min(n, BLOCK_ELEMENTS // q_rows, BLOCK_ELEMENTS // database.shape[1]))  # products and rows bounded
     vals = torch.full((nq, kk), -float("inf"))
     idx = torch.full((nq, kk), -1, dtype=torch.int64)
     qt = torch.from_numpy(q)
