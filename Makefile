@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.core: $(BIN)/python pyproject.toml constraints/cpu.txt constraints/test.txt
 	$(PIP) --upgrade pip
-	$(PIP) -c constraints/test.txt -e '.[dev]'
+	$(PIP) -c constraints/test.txt -e '.[dev,ann]'
 	touch $@
 
 # Foundation-model packages with --no-deps: their unpinned torchvision would replace the

@@ -161,16 +161,17 @@ def read_query_ids(ids: list[str] | None = None, csv: Path | None = None) -> lis
 
 def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
                        queries: list[str] | None = None) -> StageResult:
-    """Exact cosine k-NN per model and modality (valid rows only) -> analysis/similarity/neighbours.parquet
-    (every object queried) or query_neighbours.parquet (``queries`` given)."""
-    from fmb_engine.analyze.similarity import has_faiss, knn, neighbour_table
+    """Cosine k-NN per model and modality (valid rows only; exact, or approximate with its recall
+    measured, per ``analyze.backend``) -> analysis/similarity/neighbours.parquet (every object
+    queried) or query_neighbours.parquet (``queries`` given). The manifest's ``knn`` field holds
+    each search's backend, index parameters, timings and recall."""
+    from fmb_engine.analyze.similarity import choose_backend, knn, neighbour_table
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
     reporter = reporter or Silent()
     with stage_run(ws, "analyze.similarity", config_record(resolved), seed=cfg.seed) as manifest:
-        backend = "faiss" if cfg.backend == "faiss" or (cfg.backend == "auto" and has_faiss()) else "torch"
-        manifest.count("backend", backend)
         tables = []
+        searches: dict[str, dict] = {}
         used: list[Path] = []
         for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
             if queries:
@@ -182,10 +183,26 @@ def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | N
                 rows = np.array([pos[q] for q in queries if q in pos], np.int64)
             else:
                 rows = np.arange(len(ids))
-            with manifest.phase(f"knn:{run}/{modality}"):
-                idx, sims = knn(x, x[rows], cfg.k, self_rows=rows, chunk=cfg.chunk, backend=backend)
+            name = f"{run}/{modality}"
+            engine, fallback = choose_backend(cfg.backend, len(ids), len(rows), cfg.approx_threshold)
+            with manifest.phase(f"knn:{name}"):
+                if engine == "approx":
+                    idx, sims, search = _approx(x, rows, queries is None, cfg)
+                else:
+                    idx, sims = knn(x, x if queries is None else x[rows], cfg.k, self_rows=rows, chunk=cfg.chunk,
+                                    backend=engine)
+                    search = {"backend": engine, "objects": len(ids), "queries": len(rows), "k": cfg.k}
+            if fallback:
+                search["fallback"] = fallback
+                manifest.warn(f"{name}: {fallback}")
+            recall = search.get(f"recall_at_{cfg.k}")
+            if recall is not None and recall < cfg.approx_min_recall:
+                manifest.warn(f"{name}: approximate recall@{cfg.k} {recall:.3f} < {cfg.approx_min_recall} "
+                              "(raise analyze.approx_nprobe or use analyze.backend exact)")
+            searches[name] = search
             tables.append(neighbour_table(ids[rows], ids, idx, sims, run, modality))
-            reporter.log(f"{run}/{modality}: {len(rows):,} queries x {len(ids):,} objects")
+            reporter.log(f"{name}: {len(rows):,} queries x {len(ids):,} objects, {engine}"
+                         + (f", recall@{cfg.k} {recall:.3f} (nprobe {search['nprobe']}/{search['nlist']})" if recall is not None else ""))
         if not tables:
             raise DataError("no embeddings matched the chosen models / modalities")
         table = pd.concat(tables, ignore_index=True)
@@ -193,9 +210,20 @@ def analyze_similarity(ws: Workspace, resolved: Resolved, reporter: Reporter | N
         name = "query_neighbours.parquet" if queries else "neighbours.parquet"
         outputs = _publish(ws, manifest, ws.folder("analysis") / "similarity", {"neighbours": (table, name, False)},
                            _inputs(ws, used, lineage.active_survey(ws)))
+        manifest.count("backend", ", ".join(sorted({s["backend"] for s in searches.values()})))
+        manifest.record("knn", searches)
         manifest.count("rows", len(table))
         manifest.count("queries", int(table["object_id"].nunique()))
-        return _finish(manifest, outputs, {"neighbours": table})
+        return _finish(manifest, outputs, {"neighbours": table, "knn": searches})
+
+
+def _approx(x: np.ndarray, rows: np.ndarray, self_query: bool, cfg: AnalyzeConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The approximate search of one embedding with the section's index settings."""
+    from fmb_engine.analyze.ann import ApproxSettings, approx_knn
+
+    settings = ApproxSettings(nlist=cfg.approx_nlist, nprobe=cfg.approx_nprobe, min_recall=cfg.approx_min_recall,
+                              recall_queries=cfg.approx_recall_queries, seed=cfg.seed, chunk=cfg.chunk)
+    return approx_knn(x, x if self_query else x[rows], cfg.k, self_rows=rows, settings=settings)
 
 
 def analyze_neighbor_ranks(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None) -> StageResult:

@@ -1,17 +1,25 @@
-"""Exact cosine k-nearest neighbours and the anomaly ranks of neighbours.
+"""Exact cosine k-nearest neighbours, the choice of k-NN backend, and the anomaly ranks of neighbours.
 
 Rows are L2-normalised, similarities are blocks of matrix products ``Q Xᵀ`` (torch,
 float32; faiss ``IndexFlatIP`` when installed and asked for), the top ``k + 1`` of
 each block row is kept and the query itself (by row index, not by similarity, so
-duplicated vectors stay neighbours) is dropped.
+duplicated vectors stay neighbours) is dropped. A block holds at most
+:data:`BLOCK_ELEMENTS` similarities, whatever N. The approximate search of large tables
+is :mod:`fmb_engine.analyze.ann`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
+
+from fmb_engine.errors import ConfigError
+
+#: Similarities per matrix-product block at most (512 MiB of float32): bounds memory at any N.
+BLOCK_ELEMENTS = 1 << 27
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -24,6 +32,42 @@ def has_faiss() -> bool:
     return importlib.util.find_spec("faiss") is not None
 
 
+#: How to install the optional faiss package (the ``ann`` extra).
+FAISS_INSTALL = "pip install 'fmb[ann]'  (or: pip install 'faiss-cpu>=1.8')"
+
+
+def require_faiss(why: str) -> ModuleType:
+    """``import faiss`` or a :class:`ConfigError` naming the package and how to install it."""
+    if not has_faiss():
+        raise ConfigError(f"{why} needs the optional package faiss-cpu, which is not installed; install it with "
+                          f"`{FAISS_INSTALL}`, or set analyze.backend to exact or auto")
+    import faiss  # type: ignore[import-not-found]
+
+    return faiss
+
+
+def choose_backend(backend: str, n: int, n_queries: int, threshold: int) -> tuple[str, str | None]:
+    """The engine of one search (``approx``, ``faiss`` or ``torch``) and, when auto had to
+    fall back, why.
+
+    ``exact`` is faiss ``IndexFlatIP`` when installed, else torch; ``auto`` is approximate
+    when the exact work ``Q · N`` reaches that of a self-query at the threshold
+    (``threshold²``, i.e. ``N ≥ threshold`` for a self-query) and faiss is installed, exact
+    otherwise. Explicit ``approx`` or ``faiss`` without faiss installed is a ConfigError.
+    """
+    if backend in ("approx", "faiss"):
+        require_faiss(f"analyze.backend {backend}")
+    if backend in ("approx", "faiss", "torch"):
+        return backend, None
+    exact = "faiss" if has_faiss() else "torch"
+    if backend == "auto" and n_queries * n >= threshold * threshold:
+        if has_faiss():
+            return "approx", None
+        return exact, (f"{n:,} objects and {n_queries:,} queries reach analyze.approx_threshold ({threshold:,}) but "
+                       f"faiss-cpu is not installed: exact search instead (slow at this size; install it with `{FAISS_INSTALL}`)")
+    return exact, None
+
+
 def knn(database: np.ndarray, queries: np.ndarray, k: int, self_rows: np.ndarray | None = None,
         chunk: int = 4096, backend: str = "auto", symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine neighbours of each query row in ``database``.
@@ -33,33 +77,21 @@ def knn(database: np.ndarray, queries: np.ndarray, k: int, self_rows: np.ndarray
     Returns (indices (Q, k) int64, similarities (Q, k) float32), best first; rows
     with fewer than k candidates are padded with -1 / NaN.
     """
-    db = normalise(database)
     q = normalise(queries)
-    n, nq = db.shape[0], q.shape[0]
+    n, nq = database.shape[0], q.shape[0]
     self_rows = np.full(nq, -1, np.int64) if self_rows is None else np.asarray(self_rows, np.int64)
     kk = min(k + 1, n)
     if backend == "faiss" or (backend == "auto" and has_faiss()):
-        import faiss  # type: ignore[import-not-found]
-
-        index = faiss.IndexFlatIP(db.shape[1])
-        index.add(db)
+        faiss = require_faiss("analyze.backend faiss")
+        index = faiss.IndexFlatIP(database.shape[1])
+        index.add(normalise(database))
         sims, idx = index.search(q, kk)
         idx = idx.astype(np.int64)
-    elif symmetric and nq == n and np.array_equal(self_rows, np.arange(n)) and (queries is database or np.array_equal(q, db)):
-        idx, sims = _self_knn(db, kk, chunk)
+    elif symmetric and nq == n and np.array_equal(self_rows, np.arange(n)) and (queries is database or np.array_equal(q, normalise(database))):
+        idx, sims = _self_knn(q, kk, chunk)
     else:
-        import torch
-
-        dbt = torch.from_numpy(db)
-        idx = np.empty((nq, kk), np.int64)
-        sims = np.empty((nq, kk), np.float32)
-        with torch.inference_mode():
-            for start in range(0, nq, chunk):
-                block = torch.from_numpy(q[start:start + chunk]) @ dbt.T
-                s, i = torch.topk(block, kk, dim=1, largest=True, sorted=True)
-                idx[start:start + chunk] = i.numpy()
-                sims[start:start + chunk] = s.numpy()
-    return _drop_self(idx, sims, self_rows, k)
+        idx, sims = _streamed_knn(database, q, kk, chunk)
+    return drop_self(idx, sims, self_rows, k)
 
 
 def _merge(vals, idx, new_vals, new_idx, kk):
@@ -67,6 +99,27 @@ def _merge(vals, idx, new_vals, new_idx, kk):
 
     v, pos = torch.topk(torch.cat([vals, new_vals], dim=1), kk, dim=1, largest=True, sorted=True)
     return v, torch.gather(torch.cat([idx, new_idx], dim=1), 1, pos)
+
+
+def _streamed_knn(database: np.ndarray, q: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``kk`` of normalised queries over the database, read in normalised row blocks
+    (each normalised once) against query blocks: memory is the blocks plus the running top ``kk``."""
+    import torch
+
+    n, nq = database.shape[0], q.shape[0]
+    q_rows = max(1, min(chunk, nq))
+    db_rows = max(1, min(n, BLOCK_ELEMENTS // q_rows, BLOCK_ELEMENTS // database.shape[1]))  # products and rows bounded
+    vals = torch.full((nq, kk), -float("inf"))
+    idx = torch.full((nq, kk), -1, dtype=torch.int64)
+    qt = torch.from_numpy(q)
+    with torch.inference_mode():
+        for d0 in range(0, n, db_rows):
+            block = torch.from_numpy(normalise(database[d0:d0 + db_rows]))
+            width = min(kk, block.shape[0])
+            for q0 in range(0, nq, q_rows):
+                v, i = torch.topk(qt[q0:q0 + q_rows] @ block.T, width, dim=1, largest=True, sorted=True)
+                vals[q0:q0 + q_rows], idx[q0:q0 + q_rows] = _merge(vals[q0:q0 + q_rows], idx[q0:q0 + q_rows], v, i + d0, kk)
+    return idx.numpy(), vals.numpy()
 
 
 def _self_knn(x: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +131,7 @@ def _self_knn(x: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarra
     import torch
 
     n = x.shape[0]
+    chunk = max(1, min(chunk, BLOCK_ELEMENTS // n))  # a strip is chunk x (n - start) similarities
     xt = torch.from_numpy(x)
     vals = torch.full((n, kk), -float("inf"))
     idx = torch.full((n, kk), -1, dtype=torch.int64)
@@ -96,7 +150,7 @@ def _self_knn(x: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarra
     return idx.numpy(), vals.numpy()
 
 
-def _drop_self(idx: np.ndarray, sims: np.ndarray, self_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_self(idx: np.ndarray, sims: np.ndarray, self_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     keep = idx != self_rows[:, None]
     keep &= idx >= 0
     # keep the first k allowed entries of each row (stable: order stays best first)
@@ -151,4 +205,5 @@ def summarise_neighbour_ranks(table: pd.DataFrame, top_percent: float = 1.0) -> 
     return pd.DataFrame(rows)
 
 
-__all__ = ["has_faiss", "knn", "neighbour_ranks", "neighbour_table", "normalise", "summarise_neighbour_ranks"]
+__all__ = ["BLOCK_ELEMENTS", "choose_backend", "drop_self", "has_faiss", "knn", "neighbour_ranks", "neighbour_table", "normalise", "require_faiss",
+           "summarise_neighbour_ranks"]

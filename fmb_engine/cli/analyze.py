@@ -78,11 +78,11 @@ def similarity(
     k: int = typer.Option(None, "--k", "-k", help="Neighbours per query (default 10)."),
     models: RunsOpt = None,
     modalities: list[str] = ModalityOpt,
-    backend: str = typer.Option(None, "--backend", help="auto, torch or faiss."),
+    backend: str = typer.Option(None, "--backend", help="auto, exact, approx (or the exact engines torch, faiss)."),
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Exact cosine k-nearest neighbours per model and modality (self excluded) -> neighbours.parquet."""
+    """Cosine k-nearest neighbours per model and modality (self excluded; approximate from analyze.approx_threshold on) -> neighbours.parquet."""
     from fmb_engine.analyze.run import analyze_similarity
 
     ws = find_workspace(workspace)
