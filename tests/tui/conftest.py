@@ -76,19 +76,37 @@ def tui_ws(tui_template: Path, tmp_path: Path) -> Iterator[Workspace]:
 
 def _cancel_submitted(ws: Workspace) -> None:
     """A run a test submitted from a form (ctrl+s; the fuzzer too) must not outlive the test: a local
-    retrain job went on for an hour in the background, with 8 GB, after the test had passed."""
-    from fmb_engine.jobs.submission import cancel
-    from fmb_engine.jobs.registry import open_registry
+    retrain job went on for an hour in the background, with 8 GB, after the test had passed.
 
-    if not (ws.folder("jobs") / "registry.sqlite").exists():
-        return
-    reg = open_registry(ws)
-    try:
-        for run in reg.runs():
-            if any(job.active for job in reg.jobs(run.run_id)):
-                cancel(ws, run.run_id, registry=reg)
-    finally:
-        reg.close()
+    The submission runs in a worker thread that may still be registering the run when the app has
+    exited, so while a run folder in jobs/ is not in the registry yet, look again (at most 30 s)."""
+    import time
+    import warnings
+
+    from fmb_engine.jobs import JobsError
+    from fmb_engine.jobs.registry import open_registry
+    from fmb_engine.jobs.submission import cancel
+
+    folder = ws.folder("jobs")
+    deadline = time.monotonic() + 30
+    while True:
+        folders = {p.name for p in folder.glob("*T*-*") if p.is_dir()} if folder.is_dir() else set()
+        if not folders:
+            return
+        reg = open_registry(ws)
+        try:
+            runs = reg.runs()
+            for run in runs:
+                if any(job.active for job in reg.jobs(run.run_id)):
+                    try:
+                        cancel(ws, run.run_id, registry=reg)
+                    except JobsError as exc:  # e.g. a SLURM controller gone: nothing more a test can do
+                        warnings.warn(f"could not cancel {run.run_id}: {exc}", stacklevel=1)
+        finally:
+            reg.close()
+        if folders <= {run.run_id for run in runs} or time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
 
 
 @pytest.fixture
