@@ -25,6 +25,7 @@ import numpy as np
 from fmb_engine import locks
 from fmb_engine.config import Resolved
 from fmb_engine.errors import ConfigError, DataError
+from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.rankings import (
     ACTIVE_KEY,
@@ -75,8 +76,9 @@ def choose_base(systems: list[str], model: str = "", system: str = "", fusion: s
     return default_system(own, preferred if preferred in own else None)
 
 
-def load_problem(ws: Workspace, cfg: Any, survey: Path | None = None) -> Problem:
-    """Read the base system and the features' source rows named by the ``discover`` settings ``cfg``."""
+def load_problem(ws: Workspace, cfg: Any, survey: Path | None = None, manifest: RunManifest | None = None) -> Problem:
+    """Read the base system and the features' source rows named by the ``discover`` settings ``cfg``;
+    ``manifest`` gets the inputs and the rows left out (a non-finite vector), with example ids."""
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.rankings import load_rankings
 
@@ -98,7 +100,14 @@ def load_problem(ws: Workspace, cfg: Any, survey: Path | None = None) -> Problem
     finite = np.isfinite(X).all(axis=1)
     scores = load_rankings(ws, [system], survey).set_index("object_id")[SCORE_PREFIX + system]
     base = scores.reindex(ids[finite]).to_numpy(dtype=np.float64)
-    return Problem(system, model, held, ids[finite], X[finite], base, ids[~finite])
+    problem = Problem(system, model, held, ids[finite], X[finite], base, ids[~finite])
+    if manifest is not None:
+        manifest.input("embeddings", path)
+        manifest.input("systems", systems_path(ws))
+        if problem.not_finite.size:
+            manifest.dropped("not_finite_vector", int(problem.not_finite.size))
+            manifest.count("not_finite_examples", problem.not_finite[:EXAMPLES].tolist())
+    return problem
 
 
 def labels_digest(labels: dict[str, str]) -> str:
@@ -134,12 +143,7 @@ def rerank(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
     scores_dir = ws.folder("scores")
     with locks.hold(scores_dir, "the rankings in scores/"), \
             stage_run(ws, "discover.rerank", config_record(resolved), seed=cfg.seed) as manifest:
-        problem = load_problem(ws, cfg, survey)
-        manifest.input("embeddings", ws.folder("embeddings") / f"{problem.model}.h5")
-        manifest.input("systems", systems_path(ws))
-        if problem.not_finite.size:
-            manifest.dropped("not_finite_vector", int(problem.not_finite.size))
-            manifest.count("not_finite_examples", problem.not_finite[:EXAMPLES].tolist())
+        problem = load_problem(ws, cfg, survey, manifest)
         labels, users, version = read_labels(ws)
         t = targets(labels, problem.object_ids, cfg.relevance, tuple(cfg.ignored))
         manifest.count("labels", {"total": len(labels), "used": int(t.rows.size),
@@ -227,12 +231,7 @@ def simulate(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None
     reporter = reporter or Silent()
     out_dir = ws.folder("analysis") / "discovery"
     with stage_run(ws, "discover.simulate", config_record(resolved), seed=cfg.seed) as manifest:
-        problem = load_problem(ws, cfg, survey)
-        manifest.input("embeddings", ws.folder("embeddings") / f"{problem.model}.h5")
-        manifest.input("systems", systems_path(ws))
-        if problem.not_finite.size:
-            manifest.dropped("not_finite_vector", int(problem.not_finite.size))
-            manifest.count("not_finite_examples", problem.not_finite[:EXAMPLES].tolist())
+        problem = load_problem(ws, cfg, survey, manifest)
         classes = read_truth(ws, problem.model, problem.object_ids, survey)
         known = sorted(set(classes) - {""})
         unknown = [c for c in cfg.interesting if c not in known]
