@@ -299,6 +299,8 @@ class FMBApp(GuardedDispatch, App):
         self.labels, self.notes = message.labels, message.notes
         self._label_version = message.version
         self.labels_loaded = True
+        if not self.screen_stack:  # the sync answered while the app was closing
+            return
         triage_changed = getattr(self.screen, "triage_changed", None)
         if triage_changed is not None:
             triage_changed()

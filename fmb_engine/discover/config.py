@@ -30,7 +30,7 @@ class DiscoverConfig(Section):
     """`fmb-engine discover rerank|simulate`: labels re-rank the remaining candidates (docs/science.md)."""
 
     model: str = Field("", description="Embedding run (embeddings/<model>.h5) the strategy learns on; empty = the base system's run.")
-    system: str = Field("", description="Base system (model/modality/method) whose scores the strategy starts from; empty = the run's first fused system.")
+    system: str = Field("", description="Base system (model/modality/method) whose scores the strategy starts from; empty = the run's fusion by detect.fusion (else its first fused system).")
     modalities: list[Literal["image", "spectrum", "joint"]] = Field(
         default_factory=lambda: list(MODALITY_NAMES),
         description="Embedding modalities concatenated into the features (those the run holds).")
