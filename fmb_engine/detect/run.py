@@ -254,6 +254,11 @@ def _concat(tables: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFram
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(columns))
 
 
+def _modalities(keys: pd.Series) -> pd.Series:
+    """The modality of each row's embedding key, looked up once per distinct key (millions of rows, a few keys)."""
+    return keys.map({key: modality_of(key) for key in keys.unique()})
+
+
 def _read(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path} not found: run `fmb-engine detect {what}` first")
@@ -273,7 +278,7 @@ def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest
     ranked_path = out / "multimodal" / "ranked" / f"top{cfg.top_k}_{model}_{cfg.fusion}.csv"
     filtered_path = out / "multimodal" / "filtered" / f"top{cfg.top_k}_{model}_{cfg.fusion}_filtered.csv"
     flows = _read(stage.read_path(out / f"anomaly_scores_{model}.csv"), "flows")
-    flows["modality"] = flows["embedding_key"].map(modality_of)
+    flows["modality"] = _modalities(flows["embedding_key"])
     img = flows[flows["modality"] == "image"].set_index("object_id")["neg_log_prob"]
     spec = flows[flows["modality"] == "spectrum"].set_index("object_id")["neg_log_prob"]
     mis_s = pd.Series(dtype=float)
@@ -320,7 +325,7 @@ def system_scores(ws: Workspace, model: str, stage: StagedSet) -> dict[str, pd.S
     for path, method_col, score_col in ((anomaly, None, "neg_log_prob"), (baseline, "method", "neg_log_prob")):
         if stage.exists(path):
             table = pd.read_csv(stage.read_path(path), dtype={"object_id": str})
-            table["modality"] = table["embedding_key"].map(modality_of)
+            table["modality"] = _modalities(table["embedding_key"])
             for (modality, method), part in table.groupby(["modality", method_col or "modality"], sort=False):
                 found[system_name(model, modality, method if method_col else "flow")] = part.set_index("object_id")[score_col]
     if stage.exists(cosine):
