@@ -121,3 +121,13 @@ def test_a_sampled_fit_finds_the_injected_outliers_about_as_well_as_a_full_fit(t
                        for s in ("joint/knn", "cross/mismatch")}
     for system, full in aurocs[OBJECTS].items():
         assert aurocs[300][system] > 0.85 and abs(aurocs[300][system] - full) < 0.03, (system, aurocs)
+
+
+def test_out_of_fold_with_a_sample_scores_every_object_whatever_the_chunk_size(tmp_path):
+    """Sample rows by the fold flows that never saw them, the other rows by the flow fitted on the whole sample."""
+    cfg = {"fit_max_objects": 200, "out_of_fold": 2, "baselines": False}
+    small = _systems(_workspace(tmp_path / "a"), chunk_rows=37, **cfg)
+    large = _systems(_workspace(tmp_path / "b"), chunk_rows=5000, **cfg)
+    for modality in DIMS:
+        column = f"rank:synthetic/{modality}/flow"
+        assert small[column].notna().all() and small[column].equals(large[column]), column
