@@ -182,9 +182,10 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
         manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
         manifest.count(f"objects:{model}", int(ids.shape[0]))
         keys = sample_keys(ids.shape[0], cfg.seed)
-        keeps = {m: usable_rows(reader, m, cfg.chunk_rows) for m in meta.modalities}
-        samples = {m: fit_sample(keep, keys, cfg.fit_max_objects) for m, keep in keeps.items()}
-        fit_x = {m: gather(reader, m, rows, cfg.chunk_rows) for m, rows in samples.items()}
+        with manifest.phase(f"sample:{model}"):  # one pass over the file for the usable rows, one for the sample
+            keeps = {m: usable_rows(reader, m, cfg.chunk_rows) for m in meta.modalities}
+            samples = {m: fit_sample(keep, keys, cfg.fit_max_objects) for m, keep in keeps.items()}
+            fit_x = {m: gather(reader, m, rows, cfg.chunk_rows) for m, rows in samples.items()}
         manifest.count(f"fit_rows:{model}", {m: int(rows.shape[0]) for m, rows in samples.items()})
         check_embeddings(path, fit_x, {m: np.ones(x.shape[0], bool) for m, x in fit_x.items()},
                          cfg.max_duplicate_fraction, manifest, MIN_ROWS)
