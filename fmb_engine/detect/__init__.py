@@ -12,6 +12,7 @@ No file formats, CLI or config here; those wrap these objects.
   residual (unaligned), ``mismatch_scores``, ``mismatch_table``
 * :mod:`~fmb_engine.detect.fusion` -- rank percentiles and the fusion rules of ``FUSION_METHODS``, uplift, thresholds
 * :mod:`~fmb_engine.detect.baselines` -- IsolationForest and kNN-distance detectors
+* :mod:`~fmb_engine.detect.stream` -- the seeded fit sample and row-chunk reads/scoring (bounded memory)
 * :mod:`~fmb_engine.detect.metrics` -- AUROC / AP / precision@k / recall@k against labels
 * :mod:`~fmb_engine.detect.tables` -- shared rank conventions (rank 1 = most anomalous)
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmb_engine.detect.params import DEFAULT_FUSION, FLOW_TYPES, FUSION_METHODS, MAX_DUPLICATE_FRACTION, PRESETS
+from fmb_engine.detect.params import CHUNK_ROWS, DEFAULT_FUSION, FIT_MAX_OBJECTS, FLOW_TYPES, FUSION_METHODS, MAX_DUPLICATE_FRACTION, PRESETS
 
 FLOW_KEYS = ("flow_type", "num_transforms", "hidden_features", "pca_components", "epochs", "batch_size", "lr",
              "weight_decay", "clip_sigma", "grad_clip")
@@ -56,6 +56,15 @@ class DetectConfig(BaseModel):
     knn_k: int = Field(10, ge=1, description="k of the k-NN distance baseline.")
     iforest_trees: int = Field(200, ge=1, description="Trees of the IsolationForest baseline.")
     mismatch_alpha: float = Field(1.0, gt=0, description="Ridge penalty of the learned mismatch (unaligned embedders).")
+    fit_max_objects: int = Field(
+        FIT_MAX_OBJECTS, ge=100,
+        description="Fit flows, preprocessing, baselines and the learned mismatch on at most this many usable rows "
+                    "(a seeded sample, docs/science.md); every object is scored.",
+    )
+    chunk_rows: int = Field(
+        CHUNK_ROWS, ge=1, description="Rows read from the embedding file at a time when scoring (bounds memory; "
+                                      "ranks do not depend on it).",
+    )
     max_duplicate_fraction: float = Field(
         MAX_DUPLICATE_FRACTION, ge=0, le=1,
         description="Warn when more than this share of a modality's vectors duplicate another vector (docs/science.md).",

@@ -17,6 +17,13 @@ DEFAULT_FUSION = "fisher"
 #: Default of ``detect.max_duplicate_fraction``.
 MAX_DUPLICATE_FRACTION = 0.05
 
+#: Default of ``detect.fit_max_objects``: models are fitted on at most this many usable rows (a
+#: seeded sample, :mod:`fmb_engine.detect.stream`). Above today's largest matched survey
+#: (Euclid Q1 x DESI DR1, ~40,000 objects), so runs of that size fit on everything as before.
+FIT_MAX_OBJECTS = 50_000
+#: Default of ``detect.chunk_rows``: rows read at a time when scoring (100 MB for a 1536-d float32 chunk).
+CHUNK_ROWS = 16_384
+
 #: Flow architectures of :class:`~fmb_engine.detect.flows.FlowDensity`: RealNVP coupling or MAF.
 FLOW_TYPES: tuple[str, ...] = ("coupling", "autoregressive")
 

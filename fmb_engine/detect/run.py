@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ from fmb_engine.detect.config import DetectConfig
 from fmb_engine.detect.degenerate import check_embeddings, check_scores
 from fmb_engine.detect.flows import fit_flows, score_out_of_fold
 from fmb_engine.detect.fusion import FUSION_COLUMNS, fuse
-from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, mismatch_scores
+from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, LearnedMismatch, cosine_similarity_rows, mismatch_table
 from fmb_engine.detect.params import FUSION_METHODS, PARTS
-from fmb_engine.detect.preprocess import Preprocessor, finite_rows
+from fmb_engine.detect.preprocess import Preprocessor
+from fmb_engine.detect.stream import fit_sample, gather, sample_keys, streamed_scores, usable_rows
 from fmb_engine.detect.tables import ANOMALY_COLUMNS, anomaly_table, rank_descending
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
@@ -81,17 +83,24 @@ def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _usable(x: np.ndarray, valid: np.ndarray, manifest: RunManifest, what: str) -> np.ndarray:
-    """Rows usable for fitting: valid (not imputed) and finite; the others are counted as dropped."""
-    keep = valid & finite_rows(x)
+def _dropped(keep: np.ndarray, manifest: RunManifest, what: str) -> None:
+    """Count the rows left out of fitting and scoring (imputed or non-finite) in the manifest."""
     if (dropped := int((~keep).sum())):
         manifest.dropped(f"{what}:invalid_or_nonfinite", dropped)
-    return keep
 
 
-def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path, stage: StagedSet) -> dict[str, np.ndarray]:
-    """-log p per row for each modality's vectors; each fitted preprocessing + flow is saved
-    to ``folder/flow_<modality>.npz`` (staged with the run's other outputs). The modalities' flows train side by side (``n_jobs``)."""
+Scorer = Callable[..., np.ndarray]
+
+
+def _fit_flows(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path,
+               stage: StagedSet) -> tuple[dict[str, np.ndarray], dict[str, Scorer]]:
+    """Fit preprocessing + flow on each modality's fit sample; -log p of the sample rows, and a scorer of other rows.
+
+    Each fitted preprocessing + flow is saved to ``folder/flow_<modality>.npz`` (staged with the
+    run's other outputs). The modalities' flows train side by side (``n_jobs``). With
+    ``out_of_fold`` the sample rows are scored by fold flows that never saw them; rows outside
+    the sample are scored by the flow fitted on the whole sample, which never saw them either.
+    """
     pre_kw, flow_kw = cfg.flow_params()
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2 and x.shape[0] < 2 * cfg.out_of_fold:
@@ -100,17 +109,47 @@ def _flow_nlps(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path, stage
     pres = {m: Preprocessor(**pre_kw).fit(x) for m, x in xs.items()}
     zs = {m: pres[m].transform(x) for m, x in xs.items()}
     flows = fit_flows(zs, n_jobs=cfg.flow_jobs(), **flow_kw)
-    out = {}
+    fitted, scorers = {}, {}
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2:
-            out[modality] = -score_out_of_fold(x, cfg.out_of_fold, preprocess=pre_kw, **flow_kw)  # seed: in flow_kw
+            fitted[modality] = -score_out_of_fold(x, cfg.out_of_fold, preprocess=pre_kw, **flow_kw)  # seed: in flow_kw
         else:
-            out[modality] = -flows[modality].score_samples(zs[modality])
-        state = ({f"pre.{k}": v for k, v in pres[modality].state_dict().items()}
-                 | {f"flow.{k}": v for k, v in flows[modality].state_dict().items()})
+            fitted[modality] = -flows[modality].score_samples(zs[modality])
+        pre, flow = pres[modality], flows[modality]
+        scorers[modality] = lambda v, pre=pre, flow=flow: -flow.score_samples(pre.transform(v))
+        state = ({f"pre.{k}": v for k, v in pre.state_dict().items()}
+                 | {f"flow.{k}": v for k, v in flow.state_dict().items()})
         with atomic_path(stage.path(folder / f"flow_{modality}.npz")) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **state)
-    return out
+    return fitted, scorers
+
+
+def _baselines(x: np.ndarray, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer]]:
+    """IsolationForest and k-NN fitted on one modality's fit sample: the sample's scores (k-NN without
+    each row itself) and scorers of the other rows (k-NN against the sample as reference set)."""
+    forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x)
+    knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1))).fit(x)
+    return ({"iforest": forest.score_samples(x), "knn": knn.score_samples()},
+            {"iforest": forest.score_samples, "knn": knn.score_samples})
+
+
+def _mismatch(reader: EmbeddingReader, keep: np.ndarray, sample: np.ndarray, cfg: DetectConfig,
+              fit_x: dict[str, np.ndarray], fit_rows: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    """(method, native score of every ``keep`` row in row order) of the cross-modal mismatch.
+
+    Cosine (aligned embedders) needs no fit and is computed chunk by chunk. The learned map is
+    fitted on the sample (each sample row scored out of fold) and scores the other rows chunk by chunk.
+    """
+    if reader.aligned:
+        return "cosine", streamed_scores(reader, ("image", "spectrum"), keep, sample[:0], {"native": np.zeros(0)},
+                                         {"native": cosine_similarity_rows}, cfg.chunk_rows)["native"]
+    img, spec = (fit_x[m] if np.array_equal(fit_rows[m], sample) else gather(reader, m, sample, cfg.chunk_rows)
+                 for m in ("image", "spectrum"))
+    learned = LearnedMismatch(alpha=cfg.mismatch_alpha, seed=cfg.seed)
+    fitted = learned.fit_score(img, spec)
+    del img, spec
+    return learned.method, streamed_scores(reader, ("image", "spectrum"), keep, sample, {"native": fitted},
+                                           {"native": learned.score}, cfg.chunk_rows)["native"]
 
 
 def _skip(manifest: RunManifest, systems: list[str], reason: str) -> None:
@@ -129,6 +168,9 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
               flows: bool, mismatch: bool, stage: StagedSet) -> list[str]:
     """Flows (+ baselines) per modality and/or the cross-modal mismatch of one embedding run.
 
+    Every model is fitted on a seeded sample of at most ``detect.fit_max_objects`` usable rows
+    and applied to the file ``detect.chunk_rows`` rows at a time (:mod:`fmb_engine.detect.stream`),
+    so memory does not grow with the number of objects beyond a few per-object vectors.
     Returns the systems scored; those with too few usable rows are skipped (:func:`_skip`).
     """
     model = path.stem
@@ -137,67 +179,85 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
     with EmbeddingReader(path) as reader:
         meta = reader.meta
         ids = np.asarray(reader.object_ids, dtype=object)
-        vectors = {m: reader.load(m) for m in meta.modalities}
-        valid = {m: reader.valid(m) for m in meta.modalities}
-    manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
-    manifest.count(f"objects:{model}", int(ids.shape[0]))
-    check_embeddings(path, vectors, valid, cfg.max_duplicate_fraction, manifest, MIN_ROWS)
-    family = family_of(meta.embedder)
-    steps = (len(meta.modalities) * (3 if cfg.baselines else 1) if flows else 0) + int(mismatch)
-    with reporter.task(f"detect {model}", steps) as task:
-        if flows:
-            flow_tables, baseline_tables = [], []
-            keeps = {m: _usable(vectors[m], valid[m], manifest, f"{model}/{m}") for m in meta.modalities}
-            methods = ("flow", "iforest", "knn") if cfg.baselines else ("flow",)
-            for modality in meta.modalities:
-                if reason := _too_few(int(keeps[modality].sum()), f"{modality} rows"):
-                    _skip(manifest, [system_name(model, modality, m) for m in methods], reason)
-                    stage.remove(out / "models" / model / f"flow_{modality}.npz")
-                    task.advance(len(methods))
-                    del keeps[modality]
-            with manifest.phase(f"flows:{model}"):
-                nlps = _flow_nlps({m: vectors[m][k] for m, k in keeps.items()}, cfg, out / "models" / model, stage)
-            for modality, keep in keeps.items():
-                x, key = vectors[modality][keep], reference_key(family, modality)
-                flow_tables.append(anomaly_table(ids[keep], -nlps[modality], key))
-                scored.append(system_name(model, modality, "flow"))
-                task.advance()
+        manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
+        manifest.count(f"objects:{model}", int(ids.shape[0]))
+        keys = sample_keys(ids.shape[0], cfg.seed)
+        with manifest.phase(f"sample:{model}"):  # one pass over the file for the usable rows, one for the sample
+            keeps = {m: usable_rows(reader, m, cfg.chunk_rows) for m in meta.modalities}
+            samples = {m: fit_sample(keep, keys, cfg.fit_max_objects) for m, keep in keeps.items()}
+            fit_x = {m: gather(reader, m, rows, cfg.chunk_rows) for m, rows in samples.items()}
+        manifest.count(f"fit_rows:{model}", {m: int(rows.shape[0]) for m, rows in samples.items()})
+        check_embeddings(path, fit_x, {m: np.ones(x.shape[0], bool) for m, x in fit_x.items()},
+                         cfg.max_duplicate_fraction, manifest, MIN_ROWS)
+        family = family_of(meta.embedder)
+        steps = (len(meta.modalities) * (3 if cfg.baselines else 1) if flows else 0) + int(mismatch)
+        with reporter.task(f"detect {model}", steps) as task:
+            if flows:
+                flow_tables, baseline_tables = [], []
+                methods = ("flow", "iforest", "knn") if cfg.baselines else ("flow",)
+                live = []
+                for modality in meta.modalities:
+                    _dropped(keeps[modality], manifest, f"{model}/{modality}")
+                    if reason := _too_few(int(keeps[modality].sum()), f"{modality} rows"):
+                        _skip(manifest, [system_name(model, modality, m) for m in methods], reason)
+                        stage.remove(out / "models" / model / f"flow_{modality}.npz")
+                        task.advance(len(methods))
+                    else:
+                        live.append(modality)
+                with manifest.phase(f"flows:{model}"):
+                    fitted, scorers = _fit_flows({m: fit_x[m] for m in live}, cfg, out / "models" / model, stage)
+                for modality in live:
+                    fit_scores, modality_scorers = {"flow": fitted[modality]}, {"flow": scorers[modality]}
+                    if cfg.baselines:
+                        with manifest.phase(f"baselines:{model}/{modality}"):
+                            more_scores, more_scorers = _baselines(fit_x[modality], cfg)
+                        fit_scores |= more_scores
+                        modality_scorers |= more_scorers
+                    with manifest.phase(f"score:{model}/{modality}"):
+                        scores = streamed_scores(reader, (modality,), keeps[modality], samples[modality], fit_scores,
+                                                 modality_scorers, cfg.chunk_rows)
+                    keyed, key = ids[keeps[modality]], reference_key(family, modality)
+                    flow_tables.append(anomaly_table(keyed, -scores["flow"], key))
+                    scored.append(system_name(model, modality, "flow"))
+                    task.advance()
+                    for method in methods[1:]:
+                        baseline_tables.append(detector_table(keyed, scores[method], key).assign(method=method))
+                        scored.append(system_name(model, modality, method))
+                        task.advance()
+                _write_csv(_concat(flow_tables, ANOMALY_COLUMNS), stage.path(out / f"anomaly_scores_{model}.csv"))
                 if cfg.baselines:
-                    with manifest.phase(f"baselines:{model}/{modality}"):
-                        forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x)
-                        knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1))).fit(x)
-                        for method, score in (("iforest", forest.score_samples(x)), ("knn", knn.score_samples())):
-                            baseline_tables.append(detector_table(ids[keep], score, key).assign(method=method))
-                            scored.append(system_name(model, modality, method))
-                            task.advance()
-            _write_csv(_concat(flow_tables, ANOMALY_COLUMNS), stage.path(out / f"anomaly_scores_{model}.csv"))
-            if cfg.baselines:
-                _write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")),
-                           stage.path(out / f"baseline_scores_{model}.csv"))
-        if mismatch:
-            if not {"image", "spectrum"} <= set(meta.modalities):
-                manifest.warn(f"{model}: no image and spectrum vectors, no mismatch")
-                return scored
-            keep = _usable(vectors["image"], valid["image"], manifest, f"{model}/mismatch:image")
-            keep &= _usable(vectors["spectrum"], valid["spectrum"], manifest, f"{model}/mismatch:spectrum")
-            if reason := _too_few(int(keep.sum()), "objects with both image and spectrum rows"):
-                _skip(manifest, [system_name(model, "cross", "mismatch")], reason)
-                table = pd.DataFrame(columns=list(MISMATCH_COLUMNS))
-            else:
-                with manifest.phase(f"mismatch:{model}"):
-                    result = mismatch_scores(vectors["image"][keep], vectors["spectrum"][keep],
-                                             aligned=bool(meta.aligned), alpha=cfg.mismatch_alpha, seed=cfg.seed)
-                table = result.table(ids[keep]).sort_values("rank")
-                manifest.count(f"mismatch_method:{model}", result.method)
-                scored.append(system_name(model, "cross", "mismatch"))
-            _write_csv(table, stage.path(out / f"cosine_scores_{model}.csv"))
-            task.advance()
+                    _write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")),
+                               stage.path(out / f"baseline_scores_{model}.csv"))
+            if mismatch:
+                if not {"image", "spectrum"} <= set(meta.modalities):
+                    manifest.warn(f"{model}: no image and spectrum vectors, no mismatch")
+                    return scored
+                _dropped(keeps["image"], manifest, f"{model}/mismatch:image")
+                _dropped(keeps["spectrum"], manifest, f"{model}/mismatch:spectrum")
+                keep = keeps["image"] & keeps["spectrum"]
+                if reason := _too_few(int(keep.sum()), "objects with both image and spectrum rows"):
+                    _skip(manifest, [system_name(model, "cross", "mismatch")], reason)
+                    table = pd.DataFrame(columns=list(MISMATCH_COLUMNS))
+                else:
+                    with manifest.phase(f"mismatch:{model}"):
+                        method, native = _mismatch(reader, keep, fit_sample(keep, keys, cfg.fit_max_objects), cfg,
+                                                   fit_x, samples)
+                    table = mismatch_table(ids[keep], native, method).sort_values("rank")
+                    manifest.count(f"mismatch_method:{model}", method)
+                    scored.append(system_name(model, "cross", "mismatch"))
+                _write_csv(table, stage.path(out / f"cosine_scores_{model}.csv"))
+                task.advance()
     return scored
 
 
 def _concat(tables: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
     """The tables one under the other; a header-only table when every system was skipped."""
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(columns))
+
+
+def _modalities(keys: pd.Series) -> pd.Series:
+    """The modality of each row's embedding key, looked up once per distinct key (millions of rows, a few keys)."""
+    return keys.map({key: modality_of(key) for key in keys.unique()})
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
@@ -219,7 +279,7 @@ def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest
     ranked_path = out / "multimodal" / "ranked" / f"top{cfg.top_k}_{model}_{cfg.fusion}.csv"
     filtered_path = out / "multimodal" / "filtered" / f"top{cfg.top_k}_{model}_{cfg.fusion}_filtered.csv"
     flows = _read(stage.read_path(out / f"anomaly_scores_{model}.csv"), "flows")
-    flows["modality"] = flows["embedding_key"].map(modality_of)
+    flows["modality"] = _modalities(flows["embedding_key"])
     img = flows[flows["modality"] == "image"].set_index("object_id")["neg_log_prob"]
     spec = flows[flows["modality"] == "spectrum"].set_index("object_id")["neg_log_prob"]
     mis_s = pd.Series(dtype=float)
@@ -266,7 +326,7 @@ def system_scores(ws: Workspace, model: str, stage: StagedSet) -> dict[str, pd.S
     for path, method_col, score_col in ((anomaly, None, "neg_log_prob"), (baseline, "method", "neg_log_prob")):
         if stage.exists(path):
             table = pd.read_csv(stage.read_path(path), dtype={"object_id": str})
-            table["modality"] = table["embedding_key"].map(modality_of)
+            table["modality"] = _modalities(table["embedding_key"])
             for (modality, method), part in table.groupby(["modality", method_col or "modality"], sort=False):
                 found[system_name(model, modality, method if method_col else "flow")] = part.set_index("object_id")[score_col]
     if stage.exists(cosine):

@@ -251,7 +251,7 @@ def write_embeddings(
 
 
 class EmbeddingReader:
-    """Fast whole-array loading and lookup by object_id of one embedding file."""
+    """Whole-array or row-range loading, and lookup by object_id, of one embedding file."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -334,6 +334,15 @@ class EmbeddingReader:
         if out.size:
             ds.read_direct(out)
         return out[self.valid(modality)] if valid_only else out
+
+    def read(self, modality: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of one modality as float32 (one contiguous read; streams a big file by row ranges)."""
+        ds = self._check(modality)
+        start, stop = max(0, int(start)), min(int(stop), ds.shape[0])
+        out = np.empty((max(0, stop - start), ds.shape[1]), dtype=np.float32)
+        if out.size:
+            ds.read_direct(out, np.s_[start:stop])
+        return out
 
     def load_all(self, modalities: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         return {m: self.load(m) for m in (modalities or self.modalities)}

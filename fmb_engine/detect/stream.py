@@ -1,0 +1,95 @@
+"""Reading one embedding file in bounded memory: usable rows, the seeded fit sample, row chunks.
+
+Why: a million objects x {768, 768, 1536} float32 is 12 GB, more than a node should hold
+for detection. Every model of the detect stage is therefore *fitted* on a sample of at most
+``detect.fit_max_objects`` usable rows and *applied* to the file ``detect.chunk_rows`` rows
+at a time (docs/science.md, "Detection at scale"). Only per-object vectors (masks, scores)
+and the sample live in memory.
+
+The sample is reproducible and independent of the chunk size: every object gets a key from
+``numpy.random.default_rng(seed)`` (one uniform number per row of the file, drawn once), and a
+modality's sample is its usable rows with the smallest keys. Modalities thus share most of their
+sample, and a run with at most ``fit_max_objects`` usable rows uses all of them (the sample is
+then the whole data, exactly as before sampling existed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from fmb_engine.detect.preprocess import finite_rows
+from fmb_engine.embed.store import EmbeddingReader
+
+
+def row_chunks(n: int, chunk_rows: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` row ranges of at most ``chunk_rows`` rows covering ``0..n``."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    for start in range(0, n, chunk_rows):
+        yield start, min(start + chunk_rows, n)
+
+
+def usable_rows(reader: EmbeddingReader, modality: str, chunk_rows: int) -> np.ndarray:
+    """Mask of the rows of ``modality`` that are valid (not imputed) and finite, read chunk by chunk."""
+    keep = np.asarray(reader.valid(modality), dtype=bool).copy()
+    for start, stop in row_chunks(keep.shape[0], chunk_rows):
+        keep[start:stop] &= finite_rows(reader.read(modality, start, stop))
+    return keep
+
+
+def sample_keys(n: int, seed: int) -> np.ndarray:
+    """One uniform key per object of the file; the fit samples are the smallest keys (see module docstring)."""
+    return np.random.default_rng(seed).random(n)
+
+
+def fit_sample(keep: np.ndarray, keys: np.ndarray, max_objects: int) -> np.ndarray:
+    """Increasing row positions of the fit sample: every usable row, or the ``max_objects`` with the smallest keys."""
+    rows = np.flatnonzero(keep)
+    if rows.shape[0] <= max_objects:
+        return rows
+    chosen = np.argsort(keys[rows], kind="stable")[:max_objects]
+    return np.sort(rows[chosen])
+
+
+def gather(reader: EmbeddingReader, modality: str, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
+    """The vectors of ``rows`` (increasing positions) as one float32 array, read chunk by chunk."""
+    out = np.empty((rows.shape[0], reader.dims[modality]), dtype=np.float32)
+    filled = 0
+    for start, stop in row_chunks(reader.n_objects, chunk_rows):
+        lo, hi = np.searchsorted(rows, (start, stop))
+        if hi > lo:
+            out[filled : filled + hi - lo] = reader.read(modality, start, stop)[rows[lo:hi] - start]
+            filled += hi - lo
+    return out
+
+
+def streamed_scores(reader: EmbeddingReader, modalities: tuple[str, ...], keep: np.ndarray, sample: np.ndarray,
+                    fit_scores: dict[str, np.ndarray], scorers: dict[str, Callable[..., np.ndarray]],
+                    chunk_rows: int) -> dict[str, np.ndarray]:
+    """Scores of every usable row (in row order): the sample's from ``fit_scores``, the others computed chunk by chunk.
+
+    ``scorers`` map a name to a function of the chunk's vectors (one array per modality in
+    ``modalities``, usable rows only) returning one score per row; ``fit_scores`` holds the
+    same names' scores of the sample rows (``sample`` must be a subset of the ``keep`` rows).
+    When the sample is every usable row nothing is read.
+    """
+    rows = np.flatnonzero(keep)
+    out = {name: np.empty(rows.shape[0], dtype=np.float64) for name in scorers}
+    in_sample = np.zeros(keep.shape[0], dtype=bool)
+    in_sample[sample] = True
+    sample_pos = np.searchsorted(rows, sample)
+    for name in scorers:
+        out[name][sample_pos] = fit_scores[name]
+    if sample.shape[0] == rows.shape[0]:
+        return out
+    for start, stop in row_chunks(keep.shape[0], chunk_rows):
+        todo = keep[start:stop] & ~in_sample[start:stop]
+        if not todo.any():
+            continue
+        xs = [reader.read(m, start, stop)[todo] for m in modalities]
+        pos = np.searchsorted(rows, start + np.flatnonzero(todo))
+        for name, score in scorers.items():
+            out[name][pos] = score(*xs)
+    return out

@@ -1,0 +1,133 @@
+"""Detection in bounded memory: the seeded fit sample, chunked reads, and ranks that do not depend on the chunk size."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fmb_engine.config import load
+from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector
+from fmb_engine.detect.flows import FlowDensity
+from fmb_engine.detect.mismatch import LearnedMismatch
+from fmb_engine.detect.preprocess import Preprocessor
+from fmb_engine.detect.run import detect
+from fmb_engine.detect.stream import fit_sample, gather, row_chunks, sample_keys, usable_rows
+from fmb_engine.embed.store import EmbeddingReader
+from fmb_engine.embed.synthetic import SyntheticSpec
+from fmb_engine.embed.synthetic_file import write_synthetic
+from fmb_engine.detect.tables import rank_descending
+from fmb_engine.workspace import Workspace
+
+FAST = {"epochs": 2, "iforest_trees": 30, "n_jobs": 1, "top_k": 20}
+DIMS = {"image": 24, "spectrum": 24, "joint": 40}
+OBJECTS = 900
+
+
+def _workspace(root, aligned: bool = False) -> Workspace:
+    """A workspace holding one synthetic run; ``aligned`` marks it as a shared space (cosine mismatch)."""
+    ws = Workspace.init(root)
+    path = write_synthetic(ws, SyntheticSpec(OBJECTS, DIMS, seed=3, outlier_fraction=0.03)).outputs["embeddings"]
+    if aligned:
+        with h5py.File(path, "r+") as f:
+            f.attrs["aligned"] = True
+    return ws
+
+
+def _systems(ws: Workspace, **cfg) -> pd.DataFrame:
+    detect(ws, load("detect", ws, cli=FAST | cfg))
+    return pd.read_parquet(ws.folder("scores") / "systems.parquet").set_index("object_id").sort_index()
+
+
+def _manifest(ws: Workspace) -> dict:
+    return json.loads(sorted(ws.root.glob("runs/*detect*.json"))[-1].read_text())
+
+
+def test_fit_sample_is_every_usable_row_up_to_the_cap_then_the_smallest_keys():
+    keep = np.ones(50, bool)
+    keep[[3, 17]] = False
+    keys = sample_keys(50, seed=5)
+    assert np.array_equal(fit_sample(keep, keys, 48), np.flatnonzero(keep))
+    small = fit_sample(keep, keys, 10)
+    assert small.shape == (10,) and np.all(np.diff(small) > 0) and keep[small].all()
+    assert set(small) < set(fit_sample(keep, keys, 20))  # samples are nested: the same objects stay in
+    assert np.array_equal(small, fit_sample(keep, sample_keys(50, seed=5), 10))
+    assert not np.array_equal(small, fit_sample(keep, sample_keys(50, seed=6), 10))
+
+
+def test_row_ranges_and_gather_read_what_a_whole_load_holds(tmp_path):
+    ws = _workspace(tmp_path / "ws")
+    with EmbeddingReader(ws.folder("embeddings") / "synthetic.h5") as reader:
+        whole = reader.load("joint")
+        rows = np.sort(np.random.default_rng(0).choice(OBJECTS, 77, replace=False))
+        for chunk in (1, 64, 10_000):
+            assert np.array_equal(gather(reader, "joint", rows, chunk), whole[rows])
+            assert np.array_equal(usable_rows(reader, "joint", chunk), reader.valid("joint"))
+        assert np.array_equal(reader.read("image", 890, 2000), reader.load("image")[890:])
+    assert list(row_chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
+    with pytest.raises(ValueError, match="chunk_rows"):
+        list(row_chunks(10, 0))
+
+
+def test_below_the_cap_detect_scores_exactly_as_whole_array_fits(tmp_path):
+    """fit_max_objects >= N: the models are those of the whole-array algorithm (detect before streaming)."""
+    ws = _workspace(tmp_path / "ws")
+    systems = _systems(ws, chunk_rows=100)
+    cfg = load("detect", ws, cli=FAST).values
+    pre_kw, flow_kw = cfg.flow_params()
+    with EmbeddingReader(ws.folder("embeddings") / "synthetic.h5") as reader:
+        ids = np.asarray(reader.object_ids, dtype=object)
+        x, img, spec = reader.load("image"), reader.load("image"), reader.load("spectrum")
+    order = np.argsort(ids)
+    pre = Preprocessor(**pre_kw).fit(x)
+    expected = {
+        "image/flow": -FlowDensity(**flow_kw).fit(pre.transform(x)).score_samples(pre.transform(x)),
+        "image/iforest": IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x).score_samples(x),
+        "image/knn": KNNDistanceDetector(k=cfg.knn_k).fit(x).score_samples(),
+        "cross/mismatch": LearnedMismatch(alpha=cfg.mismatch_alpha, seed=cfg.seed).fit_score(img, spec),
+    }
+    for system, score in expected.items():
+        got = systems[f"rank:synthetic/{system}"].to_numpy(dtype=np.int64)
+        assert np.array_equal(got, rank_descending(score)[order]), system
+    assert _manifest(ws)["counts"]["fit_rows:synthetic"] == {m: OBJECTS for m in DIMS}
+
+
+@pytest.mark.parametrize("aligned", [False, True], ids=["ridge", "cosine"])
+def test_same_seed_same_ranks_whatever_the_chunk_size(tmp_path, aligned):
+    """Above the cap the models fit on a 200-row sample and score the rest in chunks of any size."""
+    small = _systems(_workspace(tmp_path / "a", aligned), fit_max_objects=200, chunk_rows=37)
+    ws = _workspace(tmp_path / "b", aligned)
+    large = _systems(ws, fit_max_objects=200, chunk_rows=5000)
+    ranks = [c for c in small.columns if c.startswith("rank:")]
+    assert len(ranks) == 14 and small.index.equals(large.index)
+    for column in ranks:
+        assert small[column].equals(large[column]), column
+    assert _manifest(ws)["counts"]["fit_rows:synthetic"] == {m: 200 for m in DIMS}
+    flow = np.load(ws.folder("scores") / "models" / "synthetic" / "flow_joint.npz")
+    assert int(flow["flow.fit.n_rows_fit"]) == 200 and int(flow["pre.n_rows_fit"]) == 200
+    assert small["rank:synthetic/image/flow"].notna().all()  # every object is scored, not only the sample
+
+
+def test_a_sampled_fit_finds_the_injected_outliers_about_as_well_as_a_full_fit(tmp_path):
+    aurocs = {}
+    for cap in (300, OBJECTS):
+        ws = _workspace(tmp_path / str(cap))
+        systems = _systems(ws, fit_max_objects=cap)
+        with EmbeddingReader(ws.folder("embeddings") / "synthetic.h5") as reader:
+            outlier = pd.Series(reader.columns()["is_anomaly"], index=reader.object_ids).sort_index().to_numpy()
+        aurocs[cap] = {s: roc_auc_score(outlier, systems[f"score:synthetic/{s}"].to_numpy())
+                       for s in ("joint/knn", "cross/mismatch")}
+    for system, full in aurocs[OBJECTS].items():
+        assert aurocs[300][system] > 0.85 and abs(aurocs[300][system] - full) < 0.03, (system, aurocs)
+
+
+def test_out_of_fold_with_a_sample_scores_every_object_whatever_the_chunk_size(tmp_path):
+    """Sample rows by the fold flows that never saw them, the other rows by the flow fitted on the whole sample."""
+    cfg = {"fit_max_objects": 200, "out_of_fold": 2, "baselines": False}
+    small = _systems(_workspace(tmp_path / "a"), chunk_rows=37, **cfg)
+    large = _systems(_workspace(tmp_path / "b"), chunk_rows=5000, **cfg)
+    for modality in DIMS:
+        column = f"rank:synthetic/{modality}/flow"
+        assert small[column].notna().all() and small[column].equals(large[column]), column
