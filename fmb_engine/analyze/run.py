@@ -67,14 +67,18 @@ def systems_file(ws: Workspace) -> Path:
 
 
 def load_ranks(ws: Workspace, systems: list[str] | None = None) -> pd.DataFrame:
-    """``object_id``-indexed frame of rank columns (named by system), nullable."""
-    table = pd.read_parquet(systems_file(ws))
-    have = [c.split(":", 1)[1] for c in table.columns if c.startswith("rank:")]
+    """``object_id``-indexed frame of rank columns (named by system), nullable; only the columns
+    asked for are read (the score columns double the memory of a 10^6-row table)."""
+    import pyarrow.parquet as pq
+
+    path = systems_file(ws)
+    have = [c.split(":", 1)[1] for c in pq.read_schema(path).names if c.startswith("rank:")]
     if systems:
         missing = [s for s in systems if s not in have]
         if missing:
             raise DataError(f"unknown system(s) {', '.join(missing)}; present: {', '.join(have)}")
     chosen = systems or have
+    table = pd.read_parquet(path, columns=list(dict.fromkeys(["object_id", *[f"rank:{s}" for s in chosen]])))
     out = table.set_index(table["object_id"].astype(str))[[f"rank:{s}" for s in chosen]]
     out.columns = chosen
     return out
