@@ -41,7 +41,7 @@ class AnalyzeConfig(Section):
     umap_neighbors: int = Field(15, ge=2, le=1000, description="UMAP n_neighbors.")
     umap_min_dist: float = Field(0.1, ge=0, le=1, description="UMAP min_dist.")
     umap_metric: str = Field("euclidean", description="UMAP metric (euclidean, cosine, ...).")
-    umap_max_points: int = Field(200_000, ge=10, description="Objects projected per embedding at most (seeded subsample above).")
+    umap_max_points: int = Field(200_000, ge=10, description="Objects UMAP is fitted on per embedding at most (a seeded sample; the others are placed by the fitted model's transform, in chunks); at most 500,000 (one node's fit).")
     umap_thumbnails: int = Field(25, ge=0, le=100, description="Figures: cells per side of the thumbnail grid beside each UMAP map (RGB of the object nearest each occupied cell centre); 0 = none.")
     seed: int = Field(42, description="Seed of splits, bootstraps, baselines, subsamples and UMAP.")
 

@@ -13,6 +13,11 @@ is the usual ``1 - 6 sum d^2 / (n (n^2 - 1))``. A ranking whose objects all tie
 (a constant score) has no order to correlate: rho is NaN and :func:`compare`
 says why in its ``notes`` table instead of leaving a bare NaN. Pure functions of a
 ``{system: rank Series}`` mapping; the door lives in :mod:`fmb_engine.analyze.run`.
+
+Scale: each system is sorted once; a pair's shared set is re-ranked by restricting that order
+(O(n), no sort per pair), and mid-ranks of competition ranks come from their group sizes (a
+count, no sort), so S systems x N objects cost S sorts plus O(S^2 N) array passes, in memory
+linear in N (no per-row Python).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from fmb_engine.detect.tables import min_rank
+from fmb_engine.detect.tables import min_rank, min_rank_ordered
 
 
 def top_count(n: int, percent: float) -> int:
@@ -48,21 +53,46 @@ class RankMatrix:
         self.index = frame.index
         self.values = {s: frame[s].to_numpy(dtype=np.float64, na_value=np.nan) for s in self.systems}
         self.present = {s: np.isfinite(v) for s, v in self.values.items()}
+        self._order: dict[str, np.ndarray] = {}
+
+    def order(self, system: str) -> np.ndarray:
+        """Row positions of ``system``'s ranked objects, best first (sorted once, then reused)."""
+        if system not in self._order:
+            ranked = np.flatnonzero(self.present[system])
+            self._order[system] = ranked[np.argsort(self.values[system][ranked], kind="stable")]
+        return self._order[system]
 
     def shared(self, a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mask, re-rank of a, re-rank of b) on the objects both rank."""
         mask = self.present[a] & self.present[b]
-        ra = self.values[a][mask]
-        rb = self.values[b][mask]
-        # fast path: when the shared set is the system's whole ranked set, its ranks already are 1..n
-        ra = ra.astype(np.int64) if mask.sum() == self.present[a].sum() and _is_perm(ra) else rerank(ra)
-        rb = rb.astype(np.int64) if mask.sum() == self.present[b].sum() and _is_perm(rb) else rerank(rb)
-        return mask, ra, rb
+        position = np.cumsum(mask) - 1  # row -> its place among the shared objects
+        return mask, self._rerank_within(a, mask, position), self._rerank_within(b, mask, position)
+
+    def _rerank_within(self, system: str, mask: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """``rerank`` of ``system``'s ranks on the ``mask`` rows, from its sorted order instead of a new sort."""
+        order = self.order(system)
+        return min_rank_ordered(self.values[system][mask], position[order[mask[order]]])
 
 
-def _is_perm(r: np.ndarray) -> bool:
+def _tie_sizes(r: np.ndarray) -> np.ndarray | None:
+    """For competition ranks (1..n, a tied group at its first rank, as :func:`rerank` gives) the
+    size of each object's tied group, counted without sorting; None for any other numbering."""
     n = len(r)
-    return n == 0 or (r.min() == 1 and r.max() == n and np.all(r == np.floor(r)) and len(np.unique(r)) == n)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if r.min() < 1 or r.max() > n or not np.all(r == np.floor(r)):
+        return None
+    ri = r.astype(np.int64)
+    counts = np.bincount(ri, minlength=n + 1)
+    better = np.cumsum(counts) - counts  # objects ranked strictly better than each rank value
+    return counts[ri] if np.array_equal(better[ri], ri - 1) else None
+
+
+def _mid_ranks(r: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    """Average rank of each object's tied group (the rank Spearman's tie correction uses)."""
+    if sizes is None:
+        return rankdata(r, method="average")
+    return r.astype(np.float64) + (sizes - 1) / 2.0  # half-integers: exactly scipy's rankdata values
 
 
 def spearman(ra: np.ndarray, rb: np.ndarray) -> float:
@@ -70,10 +100,11 @@ def spearman(ra: np.ndarray, rb: np.ndarray) -> float:
     n = len(ra)
     if n < 2:
         return float("nan")
-    if _is_perm(ra) and _is_perm(rb):
+    sa, sb = _tie_sizes(ra), _tie_sizes(rb)
+    if sa is not None and sb is not None and sa.max() == 1 and sb.max() == 1:  # both permutations of 1..n
         d = ra.astype(np.float64) - rb.astype(np.float64)
         return float(1.0 - 6.0 * np.dot(d, d) / (n * (n * n - 1.0)))
-    ma, mb = rankdata(ra, method="average"), rankdata(rb, method="average")
+    ma, mb = _mid_ranks(ra, sa), _mid_ranks(rb, sb)
     ma, mb = ma - ma.mean(), mb - mb.mean()
     norm = float(np.sqrt(np.dot(ma, ma) * np.dot(mb, mb)))
     return float(np.dot(ma, mb) / norm) if norm > 0 else float("nan")
@@ -106,7 +137,8 @@ def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float
     rho = np.eye(m)
     jac = np.eye(m)
     shared_n = np.zeros((m, m), dtype=np.int64)
-    retention_rows, disagreement, displacement, notes = [], [], [], []
+    retention_rows, notes = [], []
+    disagreement, displacement = _Pieces(), _Pieces()  # per-pair column pieces, joined once at the end
     ids = np.asarray(ranks.index.astype(str))
     for i, a in enumerate(systems):
         shared_n[i, i] = int(ranks.present[a].sum())
@@ -123,7 +155,7 @@ def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float
                 continue
             pa, pb = 100.0 * ra / n, 100.0 * rb / n
             k = top_count(n, top_percent)
-            oid = ids[mask]
+            rows = np.flatnonzero(mask)  # shared position -> row of the index (ids looked up for the few kept)
             for src, tgt, rs, rt, ps, pt in ((a, b, ra, rb, pa, pb), (b, a, rb, ra, pb, pa)):
                 top = rs <= k
                 row = {"source": src, "target": tgt, "n_shared": n, "n_source_top": int(top.sum())}
@@ -131,12 +163,11 @@ def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float
                     row[f"retention_{_fmt(q)}"] = 100.0 * float((rt[top] <= top_count(n, q)).mean())
                 row["median_target_percentile"] = float(np.median(pt[top]))
                 retention_rows.append(row)
-                displacement.append(pd.DataFrame({"source": src, "target": tgt, "object_id": oid[top],
-                                                  "source_percentile": ps[top], "target_percentile": pt[top]}))
+                displacement.add(int(top.sum()), {"source": src, "target": tgt}, object_id=ids[rows[top]],
+                                 source_percentile=ps[top], target_percentile=pt[top])
                 far = top & (pt > disagree_percent)
-                disagreement.append(pd.DataFrame({"system_a": a, "system_b": b, "object_id": oid[far],
-                                                  "percentile_a": pa[far], "percentile_b": pb[far],
-                                                  "anomalous_in": src}))
+                disagreement.add(int(far.sum()), {"system_a": a, "system_b": b}, object_id=ids[rows[far]],
+                                 percentile_a=pa[far], percentile_b=pb[far], anomalous_in=np.full(int(far.sum()), src, dtype=object))
     square = lambda x: pd.DataFrame(x, index=pd.Index(systems, name="system"), columns=systems)  # noqa: E731
     ret_cols = ["source", "target", "n_shared", "n_source_top", *[f"retention_{_fmt(q)}" for q in retention_percents],
                 "median_target_percentile"]
@@ -147,10 +178,33 @@ def compare(ranks: RankMatrix, top_percent: float = 1.0, disagree_percent: float
         "jaccard": square(jac),
         "shared": square(shared_n),
         "retention": pd.DataFrame(retention_rows, columns=ret_cols),
-        "disagreement": pd.concat(disagreement, ignore_index=True) if disagreement else pd.DataFrame(columns=dis_cols),
-        "displacement": pd.concat(displacement, ignore_index=True) if displacement else pd.DataFrame(columns=disp_cols),
+        "disagreement": disagreement.frame(dis_cols),
+        "displacement": displacement.frame(disp_cols),
         "notes": pd.DataFrame(notes, columns=["system_a", "system_b", "note"]),
     }
+
+
+class _Pieces:
+    """Rows of one long table gathered pair by pair as arrays (keys repeated per piece), made a frame once."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.keys: dict[str, list[str]] = {}
+        self.columns: dict[str, list[np.ndarray]] = {}
+
+    def add(self, size: int, keys: dict[str, str], **columns: np.ndarray) -> None:
+        self.sizes.append(size)
+        for name, value in keys.items():
+            self.keys.setdefault(name, []).append(value)
+        for name, values in columns.items():
+            self.columns.setdefault(name, []).append(values)
+
+    def frame(self, order: list[str]) -> pd.DataFrame:
+        if not self.sizes:
+            return pd.DataFrame(columns=order)
+        data = {name: np.repeat(np.asarray(values, dtype=object), self.sizes) for name, values in self.keys.items()}
+        data |= {name: np.concatenate(parts) for name, parts in self.columns.items()}
+        return pd.DataFrame({name: data[name] for name in order})
 
 
 def _fmt(q: float) -> str:

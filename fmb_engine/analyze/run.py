@@ -12,7 +12,7 @@ import pandas as pd
 from fmb_engine import lineage, locks, publish
 from fmb_engine.analyze.config import AnalyzeConfig
 from fmb_engine.config import Resolved
-from fmb_engine.errors import DataError
+from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
 from fmb_engine.progress import Reporter, Silent
@@ -67,14 +67,18 @@ def systems_file(ws: Workspace) -> Path:
 
 
 def load_ranks(ws: Workspace, systems: list[str] | None = None) -> pd.DataFrame:
-    """``object_id``-indexed frame of rank columns (named by system), nullable."""
-    table = pd.read_parquet(systems_file(ws))
-    have = [c.split(":", 1)[1] for c in table.columns if c.startswith("rank:")]
+    """``object_id``-indexed frame of rank columns (named by system), nullable; only the columns
+    asked for are read (the score columns double the memory of a 10^6-row table)."""
+    import pyarrow.parquet as pq
+
+    path = systems_file(ws)
+    have = [c.split(":", 1)[1] for c in pq.read_schema(path).names if c.startswith("rank:")]
     if systems:
         missing = [s for s in systems if s not in have]
         if missing:
             raise DataError(f"unknown system(s) {', '.join(missing)}; present: {', '.join(have)}")
     chosen = systems or have
+    table = pd.read_parquet(path, columns=list(dict.fromkeys(["object_id", *[f"rank:{s}" for s in chosen]])))
     out = table.set_index(table["object_id"].astype(str))[[f"rank:{s}" for s in chosen]]
     out.columns = chosen
     return out
@@ -351,27 +355,34 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
 
 # -- umap -------------------------------------------------------------------------------------
 def analyze_umap(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, projector=None) -> StageResult:
-    """Seeded 2-D UMAP per model/modality, cached by input digest -> analysis/umap/coords.parquet."""
-    from fmb_engine.analyze.umap_embed import project
+    """Seeded 2-D UMAP per model/modality, cached by input digest -> analysis/umap/coords.parquet.
+
+    Every valid object gets a coordinate: UMAP is fitted on a seeded sample of at most
+    ``umap_max_points`` objects and places the others with the fitted model, chunk by chunk."""
+    from fmb_engine.analyze.umap_embed import FIT_LIMIT, TRANSFORM_CHUNK, project
 
     cfg: AnalyzeConfig = resolved.values  # type: ignore[assignment]
+    if cfg.umap_max_points > FIT_LIMIT:
+        raise ConfigError(f"analyze.umap_max_points is {cfg.umap_max_points:,}, above the {FIT_LIMIT:,} objects one "
+                          f"UMAP fit can take on a node (docs/science.md, UMAP); set it to {FIT_LIMIT:,} or less: "
+                          "the objects beyond the fitted sample are still placed, by the fitted model's transform")
     reporter = reporter or Silent()
     with stage_run(ws, "analyze.umap", config_record(resolved), seed=cfg.seed) as manifest:
-        params = {"n_neighbors": cfg.umap_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric, "seed": cfg.seed}
+        params = {"n_neighbors": cfg.umap_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric, "seed": cfg.seed,
+                  "fit_points": cfg.umap_max_points, "chunk": TRANSFORM_CHUNK}
         out = ws.folder("analysis") / "umap"
         frames, cached = [], {}
         used: list[Path] = []
         for run, modality, ids, x in valid_vectors(ws, cfg, manifest, used):
-            if len(ids) > cfg.umap_max_points:
-                keep = np.sort(np.random.default_rng(cfg.seed).choice(len(ids), cfg.umap_max_points, replace=False))
-                manifest.dropped(f"{run}/{modality}:subsampled", len(ids) - len(keep))
-                x, ids = x[keep], ids[keep]
+            fitted = min(len(ids), cfg.umap_max_points)
             with manifest.phase(f"umap:{run}/{modality}"):
                 coords, key, hit = project(x, params, out / "cache", projector)
-            cached[f"{run}/{modality}"] = {"digest": key, "cached": hit}
+            cached[f"{run}/{modality}"] = {"digest": key, "cached": hit, "fitted": fitted, "transformed": len(ids) - fitted}
             frames.append(pd.DataFrame({"object_id": ids, "model": run, "modality": modality,
                                         "x": coords[:, 0], "y": coords[:, 1]}))
-            reporter.log(f"umap {run}/{modality}: {len(ids):,} points" + (" (cached)" if hit else ""))
+            reporter.log(f"umap {run}/{modality}: {len(ids):,} points"
+                         + (f" ({fitted:,} fitted, the rest transformed)" if fitted < len(ids) else "")
+                         + (" (cached)" if hit else ""))
         table = pd.concat(frames, ignore_index=True)
         manifest.count("projections", cached)
         outputs = _publish(ws, manifest, out, {"coords": (table, "coords.parquet", False)},

@@ -151,7 +151,8 @@ def umap(
     workspace: WorkspaceOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Seeded 2-D UMAP per model and modality (cached by input digest) -> analysis/umap/coords.parquet."""
+    """Seeded 2-D UMAP of every valid object per model and modality (fitted on a seeded sample of
+    analyze.umap_max_points, the rest placed by the fitted model; cached by input digest) -> analysis/umap/coords.parquet."""
     from fmb_engine.analyze.run import analyze_umap
 
     ws = find_workspace(workspace)

@@ -46,7 +46,14 @@ def min_rank(key: np.ndarray) -> np.ndarray:
 
     NaN never equals anything, so each NaN ranks alone after every number."""
     key = np.asarray(key, dtype=np.float64)
-    order = np.argsort(key, kind="stable")
+    return min_rank_ordered(key, np.argsort(key, kind="stable"))
+
+
+def min_rank_ordered(key: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """:func:`min_rank` of ``key`` (float64) given ``order``, an ascending argsort of it: O(n), no sort.
+
+    Equal keys may come in any order within ``order``: they get the same rank anyway. Lets a
+    caller that sorted a larger array once rank any subset of it by restricting that order."""
     ordered = key[order]
     starts = np.ones(key.shape[0], dtype=bool)
     starts[1:] = ordered[1:] != ordered[:-1]

@@ -81,3 +81,36 @@ def test_rankings_door_writes_matrices_the_tui_reads(analysed):
     assert ret["retention_1"].between(0, 100).all() and (ret["retention_10"] >= ret["retention_1"]).all()
     assert result.manifest is not None and result.manifest.is_file()
     assert set(pd.read_csv(result.outputs["disagreement"]).columns) >= {"object_id", "anomalous_in"}
+
+
+def _ties_and_gaps(n, seed):
+    """Rank columns with ties, missing objects and a numbering that is not 1..n."""
+    rng = np.random.default_rng(seed)
+    score = np.round(rng.normal(size=(n, 3)), 1)  # coarse: many ties
+    ranks = {f"s{k}": rerank(-score[:, k]).astype(float) for k in range(3)}
+    ranks["s0"][rng.random(n) < 0.2] = np.nan
+    ranks["s1"][rng.random(n) < 0.05] = np.nan
+    ranks["gappy"] = rng.permutation(n) * 3.0 + 7  # any increasing numbering
+    return pd.DataFrame(ranks, index=[f"o{i}" for i in range(n)])
+
+
+def test_shared_reranking_from_one_sort_equals_a_fresh_rerank():
+    frame = _ties_and_gaps(3000, 1)
+    matrix = RankMatrix(frame)
+    for a in frame.columns:
+        for b in frame.columns:
+            mask, ra, rb = matrix.shared(a, b)
+            both = (frame[a].notna() & frame[b].notna()).to_numpy()
+            assert np.array_equal(mask, both)
+            assert ra.dtype == np.int64 and np.array_equal(ra, rerank(frame[a].to_numpy()[both]))
+            assert np.array_equal(rb, rerank(frame[b].to_numpy()[both]))
+
+
+def test_spearman_of_tied_competition_ranks_matches_scipy():
+    frame = _ties_and_gaps(2000, 2)
+    matrix = RankMatrix(frame)
+    _, ra, rb = matrix.shared("s0", "s1")
+    assert len(np.unique(ra)) < len(ra)  # ties: the mid-rank path from counted group sizes
+    assert spearman(ra, rb) == pytest.approx(spearmanr(ra, rb).statistic, abs=1e-12)
+    raw_a, raw_b = frame["gappy"].to_numpy(), frame["s2"].to_numpy()  # not competition ranks: scipy's rankdata path
+    assert spearman(raw_a, raw_b) == pytest.approx(spearmanr(raw_a, raw_b).statistic, abs=1e-12)
