@@ -101,7 +101,7 @@ def valid_vectors(ws: Workspace, cfg: AnalyzeConfig, manifest: RunManifest,
     from fmb_engine.embed.store import EmbeddingReader
 
     for path in embedding_files(ws, cfg.models):
-        manifest.input(f"embeddings:{path.stem}", path)
+        manifest.input(f"embeddings:{path.stem}", path, digest=lineage.embedding_identity(path))
         if used is not None:
             used.append(path)
         with EmbeddingReader(path) as reader:
@@ -289,7 +289,7 @@ def analyze_regression(ws: Workspace, resolved: Resolved, survey: Path, reporter
             raise DataError(f"survey has no column(s) {', '.join(missing)}; columns: {', '.join(catalog.columns)}")
         runs = embedding_files(ws, cfg.models, survey)
         for path in runs:
-            manifest.input(f"embeddings:{path.stem}", path)
+            manifest.input(f"embeddings:{path.stem}", path, digest=lineage.embedding_identity(path))
         rows, preds, phis = [], [], []
         kwargs = dict(alpha=cfg.ridge_alpha, gbm_iter=cfg.gbm_iter, gbm_early_stopping=cfg.gbm_early_stopping,
                       bootstrap=cfg.bootstrap, seed=cfg.seed,

@@ -72,17 +72,17 @@ def choose_base(systems: list[str], model: str = "", system: str = "", fusion: s
            and (not model or parse_system(s).model == model)]
     if not own:
         raise ConfigError(f"no system of embedding run {model!r} in the ranking; systems: {', '.join(systems)}")
-    preferred = system_name(parse_system(own[0]).model if not model else model, "fused", fusion)
+    preferred = system_name(model or parse_system(own[0]).model, "fused", fusion)
     return default_system(own, preferred if preferred in own else None)
 
 
 def load_problem(ws: Workspace, cfg: Any, survey: Path | None = None, manifest: RunManifest | None = None) -> Problem:
     """Read the base system and the features' source rows named by the ``discover`` settings ``cfg``;
     ``manifest`` gets the inputs and the rows left out (a non-finite vector), with example ids."""
+    from fmb_engine import lineage
+    from fmb_engine.config import load
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.rankings import load_rankings
-
-    from fmb_engine.config import load
 
     system = choose_base(list_systems(ws, survey), cfg.model, cfg.system, load("detect", ws).values.fusion)
     model = cfg.model or parse_system(system).model
@@ -102,7 +102,7 @@ def load_problem(ws: Workspace, cfg: Any, survey: Path | None = None, manifest: 
     base = scores.reindex(ids[finite]).to_numpy(dtype=np.float64)
     problem = Problem(system, model, held, ids[finite], X[finite], base, ids[~finite])
     if manifest is not None:
-        manifest.input("embeddings", path)
+        manifest.input("embeddings", path, digest=lineage.embedding_identity(path))  # no re-hash of GBs per re-rank
         manifest.input("systems", systems_path(ws))
         if problem.not_finite.size:
             manifest.dropped("not_finite_vector", int(problem.not_finite.size))
