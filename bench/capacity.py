@@ -200,6 +200,18 @@ def _phase_name(phase: str) -> str:
     return f"{head}:{tail.split('/', 1)[1]}" if "/" in tail else head
 
 
+def phase_cpu(record: dict) -> dict[str, float]:
+    """The manifest's phases (wall seconds) as CPU seconds: each scaled by the run's CPU / wall, so that
+    they add up to its CPU time (load-independent); ``other`` is start-up, reading and writing outside them.
+    Scaling assumes every phase used the extra threads (or lost time to the load) in the same proportion."""
+    phases = {_phase_name(k): v for k, v in record.get("phases_s", {}).items()}
+    if not phases:
+        return {}
+    phases["other"] = max(record["wall_s"] - sum(phases.values()), 0.0)
+    scale = record["cpu_s"] / sum(phases.values())
+    return {k: v * scale for k, v in phases.items()}
+
+
 def fit_model(records: list[dict]) -> dict[str, dict]:
     """Per stage (CPU s and peak RSS MB) and per phase (seconds) laws in N, with their kind."""
     series: dict[str, dict[str, list]] = {}
@@ -208,9 +220,7 @@ def fit_model(records: list[dict]) -> dict[str, dict]:
         s["n"].append(r["objects"])
         s["cpu"].append(r["cpu_s"])
         s["rss"].append(r["peak_rss_mb"])
-        phases = {_phase_name(k): v for k, v in r.get("phases_s", {}).items()}
-        if phases:  # start-up, reading and writing outside the timed phases
-            phases["other"] = max(r["cpu_s"] - sum(phases.values()), 0.0)
+        phases = phase_cpu(r)
         for phase, sec in phases.items():
             p = series.setdefault(f"{r['stage']}/{phase}", {"n": [], "cpu": [], "rss": []})
             p["n"].append(r["objects"])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.capacity import FIT, NODE, SHARD, fit_law, fit_model, peak_memory, phase_kind, project, report
+from bench.capacity import FIT, NODE, SHARD, fit_law, fit_model, peak_memory, phase_cpu, phase_kind, project, report
 
 SIZES = (100_000, 300_000, 1_000_000)
 
@@ -16,12 +16,24 @@ def _detect(n: int, wobble: float = 0.0) -> dict:
     phases = {"sample:synthetic": 1.0 + 10e-6 * n, "flows:synthetic": 40.0 + wobble,
               "score:synthetic/image": 0.5 + 6e-6 * n, "mismatch:synthetic": 5.0 + 10e-6 * n,
               "fuse": 0.2 + 7e-6 * n, "systems": 0.3 + 9e-6 * n}
-    return {"stage": "detect", "objects": n, "cpu_s": sum(phases.values()) + 4.0 + 20e-6 * n,
+    wall = sum(phases.values()) + 4.0 + 20e-6 * n  # outside the phases: start-up, reading, writing
+    return {"stage": "detect", "objects": n, "wall_s": wall, "cpu_s": wall,
             "peak_rss_mb": 1800 + 100e-6 * n, "phases_s": phases}
 
 
 def _knn(n: int) -> dict:
-    return {"stage": "knn", "objects": n, "cpu_s": 3.0 + 90e-6 * n, "peak_rss_mb": 500 + 4000e-6 * n, "phases_s": {}}
+    cpu = 3.0 + 90e-6 * n
+    return {"stage": "knn", "objects": n, "wall_s": cpu, "cpu_s": cpu, "peak_rss_mb": 500 + 4000e-6 * n, "phases_s": {}}
+
+
+def test_phase_times_become_cpu_seconds_whatever_the_load():
+    quiet = _detect(300_000)
+    loaded = quiet | {"wall_s": 2 * quiet["wall_s"], "phases_s": {k: 2 * v for k, v in quiet["phases_s"].items()}}
+    threaded = quiet | {"cpu_s": 1.5 * quiet["cpu_s"]}  # extra threads: CPU beyond the wall, shared out
+    assert phase_cpu(loaded) == pytest.approx(phase_cpu(quiet))
+    assert sum(phase_cpu(threaded).values()) == pytest.approx(threaded["cpu_s"])
+    assert phase_cpu(quiet)["other"] == pytest.approx(4.0 + 20e-6 * 300_000)
+    assert phase_cpu(_knn(300_000)) == {}
 
 
 def test_fit_law_recovers_a_line_and_its_residuals():
