@@ -108,18 +108,26 @@ def write_queries(ws: Path, count: int, seed: int) -> Path:
     return path
 
 
-def measure(n: int, root: Path, embeddings: Path | None, umap_points: int, stages: list[str]) -> list[dict]:
-    """Every stage at N objects in a fresh workspace ``root/capN``; removed afterwards."""
+def measure(n: int, root: Path, embeddings: Path | None, umap_points: int, stages: list[str],
+            rerank_modalities: list[str], reuse: bool = False) -> list[dict]:
+    """Every stage at N objects in a fresh workspace ``root/capN``, removed afterwards; with ``reuse``
+    the stages run in the workspace left there by an earlier (interrupted) measure, which is kept."""
     ws = root / f"cap{n}"
-    shutil.rmtree(ws, ignore_errors=True)
-    subprocess.run([ENGINE, "init", str(ws)], check=True, stdout=subprocess.DEVNULL)
     task = ws / "bench_task.yaml"
-    task.write_text("detect:\n  baselines: false\n  n_jobs: 1\n"
-                    f"analyze:\n  umap_max_points: {umap_points}\n  umap_thumbnails: 0\n")
+    if not reuse:
+        shutil.rmtree(ws, ignore_errors=True)
+        subprocess.run([ENGINE, "init", str(ws)], check=True, stdout=subprocess.DEVNULL)
+        task.write_text("detect:\n  baselines: false\n  n_jobs: 1\n"
+                        f"analyze:\n  umap_max_points: {umap_points}\n  umap_thumbnails: 0\n")
+    elif not task.is_file():
+        raise SystemExit(f"{ws}: no earlier measure's workspace to reuse (no {task.name})")
     w, c = ["-w", str(ws)], ["-c", str(task)]
+    rerank_opts = [a for m in rerank_modalities for a in ("--modality", m)]
     out = []
     try:
-        if embeddings is not None:  # the shared file: a hard link, never written to
+        if reuse:
+            pass
+        elif embeddings is not None:  # the shared file: a hard link, never written to
             os.link(embeddings, ws / "embeddings" / "synthetic.h5")
         else:
             out.append(run_stage("embed", [ENGINE, "embed", "synthetic", "--objects", str(n), "--dims", DIMS,
@@ -131,7 +139,7 @@ def measure(n: int, root: Path, embeddings: Path | None, umap_points: int, stage
             "knn": ([ENGINE, "analyze", "similarity", "--ids-csv", "{queries}", "--modality", "image",
                      "--backend", "approx", *w, *c], "*analyze.similarity*.json"),
             "umap": ([ENGINE, "analyze", "umap", "--modality", "image", *w, *c], "*analyze.umap*.json"),
-            "rerank": ([ENGINE, "discover", "rerank", *w, *c], "*discover*.json"),
+            "rerank": ([ENGINE, "discover", "rerank", *rerank_opts, *w, *c], "*discover*.json"),
             "evaluate": ([ENGINE, "evaluate", *w, *c, "--format", "json"], None),
         }
         for stage in stages:
@@ -141,10 +149,12 @@ def measure(n: int, root: Path, embeddings: Path | None, umap_points: int, stage
                 argv = [queries if a == "{queries}" else a for a in argv]
             if stage == "rerank":
                 write_labels(ws, LABELS, seed=2)
-            out.append(run_stage(stage, argv, n, ws, glob))
+            name = f"rerank[{','.join(rerank_modalities)}]" if stage == "rerank" and rerank_modalities else stage
+            out.append(run_stage(name, argv, n, ws, glob))
             print(json.dumps(out[-1]), flush=True)
     finally:
-        shutil.rmtree(ws, ignore_errors=True)
+        if not reuse:
+            shutil.rmtree(ws, ignore_errors=True)
     return out
 
 
@@ -303,6 +313,9 @@ def main() -> None:
     m.add_argument("--embeddings", type=Path, help="Hard-link this synthetic.h5 instead of making one (one N only).")
     m.add_argument("--umap-points", type=int, default=20_000, help="analyze.umap_max_points of the runs.")
     m.add_argument("--stages", nargs="+", default=["detect", "rankings", "knn", "umap", "rerank", "evaluate"])
+    m.add_argument("--rerank-modality", nargs="+", default=[],
+                   help="Modalities rerank learns on (default all three: ~24 KB per object, 24 GB at 10^6).")
+    m.add_argument("--reuse", action="store_true", help="Run --stages in the kept workspace of an interrupted measure.")
     a = sub.add_parser("add", help="Record a stage measured elsewhere.")
     a.add_argument("--stage", required=True)
     a.add_argument("--objects", type=int, required=True)
@@ -312,10 +325,13 @@ def main() -> None:
     a.add_argument("--load", type=float, help="1-min load average, if known")
     a.add_argument("--manifest", type=Path, help="The run's manifest: its timings_s become the phases.")
     a.add_argument("--note", default="")
+    g = sub.add_parser("add-log", help="Record the stages an interrupted measure printed (its JSON lines).")
+    g.add_argument("log", type=Path)
+    g.add_argument("--objects", type=int, required=True, help="Only the records of this N.")
     f = sub.add_parser("fit", help="Fit the laws and project.")
     f.add_argument("--objects", type=float, default=1e7)
     f.add_argument("--shards", type=int, nargs="+", default=[1, 4, 16, 64])
-    for p in (m, a, f):
+    for p in (m, a, g, f):
         p.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.cmd == "measure":
@@ -323,7 +339,8 @@ def main() -> None:
             ap.error("--embeddings goes with exactly one -n")
         args.root.mkdir(parents=True, exist_ok=True)
         for n in args.n:
-            append(args.results, measure(n, args.root, args.embeddings, args.umap_points, args.stages))
+            append(args.results, measure(n, args.root, args.embeddings, args.umap_points, args.stages,
+                                         args.rerank_modality, args.reuse))
     elif args.cmd == "add":
         phases = {}
         if args.manifest:
@@ -331,6 +348,9 @@ def main() -> None:
         append(args.results, [{"stage": args.stage, "objects": args.objects, "wall_s": args.wall, "cpu_s": args.cpu,
                                "peak_rss_mb": args.rss_mb, "load_before": args.load, "load_after": args.load,
                                "phases_s": phases, "note": args.note}])
+    elif args.cmd == "add-log":
+        lines = (json.loads(line) for line in args.log.read_text().splitlines() if line.startswith('{"stage"'))
+        append(args.results, [r for r in lines if r["objects"] == args.objects])
     else:
         model = fit_model(json.loads(args.results.read_text()))
         MODEL.write_text(json.dumps(model, indent=1) + "\n")
