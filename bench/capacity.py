@@ -278,6 +278,16 @@ def _fmt_law(law: dict, unit: str, per: float, per_unit: str) -> str:
     return f"{law['a']:,.1f} {unit} + {law['b'] * per:,.2f} {per_unit}"
 
 
+def measurements_table(records: list[dict]) -> str:
+    """Markdown: every measured run, by stage then N."""
+    lines = ["| stage | objects | CPU s | wall s | peak RSS MB | load 1 min before / after |", "|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["stage"], r["objects"])):
+        load = "?" if r.get("load_before") is None else f"{r['load_before']:.1f} / {r['load_after']:.1f}"
+        lines.append(f"| {r['stage']} | {r['objects']:,} | {r['cpu_s']:,.1f} | {r['wall_s']:,.1f} | "
+                     f"{r['peak_rss_mb']:,.0f} | {load} |")
+    return "\n".join(lines)
+
+
 def report(model: dict[str, dict], n: float, shard_counts: list[int]) -> str:
     """Markdown: the fitted laws, the projection of detect at N for each K, each job's memory at N."""
     lines = ["| stage / phase | kind | CPU s = a + b·N (b per 10⁶) | max residual | peak RSS MB = c + d·N (d per 10⁶) |",
@@ -290,7 +300,8 @@ def report(model: dict[str, dict], n: float, shard_counts: list[int]) -> str:
     lines += ["", f"Projection at N = {n:,.0f}:", "",
               "| K shards | detect wall: fit + shard + merge | detect CPU, all jobs | a shard's detect job: RSS | "
               "single-node stages CPU (analyses, rerank, evaluate) |", "|---|---|---|---|---|"]
-    single = sum(Law(**model[s]["cpu"])(n) for s in model if "/" not in s and s not in ("detect", "embed"))
+    single = sum(Law(**model[s]["cpu"])(n) for s in model  # a variant (rerank[image]) is not counted again
+                 if "/" not in s and "[" not in s and s not in ("detect", "embed"))
     for k in shard_counts:
         phases = {key: v for key, v in project(model, n, k).items() if key.startswith("detect/")}
         parts = {kind: sum(v["wall_s"] for v in phases.values() if v["kind"] == kind) for kind in (FIT, SHARD, NODE)}
@@ -352,9 +363,10 @@ def main() -> None:
         lines = (json.loads(line) for line in args.log.read_text().splitlines() if line.startswith('{"stage"'))
         append(args.results, [r for r in lines if r["objects"] == args.objects])
     else:
-        model = fit_model(json.loads(args.results.read_text()))
+        records = json.loads(args.results.read_text())
+        model = fit_model(records)
         MODEL.write_text(json.dumps(model, indent=1) + "\n")
-        print(report(model, args.objects, args.shards))
+        print(measurements_table(records), report(model, args.objects, args.shards), sep="\n\n")
 
 
 if __name__ == "__main__":
