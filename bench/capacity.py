@@ -8,7 +8,9 @@ process and records its wall time, its CPU time (user + sys of the child, ``os.w
     k-NN, 10,000 queries, image) -> analyze umap (image, fitted on a capped sample) -> discover rerank
     (labels written first through the engine's label store) -> evaluate
 
-``add`` records a stage measured elsewhere (e.g. the coordinator's ``/usr/bin/time`` of ``detect all``
+A stage interrupted or left out (e.g. one that would not fit in memory) is recovered with ``add-log``
+(the records the interrupted measure printed) and ``measure --reuse --stages ...`` (the rest, in the
+workspace it left). ``add`` records a stage measured elsewhere (e.g. the coordinator's ``/usr/bin/time`` of ``detect all``
 on the shared 10^6 workspace, with its manifest's phases). ``fit`` fits, per stage and per phase,
 CPU seconds = a + b*N and peak RSS = c + d*N by least squares, and projects them to 10^7 objects on
 K shards (fit phases once, scoring phases on N/K per shard, merge phases on one node over all N).
@@ -125,11 +127,9 @@ def measure(n: int, root: Path, embeddings: Path | None, umap_points: int, stage
     rerank_opts = [a for m in rerank_modalities for a in ("--modality", m)]
     out = []
     try:
-        if reuse:
-            pass
-        elif embeddings is not None:  # the shared file: a hard link, never written to
+        if embeddings is not None and not reuse:  # the shared file: a hard link, never written to
             os.link(embeddings, ws / "embeddings" / "synthetic.h5")
-        else:
+        elif not reuse:
             out.append(run_stage("embed", [ENGINE, "embed", "synthetic", "--objects", str(n), "--dims", DIMS,
                                            "--seed", "0", *w], n, ws, "*embed*.json"))
             print(json.dumps(out[-1]), flush=True)
