@@ -606,8 +606,11 @@ def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd
 
 
 def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS,
-           survey: Path | None = None) -> Any:
+           survey: Path | None = None, source: Callable[[DetectConfig, RunManifest], Any] | None = None) -> Any:
     """Run the chosen parts for every embedding run, then rebuild ``scores/systems.parquet``.
+
+    ``source(cfg, manifest)`` makes what fits and scores (:class:`InProcess` by default; the merge
+    of a sharded run reads its jobs' files, :mod:`fmb_engine.detect.shards`).
 
     ``survey`` (default: the workspace's active survey) is what the embeddings must have been
     made from (StaleError otherwise). Every output is staged and published as one set when the
@@ -636,9 +639,10 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         scored: list[str] = []
         with StagedSet(scores_dir, manifest.run_id) as stage:
             if "flows" in parts or "mismatch" in parts:
+                scorer = (source or InProcess)(cfg, manifest)
                 for path in runs:
                     scored += score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts,
-                                        mismatch="mismatch" in parts, stage=stage)
+                                        mismatch="mismatch" in parts, stage=stage, source=scorer)
             if "fuse" in parts:
                 with manifest.phase("fuse"):
                     fused = {m: fuse_run(ws, m, cfg, manifest, stage) for m in models}
