@@ -53,7 +53,7 @@ def work_folder(ws: Workspace, run_id: str) -> Path:
 def shard_ranges(n: int, shards: int, chunk_rows: int) -> list[tuple[int, int]]:
     """``shards`` contiguous ``(start, stop)`` row ranges covering ``0..n``, each made of whole chunks.
 
-    Shards beyond the number of chunks are empty ``(n, n)``."""
+    With more shards than chunks some ranges are empty."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     chunks = -(-n // chunk_rows)
