@@ -49,6 +49,13 @@ def _phase_tasks(run: RunRecord) -> list[tuple[str, list[int]]]:
     return [(str(p["name"]), [int(t) for t in p["tasks"]]) for p in run.config["chain"]["phases"]]
 
 
+def _waited_for(records: list[JobRecord]) -> list[str]:
+    """What the next phase waits for: a whole array by its id (SLURM keeps no record of an array task
+    cancelled before it started, and a dependency on that task id alone would then be dropped,
+    whereas ``afterok`` on the array is never met), other jobs by their ids."""
+    return list(dict.fromkeys(r.array_job_id or r.job_id for r in records))
+
+
 def submit_chain(ws: Workspace, stage: str, phases: list[Phase], run_id: str, choice: ExecutorChoice,
                  cfg: JobsConfig, notes: list[str], snapshot: dict[str, Any], job_name: str,
                  registry: Registry | None = None) -> Submission:
@@ -85,7 +92,7 @@ def submit_chain(ws: Workspace, stage: str, phases: list[Phase], run_id: str, ch
             else:
                 records = reg.add_jobs(run_id, records)
             handles += submitted
-            after = [r.job_id for r in records]
+            after = _waited_for(records)
             if choice.kind.polled_at_submission:
                 refresh(ws, registry=reg, jobs=records)
         return Submission(run_id, stage, choice.name, folder, reg.jobs(run_id), handles, notes)
@@ -133,7 +140,7 @@ def resubmit_chain(ws: Workspace, reg: Registry, run: RunRecord, cfg: JobsConfig
             handles += submitted
             if choice.kind.polled_at_submission:
                 refresh(ws, registry=reg, jobs=added)
-            after = [r.job_id for r in added] + kept
+            after = _waited_for(added) + kept
         else:
             after = kept
     return Submission(run.run_id, run.stage, choice.name, Path(run.folder), reg.jobs(run.run_id), handles,
