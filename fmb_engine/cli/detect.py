@@ -21,6 +21,10 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
     ws = find_workspace(workspace)
     resolved = section("detect", ws, config, models=models or None, preset=preset, seed=seed, fusion=fusion,
                        top_k=top_k, out_of_fold=out_of_fold, n_jobs=n_jobs)
+    # a task config may name another survey than fmb.yaml: the embeddings are checked against that one
+    named_by_task = (config is not None
+                     and Path(section("general", ws, config).sources["survey"]).resolve() == config.resolve())
+    survey = survey_file(ws, config, None) if named_by_task else None
     if shards is not None:
         from fmb_engine.cli.jobs import print_submission
         from fmb_engine.errors import ConfigError
@@ -29,7 +33,8 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
         if executor is None:
             raise ConfigError("--shards splits detection into jobs: add --executor slurm (or local, debug); "
                              "without an executor detect runs in this process, unsharded")
-        print_submission(submit_sharded_detect(ws, resolved, parts, shards, executor, section("jobs", ws, config)))
+        print_submission(submit_sharded_detect(ws, resolved, parts, shards, executor, section("jobs", ws, config),
+                                               survey))
         return
     if executor is not None:
         from fmb_engine.cli.jobs import print_submission
@@ -37,10 +42,6 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
 
         print_submission(submit_detect(ws, resolved, parts, executor, section("jobs", ws, config)))
         return
-    # a task config may name another survey than fmb.yaml: the embeddings are checked against that one
-    named_by_task = (config is not None
-                     and Path(section("general", ws, config).sources["survey"]).resolve() == config.resolve())
-    survey = survey_file(ws, config, None) if named_by_task else None
     result = detect(ws, resolved, reporter(), parts=parts, survey=survey)
     console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects")
     by_reason: dict[str, list[str]] = {}

@@ -111,3 +111,25 @@ def test_shards_need_an_executor_and_something_to_shard(embedded):
         submit_sharded_detect(embedded, resolved, ("fuse",), 2, "debug", DEBUG)
     with pytest.raises(FMBError, match=">= 1"):
         submit_sharded_detect(embedded, resolved, ("flows",), 0, "debug", DEBUG)
+
+
+def test_cli_shards_need_an_executor_and_show_their_phases(embedded, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from fmb_engine.cli import common
+    from fmb_engine.cli.main import app
+    from fmb_engine.errors import ConfigError
+
+    monkeypatch.setattr(common.console, "width", 220)
+    runner = CliRunner()
+    task = tmp_path / "task.yaml"
+    task.write_text("detect:\n  epochs: 2\n  iforest_trees: 20\n  n_jobs: 1\n  fit_max_objects: 400\n")
+    ws = ["--workspace", str(embedded.root), "--config", str(task)]
+    refused = runner.invoke(app, ["detect", "all", "--shards", "2", *ws])
+    assert isinstance(refused.exception, ConfigError) and "--executor" in str(refused.exception)
+    done = runner.invoke(app, ["detect", "flows", "--shards", "2", "-x", "debug", *ws])
+    assert done.exit_code == 0, done.output
+    run_id = done.output.split("run ", 1)[1].split(":", 1)[0].strip()
+    shown = runner.invoke(app, ["jobs", "show", run_id, "--workspace", str(embedded.root)])
+    assert shown.exit_code == 0 and "shard 1/2" in shown.output and "merge" in shown.output
+    assert "FAILED" not in shown.output
