@@ -7,7 +7,8 @@ One synthetic input (``fmb-engine embed synthetic``, or an existing file hard-li
    ``os.wait4``;
 2. sharded: ``fmb-engine detect all --executor slurm --shards K``, polled until the run ends;
    wall from submission to the merge's end, and per phase (fit / shard / merge) the jobs'
-   elapsed time, CPU time (``TotalCPU``) and peak RSS (``MaxRSS`` of the batch step) from sacct.
+   elapsed time and CPU time (``TotalCPU``) from sacct, and peak RSS: the one each job reports
+   (``getrusage`` in the job) and sacct's ``MaxRSS`` (sampled every 30 s: short jobs show none).
 
 Then checks that both runs wrote the same ranks and scores (``systems.parquet``, exactly).
 Prints one JSON object (paste into docs/benchmarks.md, "Sharded detect — bench/detect_sharded.py").
@@ -101,7 +102,9 @@ def _sharded(ws: Path, shards: int) -> dict:
     for job in jobs:
         name = (run.phase_of(job.task_index) or "?").split(" ")[0]
         row = acct.get(job.job_id, {})
-        phase = phases.setdefault(name, {"jobs": 0, "elapsed_s_max": 0.0, "cpu_s": 0.0, "max_rss_gb": 0.0})
+        phase = phases.setdefault(name, {"jobs": 0, "elapsed_s_max": 0.0, "cpu_s": 0.0, "max_rss_gb": 0.0,
+                                         "peak_rss_gb_in_job": 0.0})
+        phase["peak_rss_gb_in_job"] = max(phase["peak_rss_gb_in_job"], float((job.outputs or {}).get("peak_rss_gb", 0)))
         phase["jobs"] += 1
         phase["elapsed_s_max"] = round(max(phase["elapsed_s_max"], row.get("elapsed_s", 0.0)), 1)
         phase["cpu_s"] = round(phase["cpu_s"] + row.get("cpu_s", 0.0), 1)

@@ -61,6 +61,14 @@ def shard_ranges(n: int, shards: int, chunk_rows: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (GB): each phase reports it with its outputs, since
+    the scheduler's accounting samples memory (every 30 s by default) and misses short jobs."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)  # KiB on Linux
+
+
 def _load(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path} is missing: the phase that writes it has not completed (see `fmb-engine jobs show`)")
@@ -132,7 +140,7 @@ def fit_modality(root: str, run_id: str, model: str, modality: str, values: dict
         save_state({f"state.{k}": v for k, v in states[modality].items()}
                    | {f"score.{k}": v for k, v in scores[modality].items()}, done)
     return {"model": model, "modality": modality, "usable": int(keep.sum()), "fit_rows": int(sample.shape[0]),
-            "fitted": fitted}
+            "fitted": fitted, "peak_rss_gb": peak_rss_gb()}
 
 
 def fit_cross(root: str, run_id: str, model: str, values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
@@ -154,7 +162,8 @@ def fit_cross(root: str, run_id: str, model: str, values: dict[str, Any], source
                 sample = sample[:0]
     save_state({"keep": keep, "sample": sample, "method": np.asarray(method), "fit": fit}
                | {f"state.{k}": v for k, v in state.items()}, done)
-    return {"model": model, "modality": "cross", "method": method or "skipped", "usable": int(keep.sum())}
+    return {"model": model, "modality": "cross", "method": method or "skipped", "usable": int(keep.sum()),
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def score_shard(root: str, run_id: str, models: list[str], values: dict[str, Any], sources: dict[str, str],
@@ -188,7 +197,7 @@ def score_shard(root: str, run_id: str, models: list[str], values: dict[str, Any
                     scores |= {f"cross/{name}": v for name, v in got.items()}
         save_state(scores, out)
         rows += stop - start
-    return {"shard": index, "of": shards, "rows": rows}
+    return {"shard": index, "of": shards, "rows": rows, "peak_rss_gb": peak_rss_gb()}
 
 
 class FromWork:
@@ -235,7 +244,7 @@ def merge(root: str, run_id: str, values: dict[str, Any], sources: dict[str, str
                     survey=Path(survey) if survey else None, source=lambda cfg, manifest: FromWork(ws, run_id, shards))
     shutil.rmtree(work, ignore_errors=True)
     return {"systems": len(result.summary["systems"]), "skipped": [s["system"] for s in result.summary["skipped"]],
-            "manifest": str(result.manifest)}
+            "manifest": str(result.manifest), "peak_rss_gb": peak_rss_gb()}
 
 
 def model_names(ws: Workspace, resolved: Resolved) -> list[str]:
