@@ -16,6 +16,9 @@ Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
   scored now and of the other runs kept from earlier detect runs (:func:`systems_runs`); its
   ``fmb:systems`` metadata says which detect run scored each.
 
+The fitting and scoring go through a score source (:class:`InProcess` here; a sharded run's
+merge reads what its jobs computed with the same functions, :mod:`fmb_engine.detect.shards`).
+
 Detection degrades per system, not per run: a flow or baseline whose modality
 has fewer than ``MIN_ROWS`` usable rows, a mismatch with fewer objects usable in
 both modalities, and the fusion of a model missing one of its three inputs are
