@@ -111,12 +111,15 @@ class Work:
         return {n: np.concatenate([p[prefix + n] for p in parts]) for n in names}
 
 
+def resolved_detect(values: dict[str, Any], sources: dict[str, str]) -> Resolved:
+    """The detect section a job was given as plain values (validated again in the job)."""
+    return Resolved("detect", DetectConfig.model_validate(values), dict(sources))
+
+
 def _reader_and_cfg(root: str, model: str, values: dict[str, Any], sources: dict[str, str]
                     ) -> tuple[Workspace, Path, DetectConfig]:
-    from fmb_engine.jobs.calls import rebuild_resolved
-
     ws = Workspace(Path(root))
-    cfg: DetectConfig = rebuild_resolved("detect", values, sources).values  # type: ignore[assignment]
+    cfg: DetectConfig = resolved_detect(values, sources).values  # type: ignore[assignment]
     return ws, ws.folder("embeddings") / f"{model}.h5", cfg
 
 
@@ -233,14 +236,13 @@ def merge(root: str, run_id: str, values: dict[str, Any], sources: dict[str, str
           shards: int, survey: str | None) -> dict[str, Any]:
     """Merge phase: the one-node ``detect`` fed by the work folder; removes it once the outputs are published."""
     from fmb_engine.detect.run import detect
-    from fmb_engine.jobs.calls import rebuild_resolved
 
     ws = Workspace(Path(root))
     work = work_folder(ws, run_id)
     if not work.is_dir():
         raise DataError(f"{work} is missing: the run's fit and shard phases left no files (already merged, "
                         "or removed); submit the run again")
-    result = detect(ws, rebuild_resolved("detect", values, sources), parts=parts,
+    result = detect(ws, resolved_detect(values, sources), parts=parts,
                     survey=Path(survey) if survey else None, source=lambda cfg, manifest: FromWork(ws, run_id, shards))
     shutil.rmtree(work, ignore_errors=True)
     return {"systems": len(result.summary["systems"]), "skipped": [s["system"] for s in result.summary["skipped"]],
@@ -263,10 +265,8 @@ def run_in_order(root: str, run_id: str, values: dict[str, Any], sources: dict[s
     """Every phase one after the other in this process: fits, the ``shards`` shards, the merge.
 
     What a kind without scheduler dependencies runs as one job (and ``--shards`` without an executor)."""
-    from fmb_engine.jobs.calls import rebuild_resolved
-
     ws = Workspace(Path(root))
-    for call, args in phase_calls(ws, rebuild_resolved("detect", values, sources), run_id, parts, shards, survey):
+    for call, args in phase_calls(ws, resolved_detect(values, sources), run_id, parts, shards, survey):
         for arg in args:
             call(*arg)
     return merge(root, run_id, values, sources, parts, shards, survey)
