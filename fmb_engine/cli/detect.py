@@ -14,22 +14,34 @@ from fmb_engine.detect.params import DEFAULT_FUSION, FUSION_METHODS, PARTS, PRES
 app = Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank fusion.", no_args_is_help=True)
 
 
-def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor=None) -> None:
+def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor=None,
+         shards=None) -> None:
     from fmb_engine.detect.run import detect
 
     ws = find_workspace(workspace)
     resolved = section("detect", ws, config, models=models or None, preset=preset, seed=seed, fusion=fusion,
                        top_k=top_k, out_of_fold=out_of_fold, n_jobs=n_jobs)
+    # a task config may name another survey than fmb.yaml: the embeddings are checked against that one
+    named_by_task = (config is not None
+                     and Path(section("general", ws, config).sources["survey"]).resolve() == config.resolve())
+    survey = survey_file(ws, config, None) if named_by_task else None
+    if shards is not None:
+        from fmb_engine.cli.jobs import print_submission
+        from fmb_engine.errors import ConfigError
+        from fmb_engine.jobs.chain import submit_sharded_detect
+
+        if executor is None:
+            raise ConfigError("--shards splits detection into jobs: add --executor slurm (or local, debug); "
+                             "without an executor detect runs in this process, unsharded")
+        print_submission(submit_sharded_detect(ws, resolved, parts, shards, executor, section("jobs", ws, config),
+                                               survey))
+        return
     if executor is not None:
         from fmb_engine.cli.jobs import print_submission
         from fmb_engine.jobs.stages import submit_detect
 
         print_submission(submit_detect(ws, resolved, parts, executor, section("jobs", ws, config)))
         return
-    # a task config may name another survey than fmb.yaml: the embeddings are checked against that one
-    named_by_task = (config is not None
-                     and Path(section("general", ws, config).sources["survey"]).resolve() == config.resolve())
-    survey = survey_file(ws, config, None) if named_by_task else None
     result = detect(ws, resolved, reporter(), parts=parts, survey=survey)
     console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects")
     by_reason: dict[str, list[str]] = {}
@@ -56,8 +68,10 @@ def _command(parts: tuple[str, ...], doc: str):
         workspace: WorkspaceOpt = None,
         config: ConfigOpt = None,
         executor: ExecutorOpt = None,
+        shards: int = typer.Option(None, "--shards", min=1, help="With --executor: fit jobs, then an array of this many "
+                                   "scoring tasks, then a merge job (docs/jobs.md, Sharded detect)."),
     ) -> None:
-        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor)
+        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor, shards)
 
     command.__doc__ = doc
     return command

@@ -213,7 +213,8 @@ def print_run(run: RunRecord, jobs: list[JobRecord], fmt: Format = Format.table)
     params = run.params
     data = {"run": run.run_id, "stage": run.stage, "executor": run.executor, "submitted": run.created,
             "user": run.user, "host": run.host, "folder": run.folder, "parameters": params, "note": run.note or None,
-            "tasks": [task_record(job) for job in jobs]}
+            "tasks": [task_record(job) | ({"phase": phase} if (phase := run.phase_of(job.task_index)) else {})
+                      for job in jobs]}
 
     def shown():
         settings = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("python",) and v not in (None, "", [], {}))
@@ -224,8 +225,8 @@ def print_run(run: RunRecord, jobs: list[JobRecord], fmt: Format = Format.table)
         ]
         if run.note:
             rows.append(("note", run.note))
-        tasks = [{**t, "task": f"{t['task']}" + (f" (try {t['attempt']})" if t["attempt"] > 1 else "")}
-                 for t in data["tasks"]]
+        tasks = [{**t, "task": f"{t['task']}" + (f" {t['phase']}" if t.get("phase") else "")
+                  + (f" (try {t['attempt']})" if t["attempt"] > 1 else "")} for t in data["tasks"]]
         return [pairs(rows), table(tasks, TASK_COLUMNS)]
 
     emit(fmt, data, shown, rows=[{"run": run.run_id, **t} for t in data["tasks"]])

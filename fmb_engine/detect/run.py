@@ -16,6 +16,9 @@ Inputs are the embedding stores in ``embeddings/``; outputs go to ``scores/``:
   scored now and of the other runs kept from earlier detect runs (:func:`systems_runs`); its
   ``fmb:systems`` metadata says which detect run scored each.
 
+The fitting and scoring go through a score source (:class:`InProcess` here; a sharded run's
+merge reads what its jobs computed with the same functions, :mod:`fmb_engine.detect.shards`).
+
 Detection degrades per system, not per run: a flow or baseline whose modality
 has fewer than ``MIN_ROWS`` usable rows, a mismatch with fewer objects usable in
 both modalities, and the fusion of a model missing one of its three inputs are
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,36 +96,103 @@ def _dropped(keep: np.ndarray, manifest: RunManifest, what: str) -> None:
 Scorer = Callable[..., np.ndarray]
 
 
-def _fit_flows(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path,
-               stage: StagedSet) -> tuple[dict[str, np.ndarray], dict[str, Scorer]]:
-    """Fit preprocessing + flow on each modality's fit sample; -log p of the sample rows, and a scorer of other rows.
+@dataclass
+class RowPlan:
+    """Which rows of one embedding file a detect run uses: per modality the usable rows (mask),
+    the fit sample (increasing positions) and the sample's vectors."""
 
-    Each fitted preprocessing + flow is saved to ``folder/flow_<modality>.npz`` (staged with the
-    run's other outputs). The modalities' flows train side by side (``n_jobs``). With
-    ``out_of_fold`` the sample rows are scored by fold flows that never saw them; rows outside
-    the sample are scored by the flow fitted on the whole sample, which never saw them either.
+    keeps: dict[str, np.ndarray]
+    samples: dict[str, np.ndarray]
+    fit_x: dict[str, np.ndarray]
+
+
+@dataclass
+class Scored:
+    """One fitted system group's scores: the fit sample's (``fit``) and the other usable rows' (``rest``,
+    in row order), by method; :meth:`full` puts them together in the order of the usable rows."""
+
+    fit: dict[str, np.ndarray]
+    rest: dict[str, np.ndarray]
+
+    def full(self, keep: np.ndarray, sample: np.ndarray) -> dict[str, np.ndarray]:
+        rows = np.flatnonzero(keep)
+        in_sample = np.isin(rows, sample, assume_unique=True)
+        out = {}
+        for name, fit in self.fit.items():
+            values = np.empty(rows.shape[0], dtype=np.float64)
+            values[in_sample] = fit
+            values[~in_sample] = self.rest[name]
+            out[name] = values
+        return out
+
+
+def plan_rows(reader: EmbeddingReader, modalities: list[str] | tuple[str, ...], cfg: DetectConfig) -> RowPlan:
+    """Usable rows, seeded fit sample and its vectors of ``modalities`` (one pass per modality, one for the sample)."""
+    keys = sample_keys(reader.n_objects, cfg.seed)
+    keeps = {m: usable_rows(reader, m, cfg.chunk_rows) for m in modalities}
+    samples = {m: fit_sample(keep, keys, cfg.fit_max_objects) for m, keep in keeps.items()}
+    return RowPlan(keeps, samples, {m: gather(reader, m, rows, cfg.chunk_rows) for m, rows in samples.items()})
+
+
+def mismatch_rows(keeps: dict[str, np.ndarray], cfg: DetectConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(objects usable in both image and spectrum, the mismatch's fit sample among them)."""
+    keep = keeps["image"] & keeps["spectrum"]
+    return keep, fit_sample(keep, sample_keys(keep.shape[0], cfg.seed), cfg.fit_max_objects)
+
+
+def flow_state(pre: Preprocessor, flow: Any) -> dict[str, np.ndarray]:
+    """The arrays of ``models/<model>/flow_<modality>.npz``: fitted preprocessing and flow."""
+    return {f"pre.{k}": v for k, v in pre.state_dict().items()} | {f"flow.{k}": v for k, v in flow.state_dict().items()}
+
+
+def save_state(state: dict[str, np.ndarray], path: Path) -> Path:
+    """``state`` as an .npz file, written atomically (read back with ``allow_pickle=False``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **state)
+    return path
+
+
+def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: int | None = None
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Scorer]], dict[str, dict]]:
+    """Fit preprocessing + flow (and the baselines) on each modality's fit sample.
+
+    Returns per modality the sample rows' scores and scorers of other rows by method
+    (higher = more anomalous), and the flow's state (:func:`flow_state`). The modalities' flows
+    train side by side (``n_jobs``). ``side_by_side`` is how many modalities the one-node run
+    fits together (default: those in ``xs``): a sharded fit job fits one modality with the
+    thread count the one-node run would use, so both give the same bits. With ``out_of_fold``
+    the sample rows are scored by fold flows that never saw them; rows outside the sample are
+    scored by the flow fitted on the whole sample, which never saw them either.
     """
     pre_kw, flow_kw = cfg.flow_params()
+    jobs = cfg.flow_jobs()
+    if flow_kw.get("threads") is None and jobs > 1 and (side_by_side or len(xs)) > 1:
+        flow_kw["threads"] = 1  # what fit_flows gives each worker
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2 and x.shape[0] < 2 * cfg.out_of_fold:
             raise DataError(f"out_of_fold={cfg.out_of_fold} needs at least 2 rows per fold: only {x.shape[0]} "
                             f"usable {modality} rows; lower --out-of-fold")
     pres = {m: Preprocessor(**pre_kw).fit(x) for m, x in xs.items()}
     zs = {m: pres[m].transform(x) for m, x in xs.items()}
-    flows = fit_flows(zs, n_jobs=cfg.flow_jobs(), **flow_kw)
-    fitted, scorers = {}, {}
+    flows = fit_flows(zs, n_jobs=jobs, **flow_kw)
+    fitted, scorers, states = {}, {}, {}
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2:
-            fitted[modality] = -score_out_of_fold(x, cfg.out_of_fold, preprocess=pre_kw, **flow_kw)  # seed: in flow_kw
+            fit = -score_out_of_fold(x, cfg.out_of_fold, preprocess=pre_kw, **flow_kw)  # seed: in flow_kw
         else:
-            fitted[modality] = -flows[modality].score_samples(zs[modality])
-        pre, flow = pres[modality], flows[modality]
-        scorers[modality] = lambda v, pre=pre, flow=flow: -flow.score_samples(pre.transform(v))
-        state = ({f"pre.{k}": v for k, v in pre.state_dict().items()}
-                 | {f"flow.{k}": v for k, v in flow.state_dict().items()})
-        with atomic_path(stage.path(folder / f"flow_{modality}.npz")) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **state)
-    return fitted, scorers
+            fit = -flows[modality].score_samples(zs[modality])
+        states[modality] = flow_state(pres[modality], flows[modality])
+        fitted[modality] = {"flow": fit}
+        scorers[modality] = {"flow": _flow_scorer(pres[modality], flows[modality])}
+        if cfg.baselines:
+            more_fit, more_scorers = _baselines(x, cfg)
+            fitted[modality] |= more_fit
+            scorers[modality] |= more_scorers
+    return fitted, scorers, states
+
+
+def _flow_scorer(pre: Preprocessor, flow: Any) -> Scorer:
+    return lambda v: -flow.score_samples(pre.transform(v))
 
 
 def _baselines(x: np.ndarray, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer]]:
@@ -133,23 +204,99 @@ def _baselines(x: np.ndarray, cfg: DetectConfig) -> tuple[dict[str, np.ndarray],
             {"iforest": forest.score_samples, "knn": knn.score_samples})
 
 
-def _mismatch(reader: EmbeddingReader, keep: np.ndarray, sample: np.ndarray, cfg: DetectConfig,
-              fit_x: dict[str, np.ndarray], fit_rows: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
-    """(method, native score of every ``keep`` row in row order) of the cross-modal mismatch.
+def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectConfig) -> dict[str, Scorer]:
+    """Scorers of a modality rebuilt from a saved :func:`flow_state` and the fit sample ``x``.
 
-    Cosine (aligned embedders) needs no fit and is computed chunk by chunk. The learned map is
-    fitted on the sample (each sample row scored out of fold) and scores the other rows chunk by chunk.
+    The flow and its preprocessing come back from their arrays. The baselines are refitted on
+    ``x``: the k-NN reference set *is* the sample, and the IsolationForest is rebuilt with the
+    same seed on the same rows, which gives the same trees (scikit-learn cannot save a forest
+    without pickle, which FMB never uses for its files).
+    """
+    from fmb_engine.detect.flows import FlowDensity
+
+    _, flow_kw = cfg.flow_params()
+    pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
+    flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
+                                       device=flow_kw["device"], threads=flow_kw["threads"])
+    scorers: dict[str, Scorer] = {"flow": _flow_scorer(pre, flow)}
+    if cfg.baselines:
+        scorers |= _baselines(x, cfg)[1]
+    return scorers
+
+
+def fit_mismatch(reader: EmbeddingReader, sample: np.ndarray, cfg: DetectConfig, plan: RowPlan
+                 ) -> tuple[str, dict[str, np.ndarray], dict[str, Scorer], dict[str, np.ndarray]]:
+    """(method, the sample's native scores, scorer of other rows, fitted state) of the cross-modal mismatch.
+
+    Cosine (aligned embedders) needs no fit: no sample, every row is scored chunk by chunk.
+    The learned map is fitted on the sample (each sample row scored out of fold).
     """
     if reader.aligned:
-        return "cosine", streamed_scores(reader, ("image", "spectrum"), keep, sample[:0], {"native": np.zeros(0)},
-                                         {"native": cosine_similarity_rows}, cfg.chunk_rows)["native"]
-    img, spec = (fit_x[m] if np.array_equal(fit_rows[m], sample) else gather(reader, m, sample, cfg.chunk_rows)
+        return "cosine", {"native": np.zeros(0)}, {"native": cosine_similarity_rows}, {}
+    img, spec = (plan.fit_x[m] if np.array_equal(plan.samples[m], sample) else gather(reader, m, sample, cfg.chunk_rows)
                  for m in ("image", "spectrum"))
     learned = LearnedMismatch(alpha=cfg.mismatch_alpha, seed=cfg.seed)
     fitted = learned.fit_score(img, spec)
-    del img, spec
-    return learned.method, streamed_scores(reader, ("image", "spectrum"), keep, sample, {"native": fitted},
-                                           {"native": learned.score}, cfg.chunk_rows)["native"]
+    return learned.method, {"native": fitted}, {"native": learned.score}, learned.state_dict()
+
+
+def mismatch_scorer(method: str, state: dict[str, np.ndarray]) -> dict[str, Scorer]:
+    """The scorer :func:`fit_mismatch` returned, rebuilt from its method and saved state."""
+    if method == "cosine":
+        return {"native": cosine_similarity_rows}
+    return {"native": LearnedMismatch.from_state_dict(state).score}
+
+
+def score_rows(reader: EmbeddingReader, modalities: tuple[str, ...], keep: np.ndarray, sample: np.ndarray,
+               scorers: dict[str, Scorer], chunk_rows: int, start: int = 0, stop: int | None = None
+               ) -> dict[str, np.ndarray]:
+    """Scores of the usable rows outside the fit sample within rows ``[start, stop)``, in row order.
+
+    The file is read ``chunk_rows`` rows at a time from row 0, so a range that starts and
+    stops on chunk boundaries (:func:`fmb_engine.detect.shards.shard_ranges`) scores each row
+    in exactly the batch the whole-file pass uses: the same bits, whatever the ranges.
+    """
+    stop = keep.shape[0] if stop is None else stop
+    todo = np.zeros_like(keep)
+    todo[start:stop] = keep[start:stop]
+    todo[sample] = False
+    empty = np.zeros(0, dtype=np.int64)
+    return streamed_scores(reader, modalities, todo, empty, {name: np.zeros(0) for name in scorers}, scorers,
+                           chunk_rows)
+
+
+class InProcess:
+    """Fits and scores every system of a run in this process (the one-node ``detect``).
+
+    A sharded run (:mod:`fmb_engine.detect.shards`) gets the same results from its jobs'
+    files instead; :func:`score_run` turns either into the same tables.
+    """
+
+    def __init__(self, cfg: DetectConfig, manifest: RunManifest):
+        self.cfg, self.manifest = cfg, manifest
+
+    def plan(self, reader: EmbeddingReader, model: str) -> RowPlan:
+        return plan_rows(reader, reader.meta.modalities, self.cfg)
+
+    def flows(self, reader: EmbeddingReader, model: str, plan: RowPlan, live: list[str]
+              ) -> tuple[dict[str, Scored], dict[str, dict[str, np.ndarray]]]:
+        with self.manifest.phase(f"flows:{model}"):
+            fitted, scorers, states = fit_modalities({m: plan.fit_x[m] for m in live}, self.cfg)
+        scored = {}
+        for modality in live:
+            with self.manifest.phase(f"score:{model}/{modality}"):
+                rest = score_rows(reader, (modality,), plan.keeps[modality], plan.samples[modality],
+                                  scorers[modality], self.cfg.chunk_rows)
+            scored[modality] = Scored(fitted[modality], rest)
+        return scored, states
+
+    def mismatch(self, reader: EmbeddingReader, model: str, plan: RowPlan, keep: np.ndarray, sample: np.ndarray
+                 ) -> tuple[str, Scored, np.ndarray]:
+        method, fit, scorers, _ = fit_mismatch(reader, sample, self.cfg, plan)
+        if method == "cosine":
+            sample = sample[:0]
+        rest = score_rows(reader, ("image", "spectrum"), keep, sample, scorers, self.cfg.chunk_rows)
+        return method, Scored(fit, rest), sample
 
 
 def _skip(manifest: RunManifest, systems: list[str], reason: str) -> None:
@@ -164,15 +311,22 @@ def _too_few(n: int, what: str) -> str | None:
     return f"only {n} usable {what} (a system needs >= {MIN_ROWS})" if n < MIN_ROWS else None
 
 
+def live_modalities(keeps: dict[str, np.ndarray]) -> list[str]:
+    """The modalities with enough usable rows to be fitted and scored."""
+    return [m for m, keep in keeps.items() if _too_few(int(keep.sum()), "rows") is None]
+
+
 def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifest, reporter: Reporter,
-              flows: bool, mismatch: bool, stage: StagedSet) -> list[str]:
+              flows: bool, mismatch: bool, stage: StagedSet, source: Any = None) -> list[str]:
     """Flows (+ baselines) per modality and/or the cross-modal mismatch of one embedding run.
 
     Every model is fitted on a seeded sample of at most ``detect.fit_max_objects`` usable rows
     and applied to the file ``detect.chunk_rows`` rows at a time (:mod:`fmb_engine.detect.stream`),
     so memory does not grow with the number of objects beyond a few per-object vectors.
-    Returns the systems scored; those with too few usable rows are skipped (:func:`_skip`).
+    ``source`` fits and scores (:class:`InProcess` by default; a sharded run's merge reads what
+    its jobs wrote). Returns the systems scored; those with too few usable rows are skipped (:func:`_skip`).
     """
+    source = source or InProcess(cfg, manifest)
     model = path.stem
     out = ws.folder("scores")
     scored: list[str] = []
@@ -181,11 +335,9 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
         ids = np.asarray(reader.object_ids, dtype=object)
         manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
         manifest.count(f"objects:{model}", int(ids.shape[0]))
-        keys = sample_keys(ids.shape[0], cfg.seed)
         with manifest.phase(f"sample:{model}"):  # one pass over the file for the usable rows, one for the sample
-            keeps = {m: usable_rows(reader, m, cfg.chunk_rows) for m in meta.modalities}
-            samples = {m: fit_sample(keep, keys, cfg.fit_max_objects) for m, keep in keeps.items()}
-            fit_x = {m: gather(reader, m, rows, cfg.chunk_rows) for m, rows in samples.items()}
+            plan = source.plan(reader, model)
+        keeps, samples, fit_x = plan.keeps, plan.samples, plan.fit_x
         manifest.count(f"fit_rows:{model}", {m: int(rows.shape[0]) for m, rows in samples.items()})
         check_embeddings(path, fit_x, {m: np.ones(x.shape[0], bool) for m, x in fit_x.items()},
                          cfg.max_duplicate_fraction, manifest, MIN_ROWS)
@@ -195,27 +347,18 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
             if flows:
                 flow_tables, baseline_tables = [], []
                 methods = ("flow", "iforest", "knn") if cfg.baselines else ("flow",)
-                live = []
+                live = live_modalities({m: keeps[m] for m in meta.modalities})
                 for modality in meta.modalities:
                     _dropped(keeps[modality], manifest, f"{model}/{modality}")
-                    if reason := _too_few(int(keeps[modality].sum()), f"{modality} rows"):
-                        _skip(manifest, [system_name(model, modality, m) for m in methods], reason)
+                    if modality not in live:
+                        reason = _too_few(int(keeps[modality].sum()), f"{modality} rows")
+                        _skip(manifest, [system_name(model, modality, m) for m in methods], reason or "")
                         stage.remove(out / "models" / model / f"flow_{modality}.npz")
                         task.advance(len(methods))
-                    else:
-                        live.append(modality)
-                with manifest.phase(f"flows:{model}"):
-                    fitted, scorers = _fit_flows({m: fit_x[m] for m in live}, cfg, out / "models" / model, stage)
+                modality_scores, states = source.flows(reader, model, plan, live)
                 for modality in live:
-                    fit_scores, modality_scorers = {"flow": fitted[modality]}, {"flow": scorers[modality]}
-                    if cfg.baselines:
-                        with manifest.phase(f"baselines:{model}/{modality}"):
-                            more_scores, more_scorers = _baselines(fit_x[modality], cfg)
-                        fit_scores |= more_scores
-                        modality_scorers |= more_scorers
-                    with manifest.phase(f"score:{model}/{modality}"):
-                        scores = streamed_scores(reader, (modality,), keeps[modality], samples[modality], fit_scores,
-                                                 modality_scorers, cfg.chunk_rows)
+                    save_state(states[modality], stage.path(out / "models" / model / f"flow_{modality}.npz"))
+                    scores = modality_scores[modality].full(keeps[modality], samples[modality])
                     keyed, key = ids[keeps[modality]], reference_key(family, modality)
                     flow_tables.append(anomaly_table(keyed, -scores["flow"], key))
                     scored.append(system_name(model, modality, "flow"))
@@ -234,14 +377,14 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                     return scored
                 _dropped(keeps["image"], manifest, f"{model}/mismatch:image")
                 _dropped(keeps["spectrum"], manifest, f"{model}/mismatch:spectrum")
-                keep = keeps["image"] & keeps["spectrum"]
+                keep, sample = mismatch_rows(keeps, cfg)
                 if reason := _too_few(int(keep.sum()), "objects with both image and spectrum rows"):
                     _skip(manifest, [system_name(model, "cross", "mismatch")], reason)
                     table = pd.DataFrame(columns=list(MISMATCH_COLUMNS))
                 else:
                     with manifest.phase(f"mismatch:{model}"):
-                        method, native = _mismatch(reader, keep, fit_sample(keep, keys, cfg.fit_max_objects), cfg,
-                                                   fit_x, samples)
+                        method, result, sample = source.mismatch(reader, model, plan, keep, sample)
+                    native = result.full(keep, sample)["native"]
                     table = mismatch_table(ids[keep], native, method).sort_values("rank")
                     manifest.count(f"mismatch_method:{model}", method)
                     scored.append(system_name(model, "cross", "mismatch"))
@@ -466,8 +609,11 @@ def _merge_fused(path: Path, fused: list[pd.DataFrame], models: list[str]) -> pd
 
 
 def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, parts: tuple[str, ...] = PARTS,
-           survey: Path | None = None) -> Any:
+           survey: Path | None = None, source: Callable[[DetectConfig, RunManifest], Any] | None = None) -> Any:
     """Run the chosen parts for every embedding run, then rebuild ``scores/systems.parquet``.
+
+    ``source(cfg, manifest)`` makes what fits and scores (:class:`InProcess` by default; the merge
+    of a sharded run reads its jobs' files, :mod:`fmb_engine.detect.shards`).
 
     ``survey`` (default: the workspace's active survey) is what the embeddings must have been
     made from (StaleError otherwise). Every output is staged and published as one set when the
@@ -496,9 +642,10 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
         scored: list[str] = []
         with StagedSet(scores_dir, manifest.run_id) as stage:
             if "flows" in parts or "mismatch" in parts:
+                scorer = (source or InProcess)(cfg, manifest)
                 for path in runs:
                     scored += score_run(ws, path, cfg, manifest, reporter, flows="flows" in parts,
-                                        mismatch="mismatch" in parts, stage=stage)
+                                        mismatch="mismatch" in parts, stage=stage, source=scorer)
             if "fuse" in parts:
                 with manifest.phase("fuse"):
                     fused = {m: fuse_run(ws, m, cfg, manifest, stage) for m in models}

@@ -101,6 +101,10 @@ class ExecutorKind(ABC):
     ignored_settings: ClassVar[tuple[str, ...]] = ()
     #: Its jobs' states are known here without asking a controller, so a submission polls them at once.
     polled_at_submission: ClassVar[bool] = False
+    #: A later submission can be made to start only once earlier jobs succeeded (``after`` of
+    #: :meth:`build`): a scheduler dependency, or jobs that have ended when their submission returns.
+    #: A kind without it runs a chain of phases as one job (:mod:`fmb_engine.jobs.chain`).
+    chains: ClassVar[bool] = False
 
     @abstractmethod
     def where(self) -> str:
@@ -132,14 +136,21 @@ class ExecutorKind(ABC):
         """The ``AutoExecutor`` constructor keywords of this kind (its interpreter and requeue count)."""
         return {}
 
-    def build(self, folder: Path, cfg: JobsConfig, job_name: str) -> submitit.Executor:
-        """A submitit executor of this kind writing into ``folder`` (made here with the workspace's mode)."""
+    def wait_for(self, params: dict[str, Any], after: Sequence[str]) -> dict[str, Any]:
+        """``params`` with the jobs to submit made to wait for the jobs ``after`` to succeed (only kinds that chain)."""
+        if after:
+            raise JobsError(f"the {self.name} executor cannot make jobs wait for others")
+        return params
+
+    def build(self, folder: Path, cfg: JobsConfig, job_name: str, after: Sequence[str] = ()) -> submitit.Executor:
+        """A submitit executor of this kind writing into ``folder`` (made here with the workspace's mode);
+        its jobs start once the jobs ``after`` succeeded (:attr:`chains`)."""
         import submitit
 
         make_dirs(folder)
         try:
             executor = submitit.AutoExecutor(folder=folder, cluster=self.name, **self.options(cfg))
-            executor.update_parameters(**self.parameters(cfg, job_name))
+            executor.update_parameters(**self.wait_for(self.parameters(cfg, job_name), after))
         except (ValueError, NameError, AssertionError, RuntimeError) as exc:
             raise JobsError(f"invalid {self.name} executor parameters: {exc}") from None
         return executor
@@ -250,6 +261,10 @@ class DebugKind(HostKind):
 
     name = "debug"
     ignored_settings = (*_SLURM_ONLY, "timeout_min", "gpus_per_node", "python", "max_num_timeout")
+    chains = True  # a submission returns when its jobs have ended: the next one runs after them
+
+    def wait_for(self, params: dict[str, Any], after: Sequence[str]) -> dict[str, Any]:
+        return params
 
     def where(self) -> str:
         return "in this process, now"
@@ -281,6 +296,16 @@ class SlurmKind(ExecutorKind):
     """``sbatch`` on a SLURM cluster (submitit's ``SlurmExecutor``): an array is one ``sbatch --array``."""
 
     name = "slurm"
+    chains = True
+
+    def wait_for(self, params: dict[str, Any], after: Sequence[str]) -> dict[str, Any]:
+        """An ``afterok`` dependency: the jobs start once every job of ``after`` completed with exit 0
+        (SLURM keeps them pending, reason DependencyNeverSatisfied, when one did not)."""
+        if not after:
+            return params
+        extra = dict(params.get("slurm_additional_parameters") or {})
+        extra["dependency"] = "afterok:" + ":".join(after)
+        return params | {"slurm_additional_parameters": extra}
 
     def missing(self) -> list[str]:
         """The commands submitit needs to submit that are not on PATH."""

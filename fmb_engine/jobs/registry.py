@@ -121,6 +121,18 @@ class RunRecord:
     user: str | None = None
     note: str | None = None
 
+    def phase_of(self, task_index: int) -> str | None:
+        """The phase of a task of a chain run (``fit``, ``shard 2/4``, ``merge``; :mod:`fmb_engine.jobs.chain`),
+        None for other runs."""
+        chain = self.config.get("chain")
+        for phase in chain.get("phases", []) if isinstance(chain, dict) else []:
+            tasks = list(phase.get("tasks", []))
+            if task_index in tasks:
+                if phase.get("name") == "shard":
+                    return f"shard {tasks.index(task_index)}/{len(tasks)}"
+                return str(phase.get("name"))
+        return None
+
 
 @dataclass
 class JobRecord:

@@ -129,14 +129,14 @@ def _records(jobs: Sequence[Any], calls: Sequence[Call], now: float, attempt: in
 
 
 def _submit_to(choice: ExecutorChoice, cfg: JobsConfig, folder: Path, job_name: str, calls: Sequence[Call],
-               is_array: bool, refused: str) -> tuple[dict[str, Any], list[Any]]:
+               is_array: bool, refused: str, after: Sequence[str] = ()) -> tuple[dict[str, Any], list[Any]]:
     """Build the executor and submit under the workspace's umask (sbatch and local jobs inherit it),
     then fix the modes. Returns the executor's parameters and submitit's job handles.
 
     A refusal (sbatch's, a pickling error, ...) removes the folder and raises ``refused``
-    with what went wrong.
+    with what went wrong. The jobs wait for the jobs ``after`` to succeed (kinds that chain).
     """
-    ex = choice.kind.build(folder, cfg, job_name)
+    ex = choice.kind.build(folder, cfg, job_name, after)
     try:
         try:
             with creation_umask(folder):
@@ -230,9 +230,13 @@ def resubmit(ws: Workspace, ref: str, executor: str | None = None, jobs: Resolve
         if not targets:
             states = ", ".join(sorted({j.state.value for j in found}))
             raise JobsError(f"nothing to resubmit in {run.run_id}: no failed or missing task (states: {states})")
-        calls = [_recorded_call(run, job) for job in targets]
         choice = choose_executor(executor or run.executor, cfg, origin if executor is None else "--executor")
         warnings = check_settings(choice, jobs, ws)
+        if run.config.get("chain"):  # phases with dependencies: later unfinished tasks are replaced too
+            from fmb_engine.jobs.chain import resubmit_chain
+
+            return resubmit_chain(ws, reg, run, cfg, choice, warnings)
+        calls = [_recorded_call(run, job) for job in targets]
         attempt = max(j.attempt for j in targets) + 1
         folder = Path(run.folder) / f"retry-{attempt}-{int(time.time())}"
         now = time.time()

@@ -101,3 +101,24 @@ async def test_elapsed_uses_the_clock(workspace, config, monkeypatch):
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_poll(pilot, app.screen, 0)
         assert "/1:00:00" in screen_text(app)  # elapsed / the 60-minute default limit
+
+
+async def test_a_sharded_detect_shows_as_the_tasks_of_one_run(workspace, config):
+    from fmb_engine.config import load
+    from fmb_engine.embed.synthetic import SyntheticSpec
+    from fmb_engine.embed.synthetic_file import write_synthetic
+    from fmb_engine.jobs.chain import submit_sharded_detect
+    from fmb_engine.jobs.config import JobsConfig
+
+    write_synthetic(workspace, SyntheticSpec(300, {"image": 8, "spectrum": 8}, seed=1, outlier_fraction=0.03))
+    resolved = load("detect", workspace, cli={"epochs": 1, "iforest_trees": 10, "n_jobs": 1, "chunk_rows": 64})
+    sub = submit_sharded_detect(workspace, resolved, ("flows", "mismatch", "fuse"), 2, "debug",
+                                JobsConfig(executor="debug"))
+    app = FMBApp(workspace, config, start="jobs")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        await wait_poll(pilot, screen, 0)
+        assert {j.run_id for j in screen.jobs.values()} == {sub.run_id}
+        assert sorted(j.task_index for j in screen.jobs.values()) == list(range(6))  # 3 fits, 2 shards, merge
+        text = screen_text(app)
+        assert "detect.sharded" in text and "6 job(s), 0 active" in text and "FAILED" not in text

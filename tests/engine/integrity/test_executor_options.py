@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from fmb_engine.cli.main import app, main
-from fmb_engine.jobs import selftest, submission
+from fmb_engine.jobs import chain, selftest, submission
 from fmb_engine.jobs import stages as job_stages
 from fmb_engine.jobs.submission import Submission
 
@@ -44,6 +44,12 @@ def captured(monkeypatch):
         seen.append(_record(stage, (), kwargs) | {"tasks": list(tasks)})
         return Submission("run-x", stage, kwargs.get("executor") or "local", Path("."), [])
 
+    def fake_sharded(ws, resolved, parts, shards, executor, jobs=None, survey=None):
+        seen.append({"stage": "detect.sharded", "args": (parts, shards), "executor": executor,
+                     "values": resolved.values.model_dump(mode="json"), "tasks": [None] * shards})
+        return Submission("run-x", "detect.sharded", executor or "local", Path("."), [])
+
+    monkeypatch.setattr(chain, "submit_sharded_detect", fake_sharded)
     monkeypatch.setattr(job_stages, "submit", fake_submit)
     monkeypatch.setattr(job_stages, "submit_array", fake_array)
     monkeypatch.setattr(submission, "submit_array", fake_array)
@@ -91,6 +97,8 @@ DETECT = {
     "--top-k": (["--top-k", "7"], _values(top_k=7)),
     "--out-of-fold": (["--out-of-fold", "3"], _values(out_of_fold=3)),
     "--n-jobs": (["--n-jobs", "2"], _values(n_jobs=2)),
+    "--shards": (["--shards", "3", "--seed", "4"], lambda sub: sub["stage"] == "detect.sharded"
+                 and len(sub["tasks"]) == 3 and sub["values"]["seed"] == 4),
 }
 RETRAIN_OPTS = {
     "--survey": (["--survey", "other"], lambda sub: sub["args"][1].endswith("other.h5")),
