@@ -45,7 +45,7 @@ from fmb_engine.detect.fusion import FUSION_COLUMNS, fuse
 from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, LearnedMismatch, cosine_similarity_rows, mismatch_table
 from fmb_engine.detect.params import FUSION_METHODS, PARTS
 from fmb_engine.detect.preprocess import Preprocessor
-from fmb_engine.detect.stream import fit_sample, gather, sample_keys, streamed_scores, usable_rows
+from fmb_engine.detect.stream import fit_sample, gather, sample_keys, streamed_scores, usable_sample
 from fmb_engine.detect.tables import ANOMALY_COLUMNS, anomaly_table, rank_descending
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
@@ -182,10 +182,10 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
         manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
         manifest.count(f"objects:{model}", int(ids.shape[0]))
         keys = sample_keys(ids.shape[0], cfg.seed)
-        with manifest.phase(f"sample:{model}"):  # one pass over the file for the usable rows, one for the sample
-            keeps = {m: usable_rows(reader, m, cfg.chunk_rows) for m in meta.modalities}
-            samples = {m: fit_sample(keep, keys, cfg.fit_max_objects) for m, keep in keeps.items()}
-            fit_x = {m: gather(reader, m, rows, cfg.chunk_rows) for m, rows in samples.items()}
+        keeps, samples, fit_x = {}, {}, {}
+        with manifest.phase(f"sample:{model}"):  # one pass over each modality: its usable rows and fit sample
+            for m in meta.modalities:
+                keeps[m], samples[m], fit_x[m] = usable_sample(reader, m, keys, cfg.fit_max_objects, cfg.chunk_rows)
         manifest.count(f"fit_rows:{model}", {m: int(rows.shape[0]) for m, rows in samples.items()})
         check_embeddings(path, fit_x, {m: np.ones(x.shape[0], bool) for m, x in fit_x.items()},
                          cfg.max_duplicate_fraction, manifest, MIN_ROWS)
