@@ -124,13 +124,32 @@ def _fit_flows(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path,
     return fitted, scorers
 
 
-def _baselines(x: np.ndarray, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer]]:
+def _baselines(x: np.ndarray, n_scored: int, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer], dict]:
     """IsolationForest and k-NN fitted on one modality's fit sample: the sample's scores (k-NN without
-    each row itself) and scorers of the other rows (k-NN against the sample as reference set)."""
+    each row itself), scorers of the other rows (k-NN against the sample as reference set) and the
+    k-NN search's record (backend; for approx the index and its measured recall, :mod:`fmb_engine.analyze.ann`)."""
+    from fmb_engine.analyze.ann import ApproxSettings
+    from fmb_engine.analyze.similarity import choose_backend
+
     forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x)
-    knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1))).fit(x)
-    return ({"iforest": forest.score_samples(x), "knn": knn.score_samples()},
-            {"iforest": forest.score_samples, "knn": knn.score_samples})
+    engine, fallback = choose_backend(cfg.knn_backend, x.shape[0], n_scored, cfg.knn_approx_threshold, section="detect")
+    knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1)), backend="approx" if engine == "approx" else "exact",
+                              approx=ApproxSettings(min_recall=cfg.knn_min_recall, seed=cfg.seed)).fit(x)
+    fitted = {"iforest": forest.score_samples(x), "knn": knn.score_samples()}
+    return fitted, {"iforest": forest.score_samples, "knn": knn.score_samples}, knn.search_report | (
+        {"queries": n_scored} | ({"fallback": fallback} if fallback else {}))
+
+
+def _record_knn(manifest: RunManifest, searches: dict[str, dict], cfg: DetectConfig) -> None:
+    """The k-NN baselines' searches in the manifest (``knn_baseline``), with a warning for a fallback or a low recall."""
+    for name, search in searches.items():
+        if search.get("fallback"):
+            manifest.warn(f"{name} k-NN baseline: {search['fallback']}")
+        recall = search.get(f"recall_at_{search['k']}")
+        if recall is not None and recall < cfg.knn_min_recall:
+            manifest.warn(f"{name} k-NN baseline: approximate recall@{search['k']} {recall:.3f} < {cfg.knn_min_recall} "
+                          "(use detect.knn_backend exact)")
+    manifest.record("knn_baseline", manifest.data.get("knn_baseline", {}) | searches)  # every model's
 
 
 def _mismatch(reader: EmbeddingReader, keep: np.ndarray, sample: np.ndarray, cfg: DetectConfig,
@@ -195,6 +214,7 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
             if flows:
                 flow_tables, baseline_tables = [], []
                 methods = ("flow", "iforest", "knn") if cfg.baselines else ("flow",)
+                knn_searches: dict[str, dict] = {}
                 live = []
                 for modality in meta.modalities:
                     _dropped(keeps[modality], manifest, f"{model}/{modality}")
@@ -210,7 +230,8 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                     fit_scores, modality_scorers = {"flow": fitted[modality]}, {"flow": scorers[modality]}
                     if cfg.baselines:
                         with manifest.phase(f"baselines:{model}/{modality}"):
-                            more_scores, more_scorers = _baselines(fit_x[modality], cfg)
+                            more_scores, more_scorers, knn_searches[f"{model}/{modality}"] = _baselines(
+                                fit_x[modality], int(keeps[modality].sum()), cfg)
                         fit_scores |= more_scores
                         modality_scorers |= more_scorers
                     with manifest.phase(f"score:{model}/{modality}"):
@@ -228,6 +249,7 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                 if cfg.baselines:
                     _write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")),
                                stage.path(out / f"baseline_scores_{model}.csv"))
+                    _record_knn(manifest, knn_searches, cfg)
             if mismatch:
                 if not {"image", "spectrum"} <= set(meta.modalities):
                     manifest.warn(f"{model}: no image and spectrum vectors, no mismatch")
