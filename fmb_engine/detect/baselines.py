@@ -88,11 +88,13 @@ class KNNDistanceDetector:
     (:class:`~fmb_engine.analyze.ann.ApproxIndex`, built once at fit) through
     :class:`EuclideanAsCosine`, and their distances are then computed exactly as above; the
     index's report (``search_report``) gets the recall@k against exact search, measured on a
-    seeded sample of the training rows' self-query and of every later call's queries.
+    seeded sample of the training rows' self-query and of every later call's queries. With
+    ``exact_if_short`` (detect's ``auto``) a tuning that cannot reach ``min_recall`` even with
+    every cell scanned switches to the exact search, and the report says why.
     """
 
     def __init__(self, k: int = 10, chunk_size: int = 2048, threads: int | None = None, backend: str = "exact",
-                 approx: ApproxSettings | None = None):
+                 approx: ApproxSettings | None = None, exact_if_short: bool = False):
         self.k = _positive_int("k", k)
         self.chunk_size = _positive_int("chunk_size", chunk_size)
         self.threads = None if threads is None else _positive_int("threads", threads)
@@ -100,6 +102,7 @@ class KNNDistanceDetector:
             raise ValueError(f"backend must be 'exact' or 'approx', got {backend!r}")
         self.backend = backend
         self.approx = approx or ApproxSettings()
+        self.exact_if_short = exact_if_short
         self._train: torch.Tensor | None = None
 
     def fit(self, X: np.ndarray) -> KNNDistanceDetector:
@@ -168,6 +171,13 @@ class KNNDistanceDetector:
         if "nprobe" not in self._index.report:
             self._index.tune(queries, self.k, self_rows)
             self.search_report |= self._index.report
+            steps = self._index.report.get("tuning", {}).get("steps", [])
+            if self.exact_if_short and steps and (reached := steps[-1]["recall"]) < self.approx.min_recall:
+                self.backend = "exact"
+                self.search_report |= {"backend": "exact", "fallback": (
+                    f"the approximate index reached recall@{self.k} {reached} < {self.approx.min_recall} on its tuning "
+                    f"sample even scanning every cell: exact search instead")}
+                return self._exact_scores(Q, torch.arange(Q.shape[0]) if exclude_self else None)
         idx = self._index.search(queries, self.k, self_rows)[0]
         self._check_recall(Q, idx, exclude_self)
         out = np.empty(Q.shape[0], dtype=np.float64)

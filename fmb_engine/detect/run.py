@@ -134,7 +134,8 @@ def _baselines(x: np.ndarray, n_scored: int, cfg: DetectConfig) -> tuple[dict[st
     forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x)
     engine, fallback = choose_backend(cfg.knn_backend, x.shape[0], n_scored, cfg.knn_approx_threshold, section="detect")
     knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1)), backend="approx" if engine == "approx" else "exact",
-                              approx=ApproxSettings(min_recall=cfg.knn_min_recall, seed=cfg.seed)).fit(x)
+                              approx=ApproxSettings(min_recall=cfg.knn_min_recall, seed=cfg.seed),
+                              exact_if_short=cfg.knn_backend == "auto").fit(x)
     fitted = {"iforest": forest.score_samples(x), "knn": knn.score_samples()}
     return fitted, {"iforest": forest.score_samples, "knn": knn.score_samples}, knn.search_report | (
         {"queries": n_scored} | ({"fallback": fallback} if fallback else {}))

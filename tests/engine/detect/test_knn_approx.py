@@ -113,3 +113,20 @@ def test_without_faiss_approx_is_a_clear_error_and_auto_a_recorded_fallback(tmp_
     search = manifest["knn_baseline"]["synthetic/image"]
     assert search["backend"] == "exact" and "detect.knn_approx_threshold" in search["fallback"]
     assert any("k-NN baseline" in w and "faiss-cpu is not installed" in w for w in manifest["warnings"])
+
+
+def test_auto_falls_back_to_exact_when_the_index_cannot_reach_the_recall():
+    """Isotropic noise in 96 dimensions: distances concentrate, the 4-bit codes cannot pick the
+    true neighbours among 110 candidates; auto (exact_if_short) then scores exactly and says why."""
+    from fmb_engine.analyze.ann import ApproxSettings
+
+    x = np.random.default_rng(2).standard_normal((3000, 96)).astype(np.float32)
+    settings = ApproxSettings(min_recall=0.999)
+    knn = KNNDistanceDetector(k=10, backend="approx", approx=settings, exact_if_short=True).fit(x)
+    scores = knn.score_samples()
+    report = knn.search_report
+    assert report["backend"] == "exact" and "exact search instead" in report["fallback"]
+    assert report["tuning"]["steps"][-1]["nprobe"] == report["nlist"]  # every cell was tried first
+    exact = KNNDistanceDetector(k=10).fit(x)
+    assert np.array_equal(scores, exact.score_samples())
+    assert np.array_equal(knn.score_samples(x[:50]), exact.score_samples(x[:50]))
