@@ -56,7 +56,8 @@ class DetectConfig(BaseModel):
     knn_k: int = Field(10, ge=1, description="k of the k-NN distance baseline.")
     knn_backend: Literal["auto", "exact", "approx"] = Field(
         "auto", description="k-NN baseline search: exact (torch), approx (the analyze stage's faiss inverted file, "
-                            "distances exact, recall measured), auto = approx from knn_approx_threshold on.",
+                            "distances exact, recall measured), auto = approx from knn_approx_threshold on, exact "
+                            "when the index cannot reach knn_min_recall.",
     )
     knn_approx_threshold: int = Field(
         100_000, ge=2, description="auto searches approximately when reference rows x scored rows >= this squared "
