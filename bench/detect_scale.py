@@ -69,7 +69,7 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
                 t0 = time.perf_counter()
                 x = reader.read(modality, start, stop)
                 t1 = time.perf_counter()
-                z = pre.transform(x)
+                z = pre.apply(x)
                 t2 = time.perf_counter()
                 flow.score_samples(z)
                 t3 = time.perf_counter()

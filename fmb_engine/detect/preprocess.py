@@ -29,14 +29,15 @@ in :meth:`Preprocessor.fit` and reused by :meth:`Preprocessor.transform`:
    this is simply ``[-k, k]``; without standardisation the bounds are
    ``m +- k * s`` in the PCA space. ``clip_sigma = 0`` disables clipping.
 
-Applying a fitted PCA (:meth:`Preprocessor.transform`) is one float32 affine map per chunk,
+:meth:`Preprocessor.apply` (scoring the rows outside the fit sample) is one float32 affine map per chunk,
 ``clip(X A + b)``, with ``A = W^T / s`` and ``b = -(mu W^T + m) / s`` computed once in float64:
 steps 1 and 2 become a single matrix product and a bias, with no full-size temporary (the
 scoring of 10^6 objects is dominated by this product and the flow). Folding the centring into
 ``b`` is exact in real arithmetic but in float32 loses about ``eps * |mu|`` to cancellation, so
 it is only done when the PCA mean is no farther from the origin than the kept spread
 (``|mu|^2 <= sum s^2``); otherwise each chunk is centred first (``clip((X - mu) A + b')``). Both
-agree with the three separate steps to float32 rounding (~1e-5 in standardised units).
+agree with the three separate steps (:meth:`Preprocessor.transform`, what the flows are trained
+on) to float32 rounding (~1e-5 in standardised units).
 """
 
 from __future__ import annotations
@@ -138,13 +139,23 @@ class Preprocessor:
         return self
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        """``fit(X).transform(X)``: the same arithmetic as any later :meth:`transform` of these rows."""
-        return self.fit(X).transform(X)
+        """``fit(X).transform(X)``, projecting ``X`` only once."""
+        return self._scale_and_clip(self._fit(X))
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """Apply the fitted PCA, standardisation and clipping; returns float32 (N, n_features_out_)."""
+        """Apply the fitted PCA, standardisation and clipping step by step; returns float32 (N, n_features_out_).
+
+        The arithmetic the flows are trained on (and the reference's order); :meth:`apply` is the
+        faster map for scoring many other rows."""
         self._require_fitted()
         X = check_matrix(X, "Preprocessor.transform", self.n_features_in_)
+        return self._scale_and_clip(self._project(X))
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`transform` as one float32 affine map per chunk (module docstring): equal to it to
+        float32 rounding, about 1.3x faster; what detect scores the rows outside the fit sample with."""
+        self._require_fitted()
+        X = check_matrix(X, "Preprocessor.apply", self.n_features_in_)
         if self.components_.shape[0] == 0:
             return self._scale_and_clip(self._project(X))
         A, b, centre = self._affine()

@@ -116,7 +116,7 @@ def _fit_flows(xs: dict[str, np.ndarray], cfg: DetectConfig, folder: Path,
         else:
             fitted[modality] = -flows[modality].score_samples(zs[modality])
         pre, flow = pres[modality], flows[modality]
-        scorers[modality] = lambda v, pre=pre, flow=flow: -flow.score_samples(pre.transform(v))
+        scorers[modality] = lambda v, pre=pre, flow=flow: -flow.score_samples(pre.apply(v))
         state = ({f"pre.{k}": v for k, v in pre.state_dict().items()}
                  | {f"flow.{k}": v for k, v in flow.state_dict().items()})
         with atomic_path(stage.path(folder / f"flow_{modality}.npz")) as tmp, open(tmp, "wb") as fh:
