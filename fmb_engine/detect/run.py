@@ -137,8 +137,9 @@ def _baselines(x: np.ndarray, n_scored: int, cfg: DetectConfig) -> tuple[dict[st
                               approx=ApproxSettings(min_recall=cfg.knn_min_recall, seed=cfg.seed),
                               exact_if_short=cfg.knn_backend == "auto").fit(x)
     fitted = {"iforest": forest.score_samples(x), "knn": knn.score_samples()}
-    return fitted, {"iforest": forest.score_samples, "knn": knn.score_samples}, knn.search_report | (
-        {"queries": n_scored} | ({"fallback": fallback} if fallback else {}))
+    knn.search_report.update({"queries": n_scored} | ({"fallback": fallback} if fallback else {}))
+    # the live record: the scoring of the other rows adds their measured recall to it
+    return fitted, {"iforest": forest.score_samples, "knn": knn.score_samples}, knn.search_report
 
 
 def _record_knn(manifest: RunManifest, searches: dict[str, dict], cfg: DetectConfig) -> None:
