@@ -45,7 +45,8 @@ def _run(cmd: list[str]) -> tuple[float, float]:
 
 def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, int]]:
     """Objects/s of each saved flow over every row of the file, one thread: reading the rows,
-    the preprocessing (PCA projection, standardise, clip), the flow's -log p, and all three."""
+    the preprocessing (the affine map detect scores with), the flow's -log p, and all three; with
+    the CPU seconds of the whole loop (all threads) and the 1-minute load average after it."""
     import torch
 
     from fmb_engine.detect.flows import FlowDensity
@@ -65,18 +66,21 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
             flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
                                                device="cpu", threads=1)
             seconds = {"read": 0.0, "preprocess": 0.0, "flow": 0.0}
+            cpu = time.process_time()
             for start, stop in row_chunks(n, chunk_rows):
                 t0 = time.perf_counter()
                 x = reader.read(modality, start, stop)
                 t1 = time.perf_counter()
-                z = pre.transform(x)
+                z = pre.apply(x)
                 t2 = time.perf_counter()
                 flow.score_samples(z)
                 t3 = time.perf_counter()
                 for part, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2)):
                     seconds[part] += dt
+            cpu = time.process_time() - cpu
             speed[modality] = {part: round(n / dt) for part, dt in seconds.items()} | {
-                "all": round(n / sum(seconds.values()))}
+                "all": round(n / sum(seconds.values())), "wall_s": round(sum(seconds.values()), 1),
+                "cpu_s": round(cpu, 1), "per_cpu_s": round(n / cpu), "load_1min": round(os.getloadavg()[0], 2)}
     return speed
 
 

@@ -140,42 +140,74 @@ def _tune(index, database, queries, self_rows, rows, k, s: ApproxSettings) -> tu
         nprobe = min(max(nprobe + 1, round(nprobe * math.sqrt(2))), index.nlist)
 
 
+class ApproxIndex:
+    """The inverted-file index of one database, built once, its ``nprobe`` chosen once, then
+    searched by any number of query blocks (detect scores a million objects chunk by chunk
+    against one reference set); :func:`approx_knn` is one build, tune, search and check."""
+
+    def __init__(self, database: np.ndarray, settings: ApproxSettings = ApproxSettings(),
+                 setting: str = "analyze.backend"):
+        faiss = require_faiss(f"{setting} approx", setting)
+        self.database, self.settings = database, settings
+        n, d = database.shape
+        nlist = min(settings.nlist or auto_nlist(n), n)
+        self.index, built = _build(faiss, database, nlist, settings)
+        self.report = {"backend": "approx",
+                       "index": f"IVF{nlist},PQ{code_size(d)}x4fs (faiss), exact re-ranking of {RERANK} x (k+1)",
+                       "metric": "inner product of L2-normalised rows", "objects": n, "nlist": nlist, **built}
+
+    def tune(self, queries: np.ndarray, k: int, self_rows: np.ndarray | None = None) -> np.ndarray:
+        """Fix ``nprobe`` (the setting, or the ladder on a seeded tuning sample of ``queries``) and
+        return the separate seeded sample of query positions whose recall :meth:`recall` measures."""
+        s, nq = self.settings, queries.shape[0]
+        self_rows = _self_rows(self_rows, nq)
+        rng = np.random.default_rng(s.seed + 1)  # disjoint seeded samples: one chooses nprobe, one checks it
+        order = rng.permutation(nq)
+        check = np.sort(order[:min(s.recall_queries, nq)])
+        tune = np.sort(order[check.size:check.size + s.tune_queries]) if not s.nprobe else check[:0]
+        with _timed(self.report, "tune"):
+            if s.nprobe:
+                nprobe = min(s.nprobe, self.index.nlist)
+            else:  # too few queries for two samples: tune on the check sample (the report says so)
+                nprobe, self.report["tuning"] = _tune(self.index, self.database, queries, self_rows,
+                                                      tune if tune.size else check, k, s)
+                self.report["tuning"]["separate_from_check"] = bool(tune.size)
+        self.index.nprobe = self.report["nprobe"] = nprobe
+        return check
+
+    def search(self, queries: np.ndarray, k: int, self_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` neighbours of ``queries`` (a query's own row ``self_rows`` left out), as
+        :func:`~fmb_engine.analyze.similarity.knn` returns them."""
+        kk = min(k + 1, self.database.shape[0])
+        idx, sims = _search(self.index, self.database, queries, kk, self.settings.chunk)
+        return drop_self(idx, sims, _self_rows(self_rows, queries.shape[0]), k)
+
+    def recall(self, found: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int,
+               self_rows: np.ndarray | None = None) -> float:
+        """Recall@k of ``found`` (the neighbours of ``queries[rows]``) against exact search, into the report."""
+        with _timed(self.report, "exact_sample"):
+            exact = _exact(self.database, queries, _self_rows(self_rows, queries.shape[0]), rows, k, self.settings.chunk)
+        self.report["recall_queries"] = int(rows.size)
+        self.report[f"recall_at_{k}"] = recall = round(recall_at_k(found, exact), 4)
+        self.report["min_recall"] = self.settings.min_recall
+        return recall
+
+
+def _self_rows(self_rows: np.ndarray | None, nq: int) -> np.ndarray:
+    return np.full(nq, -1, np.int64) if self_rows is None else np.asarray(self_rows, np.int64)
+
+
 def approx_knn(database: np.ndarray, queries: np.ndarray, k: int, self_rows: np.ndarray | None = None,
                settings: ApproxSettings = ApproxSettings()) -> tuple[np.ndarray, np.ndarray, dict]:
     """Approximate top-``k`` cosine neighbours, as :func:`~fmb_engine.analyze.similarity.knn`
     returns them, plus a report: index parameters, timings, tuning steps and the measured recall@k."""
-    faiss = require_faiss("analyze.backend approx")
-    s = settings
-    n, nq = database.shape[0], queries.shape[0]
-    self_rows = np.full(nq, -1, np.int64) if self_rows is None else np.asarray(self_rows, np.int64)
-    kk = min(k + 1, n)
-    nlist = min(s.nlist or auto_nlist(n), n)
-    index, report = _build(faiss, database, nlist, s)
-    report = {"backend": "approx", "index": f"IVF{nlist},PQ{code_size(database.shape[1])}x4fs (faiss), exact re-ranking of {RERANK} x (k+1)",
-              "metric": "inner product of L2-normalised rows",
-              "objects": n, "queries": nq, "k": k, "nlist": nlist, **report}
-    # disjoint seeded samples: one to choose nprobe, one to report the recall of that choice
-    rng = np.random.default_rng(s.seed + 1)
-    order = rng.permutation(nq)
-    check = np.sort(order[:min(s.recall_queries, nq)])
-    tune = np.sort(order[check.size:check.size + s.tune_queries]) if not s.nprobe else check[:0]
-    with _timed(report, "tune"):
-        if s.nprobe:
-            nprobe = min(s.nprobe, nlist)
-        else:  # too few queries for two samples: tune on the check sample (the report says so)
-            nprobe, report["tuning"] = _tune(index, database, queries, self_rows, tune if tune.size else check, k, s)
-            report["tuning"]["separate_from_check"] = bool(tune.size)
-    index.nprobe = nprobe
-    report["nprobe"] = nprobe
-    with _timed(report, "search"):
-        idx, sims = _search(index, database, queries, kk, s.chunk)
-    with _timed(report, "exact_sample"):
-        exact = _exact(database, queries, self_rows, check, k, s.chunk)
-    out_i, out_s = drop_self(idx, sims, self_rows, k)
-    report["recall_queries"] = int(check.size)
-    report[f"recall_at_{k}"] = round(recall_at_k(out_i[check], exact), 4)
-    report["min_recall"] = s.min_recall
-    return out_i, out_s, report
+    index = ApproxIndex(database, settings)
+    index.report["queries"], index.report["k"] = queries.shape[0], k
+    check = index.tune(queries, k, self_rows)
+    with _timed(index.report, "search"):
+        out_i, out_s = index.search(queries, k, self_rows)
+    index.recall(out_i[check], queries, check, k, self_rows)
+    return out_i, out_s, index.report
 
 
-__all__ = ["ApproxSettings", "approx_knn", "auto_nlist", "code_size", "recall_at_k"]
+__all__ = ["ApproxIndex", "ApproxSettings", "approx_knn", "auto_nlist", "code_size", "recall_at_k"]

@@ -36,17 +36,18 @@ def has_faiss() -> bool:
 FAISS_INSTALL = "pip install 'fmb[ann]'  (or: pip install 'faiss-cpu>=1.8')"
 
 
-def require_faiss(why: str) -> ModuleType:
-    """``import faiss`` or a :class:`ConfigError` naming the package and how to install it."""
+def require_faiss(why: str, setting: str = "analyze.backend") -> ModuleType:
+    """``import faiss`` or a :class:`ConfigError` naming the package, how to install it and the ``setting`` to change."""
     if not has_faiss():
         raise ConfigError(f"{why} needs the optional package faiss-cpu, which is not installed; install it with "
-                          f"`{FAISS_INSTALL}`, or set analyze.backend to exact or auto")
+                          f"`{FAISS_INSTALL}`, or set {setting} to exact or auto")
     import faiss  # type: ignore[import-not-found]
 
     return faiss
 
 
-def choose_backend(backend: str, n: int, n_queries: int, threshold: int) -> tuple[str, str | None]:
+def choose_backend(backend: str, n: int, n_queries: int, threshold: int,
+                   section: str = "analyze") -> tuple[str, str | None]:
     """The engine of one search (``approx``, ``faiss`` or ``torch``) and, when auto had to
     fall back, why.
 
@@ -54,16 +55,19 @@ def choose_backend(backend: str, n: int, n_queries: int, threshold: int) -> tupl
     when the exact work ``Q · N`` reaches that of a self-query at the threshold
     (``threshold²``, i.e. ``N ≥ threshold`` for a self-query) and faiss is installed, exact
     otherwise. Explicit ``approx`` or ``faiss`` without faiss installed is a ConfigError.
+    ``section`` names the settings in the messages: ``analyze`` (``backend``, ``approx_threshold``)
+    or ``detect`` (``knn_backend``, ``knn_approx_threshold``, the k-NN baseline's).
     """
+    prefix = "" if section == "analyze" else "knn_"
     if backend in ("approx", "faiss"):
-        require_faiss(f"analyze.backend {backend}")
+        require_faiss(f"{section}.{prefix}backend {backend}", f"{section}.{prefix}backend")
     if backend in ("approx", "faiss", "torch"):
         return backend, None
     exact = "faiss" if has_faiss() else "torch"
     if backend == "auto" and n_queries * n >= threshold * threshold:
         if has_faiss():
             return "approx", None
-        return exact, (f"{n:,} objects and {n_queries:,} queries reach analyze.approx_threshold ({threshold:,}) but "
+        return exact, (f"{n:,} objects and {n_queries:,} queries reach {section}.{prefix}approx_threshold ({threshold:,}) but "
                        f"faiss-cpu is not installed: exact search instead (slow at this size; install it with `{FAISS_INSTALL}`)")
     return exact, None
 

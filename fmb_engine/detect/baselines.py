@@ -23,8 +23,13 @@ import pandas as pd
 import torch
 from sklearn.ensemble import IsolationForest
 
+from fmb_engine.analyze.ann import ApproxIndex, ApproxSettings
 from fmb_engine.detect.preprocess import check_matrix
 from fmb_engine.detect.tables import anomaly_table
+
+
+#: Queries of each scoring call (a chunk of the file) whose approximate neighbours are checked against exact search.
+RECALL_PER_CALL = 64
 
 
 def _positive_int(name: str, value) -> int:
@@ -75,15 +80,29 @@ class KNNDistanceDetector:
     ``score(x) = (1/k) * sum_{j in kNN(x)} ||x - x_j||``. ``score_samples()``
     with no argument scores the training rows themselves, each *excluding
     itself* (by index, so an exact duplicate elsewhere still counts as a
-    neighbour at distance 0). Exact search by chunked torch matmul:
-    ``d^2 = |q|^2 + |x|^2 - 2 q.x`` (float32, clamped at 0) and ``topk``; memory
-    is ``chunk_size x n_train`` floats at a time.
+    neighbour at distance 0).
+
+    ``backend="exact"``: chunked torch matmul ``d^2 = |q|^2 + |x|^2 - 2 q.x`` (float32, clamped
+    at 0) and ``topk``; memory is ``chunk_size x n_train`` floats at a time. ``backend="approx"``:
+    the neighbours come from the analyze stage's inverted-file index
+    (:class:`~fmb_engine.analyze.ann.ApproxIndex`, built once at fit) through
+    :class:`EuclideanAsCosine`, and their distances are then computed exactly as above; the
+    index's report (``search_report``) gets the recall@k against exact search, measured on a
+    seeded sample of the training rows' self-query and of every later call's queries. With
+    ``exact_if_short`` (detect's ``auto``) a tuning that cannot reach ``min_recall`` even with
+    every cell scanned switches to the exact search, and the report says why.
     """
 
-    def __init__(self, k: int = 10, chunk_size: int = 2048, threads: int | None = None):
+    def __init__(self, k: int = 10, chunk_size: int = 2048, threads: int | None = None, backend: str = "exact",
+                 approx: ApproxSettings | None = None, exact_if_short: bool = False):
         self.k = _positive_int("k", k)
         self.chunk_size = _positive_int("chunk_size", chunk_size)
         self.threads = None if threads is None else _positive_int("threads", threads)
+        if backend not in ("exact", "approx"):
+            raise ValueError(f"backend must be 'exact' or 'approx', got {backend!r}")
+        self.backend = backend
+        self.approx = approx or ApproxSettings()
+        self.exact_if_short = exact_if_short
         self._train: torch.Tensor | None = None
 
     def fit(self, X: np.ndarray) -> KNNDistanceDetector:
@@ -93,6 +112,12 @@ class KNNDistanceDetector:
         self._train = torch.from_numpy(np.array(X, dtype=np.float32, copy=True))
         self._train_sq = (self._train * self._train).sum(dim=1)
         self.n_features_in_ = X.shape[1]
+        self.search_report = {"backend": self.backend, "objects": int(X.shape[0]), "k": self.k}
+        if self.backend == "approx":
+            self._lift = EuclideanAsCosine(self._train.numpy())
+            self._index = ApproxIndex(self._lift.database, self.approx, setting="detect.knn_backend")
+            self._calls = 0
+            self.search_report |= self._index.report
         return self
 
     def score_samples(self, X: np.ndarray | None = None) -> np.ndarray:
@@ -105,24 +130,123 @@ class KNNDistanceDetector:
         else:
             Q = torch.from_numpy(np.asarray(check_matrix(X, "KNNDistanceDetector.score_samples", self.n_features_in_),
                                             dtype=np.float32))
-        out = np.empty(Q.shape[0], dtype=np.float64)
         old = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                for s in range(0, Q.shape[0], self.chunk_size):
-                    q = Q[s : s + self.chunk_size]
-                    d2 = (q * q).sum(dim=1, keepdim=True) + self._train_sq[None, :] - 2.0 * (q @ self._train.T)
-                    d2.clamp_(min=0.0)
-                    if exclude_self:
-                        rows = torch.arange(q.shape[0])
-                        d2[rows, rows + s] = float("inf")
-                    nearest = torch.topk(d2, self.k, dim=1, largest=False).values
-                    out[s : s + q.shape[0]] = nearest.sqrt().double().mean(dim=1).numpy()
+                if self.backend == "approx":
+                    return self._approx_scores(Q, exclude_self)
+                return self._exact_scores(Q, torch.arange(Q.shape[0]) if exclude_self else None)
         finally:
             if self.threads is not None:
                 torch.set_num_threads(old)
+
+    def _exact_neighbours(self, Q: torch.Tensor, self_rows: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search: (mean distance to the k nearest training rows (float64), their rows);
+        ``self_rows[i]`` is the training row query ``i`` is (left out), or None."""
+        out = np.empty(Q.shape[0], dtype=np.float64)
+        found = np.empty((Q.shape[0], self.k), dtype=np.int64)
+        for s in range(0, Q.shape[0], self.chunk_size):
+            q = Q[s : s + self.chunk_size]
+            d2 = (q * q).sum(dim=1, keepdim=True) + self._train_sq[None, :] - 2.0 * (q @ self._train.T)
+            d2.clamp_(min=0.0)
+            if self_rows is not None:
+                d2[torch.arange(q.shape[0]), self_rows[s : s + q.shape[0]]] = float("inf")
+            nearest = torch.topk(d2, self.k, dim=1, largest=False)
+            out[s : s + q.shape[0]] = nearest.values.sqrt().double().mean(dim=1).numpy()
+            found[s : s + q.shape[0]] = nearest.indices.numpy()
+        return out, found
+
+    def _exact_scores(self, Q: torch.Tensor, self_rows: torch.Tensor | None) -> np.ndarray:
+        return self._exact_neighbours(Q, self_rows)[0]
+
+    def _approx_scores(self, Q: torch.Tensor, exclude_self: bool) -> np.ndarray:
+        """Neighbours from the index, distances exact; rows the index found fewer than k for are scored exactly.
+
+        The first call (the training rows' self-query, made right after fit by detect) fixes ``nprobe``;
+        every call measures the recall on a seeded sample of its queries (:meth:`_check_recall`)."""
+        queries = self._lift.queries(Q.numpy())
+        self_rows = np.arange(Q.shape[0]) if exclude_self else None
+        if "nprobe" not in self._index.report:
+            self._index.tune(queries, self.k, self_rows)
+            self.search_report |= self._index.report
+            steps = self._index.report.get("tuning", {}).get("steps", [])
+            if self.exact_if_short and steps and (reached := steps[-1]["recall"]) < self.approx.min_recall:
+                self.backend = "exact"
+                self.search_report |= {"backend": "exact", "fallback": (
+                    f"the approximate index reached recall@{self.k} {reached} < {self.approx.min_recall} on its tuning "
+                    f"sample even scanning every cell: exact search instead")}
+                return self._exact_scores(Q, torch.arange(Q.shape[0]) if exclude_self else None)
+        idx = self._index.search(queries, self.k, self_rows)[0]
+        self._check_recall(Q, idx, exclude_self)
+        out = np.empty(Q.shape[0], dtype=np.float64)
+        for s in range(0, Q.shape[0], self.chunk_size):
+            q, nb = Q[s : s + self.chunk_size], torch.from_numpy(np.maximum(idx[s : s + self.chunk_size], 0))
+            d2 = (q * q).sum(dim=1, keepdim=True) + self._train_sq[nb] - 2.0 * torch.einsum("qd,qkd->qk", q, self._train[nb])
+            out[s : s + q.shape[0]] = d2.clamp_(min=0.0).sqrt().double().mean(dim=1).numpy()
+        if (short := np.flatnonzero((idx < 0).any(axis=1))).size:
+            short_t = torch.from_numpy(short)
+            out[short] = self._exact_scores(Q[short_t], short_t if exclude_self else None)
+        return out
+
+    def _check_recall(self, Q: torch.Tensor, found: np.ndarray, exclude_self: bool) -> None:
+        """Recall@k against exact search on a seeded sample of this call's queries, summed over calls
+        under ``recall`` (``self_query``: the training rows, ``scored_rows``: the rows scored later,
+        :data:`RECALL_PER_CALL` of each call), the overall figure as ``recall_at_<k>``."""
+        rng = np.random.default_rng([self.approx.seed, self._calls])
+        self._calls += 1
+        n = min(Q.shape[0], self.approx.recall_queries if exclude_self else RECALL_PER_CALL)
+        rows = np.sort(rng.choice(Q.shape[0], n, replace=False))
+        rows_t = torch.from_numpy(rows)
+        truth = self._exact_neighbours(Q[rows_t], rows_t if exclude_self else None)[1]
+        hits = sum(np.intersect1d(f[f >= 0], t).size for f, t in zip(found[rows], truth, strict=True))
+        part = self.search_report.setdefault("recall", {}).setdefault(
+            "self_query" if exclude_self else "scored_rows", {"queries": 0, "hits": 0})
+        part["queries"] += n
+        part["hits"] += int(hits)
+        part[f"recall_at_{self.k}"] = round(part["hits"] / (part["queries"] * self.k), 4)
+        parts = self.search_report["recall"].values()
+        self.search_report[f"recall_at_{self.k}"] = round(
+            sum(p["hits"] for p in parts) / (sum(p["queries"] for p in parts) * self.k), 4)
+        self.search_report["min_recall"] = self.approx.min_recall
+
+
+class EuclideanAsCosine:
+    """Euclidean nearest neighbours of a reference set as a cosine search, so that one index
+    (the analyze stage's, cosine only) serves the k-NN baseline too.
+
+    With ``a = (x - c) / sigma`` (centred on the reference mean, scaled to unit mean square norm:
+    neither changes which rows are nearest), a reference row is lifted to
+    ``[a, -|a|^2 / 2, sqrt(R^2 - |a|^2 - |a|^4 / 4)]`` and a query to ``[a_q, 1, 0]``. Every lifted
+    reference row has norm ``R``, so the cosine of a query with a row is
+    ``(a_q . a - |a|^2 / 2) / (|q'| R)``, for a fixed query a decreasing function of
+    ``|a_q - a|^2``: the most similar rows are the nearest ones, in the same order. Zero columns
+    pad the width to a multiple of 4 (they change no cosine): the index's product quantiser then
+    gets 4-dimensional sub-vectors (:func:`~fmb_engine.analyze.ann.code_size`) whatever ``D``.
+    """
+
+    def __init__(self, reference: np.ndarray):
+        self.centre = reference.mean(axis=0, dtype=np.float64).astype(np.float32)
+        a = reference - self.centre
+        sq = np.einsum("ij,ij->i", a, a, dtype=np.float64)
+        self.scale = np.float32(np.sqrt(sq.mean()) or 1.0)
+        a /= self.scale
+        sq /= float(self.scale) ** 2
+        norm2 = sq + sq**2 / 4
+        self.width = -(-(a.shape[1] + 2) // 4) * 4
+        self.database = np.zeros((a.shape[0], self.width), dtype=np.float32)
+        self.database[:, : a.shape[1]] = a
+        self.database[:, a.shape[1]] = -sq / 2
+        self.database[:, a.shape[1] + 1] = np.sqrt(np.clip(norm2.max() - norm2, 0.0, None))
+
+    def queries(self, X: np.ndarray) -> np.ndarray:
+        """The lifted queries ``[a_q, 1, 0, ...]`` (float32)."""
+        d = X.shape[1]
+        out = np.zeros((X.shape[0], self.width), dtype=np.float32)
+        np.subtract(X, self.centre, out=out[:, :d])
+        out[:, :d] /= self.scale
+        out[:, d] = 1.0
         return out
 
 

@@ -54,6 +54,17 @@ class DetectConfig(BaseModel):
     t_mis: float = Field(0.0, ge=0, le=1, description="Filtered table: keep p_mis >= t_mis.")
     baselines: bool = Field(True, description="Also score with IsolationForest and k-NN distance.")
     knn_k: int = Field(10, ge=1, description="k of the k-NN distance baseline.")
+    knn_backend: Literal["auto", "exact", "approx"] = Field(
+        "auto", description="k-NN baseline search: exact (torch), approx (the analyze stage's faiss inverted file, "
+                            "distances exact, recall measured), auto = approx from knn_approx_threshold on, exact "
+                            "when the index cannot reach knn_min_recall.",
+    )
+    knn_approx_threshold: int = Field(
+        100_000, ge=2, description="auto searches approximately when reference rows x scored rows >= this squared "
+                                   "and faiss-cpu is installed.",
+    )
+    knn_min_recall: float = Field(0.95, gt=0, le=1, description="Recall@k the approximate k-NN's nprobe is tuned to; "
+                                                                "a lower measured recall is a manifest warning.")
     iforest_trees: int = Field(200, ge=1, description="Trees of the IsolationForest baseline.")
     mismatch_alpha: float = Field(1.0, gt=0, description="Ridge penalty of the learned mismatch (unaligned embedders).")
     fit_max_objects: int = Field(

@@ -49,7 +49,7 @@ from fmb_engine.detect.fusion import FUSION_COLUMNS, fuse
 from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, LearnedMismatch, cosine_similarity_rows, mismatch_table
 from fmb_engine.detect.params import FUSION_METHODS, PARTS
 from fmb_engine.detect.preprocess import Preprocessor
-from fmb_engine.detect.stream import fit_sample, gather, sample_keys, streamed_scores, usable_rows
+from fmb_engine.detect.stream import fit_sample, gather, sample_keys, streamed_scores, usable_sample
 from fmb_engine.detect.tables import ANOMALY_COLUMNS, anomaly_table, rank_descending
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
@@ -127,11 +127,12 @@ class Scored:
 
 
 def plan_rows(reader: EmbeddingReader, modalities: list[str] | tuple[str, ...], cfg: DetectConfig) -> RowPlan:
-    """Usable rows, seeded fit sample and its vectors of ``modalities`` (one pass per modality, one for the sample)."""
+    """Usable rows, seeded fit sample and its vectors of ``modalities`` (one pass over each modality)."""
     keys = sample_keys(reader.n_objects, cfg.seed)
-    keeps = {m: usable_rows(reader, m, cfg.chunk_rows) for m in modalities}
-    samples = {m: fit_sample(keep, keys, cfg.fit_max_objects) for m, keep in keeps.items()}
-    return RowPlan(keeps, samples, {m: gather(reader, m, rows, cfg.chunk_rows) for m, rows in samples.items()})
+    keeps, samples, fit_x = {}, {}, {}
+    for m in modalities:
+        keeps[m], samples[m], fit_x[m] = usable_sample(reader, m, keys, cfg.fit_max_objects, cfg.chunk_rows)
+    return RowPlan(keeps, samples, fit_x)
 
 
 def mismatch_rows(keeps: dict[str, np.ndarray], cfg: DetectConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -152,12 +153,16 @@ def save_state(state: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: int | None = None
-                   ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Scorer]], dict[str, dict]]:
+def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: int | None = None,
+                   n_scored: dict[str, int] | None = None
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Scorer]], dict[str, dict],
+                              dict[str, dict]]:
     """Fit preprocessing + flow (and the baselines) on each modality's fit sample.
 
     Returns per modality the sample rows' scores and scorers of other rows by method
-    (higher = more anomalous), and the flow's state (:func:`flow_state`). The modalities' flows
+    (higher = more anomalous), the flow's state (:func:`flow_state`) and the k-NN baseline's
+    search record (:func:`_baselines`; ``n_scored`` is each modality's usable rows, which chooses
+    the k-NN search). The modalities' flows
     train side by side (``n_jobs``). ``side_by_side`` is how many modalities the one-node run
     fits together (default: those in ``xs``): a sharded fit job fits one modality with the
     thread count the one-node run would use, so both give the same bits. With ``out_of_fold``
@@ -175,7 +180,7 @@ def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: i
     pres = {m: Preprocessor(**pre_kw).fit(x) for m, x in xs.items()}
     zs = {m: pres[m].transform(x) for m, x in xs.items()}
     flows = fit_flows(zs, n_jobs=jobs, **flow_kw)
-    fitted, scorers, states = {}, {}, {}
+    fitted, scorers, states, searches = {}, {}, {}, {}
     for modality, x in xs.items():
         if cfg.out_of_fold >= 2:
             fit = -score_out_of_fold(x, cfg.out_of_fold, preprocess=pre_kw, **flow_kw)  # seed: in flow_kw
@@ -185,32 +190,55 @@ def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: i
         fitted[modality] = {"flow": fit}
         scorers[modality] = {"flow": _flow_scorer(pres[modality], flows[modality])}
         if cfg.baselines:
-            more_fit, more_scorers = _baselines(x, cfg)
+            more_fit, more_scorers, searches[modality] = _baselines(x, (n_scored or {}).get(modality, x.shape[0]), cfg)
             fitted[modality] |= more_fit
             scorers[modality] |= more_scorers
-    return fitted, scorers, states
+    return fitted, scorers, states, searches
 
 
 def _flow_scorer(pre: Preprocessor, flow: Any) -> Scorer:
-    return lambda v: -flow.score_samples(pre.transform(v))
+    return lambda v: -flow.score_samples(pre.apply(v))
 
 
-def _baselines(x: np.ndarray, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer]]:
+def _baselines(x: np.ndarray, n_scored: int, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer], dict]:
     """IsolationForest and k-NN fitted on one modality's fit sample: the sample's scores (k-NN without
-    each row itself) and scorers of the other rows (k-NN against the sample as reference set)."""
+    each row itself), scorers of the other rows (k-NN against the sample as reference set) and the
+    k-NN search's record (backend; for approx the index and its measured recall, :mod:`fmb_engine.analyze.ann`)."""
+    from fmb_engine.analyze.ann import ApproxSettings
+    from fmb_engine.analyze.similarity import choose_backend
+
     forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x)
-    knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1))).fit(x)
-    return ({"iforest": forest.score_samples(x), "knn": knn.score_samples()},
-            {"iforest": forest.score_samples, "knn": knn.score_samples})
+    engine, fallback = choose_backend(cfg.knn_backend, x.shape[0], n_scored, cfg.knn_approx_threshold, section="detect")
+    knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1)), backend="approx" if engine == "approx" else "exact",
+                              approx=ApproxSettings(min_recall=cfg.knn_min_recall, seed=cfg.seed),
+                              exact_if_short=cfg.knn_backend == "auto").fit(x)
+    fitted = {"iforest": forest.score_samples(x), "knn": knn.score_samples()}
+    knn.search_report.update({"queries": n_scored} | ({"fallback": fallback} if fallback else {}))
+    # the live record: the scoring of the other rows adds their measured recall to it
+    return fitted, {"iforest": forest.score_samples, "knn": knn.score_samples}, knn.search_report
 
 
-def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectConfig) -> dict[str, Scorer]:
+def _record_knn(manifest: RunManifest, searches: dict[str, dict], cfg: DetectConfig) -> None:
+    """The k-NN baselines' searches in the manifest (``knn_baseline``), with a warning for a fallback or a low recall."""
+    for name, search in searches.items():
+        if search.get("fallback"):
+            manifest.warn(f"{name} k-NN baseline: {search['fallback']}")
+        recall = search.get(f"recall_at_{search['k']}")
+        if recall is not None and recall < cfg.knn_min_recall:
+            manifest.warn(f"{name} k-NN baseline: approximate recall@{search['k']} {recall:.3f} < {cfg.knn_min_recall} "
+                          "(use detect.knn_backend exact)")
+    manifest.record("knn_baseline", manifest.data.get("knn_baseline", {}) | searches)  # every model's
+
+
+def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectConfig, n_scored: int) -> dict[str, Scorer]:
     """Scorers of a modality rebuilt from a saved :func:`flow_state` and the fit sample ``x``.
 
     The flow and its preprocessing come back from their arrays. The baselines are refitted on
     ``x``: the k-NN reference set *is* the sample, and the IsolationForest is rebuilt with the
     same seed on the same rows, which gives the same trees (scikit-learn cannot save a forest
-    without pickle, which FMB never uses for its files).
+    without pickle, which FMB never uses for its files); ``n_scored`` (the modality's usable rows,
+    as in the fit) chooses the same k-NN search, and an approximate index is rebuilt from the same
+    rows and seed.
     """
     from fmb_engine.detect.flows import FlowDensity
 
@@ -220,7 +248,7 @@ def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectCon
                                        device=flow_kw["device"], threads=flow_kw["threads"])
     scorers: dict[str, Scorer] = {"flow": _flow_scorer(pre, flow)}
     if cfg.baselines:
-        scorers |= _baselines(x, cfg)[1]
+        scorers |= _baselines(x, n_scored, cfg)[1]
     return scorers
 
 
@@ -281,13 +309,16 @@ class InProcess:
     def flows(self, reader: EmbeddingReader, model: str, plan: RowPlan, live: list[str]
               ) -> tuple[dict[str, Scored], dict[str, dict[str, np.ndarray]]]:
         with self.manifest.phase(f"flows:{model}"):
-            fitted, scorers, states = fit_modalities({m: plan.fit_x[m] for m in live}, self.cfg)
+            fitted, scorers, states, searches = fit_modalities(
+                {m: plan.fit_x[m] for m in live}, self.cfg, n_scored={m: int(plan.keeps[m].sum()) for m in live})
         scored = {}
         for modality in live:
             with self.manifest.phase(f"score:{model}/{modality}"):
                 rest = score_rows(reader, (modality,), plan.keeps[modality], plan.samples[modality],
                                   scorers[modality], self.cfg.chunk_rows)
             scored[modality] = Scored(fitted[modality], rest)
+        if searches:  # after scoring: the approximate searches have measured their recall on the scored rows
+            _record_knn(self.manifest, {f"{model}/{m}": search for m, search in searches.items()}, self.cfg)
         return scored, states
 
     def mismatch(self, reader: EmbeddingReader, model: str, plan: RowPlan, keep: np.ndarray, sample: np.ndarray
@@ -335,7 +366,7 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
         ids = np.asarray(reader.object_ids, dtype=object)
         manifest.input(f"embeddings:{model}", path, digest=f"survey={meta.survey_digest} weights={meta.weights_digest}")
         manifest.count(f"objects:{model}", int(ids.shape[0]))
-        with manifest.phase(f"sample:{model}"):  # one pass over the file for the usable rows, one for the sample
+        with manifest.phase(f"sample:{model}"):  # one pass over each modality: its usable rows and fit sample
             plan = source.plan(reader, model)
         keeps, samples, fit_x = plan.keeps, plan.samples, plan.fit_x
         manifest.count(f"fit_rows:{model}", {m: int(rows.shape[0]) for m, rows in samples.items()})

@@ -139,11 +139,13 @@ def fit_modality(root: str, run_id: str, model: str, modality: str, values: dict
     save_state({"keep": keep, "sample": sample, "fit_x": x}, _rows_file(folder, modality))
     fitted = bool(flows and live_modalities({modality: keep}))
     if fitted:
-        scores, _, states = fit_modalities({modality: x}, cfg, side_by_side=side_by_side)
+        scores, _, states, searches = fit_modalities({modality: x}, cfg, side_by_side=side_by_side,
+                                                     n_scored={modality: int(keep.sum())})
         save_state({f"state.{k}": v for k, v in states[modality].items()}
                    | {f"score.{k}": v for k, v in scores[modality].items()}, done)
     return {"model": model, "modality": modality, "usable": int(keep.sum()), "fit_rows": int(sample.shape[0]),
-            "fitted": fitted, "peak_rss_gb": peak_rss_gb()}
+            "fitted": fitted, "peak_rss_gb": peak_rss_gb()} | ({"knn_baseline": searches[modality]}
+                                                               if fitted and modality in searches else {})
 
 
 def fit_cross(root: str, run_id: str, model: str, values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
@@ -186,7 +188,7 @@ def score_shard(root: str, run_id: str, models: list[str], values: dict[str, Any
                 plan = work.plan(reader.meta.modalities)
                 for modality in live_modalities(plan.keeps):
                     state, _ = work.fitted(modality)
-                    scorers = modality_scorers(state, plan.fit_x[modality], cfg)
+                    scorers = modality_scorers(state, plan.fit_x[modality], cfg, int(plan.keeps[modality].sum()))
                     got = score_rows(reader, (modality,), plan.keeps[modality], plan.samples[modality], scorers,
                                      cfg.chunk_rows, start, stop)
                     scores |= {f"{modality}/{name}": v for name, v in got.items()}

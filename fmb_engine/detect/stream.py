@@ -31,12 +31,43 @@ def row_chunks(n: int, chunk_rows: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + chunk_rows, n)
 
 
-def usable_rows(reader: EmbeddingReader, modality: str, chunk_rows: int) -> np.ndarray:
-    """Mask of the rows of ``modality`` that are valid (not imputed) and finite, read chunk by chunk."""
+def usable_sample(reader: EmbeddingReader, modality: str, keys: np.ndarray, max_objects: int,
+                  chunk_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(usable mask, fit-sample rows, their vectors)`` of ``modality`` in one pass over the file.
+
+    The result is that of :func:`fit_sample` on the usable mask, then :func:`gather` of those rows
+    (rows valid, not imputed, and finite; the sample is the ``max_objects`` usable rows with the
+    smallest ``(key, row)``), without reading the file twice. While the chunks go by, a buffer of
+    ``max_objects + chunk_rows`` vectors holds the best candidates so far: a chunk's usable rows
+    that beat the worst kept key are written into it, and when it holds more than ``max_objects``
+    the worst are dropped (their slots refilled from the end), so each vector is copied at most
+    twice and memory stays bounded whatever the file size.
+    """
     keep = np.asarray(reader.valid(modality), dtype=bool).copy()
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    cap = max_objects + chunk_rows
+    vectors = np.empty((min(cap, keep.shape[0]), reader.dims[modality]), dtype=np.float32)
+    rows = np.empty(vectors.shape[0], dtype=np.int64)
+    filled = 0
     for start, stop in row_chunks(keep.shape[0], chunk_rows):
-        keep[start:stop] &= finite_rows(reader.read(modality, start, stop))
-    return keep
+        x = reader.read(modality, start, stop)
+        keep[start:stop] &= finite_rows(x)
+        new = np.flatnonzero(keep[start:stop])
+        if filled == max_objects:  # full: only rows with a smaller key than the worst kept can enter
+            new = new[keys[start + new] < keys[rows[:filled]].max()]
+        rows[filled : filled + new.shape[0]] = start + new
+        vectors[filled : filled + new.shape[0]] = x[new]
+        filled += new.shape[0]
+        if filled > max_objects:
+            order = np.lexsort((rows[:filled], keys[rows[:filled]]))  # by key, ties by row as fit_sample
+            holes = np.sort(order[max_objects:])
+            holes = holes[holes < max_objects]  # evicted slots inside the kept range ...
+            tail = np.setdiff1d(np.arange(max_objects, filled), order[max_objects:], assume_unique=True)
+            rows[holes], vectors[holes] = rows[tail], vectors[tail]  # ... refilled by kept rows beyond it
+            filled = max_objects
+    order = np.argsort(rows[:filled], kind="stable")
+    return keep, rows[:filled][order], vectors[:filled][order]
 
 
 def sample_keys(n: int, seed: int) -> np.ndarray:

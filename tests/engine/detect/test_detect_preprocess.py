@@ -139,3 +139,26 @@ def test_bad_inputs_raise_clear_errors():
     pre.fit(np.random.default_rng(0).standard_normal((10, 3)))
     with pytest.raises(ValueError, match="expected 3 features"):
         pre.transform(np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])  # mean folded into the bias / chunks centred first
+@pytest.mark.parametrize("standardize", [True, False])
+def test_affine_apply_equals_the_three_steps_to_float32_rounding(offset, standardize):
+    """apply() is one matrix product + bias + clip; against centre -> project -> standardise ->
+    clip in float64 it must be as close as those steps done one by one in float32 (transform(),
+    what the flows are trained on), whichever way the mean is handled."""
+    X = _low_rank(n=3000, d=40) + np.float32(offset)
+    X[11] -= 300.0  # an outlier, so the clip is active
+    pre = Preprocessor(pca_components=8, clip_sigma=4.0, standardize=standardize).fit(X)
+    assert (pre._affine()[2] is None) == (offset == 0.0)  # |mu| far beyond the spread: centre, do not fold
+    Z = pre.apply(X)
+    P = (X.astype(np.float64) - pre.pca_mean_) @ pre.components_.T.astype(np.float64)
+    if standardize:
+        P = (P - pre.col_mean_) / pre.col_scale_
+    expected = np.clip(P, *pre.clip_bounds())
+    stepwise = pre.transform(X)
+    unit = 1.0 if standardize else pre.col_scale_  # errors in standard deviations of each column
+    err_new, err_steps = np.abs((Z - expected) / unit).max(), np.abs((stepwise - expected) / unit).max()
+    assert err_new <= 2 * err_steps + 1e-6 and err_new < 1e-3
+    assert np.abs((Z - stepwise) / unit).max() < 1e-3
+    assert np.array_equal(pre.fit_transform(X), stepwise)  # fit_transform: the step-by-step arithmetic

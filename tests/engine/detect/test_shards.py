@@ -47,9 +47,12 @@ def _flows(ws: Workspace) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-@pytest.mark.parametrize("fit_max, k", [(400, 3), (400, 1), (5000, 3)])
-def test_sharded_run_writes_the_one_node_outputs_bit_for_bit(embedded, fit_max, k):
-    resolved = load("detect", embedded, cli=FAST | {"fit_max_objects": fit_max})
+@pytest.mark.parametrize("fit_max, k, knn", [(400, 3, "exact"), (400, 1, "exact"), (5000, 3, "exact"), (400, 3, "approx")])
+def test_sharded_run_writes_the_one_node_outputs_bit_for_bit(embedded, fit_max, k, knn):
+    """Also with the k-NN baseline's approximate index, which every shard task rebuilds from the same rows and seed."""
+    if knn == "approx":
+        pytest.importorskip("faiss")
+    resolved = load("detect", embedded, cli=FAST | {"fit_max_objects": fit_max, "knn_backend": knn})
     detect(embedded, resolved)
     one, one_flows = _tables(embedded), _flows(embedded)
     sub = submit_sharded_detect(embedded, resolved, ("flows", "mismatch", "fuse"), k, "debug", DEBUG)
@@ -65,6 +68,8 @@ def test_sharded_run_writes_the_one_node_outputs_bit_for_bit(embedded, fit_max, 
     assert not shards.work_folder(embedded, sub.run_id).exists()  # removed after a successful merge
     manifest = json.loads(sorted(embedded.root.glob("runs/*detect*.json"))[-1].read_text())
     assert manifest["counts"][f"fit_rows:synthetic"]["image"] == min(fit_max, OBJECTS)
+    one_node = json.loads(sorted(embedded.root.glob("runs/*detect*.json"))[-2].read_text())
+    assert one_node["knn_baseline"]["synthetic/image"]["backend"] == knn
 
 
 def test_sharded_run_is_one_registry_run_whose_tasks_name_their_phase(embedded):

@@ -14,7 +14,8 @@ from fmb_engine.detect.flows import FlowDensity
 from fmb_engine.detect.mismatch import LearnedMismatch
 from fmb_engine.detect.preprocess import Preprocessor
 from fmb_engine.detect.run import detect
-from fmb_engine.detect.stream import fit_sample, gather, row_chunks, sample_keys, usable_rows
+from fmb_engine.detect.preprocess import finite_rows
+from fmb_engine.detect.stream import fit_sample, gather, row_chunks, sample_keys, usable_sample
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.embed.synthetic import SyntheticSpec
 from fmb_engine.embed.synthetic_file import write_synthetic
@@ -64,11 +65,40 @@ def test_row_ranges_and_gather_read_what_a_whole_load_holds(tmp_path):
         rows = np.sort(np.random.default_rng(0).choice(OBJECTS, 77, replace=False))
         for chunk in (1, 64, 10_000):
             assert np.array_equal(gather(reader, "joint", rows, chunk), whole[rows])
-            assert np.array_equal(usable_rows(reader, "joint", chunk), reader.valid("joint"))
         assert np.array_equal(reader.read("image", 890, 2000), reader.load("image")[890:])
     assert list(row_chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
     with pytest.raises(ValueError, match="chunk_rows"):
         list(row_chunks(10, 0))
+
+
+def _two_passes(reader, modality, keys, max_objects, chunk_rows):
+    """The reference of usable_sample: the usable mask in one pass, then the sample's gather in another."""
+    keep = np.asarray(reader.valid(modality), dtype=bool).copy()
+    for start, stop in row_chunks(keep.shape[0], chunk_rows):
+        keep[start:stop] &= finite_rows(reader.read(modality, start, stop))
+    rows = fit_sample(keep, keys, max_objects)
+    return keep, rows, gather(reader, modality, rows, chunk_rows)
+
+
+def test_one_pass_usable_rows_and_sample_equal_the_two_passes(tmp_path):
+    ws = _workspace(tmp_path / "ws")
+    path = ws.folder("embeddings") / "synthetic.h5"
+    with h5py.File(path, "r+") as f:  # some invalid (imputed) rows and some non-finite ones
+        f["valid/image"][[1, 2, 300]] = False
+        vectors = f["vectors/image"]
+        for row in (0, 5, 6, 400, 899):
+            vectors[row, row % 24] = np.nan if row % 2 else np.inf
+    keys = sample_keys(OBJECTS, seed=11)
+    keys[[10, 20, 30]] = keys[40]  # tied keys are broken by row, as fit_sample does
+    with EmbeddingReader(path) as reader:
+        assert not reader.valid("image").all()
+        for cap in (3, 100, 500, OBJECTS - 50, OBJECTS, 10 * OBJECTS):
+            for chunk in (1, 7, 64, 333, 10_000):
+                keep, rows, x = usable_sample(reader, "image", keys, cap, chunk)
+                ref_keep, ref_rows, ref_x = _two_passes(reader, "image", keys, cap, chunk)
+                assert np.array_equal(keep, ref_keep) and np.array_equal(rows, ref_rows), (cap, chunk)
+                assert np.array_equal(x, ref_x) and x.dtype == np.float32
+        assert not keep[[0, 1, 2, 5, 6, 300, 400, 899]].any() and keep.sum() == OBJECTS - 8
 
 
 def test_below_the_cap_detect_scores_exactly_as_whole_array_fits(tmp_path):
