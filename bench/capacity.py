@@ -53,7 +53,7 @@ SHARD = "shard"    # runs over each shard's N/K rows, the K shards side by side
 NODE = "node"      # runs once over all N rows on one node (merge, fusion, analyses)
 
 #: Phase name prefix -> kind; anything else is NODE.
-PHASE_KINDS = {"detect/flows": FIT, "detect/score": SHARD, "detect/mismatch": SHARD, "detect/other": SHARD,
+PHASE_KINDS = {"detect/flows": FIT, "detect/score": SHARD, "detect/mismatch": SHARD, "detect/other": NODE,
                "detect/sample": NODE, "detect/fuse": NODE, "detect/systems": NODE}
 #: Stage-level peak RSS, by kind: the detect run's RSS is a shard's (fit sample + one chunk).
 STAGE_KINDS = {"detect": SHARD}
