@@ -113,11 +113,10 @@ class WorkspaceData:
     def synthetic_runs(self) -> list[Path]:
         """The survey-free embedding files the ranking was made from ([] for a survey's ranking, or none).
 
-        The engine's rule (:func:`fmb_engine.detect.evaluation.synthetic_runs`), asked once per
-        version of the systems table: the preview asks on every cursor move.
+        The engine's rule (:func:`fmb_engine.rankings.synthetic_runs`), asked once per version of
+        the systems table: the preview asks on every cursor move.
         """
         from fmb_engine import rankings
-        from fmb_engine.detect.evaluation import synthetic_runs
 
         try:
             mtime = rankings.systems_path(self.ws).stat().st_mtime
@@ -125,7 +124,7 @@ class WorkspaceData:
             return []
         with self._lock:
             if self._synthetic is None or self._synthetic[0] != mtime:
-                self._synthetic = (mtime, synthetic_runs(self.ws))
+                self._synthetic = (mtime, rankings.synthetic_runs(self.ws))
             return self._synthetic[1]
 
     def get_object(self, object_id: str) -> SurveyObject:
