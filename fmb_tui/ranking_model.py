@@ -39,7 +39,6 @@ class RankingData:
         self.scores: dict[str, np.ndarray] = {}
         self.source_mtime = source_mtime
         self._by_rank: dict[str, np.ndarray] = {}
-        self._index: dict[str, int] | None = None
 
     @classmethod
     def from_table(cls, table: pa.Table, systems: list[str], source_mtime: float = 0.0,
@@ -96,12 +95,6 @@ class RankingData:
 
     def ids_at(self, rows: np.ndarray) -> list[str]:
         return self.ids.take(np.asarray(rows, dtype=np.int64)).to_pylist()
-
-    def row_of(self, object_id: str) -> int | None:
-        """Row of an object id (a one-time id -> row map, built on first use)."""
-        if self._index is None:
-            self._index = {oid: i for i, oid in enumerate(self.ids.to_pylist())}
-        return self._index.get(str(object_id))
 
     def rows_of(self, object_ids: list[str]) -> np.ndarray:
         """Rows whose id is in ``object_ids`` (vectorised, no id map)."""
