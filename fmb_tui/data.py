@@ -400,7 +400,9 @@ def next_steps(ov: Overview) -> list[str]:
         steps.append("triage the top candidates: Anomalies screen (A), j/k to move, 1-9 to label")
     if ov.systems and not ov.comparisons:
         steps.append("compare systems: `fmb-engine analyze rankings` writes analysis/rankings/*.csv (Compare, C)")
-    if ov.labels:
+    if ov.survey_free:  # the synthetic files carry the truth; there is nothing to draw an object with
+        steps.append("score the systems against the injected truth: `fmb-engine evaluate`")
+    elif ov.labels:
         steps.append("export a figure of the interesting ones: Figures screen (F)")
     active = sum(n for s, n in ov.jobs.items() if s in ("PENDING", "RUNNING"))
     if active:

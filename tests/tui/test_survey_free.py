@@ -56,6 +56,7 @@ async def test_every_screen_opens_and_says_there_is_no_preview(pipeline_ws):
         text = flat_text(app)
         assert "none needed: the ranking was made from survey-free synthetic embeddings (synthetic.h5)" in text
         assert "create a survey" not in text  # no survey is missing: none belongs to this run
+        assert "`fmb-engine evaluate`" in text
         assert f"systems over {OBJECTS:,} objects" in text
 
         await pilot.press("A")
@@ -129,7 +130,9 @@ async def test_label_and_switch_system_on_the_pipeline_ranking(pipeline_ws):
         await pilot.press(*"Workspace overview")
         await pilot.press("enter")
         await settle(pilot)
-        assert app.current_mode == "workspace" and "interesting 1" in flat_text(app)
+        text = flat_text(app)
+        assert app.current_mode == "workspace" and "interesting 1" in text
+        assert "export a figure" not in text  # its objects have nothing to draw
         assert app.error_log.count == 0
     with LabelStore.for_workspace(pipeline_ws) as store:
         assert store.labels() == {first: "interesting"}
