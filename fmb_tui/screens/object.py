@@ -115,8 +115,9 @@ class ObjectScreen(TriageMixin, FMBScreen):
         if object_id != self.object_id:
             return
         self.obj, self.problem = obj, problem
-        if obj is None:
-            self.query_one(SpectrumPlot).show_message(problem)
+        if obj is None:  # no spectrum or image: the object's ranks are what there is to show in their place
+            ranks = self.ranks_line()
+            self.query_one(SpectrumPlot).show_message(problem + (f"\n\n{ranks}" if ranks else ""))
             self.query_one(ImageView).show_message("")
             self.query_one("#image-title", Static).update("no image")
         else:
@@ -169,6 +170,23 @@ class ObjectScreen(TriageMixin, FMBScreen):
             line2.append(f"λ {view.lo:.0f}–{view.hi:.0f} Å, smoothing {view.smoothing}")
         lines = [" · ".join(line1), " · ".join(line2)] + ([self.history] if self.history else [])
         self.query_one("#object-meta", Static).update("\n".join(lines))
+
+    def ranks_line(self) -> str | None:
+        """``ranks: syn/img/flow 12 · syn/fused/geo 3 …`` (plain text): the object's rank in every loaded
+        system of the ranking it was opened from (None when opened from a neighbour)."""
+        from fmb_tui.ranking_model import short_system
+
+        nav = self.navigator
+        data = getattr(nav, "rdata", None)
+        row = nav.table.current_row() if data is not None else None
+        if row is None or data.id_at(row) != self.object_id:
+            return None
+        parts = []
+        for system in data.systems:
+            if data.loaded(system):
+                rank = data.rank_of(system, row)
+                parts.append(f"{short_system(system)} {'-' if rank is None else f'{rank:,}'}")
+        return "ranks: " + " · ".join(parts) if parts else None
 
     # --- triage hooks ----------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ async def test_every_screen_opens_and_says_there_is_no_preview(pipeline_ws):
         assert isinstance(app.screen, ObjectScreen)
         text = flat_text(app)
         assert NO_PREVIEW in text and "no image" in text and "rank 3 in" in text
+        assert "ranks: synthetic/cross/mismatch " in text and "synthetic/spec/flow " in text  # every system's rank
         assert "band:" not in text  # no band to name without an image
         await pilot.press("j")  # walks the ranking from the Object screen too
         await settle(pilot)
