@@ -127,9 +127,7 @@ async def test_label_and_switch_system_on_the_pipeline_ranking(pipeline_ws):
         await app.screen.dismiss(other)
         await settle(pilot)
         assert flat_text(app).startswith(f"⭘ fmb-tui — ws {other} · sort rank ↑ · row 1 of {OBJECTS:,}")
-        await pilot.press("ctrl+p")  # the palette reaches every screen
-        await pilot.press(*"Workspace overview")
-        await pilot.press("enter")
+        await pilot.press("W")
         await settle(pilot)
         text = flat_text(app)
         assert app.current_mode == "workspace" and "interesting 1" in text
