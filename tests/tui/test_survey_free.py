@@ -110,6 +110,8 @@ async def test_figures_of_a_survey_free_ranking(pipeline_ws):
 
 
 async def test_label_and_switch_system_on_the_pipeline_ranking(pipeline_ws):
+    from textual.command import CommandList
+
     from fmb_engine.triage.labels import LabelStore
     from fmb_tui.app import FMBApp
 
@@ -127,6 +129,17 @@ async def test_label_and_switch_system_on_the_pipeline_ranking(pipeline_ws):
         await app.screen.dismiss(other)
         await settle(pilot)
         assert flat_text(app).startswith(f"⭘ fmb-tui — ws {other} · sort rank ↑ · row 1 of {OBJECTS:,}")
+        await pilot.press("ctrl+p")  # the palette reaches every screen
+        await pilot.press(*"compare")
+        commands = app.screen.query_one(CommandList)
+        for _ in range(250):  # it searches in the background: enter once the screen's command is highlighted
+            if commands.highlighted is not None and commands.get_option_at_index(
+                    commands.highlighted).prompt.plain.startswith("Compare\n"):
+                break
+            await pilot.pause(0.02)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.current_mode == "compare" and "Spearman rank correlation" in flat_text(app)
         await pilot.press("W")
         await settle(pilot)
         text = flat_text(app)
