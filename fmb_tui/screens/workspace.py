@@ -96,7 +96,9 @@ class WorkspaceScreen(FMBScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.action_reload()
+        # after the first frame: the overview's reads import pandas, pyarrow and h5py, which would hold
+        # the GIL while this screen is painted for the first time
+        self.call_after_refresh(self.action_reload)
 
     def on_screen_resume(self) -> None:
         if self.is_mounted:
