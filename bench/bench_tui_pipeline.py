@@ -267,7 +267,7 @@ def main() -> None:
           f"{ok[tui['open'] <= 1.0]}")
     print(f"  reference           {syn['open']:6.2f} s  the synthetic ranking file of bench_tui.py, same size "
           f"-> ratio {tui['open'] / syn['open']:.2f}x")
-    (k50, k95), (kwall, kcpu) = tui["key"], tui["key_cpu"]
+    (k50, k95), (_, kcpu) = tui["key"], tui["key_cpu"]
     print(f"key while scrolling   {k50 * 1000:6.1f} ms median, {k95 * 1000:.1f} ms p95 ('j', preview on; "
           f"CPU {kcpu / args.presses * 1000:.1f} ms per key); page down / jump {tui['page'][0] * 1000:.1f} ms "
           f"median, {tui['page'][1] * 1000:.1f} ms p95")
