@@ -187,6 +187,18 @@ def provenance_of(metadata: dict | None, path: Path) -> Provenance | None:
                             f"{DETECT_HINT} again") from None
 
 
+def synthetic_runs(ws: Workspace) -> list[Path]:
+    """The survey-free embedding files (``embed synthetic``) the systems table was made from; [] for a
+    survey's table, or no table. Cheap: the table's metadata and each file's attributes."""
+    from fmb_engine import lineage
+
+    if not systems_path(ws).is_file():
+        return []
+    prov = provenance(ws)
+    files = [ws.folder("embeddings") / f"{model}.h5" for model in (prov.runs if prov else {})]
+    return files if files and all(p.is_file() and lineage.is_survey_free(p) for p in files) else []
+
+
 def active_records(ws: Workspace) -> dict[str, dict]:
     """Per active system: strategy, parameters, seed, base system and the labels it reflects
     (count, digest, the label store's version, users); empty when none was re-ranked."""
@@ -240,7 +252,9 @@ def load_table(ws: Workspace, systems: list[str] | None = None, survey: Path | N
     columns = ["object_id"] + [c for s in systems for c in (RANK_PREFIX + s, SCORE_PREFIX + s)]
     path = systems_path(ws)
     try:
-        table = pq.read_table(path, columns=columns, memory_map=True)
+        # ParquetFile, not read_table: the same read of one file without importing pyarrow.dataset
+        # (0.3 s of CPU on the first call, which the explorer paid on every first open)
+        table = pq.ParquetFile(path, memory_map=True).read(columns=columns)
     except Exception as exc:  # noqa: BLE001
         raise RankingsError(f"{path}: cannot read ({exc}); {DETECT_HINT} again") from None
     if table.column("object_id").null_count:

@@ -35,6 +35,10 @@ class NoSurvey(FMBError):
     pass
 
 
+class SurveyFree(NoSurvey):
+    """The ranking was made from survey-free synthetic embeddings: its objects have no spectrum or image."""
+
+
 #: how much lower than the explorer the re-rank's child process runs (nice increment): keys stay fast on a busy node
 RERANK_NICENESS = 10
 
@@ -58,6 +62,7 @@ class Overview:
     systems: list[str] = field(default_factory=list)
     ranking_problem: str | None = None
     ranking_objects: int | None = None
+    survey_free: list[str] = field(default_factory=list)  # the synthetic embedding files of a survey-free ranking
     labels: dict[str, int] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)
@@ -75,6 +80,7 @@ class WorkspaceData:
         self._objects: OrderedDict[str, SurveyObject] = OrderedDict()
         self._labels: LabelStore | None = None
         self._rerank_child: subprocess.Popen | None = None
+        self._synthetic: tuple[float, list[Path]] | None = None  # (systems table mtime, its survey-free runs)
 
     # --- survey ----------------------------------------------------------------------------
 
@@ -104,12 +110,33 @@ class WorkspaceData:
                 self._objects.clear()
             return self._reader
 
+    def synthetic_runs(self) -> list[Path]:
+        """The survey-free embedding files the ranking was made from ([] for a survey's ranking, or none).
+
+        The engine's rule (:func:`fmb_engine.rankings.synthetic_runs`), asked once per version of
+        the systems table: the preview asks on every cursor move.
+        """
+        from fmb_engine import rankings
+
+        try:
+            mtime = rankings.systems_path(self.ws).stat().st_mtime
+        except OSError:
+            return []
+        with self._lock:
+            if self._synthetic is None or self._synthetic[0] != mtime:
+                self._synthetic = (mtime, rankings.synthetic_runs(self.ws))
+            return self._synthetic[1]
+
     def get_object(self, object_id: str) -> SurveyObject:
+        """The survey's object; :class:`SurveyFree` when the ranking has no survey behind it."""
         with self._lock:
             obj = self._objects.get(object_id)
             if obj is not None:
                 self._objects.move_to_end(object_id)
                 return obj
+            runs = self.synthetic_runs()
+            if runs:
+                raise SurveyFree(survey_free_message(runs))
             obj = self.reader().get(str(object_id))
             self._objects[object_id] = obj
             while len(self._objects) > 64:
@@ -305,6 +332,7 @@ class WorkspaceData:
             import pyarrow.parquet as pq
 
             ov.ranking_objects = pq.ParquetFile(rankings.systems_path(self.ws)).metadata.num_rows
+            ov.survey_free = [p.name for p in self.synthetic_runs()]
         except FMBError as exc:
             ov.ranking_problem = str(exc)
         for kind in rankings.COMPARISONS:
@@ -349,9 +377,16 @@ class WorkspaceData:
                 self._labels = None
 
 
+def survey_free_message(runs: list[Path]) -> str:
+    """What a preview says for a ranking made without a survey."""
+    names = ", ".join(f"embeddings/{p.name}" for p in runs)
+    return (f"no spectrum or image: the ranking was made from survey-free synthetic embeddings ({names}); "
+            "only scores and labels exist for its objects")
+
+
 def next_steps(ov: Overview) -> list[str]:
     steps = []
-    if not ov.surveys:
+    if not ov.surveys and not ov.survey_free:
         steps.append("create a survey: `fmb-engine data mock` (or Runs screen, stage data mock)")
     elif not ov.embeddings:
         steps.append("compute embeddings: Runs screen (R), stage embed.<model>, or `fmb-engine embed pca`")
@@ -365,7 +400,9 @@ def next_steps(ov: Overview) -> list[str]:
         steps.append("triage the top candidates: Anomalies screen (A), j/k to move, 1-9 to label")
     if ov.systems and not ov.comparisons:
         steps.append("compare systems: `fmb-engine analyze rankings` writes analysis/rankings/*.csv (Compare, C)")
-    if ov.labels:
+    if ov.survey_free:  # the synthetic files carry the truth; there is nothing to draw an object with
+        steps.append("score the systems against the injected truth: `fmb-engine evaluate`")
+    elif ov.labels:
         steps.append("export a figure of the interesting ones: Figures screen (F)")
     active = sum(n for s, n in ov.jobs.items() if s in ("PENDING", "RUNNING"))
     if active:

@@ -39,7 +39,6 @@ class RankingData:
         self.scores: dict[str, np.ndarray] = {}
         self.source_mtime = source_mtime
         self._by_rank: dict[str, np.ndarray] = {}
-        self._index: dict[str, int] | None = None
 
     @classmethod
     def from_table(cls, table: pa.Table, systems: list[str], source_mtime: float = 0.0,
@@ -97,12 +96,6 @@ class RankingData:
     def ids_at(self, rows: np.ndarray) -> list[str]:
         return self.ids.take(np.asarray(rows, dtype=np.int64)).to_pylist()
 
-    def row_of(self, object_id: str) -> int | None:
-        """Row of an object id (a one-time id -> row map, built on first use)."""
-        if self._index is None:
-            self._index = {oid: i for i, oid in enumerate(self.ids.to_pylist())}
-        return self._index.get(str(object_id))
-
     def rows_of(self, object_ids: list[str]) -> np.ndarray:
         """Rows whose id is in ``object_ids`` (vectorised, no id map)."""
         import pyarrow as pa
@@ -146,15 +139,19 @@ def describe_sources(prov: Provenance | None) -> str | None:
 def next_unlabelled(data: RankingData, order: np.ndarray, position: int, labels: dict[str, str]) -> int | None:
     """Position of the first unlabelled row after ``position`` in ``order``; None when all below are labelled.
 
-    Vectorised (one membership test over the ids), so it is instant for a million rows.
+    It runs on the event loop (a key): it reads the ids below the cursor in growing chunks and
+    stops at the first unlabelled one, so it costs the labelled rows it skips (at most the number of
+    labels), not the size of the ranking (a membership test over 10^6 ids took 40 ms).
     """
-    rest = np.asarray(order[position + 1:], dtype=np.int64)
-    if not rest.size:
-        return None
-    labelled = np.zeros(data.n, dtype=bool)
-    labelled[data.rows_of(list(labels))] = True
-    free = np.flatnonzero(~labelled[rest])
-    return None if not free.size else position + 1 + int(free[0])
+    start, chunk = position + 1, 64
+    while start < len(order):
+        rows = np.asarray(order[start:start + chunk], dtype=np.int64)
+        for i, oid in enumerate(data.ids_at(rows)):
+            if oid not in labels:
+                return start + i
+        start += rows.size
+        chunk = min(chunk * 4, 65536)
+    return None
 
 
 @dataclass(frozen=True)

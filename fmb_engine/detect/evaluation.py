@@ -28,21 +28,12 @@ from fmb_engine import lineage, locks, publish, rankings
 from fmb_engine.detect.degenerate import constancy
 from fmb_engine.detect.metrics import evaluate_scores, to_markdown
 from fmb_engine.errors import DataError
+from fmb_engine.rankings import synthetic_runs  # the rule lives with the systems table (the explorer asks it too)
 from fmb_engine.publish import StagedSet
 from fmb_engine.survey.store import SurveyReader
 from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text
 
 KS = (10, 50, 100)
-
-
-def synthetic_runs(ws: Workspace) -> list[Path]:
-    """The survey-free embedding files the systems table was made from ([] for a survey's, or no table)."""
-    path = rankings.systems_path(ws)
-    if not path.is_file():
-        return []
-    prov = rankings.provenance(ws)
-    files = [ws.folder("embeddings") / f"{model}.h5" for model in (prov.runs if prov else {})]
-    return files if files and all(p.is_file() and lineage.is_survey_free(p) for p in files) else []
 
 
 def _synthetic_truth(ws: Workspace, files: list[Path]) -> tuple[pd.DataFrame, str]:

@@ -32,9 +32,11 @@ def grid_path(ws, label: str, system: str | None) -> Path:
     return ws.folder("figures") / "outliers" / f"outliers_{tag}"
 
 
-def export_figure(ws, survey: Path, kind: str, chosen: str, system: str | None, k: int,
+def export_figure(ws, survey: Path | None, kind: str, chosen: str, system: str | None, k: int,
                   labels: dict[str, str]) -> list[Path]:
-    """Run the engine's figure door for the chosen objects; returns the files written (PNG + PDF)."""
+    """Run the engine's figure door for the chosen objects; returns the files written (PNG + PDF).
+
+    ``survey`` is needed by every figure but the heat maps (which draw only rankings)."""
     from fmb_engine.figures import run as fig
 
     if kind == "heatmaps":
@@ -142,8 +144,17 @@ class FiguresScreen(FMBScreen):
                         failed=self._export_failed)
 
     def _export(self, kind, chosen, system, k, labels):
+        from fmb_tui.data import SurveyFree, survey_free_message
+
         self.fmb.label_writer.drain()
-        return export_figure(self.fmb.workspace, self.data.survey_path(), kind, chosen, system, k, labels)
+        survey = None
+        if kind != "heatmaps":
+            runs = self.data.synthetic_runs()
+            if runs:
+                raise SurveyFree(f"the {FIGURES[kind].split(' — ')[0]} draws spectra and images — "
+                                 + survey_free_message(runs))
+            survey = self.data.survey_path()
+        return export_figure(self.fmb.workspace, survey, kind, chosen, system, k, labels)
 
     def _exported(self, paths: list[Path]) -> None:
         listing = "\n".join(escape(str(p)) for p in paths[:8]) + (f"\n… and {len(paths) - 8} more" if len(paths) > 8 else "")

@@ -49,6 +49,7 @@ class ObjectScreen(TriageMixin, FMBScreen):
         self.object_id = object_id
         self.navigator = navigator
         self.obj = None
+        self.problem = ""  # why there is no spectrum or image (no survey, not in it): said in place, not as a popup
         self.history = ""
 
     def compose(self) -> ComposeResult:
@@ -74,9 +75,9 @@ class ObjectScreen(TriageMixin, FMBScreen):
 
     def load(self, object_id: str) -> None:
         self.object_id = object_id
-        self.history = ""
+        self.obj, self.problem, self.history = None, "", ""
         self.query_one("#object-meta", Static).update(f"[b]{escape(object_id)}[/] · reading…")
-        self.background(self.data.get_object, object_id, then=self._show_object, failed=self._object_failed,
+        self.background(self._read_object, object_id, then=self._show_object, failed=self._object_failed,
                         group="object")
         self.background(self._neighbours, object_id, then=self._show_neighbours, group="neighbours")
         self.load_history()
@@ -99,17 +100,30 @@ class ObjectScreen(TriageMixin, FMBScreen):
         except FMBError as exc:
             return object_id, None, str(exc)
 
-    def _object_failed(self, error: Exception) -> None:
-        self.query_one("#object-meta", Static).update(f"[b]{escape(self.object_id)}[/] · {escape(error)}")
-        self.query_one(SpectrumPlot).show_message(str(error))
-        self.query_one(ImageView).show_message("")
+    def _read_object(self, object_id: str):
+        try:
+            return object_id, self.data.get_object(object_id), ""
+        except FMBError as exc:  # no survey behind the ranking, or not in it: the screen says so, no popup
+            return object_id, None, str(exc)
 
-    def _show_object(self, obj) -> None:
-        if obj.object_id != self.object_id:
+    def _object_failed(self, error: Exception) -> None:
+        """A bug, not a data problem: already logged and notified; the screen says so too."""
+        self._show_object((self.object_id, None, f"{type(error).__name__}: {error}"))
+
+    def _show_object(self, result) -> None:
+        object_id, obj, problem = result
+        if object_id != self.object_id:
             return
-        self.obj = obj
-        self.query_one(SpectrumPlot).set_object(obj)
-        self.query_one(ImageView).set_object(obj)
+        self.obj, self.problem = obj, problem
+        if obj is None:  # no spectrum or image: the object's ranks are what there is to show in their place
+            ranks = self.ranks_line()
+            self.query_one(SpectrumPlot).show_message(problem + (f"\n\n{ranks}" if ranks else ""))
+            self.query_one(ImageView).show_message("")
+            self.query_one("#image-title", Static).update("no image")
+        else:
+            self.query_one(SpectrumPlot).set_object(obj)
+            self.query_one(ImageView).set_object(obj)
+            self.show_band()
         self.update_meta()
 
     def _show_neighbours(self, result) -> None:
@@ -131,20 +145,22 @@ class ObjectScreen(TriageMixin, FMBScreen):
 
     def update_meta(self) -> None:
         obj = self.obj
-        if obj is None:
-            return
-        m = obj.meta
-        oid = obj.object_id
+        if obj is None and not self.problem:
+            return  # still reading
+        oid = self.object_id
         label = self.fmb.labels.get(oid)
         note = self.fmb.notes.get(oid)
-        line1 = [f"[b]{escape(oid)}[/]", f"z={_fmt(m.get('redshift'))}", f"split {escape(m.get('split', '?'))}"]
+        line1 = [f"[b]{escape(oid)}[/]"]
+        m = obj.meta if obj is not None else {}
+        if obj is not None:
+            line1 += [f"z={_fmt(m.get('redshift'))}", f"split {escape(m.get('split', '?'))}"]
         if m.get("anomaly_class"):
             line1.append(f"injected: [b]{escape(m['anomaly_class'])}[/]")
         _, system, rank = self.triage_target()
         if rank is not None:
             line1.append(f"rank {rank:,} in {escape(system)}")
-        line2 = [f"ra {_fmt(m.get('ra'), '.5f')} dec {_fmt(m.get('dec'), '.5f')}", f"logM {_fmt(m.get('logM'), '.2f')}",
-                 f"logSFR {_fmt(m.get('logSFR'), '.2f')}"]
+        line2 = [] if obj is None else [f"ra {_fmt(m.get('ra'), '.5f')} dec {_fmt(m.get('dec'), '.5f')}",
+                                        f"logM {_fmt(m.get('logM'), '.2f')}", f"logSFR {_fmt(m.get('logSFR'), '.2f')}"]
         line2.append(f"label [b]{escape(label)}[/]" if label else "unlabelled")
         if note:
             line2.append(f"note: {escape(note[:60])}")
@@ -154,6 +170,23 @@ class ObjectScreen(TriageMixin, FMBScreen):
             line2.append(f"λ {view.lo:.0f}–{view.hi:.0f} Å, smoothing {view.smoothing}")
         lines = [" · ".join(line1), " · ".join(line2)] + ([self.history] if self.history else [])
         self.query_one("#object-meta", Static).update("\n".join(lines))
+
+    def ranks_line(self) -> str | None:
+        """``ranks: syn/img/flow 12 · syn/fused/geo 3 …`` (plain text): the object's rank in every loaded
+        system of the ranking it was opened from (None when opened from a neighbour)."""
+        from fmb_tui.ranking_model import short_system
+
+        nav = self.navigator
+        data = getattr(nav, "rdata", None)
+        row = nav.table.current_row() if data is not None else None
+        if row is None or data.id_at(row) != self.object_id:
+            return None
+        parts = []
+        for system in data.systems:
+            if data.loaded(system):
+                rank = data.rank_of(system, row)
+                parts.append(f"{short_system(system)} {'-' if rank is None else f'{rank:,}'}")
+        return "ranks: " + " · ".join(parts) if parts else None
 
     # --- triage hooks ----------------------------------------------------------------------------
 

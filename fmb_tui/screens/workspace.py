@@ -23,7 +23,10 @@ def overview_renderables(ov: Overview) -> list:
         out.append(Text(title, style="bold underline"))
 
     section("Survey")
-    if not ov.surveys:
+    if not ov.surveys and ov.survey_free:
+        out.append(Text(f"  none needed: the ranking was made from survey-free synthetic embeddings "
+                        f"({', '.join(ov.survey_free)}); its objects have no spectrum or image to preview", style="dim"))
+    elif not ov.surveys:
         out.append(Text("  no survey yet", style="dim"))
     for s in ov.surveys:
         if "error" in s:
@@ -93,7 +96,9 @@ class WorkspaceScreen(FMBScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.action_reload()
+        # after the first frame: the overview's reads import pandas, pyarrow and h5py, which would hold
+        # the GIL while this screen is painted for the first time
+        self.call_after_refresh(self.action_reload)
 
     def on_screen_resume(self) -> None:
         if self.is_mounted:

@@ -91,6 +91,24 @@ def test_order_by_rank_sort_and_filters():
     assert "label lens" in spec.with_(labels=frozenset({"lens"})).describe()
 
 
+def test_next_unlabelled_reads_only_what_it_skips(monkeypatch):
+    data = ranking(n=5000)
+    order = rm.compute_order(data, rm.ViewSpec("a/fused/geo"), {})
+    ids = data.ids_at(order)
+    labels = {oid: "normal" for oid in ids[1:400]}  # a run of labelled rows across several chunks
+    labels[ids[401]] = "lens"
+    assert rm.next_unlabelled(data, order, 0, labels) == 400
+    assert rm.next_unlabelled(data, order, 400, labels) == 402
+    assert rm.next_unlabelled(data, order, -1, labels) == 0
+    assert rm.next_unlabelled(data, order, len(order) - 1, {}) is None
+    assert rm.next_unlabelled(data, order, 0, {oid: "x" for oid in ids}) is None
+    read = []
+    original = data.ids_at
+    monkeypatch.setattr(data, "ids_at", lambda rows: read.append(len(rows)) or original(rows))
+    assert rm.next_unlabelled(data, order, 0, labels) == 400
+    assert sum(read) < 1500  # the labelled run and one chunk past it, never the 5,000 rows
+
+
 def test_row_formatter_and_columns():
     data = ranking(systems=("a/image/flow", "a/fused/geo", "b/joint/knn"))
     cols = rm.columns(data, "a/fused/geo")
