@@ -8,7 +8,7 @@ contiguous range of rows — straight from the file, so memory is one block, wha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,15 +45,23 @@ class EmbeddingRows:
             block = self._range(at)
         else:
             at = self.keep[np.asarray(index, dtype=np.int64)]
-            block = self._join([self.reader.take(m, at) for m in self.modalities])
+            block = self._join(lambda m: self.reader.take(m, at))
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
             self.not_finite.append(at[bad])
             block[bad] = 0.0
         return block
 
-    def _join(self, parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts, axis=1)
+    def _join(self, read: Callable[[str], np.ndarray]) -> np.ndarray:
+        """The modalities side by side, each copied in as it is read: one modality's rows in flight."""
+        block, column = None, 0
+        for modality in self.modalities:
+            part = read(modality)
+            if block is None:
+                block = np.empty((part.shape[0], self.shape[1]), dtype=np.float32)
+            block[:, column:column + part.shape[1]] = part
+            column += part.shape[1]
+        return block
 
     def _range(self, at: np.ndarray) -> np.ndarray:
         """The file rows ``at`` (increasing, from one slice of ``keep``) read as contiguous ranges."""
@@ -61,11 +69,11 @@ class EmbeddingRows:
             return np.zeros((0, self.shape[1]), np.float32)
         lo, hi = int(at[0]), int(at[-1]) + 1
         if hi - lo == at.size:  # no gap: one read per modality
-            return self._join([self.reader.read(m, lo, hi) for m in self.modalities])
+            return self._join(lambda m: self.reader.read(m, lo, hi))
         pieces = []
         for first in range(lo, hi, self.window):
             last = min(first + self.window, hi)
             inside = at[np.searchsorted(at, first):np.searchsorted(at, last)] - first
             if inside.size:
-                pieces.append(self._join([self.reader.read(m, first, last)[inside] for m in self.modalities]))
+                pieces.append(self._join(lambda m: self.reader.read(m, first, last)[inside]))
         return np.concatenate(pieces, axis=0)
