@@ -88,8 +88,9 @@ class Features:
         Z = np.empty((n, self.projection_.shape[1]), dtype=np.float32)
         offset = self.mean_ @ self.projection_  # centring after the product: no centred copy of X
         for start in range(0, n, BLOCK):
-            rows = np.asarray(X[start:start + BLOCK], dtype=np.float32)
-            np.matmul(rows, self.projection_, out=Z[start:start + BLOCK])
+            # the block is a temporary: freed before the next one is read (one block in memory, not two)
+            np.matmul(np.asarray(X[start:start + BLOCK], dtype=np.float32), self.projection_,
+                      out=Z[start:start + BLOCK])
             Z[start:start + BLOCK] -= offset
         bad = ~np.isfinite(Z).all(1)
         if bad.any():
