@@ -6,11 +6,17 @@ distances comparable across runs, and makes one re-rank at 10^6 objects a few ma
 fitted on at most ``fit_rows`` rows drawn with ``seed`` (the only thing the seed changes here, and only when
 the run has more rows than that), then applied to every row in float32 blocks, so memory beyond the input is
 one block plus the (N, dims) result.
+
+``fit`` and ``transform`` take an (N, D) array, or any matrix read on demand that has ``shape`` and answers
+``X[rows]`` (increasing row positions) and ``X[start:stop]`` with float32 rows, such as
+:class:`~fmb_engine.discover.rows.EmbeddingRows` over an embedding file: then only the fitted sample and one
+block are in memory, and the arithmetic is the same as on the array, so Z is the same bit for bit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +53,9 @@ class Features:
     fit_rows: int = 10_000
     seed: int = 0
 
-    def fit(self, X: np.ndarray) -> Features:
-        """Learn the centre and the whitened principal axes from a seeded subsample of ``X`` (N, D).
+    def fit(self, X: np.ndarray | Any) -> Features:
+        """Learn the centre and the whitened principal axes from a seeded subsample of ``X`` (N, D); only
+        those rows are read.
 
         A randomized SVD with a few power iterations (Halko et al. 2011): the leading components of a
         768-dim embedding come out as from a full PCA at a fraction of its cost.
@@ -75,14 +82,15 @@ class Features:
         self.fitted_rows_ = int(rows.size)
         return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
+    def transform(self, X: np.ndarray | Any) -> np.ndarray:
         """Z (N, dims) float32, block by block; a non-finite input row is an error naming the row."""
         n = X.shape[0]
         Z = np.empty((n, self.projection_.shape[1]), dtype=np.float32)
         offset = self.mean_ @ self.projection_  # centring after the product: no centred copy of X
         for start in range(0, n, BLOCK):
-            rows = np.asarray(X[start:start + BLOCK], dtype=np.float32)
-            np.matmul(rows, self.projection_, out=Z[start:start + BLOCK])
+            # the block is a temporary: freed before the next one is read (one block in memory, not two)
+            np.matmul(np.asarray(X[start:start + BLOCK], dtype=np.float32), self.projection_,
+                      out=Z[start:start + BLOCK])
             Z[start:start + BLOCK] -= offset
         bad = ~np.isfinite(Z).all(1)
         if bad.any():
@@ -90,5 +98,5 @@ class Features:
                             "drop such rows before re-ranking")
         return Z
 
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+    def fit_transform(self, X: np.ndarray | Any) -> np.ndarray:
         return self.fit(X).transform(X)

@@ -44,17 +44,39 @@ def rerank(X: np.ndarray, base: np.ndarray, rows: np.ndarray, relevance: np.ndar
     """
     from threadpoolctl import threadpool_limits
 
+    check_strategy(strategy)
+    if len(X.shape) != 2:
+        raise DataError(f"the embedding must be a matrix (objects x dims), got shape {tuple(X.shape)}")
+    features = features or Features(seed=seed)
     with threadpool_limits(threads):
-        return _rerank(X, base, rows, relevance, strategy, seed, params, features)
+        t0 = time.perf_counter()
+        Z = features.fit_transform(X)
+        return _rerank(Z, base, rows, relevance, strategy, seed, params, features, time.perf_counter() - t0)
 
 
-def _rerank(X, base, rows, relevance, strategy, seed, params, features) -> Reranked:
+def rerank_features(Z: np.ndarray, base: np.ndarray, rows: np.ndarray, relevance: np.ndarray, features: Features,
+                    strategy: str = "default", seed: int = 0, params: dict | None = None,
+                    threads: int | None = 1, seconds: float = 0.0) -> Reranked:
+    """:func:`rerank` on features computed already: ``Z`` (N, dims) from the fitted ``features``, which took
+    ``seconds`` (recorded). The stage reduces an embedding file block by block itself, then calls this."""
+    from threadpoolctl import threadpool_limits
+
+    check_strategy(strategy)
+    with threadpool_limits(threads):
+        return _rerank(Z, base, rows, relevance, strategy, seed, params, features, seconds)
+
+
+def check_strategy(strategy: str) -> str:
+    """The strategy's resolved name; an unknown one is a ConfigError listing the choices."""
     name = DEFAULT if strategy == "default" else strategy
     if name not in STRATEGIES:
         raise ConfigError(f"unknown discovery strategy {strategy!r}; choose from default, {', '.join(STRATEGIES)}")
-    if X.ndim != 2:
-        raise DataError(f"the embedding must be a matrix (objects x dims), got shape {tuple(X.shape)}")
-    n = X.shape[0]
+    return name
+
+
+def _rerank(Z, base, rows, relevance, strategy, seed, params, features, feature_seconds) -> Reranked:
+    name = check_strategy(strategy)
+    n = Z.shape[0]
     base = np.asarray(base, dtype=np.float64)
     rows = np.asarray(rows, dtype=np.int64)
     relevance = np.asarray(relevance, dtype=np.float64)
@@ -68,15 +90,12 @@ def _rerank(X, base, rows, relevance, strategy, seed, params, features) -> Reran
         raise DataError("a labelled row appears twice: give one relevance per object")
     if rows.size and not (np.isfinite(relevance).all() and relevance.min() >= 0 and relevance.max() <= 1):
         raise DataError("relevance values must lie in [0, 1]")
-    features = features or Features(seed=seed)
-    t0 = time.perf_counter()
-    Z = features.fit_transform(X)
     t1 = time.perf_counter()
     model = make(name, seed=seed, **(params or {})).fit(Z, base, rows, relevance)
     t2 = time.perf_counter()
     score = model.score(Z, base)
     t3 = time.perf_counter()
-    seconds = {"features": t1 - t0, "fit": t2 - t1, "score": t3 - t2}
+    seconds = {"features": feature_seconds, "fit": t2 - t1, "score": t3 - t2}
     used = {k: getattr(model, k) for k in model.__dataclass_fields__ if k not in ("name", "fallback", "notes")}
     return Reranked(score=score, strategy=name, params=used, seed=seed, labels=int(rows.size),
                     relevant=int((relevance >= 0.5).sum()), fallback=getattr(model, "fallback", None),

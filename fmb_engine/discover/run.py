@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 
 from fmb_engine import locks
 from fmb_engine.config import Resolved
+from fmb_engine.discover.features import Features
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
@@ -47,13 +49,15 @@ EXAMPLES = 10
 
 @dataclass
 class Problem:
-    """What the strategy learns on: one run's finite feature rows and the base scores of those rows."""
+    """What the strategy learns on: one run's finite rows reduced to features, and their base scores."""
 
     system: str  # the base system
     model: str
     modalities: list[str]
     object_ids: np.ndarray  # (N,) str, rows with a finite vector in every modality used
-    X: np.ndarray  # (N, D) float32
+    Z: np.ndarray  # (N, dims) float32, the features of those rows
+    features: Features  # fitted on them
+    seconds: float  # the features took
     base: np.ndarray  # (N,) float64, NaN where the base system has no score
     not_finite: np.ndarray  # ids of the run's rows left out (a non-finite vector)
 
@@ -76,9 +80,33 @@ def choose_base(systems: list[str], model: str = "", system: str = "", fusion: s
     return default_system(own, preferred if preferred in own else None)
 
 
+def embedding_features(reader: Any, modalities: list[str], features: Features) -> tuple[np.ndarray, np.ndarray]:
+    """Fit ``features`` on the rows of ``reader`` finite in every one of ``modalities`` (concatenated) and
+    reduce those rows: (Z, their file positions), read block by block, never the whole file.
+
+    The rows are taken as all finite first, which one pass checks; a run with non-finite rows is reduced
+    again without them (a second pass), so the sample and Z are exactly those of the finite rows alone.
+    """
+    from fmb_engine.discover.rows import EmbeddingRows
+
+    rows = EmbeddingRows(reader, modalities)
+    Z = features.fit_transform(rows)
+    if rows.not_finite:
+        finite = np.ones(reader.n_objects, dtype=bool)
+        finite[np.concatenate(rows.not_finite)] = False
+        rows = EmbeddingRows(reader, modalities, np.flatnonzero(finite))
+        Z = features.fit_transform(rows)
+    return Z, rows.keep
+
+
 def load_problem(ws: Workspace, cfg: Any, survey: Path | None = None, manifest: RunManifest | None = None) -> Problem:
-    """Read the base system and the features' source rows named by the ``discover`` settings ``cfg``;
-    ``manifest`` gets the inputs and the rows left out (a non-finite vector), with example ids."""
+    """Read the base system and reduce the embedding rows named by the ``discover`` settings ``cfg`` to
+    features (``cfg.dims``, ``cfg.fit_rows``, ``cfg.seed``; one BLAS thread); ``manifest`` gets the inputs
+    and the rows left out (a non-finite vector), with example ids."""
+    import time
+
+    from threadpoolctl import threadpool_limits
+
     from fmb_engine import lineage
     from fmb_engine.config import load
     from fmb_engine.embed.store import EmbeddingReader
@@ -96,11 +124,16 @@ def load_problem(ws: Workspace, cfg: Any, survey: Path | None = None, manifest: 
             raise ConfigError(f"discover.modalities {cfg.modalities} not in {path.name} "
                               f"(it holds {', '.join(reader.meta.modalities)})")
         ids = reader.object_ids.astype(str)
-        X = np.concatenate([np.asarray(reader.load(m), dtype=np.float32) for m in held], axis=1)
-    finite = np.isfinite(X).all(axis=1)
+        features = Features(dims=cfg.dims, fit_rows=cfg.fit_rows, seed=cfg.seed)
+        started = time.perf_counter()
+        with (manifest.phase("features") if manifest is not None else nullcontext()), threadpool_limits(1):
+            Z, kept = embedding_features(reader, held, features)
+        seconds = time.perf_counter() - started
+    finite = np.zeros(ids.size, dtype=bool)
+    finite[kept] = True
     scores = load_rankings(ws, [system], survey).set_index("object_id")[SCORE_PREFIX + system]
     base = scores.reindex(ids[finite]).to_numpy(dtype=np.float64)
-    problem = Problem(system, model, held, ids[finite], X[finite], base, ids[~finite])
+    problem = Problem(system, model, held, ids[finite], Z, features, seconds, base, ids[~finite])
     if manifest is not None:
         manifest.input("embeddings", path, digest=lineage.embedding_identity(path))  # no re-hash of GBs per re-rank
         manifest.input("systems", systems_path(ws))
@@ -134,9 +167,8 @@ def rerank(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
            survey: Path | None = None) -> StageResult:
     """Re-rank the objects of one embedding run by the workspace's labels; a new system in systems.parquet."""
     from fmb_engine.detect.tables import rank_descending
-    from fmb_engine.discover.features import Features
     from fmb_engine.discover.relevance import targets
-    from fmb_engine.discover.rerank import rerank as rerank_arrays
+    from fmb_engine.discover.rerank import rerank_features
 
     cfg = resolved.values
     reporter = reporter or Silent()
@@ -153,9 +185,8 @@ def rerank(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None,
                                   "users": users})
         with manifest.phase("rerank"):
             try:
-                done = rerank_arrays(problem.X, problem.base, t.rows, t.relevance, cfg.strategy, seed=cfg.seed,
-                                     params=dict(cfg.params),
-                                     features=Features(dims=cfg.dims, fit_rows=cfg.fit_rows, seed=cfg.seed))
+                done = rerank_features(problem.Z, problem.base, t.rows, t.relevance, problem.features, cfg.strategy,
+                                       seed=cfg.seed, params=dict(cfg.params), seconds=problem.seconds)
             except TypeError as exc:  # a parameter the strategy does not have
                 raise ConfigError(f"discover.params {cfg.params} do not fit strategy {cfg.strategy!r}: {exc}") from None
         manifest.setting("features", done.features)
@@ -223,7 +254,6 @@ def simulate(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None
     (mean and std over seeds at 50/100/200 inspections) and ``figures/discovery_curves.png|pdf``."""
     from threadpoolctl import threadpool_limits
 
-    from fmb_engine.discover.features import Features
     from fmb_engine.discover.simulate import CHECKPOINTS, simulate as run_curves, summarize
     from fmb_engine.figures.discovery import discovery_figure
 
@@ -241,9 +271,7 @@ def simulate(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None
         interesting = np.isin(classes, list(cfg.interesting))
         manifest.count("objects", int(classes.size))
         manifest.count("interesting", int(interesting.sum()))
-        with manifest.phase("features"), threadpool_limits(1):
-            features = Features(dims=cfg.dims, fit_rows=cfg.fit_rows, seed=cfg.seed)
-            Z = features.fit_transform(problem.X)
+        Z = problem.Z
         runs = len(cfg.strategies) * cfg.seeds
         with manifest.phase("curves"), threadpool_limits(1), reporter.task("discovery curves", total=runs) as step:
             curves = run_curves(Z, problem.base, interesting, cfg.strategies, seeds=range(cfg.seed, cfg.seed + cfg.seeds),
@@ -296,5 +324,5 @@ def write_active(ws: Workspace, name: str, object_ids: np.ndarray, score: np.nda
     return path
 
 
-__all__ = ["Problem", "active_system", "choose_base", "labels_digest", "load_problem", "read_labels", "read_truth",
+__all__ = ["Problem", "active_system", "choose_base", "embedding_features", "labels_digest", "load_problem", "read_labels", "read_truth",
            "rerank", "simulate", "write_active"]

@@ -344,6 +344,15 @@ class EmbeddingReader:
             ds.read_direct(out, np.s_[start:stop])
         return out
 
+    def take(self, modality: str, rows: np.ndarray) -> np.ndarray:
+        """The rows at increasing positions ``rows`` of one modality as float32 (one selection read: a
+        sample of a big file without reading the rest)."""
+        ds = self._check(modality)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, ds.shape[1]), np.float32)
+        return np.asarray(ds[rows], dtype=np.float32)
+
     def load_all(self, modalities: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         return {m: self.load(m) for m in (modalities or self.modalities)}
 
