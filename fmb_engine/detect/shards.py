@@ -257,6 +257,21 @@ def model_names(ws: Workspace, resolved: Resolved) -> list[str]:
     return [p.stem for p in embedding_runs(ws, resolved.values.models)]  # type: ignore[attr-defined]
 
 
+def idle_shards_note(ws: Workspace, resolved: Resolved, shards: int) -> str | None:
+    """Why some of ``shards`` tasks will have no rows to score (shards are whole chunks), or None."""
+    chunk_rows = resolved.values.chunk_rows
+    largest = 0
+    for model in model_names(ws, resolved):
+        with EmbeddingReader(ws.folder("embeddings") / f"{model}.h5") as reader:
+            largest = max(largest, reader.n_objects)
+    chunks = -(-largest // chunk_rows)
+    if chunks >= shards:
+        return None
+    return (f"{largest:,} objects make {chunks} chunk(s) of detect.chunk_rows={chunk_rows:,} rows and a shard is whole "
+            f"chunks: {shards - chunks} of the {shards} shard tasks have nothing to score (lower --shards or "
+            "detect.chunk_rows)")
+
+
 def modalities_of(ws: Workspace, model: str) -> list[str]:
     with EmbeddingReader(ws.folder("embeddings") / f"{model}.h5") as reader:
         return list(reader.meta.modalities)

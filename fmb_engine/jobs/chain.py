@@ -167,6 +167,7 @@ def submit_sharded_detect(ws: Workspace, resolved: Resolved, parts: tuple[str, .
     record = config_record(resolved)
     values, sources = record["values"], record["sources"]
     survey_arg = str(survey) if survey is not None else None
+    idle = sharded.idle_shards_note(ws, resolved, shards)
     run_id = new_run_id(SHARDED_STAGE)
     merge_args = (str(ws.root), run_id, values, sources, tuple(parts), shards, survey_arg)
     if not choice.kind.chains:
@@ -174,8 +175,9 @@ def submit_sharded_detect(ws: Workspace, resolved: Resolved, parts: tuple[str, .
                      snapshot=record, job_name="fmb-detect-sharded")
         sub.notes.append(f"the {choice.name} executor cannot chain jobs: one job runs the fit, shard and merge "
                          "phases in order")
+        sub.notes += [idle] if idle else []
         return sub
-    notes = [choice.note, *check_settings(choice, jobs, ws)]
+    notes = [choice.note, *check_settings(choice, jobs, ws), *([idle] if idle else [])]
     calls = sharded.phase_calls(ws, resolved, run_id, tuple(parts), shards, survey_arg)
     fits = [make_call(fn, args, None, SHARDED_STAGE) for fn, arg_list in calls[:2] for args in arg_list]
     shard_calls = [make_call(calls[2][0], args, None, SHARDED_STAGE) for args in calls[2][1]]

@@ -72,6 +72,14 @@ def test_sharded_run_writes_the_one_node_outputs_bit_for_bit(embedded, fit_max, 
     assert one_node["knn_baseline"]["synthetic/image"]["backend"] == knn
 
 
+def test_more_shards_than_chunks_are_announced_not_refused(embedded):
+    """1,100 objects in chunks of 128 rows are 9 chunks: 12 shards leave 3 tasks with nothing to score, and say so."""
+    resolved = load("detect", embedded, cli=FAST | {"fit_max_objects": 400})
+    assert shards.idle_shards_note(embedded, resolved, 9) is None
+    note = shards.idle_shards_note(embedded, resolved, 12)
+    assert "9 chunk(s) of detect.chunk_rows=128" in note and "3 of the 12 shard tasks have nothing to score" in note
+
+
 def test_sharded_run_is_one_registry_run_whose_tasks_name_their_phase(embedded):
     resolved = load("detect", embedded, cli=FAST | {"fit_max_objects": 400})
     sub = submit_sharded_detect(embedded, resolved, ("flows", "mismatch", "fuse"), 2, "debug", DEBUG)
