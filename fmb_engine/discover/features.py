@@ -29,11 +29,17 @@ def orthonormal(Y: np.ndarray) -> np.ndarray:
     """An orthonormal basis of the columns of the tall ``Y`` by Cholesky QR.
 
     The small Gram matrix is factored in float64; only matrix products touch the tall matrix. (LAPACK's
-    threaded QR of a tall float32 matrix took 0.4-1.3 s on a busy 2-core machine, this takes 0.02 s.)
+    threaded QR of a tall float32 matrix took 0.4-1.3 s on a busy 2-core machine, this takes 0.02 s.) When
+    the float32 Gram matrix is not positive definite (columns whose scales differ by orders of magnitude),
+    a Householder QR in float64 gives the basis instead.
     """
     gram = (Y.T @ Y).astype(np.float64)
     gram[np.diag_indices_from(gram)] += 1e-10 * max(np.trace(gram), 1e-300)
-    return Y @ np.linalg.inv(np.linalg.cholesky(gram).T).astype(Y.dtype)
+    try:
+        factor = np.linalg.cholesky(gram)
+    except np.linalg.LinAlgError:  # columns of very different scales: the float32 Gram lost definiteness
+        return np.linalg.qr(Y.astype(np.float64))[0].astype(Y.dtype)
+    return Y @ np.linalg.inv(factor.T).astype(Y.dtype)
 
 
 def principal_axes(A: np.ndarray, k: int, rng: np.random.Generator, oversample: int = 10,

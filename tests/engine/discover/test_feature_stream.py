@@ -88,3 +88,14 @@ def test_array_features_still_name_the_non_finite_row_and_the_file_path_drops_it
         rows = EmbeddingRows(reader, ["image"])
         Features(dims=3, fit_rows=100).fit_transform(rows)
     assert np.concatenate(rows.not_finite).tolist().count(77) >= 1
+
+
+def test_features_fit_columns_of_very_different_scales():
+    """Scales 3^-k over 15 columns make the float32 Gram matrix of the range finder indefinite: the fit falls
+    back to a Householder QR instead of failing, and the leading axis is still the widest column."""
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((500, 15)) * (3.0 ** -np.arange(15))).astype(np.float32)
+    features = Features(dims=15).fit(X)
+    Z = features.transform(X)
+    assert np.isfinite(Z).all()
+    assert np.argmax(np.abs(features.projection_[:, 0])) == 0
