@@ -67,7 +67,7 @@ def test_sharded_run_writes_the_one_node_outputs_bit_for_bit(embedded, fit_max, 
         assert all(np.array_equal(v, sharded_flows[name][k]) for k, v in state.items()), name
     assert not shards.work_folder(embedded, sub.run_id).exists()  # removed after a successful merge
     manifest = json.loads(sorted(embedded.root.glob("runs/*detect*.json"))[-1].read_text())
-    assert manifest["counts"][f"fit_rows:synthetic"]["image"] == min(fit_max, OBJECTS)
+    assert manifest["counts"]["fit_rows:synthetic"]["image"] == min(fit_max, OBJECTS)
     one_node = json.loads(sorted(embedded.root.glob("runs/*detect*.json"))[-2].read_text())
     assert one_node["knn_baseline"]["synthetic/image"]["backend"] == knn
 
