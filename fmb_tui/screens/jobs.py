@@ -37,8 +37,9 @@ def limit_of(params: dict) -> str:
     return f"{m // 60}:{m % 60:02d}:00"
 
 
-def job_row(job, params: dict, now: float) -> tuple:
-    """The table cells of one job; every text is literal (reasons, errors and node lists contain brackets)."""
+def job_row(job, params: dict, now: float, phase: str | None = None) -> tuple:
+    """The table cells of one job; every text is literal (reasons, errors and node lists contain brackets).
+    ``phase`` names the task's part of a chained run (``fit``, ``shard 2/4``, ``merge``), as ``jobs show`` does."""
     state = State(job.state)  # the registry reads a state this version does not know as UNKNOWN
     if state is State.PENDING:
         detail = explain_reason(job.reason) or (job.reason or "")
@@ -47,7 +48,7 @@ def job_row(job, params: dict, now: float) -> tuple:
     return (
         Text(str(job.stage or "?")),
         Text(str(job.job_id)),
-        str(job.task_index) + (f"·{job.attempt}" if job.attempt > 1 else ""),
+        str(job.task_index) + (f"·{job.attempt}" if job.attempt > 1 else "") + (f" {phase}" if phase else ""),
         Text(state.value, style=COLOURS.get(state, "")),
         f"{elapsed(job.started, job.ended, now)}/{limit_of(params)}",
         Text(str(detail)),
@@ -72,6 +73,7 @@ class JobsScreen(FMBScreen):
         self._order: list[str] = []
         self.jobs: dict[str, object] = {}
         self.params: dict[str, dict] = {}
+        self.runs: dict[str, object] = {}
         self.stream = "stdout"
         self._log_key: str | None = None
         self._log_offset = -1
@@ -88,7 +90,7 @@ class JobsScreen(FMBScreen):
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         # fixed widths: columns never jump around as states change (long errors are in the log pane)
-        widths = {"stage": 14, "job": 12, "task": 4, "state": 13, "time": 15, "detail": 40, "node": 12}
+        widths = {"stage": 14, "job": 12, "task": 14, "state": 13, "time": 15, "detail": 30, "node": 12}
         for key, title in COLUMNS:
             table.add_column(title, key=key, width=widths.get(key))
         table.focus()
@@ -147,6 +149,7 @@ class JobsScreen(FMBScreen):
             return
         report, runs, jobs = result
         self.params = {r.run_id: r.params for r in runs}
+        self.runs = {r.run_id: r for r in runs}
         self.apply(jobs)
         active = sum(1 for j in jobs if j.active)
         problems = f" · [yellow]{escape('; '.join(report.problems)[:120])}[/]" if report.problems else ""
@@ -160,8 +163,12 @@ class JobsScreen(FMBScreen):
         """Update the table by diff: changed cells only; rebuild when the set of jobs changed."""
         table = self.query_one(DataTable)
         now = clock.now()
-        rows = {str(j.key): job_row(j, self.params.get(j.run_id, {}), now) for j in jobs}
-        order = [str(j.key) for j in sorted(jobs, key=lambda j: (-(j.submitted or 0), j.run_id, j.task_index))]
+        runs = self.runs
+        rows = {str(j.key): job_row(j, self.params.get(j.run_id, {}), now,
+                                    runs[j.run_id].phase_of(j.task_index) if j.run_id in runs else None) for j in jobs}
+        # newest run first, its tasks in order (a chain's phases are submitted at different times)
+        order = [str(j.key) for j in sorted(jobs, key=lambda j: (-(getattr(runs.get(j.run_id), "created", None)
+                                                                     or j.submitted or 0), j.run_id, j.task_index))]
         self.jobs = {str(j.key): j for j in jobs}
         with self.app.batch_update():
             if order != self._order:

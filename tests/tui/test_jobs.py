@@ -1,6 +1,7 @@
 """Jobs screen: the registry, one poll at a time, diffs, logs, cancel and resubmit with confirmation."""
 
 import pytest
+from textual.widgets import DataTable
 
 from fmb_engine.jobs.submission import submit
 from fmb_engine.jobs.registry import open_registry
@@ -122,3 +123,7 @@ async def test_a_sharded_detect_shows_as_the_tasks_of_one_run(workspace, config)
         assert sorted(j.task_index for j in screen.jobs.values()) == list(range(6))  # 3 fits, 2 shards, merge
         text = screen_text(app)
         assert "detect.sharded" in text and "6 job(s), 0 active" in text and "FAILED" not in text
+        # each task says its phase, as `jobs show` does, and the run's tasks are listed in order
+        table = screen.query_one(DataTable)
+        tasks = [str(table.get_row_at(i)[2]) for i in range(table.row_count)]
+        assert tasks == ["0 fit", "1 fit", "2 fit", "3 shard 0/2", "4 shard 1/2", "5 merge"]
