@@ -2,7 +2,6 @@
 scores against exact search, the backend choice and its manifest record (force approx at small N)."""
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from fmb_engine.embed.synthetic import SyntheticSpec
 from fmb_engine.embed.synthetic_file import write_synthetic
 from fmb_engine.errors import ConfigError
 from fmb_engine.workspace import Workspace
+from tests.engine.detect.manifests import detect_manifests
 
 pytest.importorskip("faiss")  # the ann extra (the no-faiss paths are simulated below)
 
@@ -71,7 +71,7 @@ FAST = {"epochs": 2, "iforest_trees": 20, "n_jobs": 1, "top_k": 20, "fit_max_obj
 
 def _run(ws, **cli) -> dict:
     detect(ws, load("detect", ws, cli=FAST | cli))
-    return json.loads(sorted(ws.root.glob("runs/*detect*.json"))[-1].read_text())
+    return detect_manifests(ws)[-1]
 
 
 def _knn_scores(ws):

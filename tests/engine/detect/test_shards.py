@@ -1,6 +1,5 @@
 """Sharded detect: the chained phases give the one-node run's ranks and scores bit for bit, and resume."""
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from fmb_engine.jobs.registry import open_registry
 from fmb_engine.jobs.states import State
 from fmb_engine.stage_run import config_record
 from fmb_engine.workspace import Workspace
+from tests.engine.detect.manifests import detect_manifests
 
 OBJECTS = 1100
 FAST = {"epochs": 2, "iforest_trees": 30, "n_jobs": 1, "top_k": 20, "chunk_rows": 128}
@@ -66,9 +66,8 @@ def test_sharded_run_writes_the_one_node_outputs_bit_for_bit(embedded, fit_max, 
         assert state.keys() == sharded_flows[name].keys()
         assert all(np.array_equal(v, sharded_flows[name][k]) for k, v in state.items()), name
     assert not shards.work_folder(embedded, sub.run_id).exists()  # removed after a successful merge
-    manifest = json.loads(sorted(embedded.root.glob("runs/*detect*.json"))[-1].read_text())
+    one_node, manifest = detect_manifests(embedded)[-2:]
     assert manifest["counts"]["fit_rows:synthetic"]["image"] == min(fit_max, OBJECTS)
-    one_node = json.loads(sorted(embedded.root.glob("runs/*detect*.json"))[-2].read_text())
     assert one_node["knn_baseline"]["synthetic/image"]["backend"] == knn
 
 

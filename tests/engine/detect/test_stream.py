@@ -1,6 +1,5 @@
 """Detection in bounded memory: the seeded fit sample, chunked reads, and ranks that do not depend on the chunk size."""
 
-import json
 
 import h5py
 import numpy as np
@@ -21,6 +20,7 @@ from fmb_engine.embed.synthetic import SyntheticSpec
 from fmb_engine.embed.synthetic_file import write_synthetic
 from fmb_engine.detect.tables import rank_descending
 from fmb_engine.workspace import Workspace
+from tests.engine.detect.manifests import detect_manifests
 
 FAST = {"epochs": 2, "iforest_trees": 30, "n_jobs": 1, "top_k": 20}
 DIMS = {"image": 24, "spectrum": 24, "joint": 40}
@@ -43,7 +43,7 @@ def _systems(ws: Workspace, **cfg) -> pd.DataFrame:
 
 
 def _manifest(ws: Workspace) -> dict:
-    return json.loads(sorted(ws.root.glob("runs/*detect*.json"))[-1].read_text())
+    return detect_manifests(ws)[-1]
 
 
 def test_fit_sample_is_every_usable_row_up_to_the_cap_then_the_smallest_keys():
