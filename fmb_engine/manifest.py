@@ -160,6 +160,16 @@ COMMON_FIELDS = frozenset({"run_id", "stage", "status", "error", "started", "fin
                            "skipped_systems"})
 
 
+def _started_then_written(path: Path) -> tuple[str, int]:
+    """A manifest's order: its name's start time (to the second), then when it was last written, so two
+    runs started in the same second are not ordered by their names' random suffixes."""
+    try:
+        written = path.stat().st_mtime_ns
+    except OSError:  # removed meanwhile: read_manifests reports it as unreadable
+        written = 0
+    return path.name[:15], written
+
+
 def read_manifests(workspace: Workspace) -> list[dict[str, Any]]:
     """All manifests of a workspace, newest first.
 
@@ -168,7 +178,7 @@ def read_manifests(workspace: Workspace) -> list[dict[str, Any]]:
     show it instead of hiding it or failing on it.
     """
     out = []
-    for path in sorted(workspace.folder("runs").glob("*.json"), reverse=True):
+    for path in sorted(workspace.folder("runs").glob("*.json"), key=_started_then_written, reverse=True):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:  # JSON or UTF-8 errors, unreadable file

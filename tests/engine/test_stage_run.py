@@ -257,3 +257,17 @@ def test_no_stage_writes_a_manifest_on_its_own():
                 found.append(f"{path.name}:{node.lineno}: manifest.data[...] = ...")
     assert found == []
 
+
+
+def test_manifests_of_one_second_are_newest_first_by_write_time(tmp_path):
+    """Names carry the start time to the second and a random suffix: two runs of the same second are
+    ordered by when their manifests were written, not by the suffix."""
+    import os
+
+    ws = Workspace.init(tmp_path / "ws")
+    runs = ws.folder("runs")
+    for i, name in enumerate(["20261204T120000-detect-ffffff.json", "20261204T120000-detect-000000.json"]):
+        (runs / name).write_text(f'{{"run_id": "{i}"}}')
+        os.utime(runs / name, ns=(10**18 + i, 10**18 + i))
+    (runs / "20261204T115959-embed-aaaaaa.json").write_text('{"run_id": "older"}')
+    assert [m["run_id"] for m in read_manifests(ws)] == ["1", "0", "older"]
