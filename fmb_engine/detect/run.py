@@ -288,9 +288,7 @@ def score_rows(reader: EmbeddingReader, modalities: tuple[str, ...], keep: np.nd
     todo = np.zeros_like(keep)
     todo[start:stop] = keep[start:stop]
     todo[sample] = False
-    empty = np.zeros(0, dtype=np.int64)
-    return streamed_scores(reader, modalities, todo, empty, {name: np.zeros(0) for name in scorers}, scorers,
-                           chunk_rows)
+    return streamed_scores(reader, modalities, todo, scorers, chunk_rows)
 
 
 class InProcess:

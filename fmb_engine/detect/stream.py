@@ -96,27 +96,18 @@ def gather(reader: EmbeddingReader, modality: str, rows: np.ndarray, chunk_rows:
     return out
 
 
-def streamed_scores(reader: EmbeddingReader, modalities: tuple[str, ...], keep: np.ndarray, sample: np.ndarray,
-                    fit_scores: dict[str, np.ndarray], scorers: dict[str, Callable[..., np.ndarray]],
-                    chunk_rows: int) -> dict[str, np.ndarray]:
-    """Scores of every usable row (in row order): the sample's from ``fit_scores``, the others computed chunk by chunk.
+def streamed_scores(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mask: np.ndarray,
+                    scorers: dict[str, Callable[..., np.ndarray]], chunk_rows: int) -> dict[str, np.ndarray]:
+    """Scores of the rows in ``rows_mask`` (in row order), computed chunk by chunk from the file.
 
     ``scorers`` map a name to a function of the chunk's vectors (one array per modality in
-    ``modalities``, usable rows only) returning one score per row; ``fit_scores`` holds the
-    same names' scores of the sample rows (``sample`` must be a subset of the ``keep`` rows).
-    When the sample is every usable row nothing is read.
+    ``modalities``, the masked rows only) returning one score per row. Chunks without a masked
+    row are not read.
     """
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(rows_mask)
     out = {name: np.empty(rows.shape[0], dtype=np.float64) for name in scorers}
-    in_sample = np.zeros(keep.shape[0], dtype=bool)
-    in_sample[sample] = True
-    sample_pos = np.searchsorted(rows, sample)
-    for name in scorers:
-        out[name][sample_pos] = fit_scores[name]
-    if sample.shape[0] == rows.shape[0]:
-        return out
-    for start, stop in row_chunks(keep.shape[0], chunk_rows):
-        todo = keep[start:stop] & ~in_sample[start:stop]
+    for start, stop in row_chunks(rows_mask.shape[0], chunk_rows):
+        todo = rows_mask[start:stop]
         if not todo.any():
             continue
         xs = [reader.read(m, start, stop)[todo] for m in modalities]
