@@ -15,6 +15,15 @@ A record maps input keys to identities:
 * any other workspace path (score tables, ``scores/systems.parquet``, analysis
   tables): the SHA-256 of the file's bytes.
 
+Beside each file's digest a record keeps its *stamp*, ``[size, mtime_ns]`` when it was
+hashed (:func:`stamp`). A check first compares the stamp: a file whose size and
+modification time (ns) are the recorded ones is taken as unchanged without reading it
+(rsync's quick check); any other file is hashed and its digest compared. Why: the
+systems table records ~0.5 GB of score tables and flows at 10^6 objects, and every
+reader (each start of the explorer, each re-rank) re-hashed them. Every rewrite FMB
+makes writes a new file and renames it over the old (a new mtime), so only a same-size
+rewrite in place within the file system's timestamp resolution could pass unseen.
+
 Where records live: an embedding file stores its survey digest (attribute
 ``survey_digest``); ``scores/systems.parquet`` stores its record in the parquet
 metadata (:data:`SYSTEMS_KEY`); analysis outputs have ``lineage.json`` in their folder
@@ -37,9 +46,11 @@ from fmb_engine.workspace import Workspace, atomic_write_text
 
 #: Parquet metadata key of systems.parquet that holds its inputs.
 SYSTEMS_KEY = b"fmb:lineage"
-#: Per analysis folder: output file name -> {"inputs": {key: identity}}.
+#: Per analysis folder: output file name -> {"inputs": {key: identity}, "stamps": {key: stamp}}.
 RECORD_FILE = "lineage.json"
 SURVEY = "survey"
+#: Record entry beside "inputs": key -> [size, mtime_ns] of the file when its digest was taken.
+STAMPS = "stamps"
 
 
 @functools.lru_cache(maxsize=256)
@@ -51,6 +62,45 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes (cached per path, size, mtime and inode: checking twice reads once)."""
     st = os.stat(path)
     return _digest(str(Path(path).absolute()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def stamp(path: str | os.PathLike[str]) -> list[int]:
+    """``[size, mtime_ns]`` of a file: recorded beside its digest, compared before re-hashing it."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def hashed(path: str | os.PathLike[str]) -> tuple[str, list[int] | None]:
+    """(digest, stamp) of a file, the stamp taken around the hashing: None when the file changed
+    while it was read (then only its digest is recorded and every check re-hashes it)."""
+    before = stamp(path)
+    digest = file_digest(path)
+    return digest, (before if stamp(path) == before else None)
+
+
+def identify(ws: Workspace, keys: Iterable[str], survey: Path | None = None) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The record of inputs ``keys``: their identities (:func:`identity`, "" for a missing one) and the
+    stamps of the plain files among them."""
+    inputs, stamps = {}, {}
+    for key in keys:
+        path = _input_path(ws, key)
+        if path is not None and path.is_file() and not _is_embedding(path):
+            inputs[key], file_stamp = hashed(path)
+            if file_stamp is not None:
+                stamps[key] = file_stamp
+        else:
+            inputs[key] = identity(ws, key, survey) or ""
+    return inputs, stamps
+
+
+def _input_path(ws: Workspace, key: str) -> Path | None:
+    if key == SURVEY:
+        return None
+    return Path(key) if Path(key).is_absolute() else ws.root / key
+
+
+def _is_embedding(path: Path) -> bool:
+    return path.suffix == ".h5" and path.parent.name == "embeddings"
 
 
 def embedding_identity(path: str | os.PathLike[str]) -> str:
@@ -96,10 +146,10 @@ def identity(ws: Workspace, key: str, survey: Path | None = None) -> str | None:
     if key == SURVEY:
         path = survey if survey is not None else active_survey(ws)
         return survey_digest(path) if path is not None and Path(path).is_file() else None
-    path = Path(key) if Path(key).is_absolute() else ws.root / key
-    if not path.is_file():
+    path = _input_path(ws, key)
+    if path is None or not path.is_file():
         return None
-    if path.suffix == ".h5" and path.parent.name == "embeddings":
+    if _is_embedding(path):
         return embedding_identity(path)
     return file_digest(path)
 
@@ -110,10 +160,25 @@ def _rerun_hint(key: str) -> str:
     return f"{key} was rewritten"
 
 
+def _unchanged(ws: Workspace, key: str, recorded_stamp: object) -> bool:
+    """True when input ``key`` still has the size and mtime recorded when it was hashed."""
+    path = _input_path(ws, key)
+    if path is None or not isinstance(recorded_stamp, list):
+        return False
+    try:
+        return stamp(path) == recorded_stamp
+    except OSError:
+        return False
+
+
 def check(ws: Workspace, output: str | os.PathLike[str], inputs: dict[str, str], rerun: str,
-          survey: Path | None = None) -> None:
-    """StaleError when an input recorded for ``output`` is not the one the workspace holds now."""
+          survey: Path | None = None, stamps: dict[str, list[int]] | None = None) -> None:
+    """StaleError when an input recorded for ``output`` is not the one the workspace holds now.
+
+    An input whose recorded stamp (:func:`stamp`) still matches is not re-hashed."""
     for key, recorded in inputs.items():
+        if stamps and _unchanged(ws, key, stamps.get(key)):
+            continue
         now = identity(ws, key, survey)
         if now is not None and recorded and now != recorded:
             raise StaleError(
@@ -194,11 +259,13 @@ def read_records(folder: Path) -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
-def write_records(published: Path, target: Path, outputs: Iterable[Path], inputs: dict[str, str]) -> Path:
-    """Add one entry per output to the records of folder ``published``, written to ``target`` (staged or not)."""
+def write_records(published: Path, target: Path, outputs: Iterable[Path], inputs: dict[str, str],
+                  stamps: dict[str, list[int]]) -> Path:
+    """Add one entry per output to the records of folder ``published``, written to ``target`` (staged or not):
+    its inputs and their stamps (:func:`identify`)."""
     records = read_records(published)
     for out in outputs:
-        records[Path(out).name] = {"inputs": dict(inputs)}
+        records[Path(out).name] = {"inputs": dict(inputs), STAMPS: stamps}
     return atomic_write_text(Path(target), json.dumps(records, indent=1, sort_keys=True) + "\n")
 
 
@@ -207,16 +274,34 @@ def check_output(ws: Workspace, path: str | os.PathLike[str], rerun: str, survey
     path = Path(path)
     entry = read_records(path.parent).get(path.name)
     if entry:
-        check(ws, path, dict(entry.get("inputs", {})), rerun, survey)
+        stamps = entry.get(STAMPS)
+        check(ws, path, dict(entry.get("inputs", {})), rerun, survey, stamps if isinstance(stamps, dict) else None)
 
 
-def systems_record(schema_metadata: dict | None) -> dict[str, str] | None:
-    """The inputs recorded in systems.parquet's metadata, None for a file written without them."""
+def systems_json(inputs: dict[str, str], stamps: dict[str, list[int]]) -> bytes:
+    """The value of systems.parquet's :data:`SYSTEMS_KEY` metadata."""
+    return json.dumps({"inputs": inputs, STAMPS: stamps}, sort_keys=True).encode()
+
+
+def _systems_value(schema_metadata: dict | None) -> dict | None:
     raw = (schema_metadata or {}).get(SYSTEMS_KEY)
     if raw is None:
         return None
     try:
         value = json.loads(raw)
-        return {str(k): str(v) for k, v in value["inputs"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        return value if isinstance(value, dict) and isinstance(value.get("inputs"), dict) else None
+    except ValueError:
         return None
+
+
+def systems_record(schema_metadata: dict | None) -> dict[str, str] | None:
+    """The inputs recorded in systems.parquet's metadata, None for a file written without them."""
+    value = _systems_value(schema_metadata)
+    return None if value is None else {str(k): str(v) for k, v in value["inputs"].items()}
+
+
+def systems_stamps(schema_metadata: dict | None) -> dict[str, list[int]]:
+    """The stamps recorded beside systems.parquet's inputs ({} for a file written before stamps)."""
+    value = _systems_value(schema_metadata) or {}
+    stamps = value.get(STAMPS)
+    return stamps if isinstance(stamps, dict) else {}

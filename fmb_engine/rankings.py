@@ -109,7 +109,8 @@ def check_current(ws: Workspace, metadata: dict | None = None, survey: Path | No
     record = lineage.systems_record(metadata)
     if record:
         try:
-            lineage.check(ws, systems_path(ws), record, "fmb-engine detect all", survey)
+            lineage.check(ws, systems_path(ws), record, "fmb-engine detect all", survey,
+                          lineage.systems_stamps(metadata))
         except StaleError as exc:
             raise StaleRankingError(str(exc)) from None
 

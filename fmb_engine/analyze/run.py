@@ -31,7 +31,7 @@ def _write(df: pd.DataFrame, path: Path, index: bool = False) -> Path:
 
 
 def _publish(ws: Workspace, manifest: RunManifest, folder: Path, tables: dict[str, tuple[pd.DataFrame, str, bool]],
-             inputs: dict[str, str]) -> dict[str, Path]:
+             inputs: tuple[dict[str, str], dict[str, list[int]]]) -> dict[str, Path]:
     """Write an analysis's tables (name -> (frame, file name, write the index)) as one set.
 
     One writer per folder (BusyError otherwise); the tables and their lineage record are
@@ -42,17 +42,19 @@ def _publish(ws: Workspace, manifest: RunManifest, folder: Path, tables: dict[st
             outputs = {name: folder / filename for name, (_, filename, _) in tables.items()}
             for name, (df, _, index) in tables.items():
                 _write(df, stage.path(outputs[name]), index)
-            lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), outputs.values(), inputs)
+            lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), outputs.values(), *inputs)
             stage.publish()
     return outputs
 
 
-def _inputs(ws: Workspace, paths: list[Path], survey: Path | None = None) -> dict[str, str]:
-    """The lineage record of an analysis: the identity of each input file (and of the survey)."""
-    record = {lineage.key_of(ws, p): lineage.identity(ws, lineage.key_of(ws, p)) or "" for p in paths}
+def _inputs(ws: Workspace, paths: list[Path], survey: Path | None = None
+            ) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The lineage record of an analysis: the identity of each input file (and of the survey), and the
+    files' stamps (:func:`lineage.identify`)."""
+    inputs, stamps = lineage.identify(ws, [lineage.key_of(ws, p) for p in paths])
     if survey is not None:
-        record[lineage.SURVEY] = lineage.survey_digest(survey)
-    return record
+        inputs[lineage.SURVEY] = lineage.survey_digest(survey)
+    return inputs, stamps
 
 
 def systems_file(ws: Workspace) -> Path:

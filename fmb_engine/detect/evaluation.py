@@ -103,7 +103,7 @@ def evaluate_workspace(ws: Workspace, survey: Path | None, ks: tuple[int, ...] =
         overview = summary_table(result)
         folder = ws.folder("analysis")
         out_csv, out_md = folder / "evaluation.csv", folder / "evaluation.md"
-        inputs = {lineage.key_of(ws, systems_path): lineage.file_digest(systems_path)}
+        inputs, stamps = lineage.identify(ws, [lineage.key_of(ws, systems_path)])
         if survey is not None:
             inputs[lineage.SURVEY] = digest
         with locks.hold(out_csv, "the evaluation report analysis/evaluation.*"), StagedSet(folder, manifest.run_id) as stage:
@@ -111,7 +111,7 @@ def evaluate_workspace(ws: Workspace, survey: Path | None, ks: tuple[int, ...] =
             with atomic_path(stage.path(out_csv)) as tmp:
                 result.to_csv(tmp, index=False)
             atomic_write_text(stage.path(out_md), markdown_report(result, overview, manifest.warnings))
-            lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), [out_csv, out_md], inputs)
+            lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), [out_csv, out_md], inputs, stamps)
             stage.publish()
         manifest.output("csv", out_csv)
         manifest.output("markdown", out_md)

@@ -595,9 +595,12 @@ def systems_runs(ws: Workspace, models: list[str], manifest: RunManifest,
 
 
 def systems_inputs(ws: Workspace, stage: StagedSet, models: list[str], embeddings: dict[str, str],
-                   survey: Path | None) -> dict[str, str]:
-    """The record of what the systems table is built from: survey, embedding files, score tables, fitted flows."""
+                   survey: Path | None) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The record of what the systems table is built from: survey, embedding files, score tables, fitted
+    flows; and the files' stamps (:func:`lineage.hashed`: a staged file keeps its size and mtime when
+    it is published)."""
     inputs = {f"embeddings/{m}.h5": embeddings[m] for m in models if embeddings.get(m)}
+    stamps = {}
     if survey is not None:
         inputs[lineage.SURVEY] = lineage.survey_digest(survey)
     for model in models:
@@ -605,12 +608,16 @@ def systems_inputs(ws: Workspace, stage: StagedSet, models: list[str], embedding
         flows = set(fitted.glob("flow_*.npz")) | {p for p in stage.written if p.parent == fitted}
         for path in [*score_tables(ws, model), *sorted(flows)]:
             if stage.exists(path):
-                inputs[lineage.key_of(ws, path)] = lineage.file_digest(stage.read_path(path))
-    return inputs
+                key = lineage.key_of(ws, path)
+                inputs[key], file_stamp = lineage.hashed(stage.read_path(path))
+                if file_stamp is not None:
+                    stamps[key] = file_stamp
+    return inputs, stamps
 
 
 def write_systems_table(ws: Workspace, stage: StagedSet, table: pd.DataFrame, runs: dict[str, dict],
-                        scored: list[str], dropped: list[str], inputs: dict[str, str]) -> Path:
+                        scored: list[str], dropped: list[str], inputs: tuple[dict[str, str], dict[str, list[int]]]
+                        ) -> Path:
     """systems.parquet (staged) with the provenance of its systems and its inputs in the file's metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -620,7 +627,7 @@ def write_systems_table(ws: Workspace, stage: StagedSet, table: pd.DataFrame, ru
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     record = json.dumps({"runs": runs, "scored": scored, "dropped": dropped}, sort_keys=True)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: record.encode(),
-                                           lineage.SYSTEMS_KEY: json.dumps({"inputs": inputs}, sort_keys=True).encode()})
+                                           lineage.SYSTEMS_KEY: lineage.systems_json(*inputs)})
     out = systems_path(ws)
     with atomic_path(stage.path(out)) as tmp:
         pq.write_table(arrow, tmp)

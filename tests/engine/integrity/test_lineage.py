@@ -299,6 +299,88 @@ def test_systems_table_records_its_inputs(ws):
         assert record[f"scores/{name}"] == lineage.file_digest(w.folder("scores") / name)
 
 
+def _count_hashing(monkeypatch) -> list[str]:
+    """Record every file lineage hashes from now on (its digest cache emptied first)."""
+    from fmb_engine import manifest
+
+    lineage._digest.cache_clear()
+    hashed: list[str] = []
+    real = manifest.file_digest
+    monkeypatch.setattr(manifest, "file_digest", lambda path, *a, **k: hashed.append(str(path)) or real(path, *a, **k))
+    return hashed
+
+
+def test_an_unchanged_input_is_not_hashed_again(ws, monkeypatch):
+    """The record keeps each file's size and mtime beside its digest: a check of unchanged inputs reads
+    none of them (at 10^6 objects the explorer re-hashed ~0.5 GB at every start)."""
+    import pyarrow.parquet as pq
+
+    w, _ = ws
+    meta = pq.read_schema(rankings.systems_path(w)).metadata
+    stamps = lineage.systems_stamps(meta)
+    assert set(stamps) == {k for k in lineage.systems_record(meta) if k.startswith("scores/")}
+    hashed = _count_hashing(monkeypatch)
+    rankings.check_current(w)
+    assert hashed == []
+    table = w.folder("scores") / "anomaly_scores_cca.csv"
+    os.utime(table)  # touched, same bytes: hashed once, still current
+    rankings.check_current(w)
+    assert hashed == [str(table.absolute())]
+
+
+def test_a_rewritten_input_is_hashed_and_found_stale(ws, monkeypatch):
+    w, _ = ws
+    table = w.folder("scores") / "anomaly_scores_cca.csv"
+    frame = pd.read_csv(table, dtype={"object_id": str})
+    frame["neg_log_prob"] = frame["neg_log_prob"][::-1].to_numpy()
+    frame.to_csv(table, index=False)
+    hashed = _count_hashing(monkeypatch)
+    with pytest.raises(StaleError, match="anomaly_scores_cca.csv was rewritten"):
+        rankings.check_current(w)
+    assert hashed == [str(table.absolute())]
+
+
+def test_analysis_records_keep_stamps_and_a_record_without_them_is_hashed(ws, monkeypatch):
+    import json
+
+    from fmb_engine.analyze import run as analyze_run
+    from fmb_engine.figures import run as figures_run
+
+    w, _ = ws
+    analyze_run.analyze_rankings(w, load("analyze", w))
+    record_file = w.folder("analysis") / "rankings" / lineage.RECORD_FILE
+    records = json.loads(record_file.read_text())
+    entry = records["spearman.csv"]
+    assert entry[lineage.STAMPS] == {"scores/systems.parquet": lineage.stamp(rankings.systems_path(w))}
+    hashed = _count_hashing(monkeypatch)
+    figures_run.heatmap_figures(w)
+    assert str(rankings.systems_path(w).absolute()) not in hashed
+    for value in records.values():  # a record written before stamps existed: checked by hashing
+        value.pop(lineage.STAMPS)
+    record_file.write_text(json.dumps(records))
+    lineage._digest.cache_clear()
+    figures_run.heatmap_figures(w)
+    assert str(rankings.systems_path(w).absolute()) in hashed
+
+
+def test_a_file_changing_while_hashed_gets_no_stamp(tmp_path, monkeypatch):
+    from fmb_engine import manifest
+
+    path = tmp_path / "table.csv"
+    path.write_text("a,b\n1,2\n")
+    assert lineage.hashed(path)[1] == lineage.stamp(path)
+    real = manifest.file_digest
+
+    def digest_while_written(p, *a, **k):
+        out = real(p, *a, **k)
+        Path(p).write_text("a,b\n1,2\n3,4\n")
+        return out
+
+    monkeypatch.setattr(manifest, "file_digest", digest_while_written)
+    lineage._digest.cache_clear()
+    assert lineage.hashed(path)[1] is None
+
+
 # -- 4. stage-output locks -------------------------------------------------------------------------
 
 def _hold(target: Path, ready: Path) -> subprocess.Popen:
