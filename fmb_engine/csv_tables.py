@@ -69,13 +69,13 @@ def _write_rows(tmp: Path, df: pd.DataFrame, columns: list[Column]) -> None:
             stop = min(start + CHUNK_ROWS, len(df))
             cells = [column(start, stop) for column in columns]
             cells[-1] = pc.binary_join_element_wise(cells[-1], os.linesep, "")
-            fh.write(_text(pc.binary_join_element_wise(*cells, ",")))
+            lines = pc.binary_join_element_wise(*cells, ",")
+            for part in getattr(lines, "chunks", [lines]):
+                fh.write(_text(part))
 
 
 def _text(lines) -> memoryview:
-    """The bytes of a string array's values, one after the other (its data buffer, sliced)."""
-    if hasattr(lines, "combine_chunks"):
-        lines = lines.combine_chunks()
+    """The bytes of a string array's values, one after the other (its data buffer, sliced: no copy)."""
     _, offsets, data = lines.buffers()
     bounds = np.frombuffer(offsets, dtype=np.int32)[lines.offset:lines.offset + len(lines) + 1]
     return memoryview(data)[int(bounds[0]):int(bounds[-1])] if len(lines) else memoryview(b"")
@@ -124,13 +124,15 @@ def format_floats(values: np.ndarray):
     import pyarrow.compute as pc
 
     text = pc.cast(pa.array(values), pa.string())
-    same = np.isfinite(values) & ((np.abs(values) >= 1e-4) | (values == 0))
+    finite = np.isfinite(values)
+    same = finite & ((np.abs(values) >= 1e-4) | (values == 0))
     same &= ~pc.match_substring(text, "e").to_numpy(zero_copy_only=False)
-    text = pc.if_else(pc.match_substring(text, "."), text, pc.binary_join_element_wise(text, ".0", ""))
-    if (other := np.flatnonzero(~same)).size:
-        replaced = np.zeros(values.shape[0], dtype=bool)
-        replaced[other] = True
-        text = pc.replace_with_mask(text, pa.array(replaced), pa.array(_numpy_text(values[other]), pa.string()))
+    if (integral := same & (values == np.trunc(values, where=finite, out=np.zeros_like(values)))).any():
+        text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)  # Arrow "3", pandas "3.0"
+    if (nan := np.isnan(values)).any():
+        text = pc.if_else(nan, "", text)
+    if (other := ~same & ~nan).any():
+        text = pc.replace_with_mask(text, other, pa.array(values[other].astype(str), pa.string()))
     return text
 
 
