@@ -9,6 +9,7 @@ are compared byte for byte. The 1-minute load average is printed before and afte
 
     python bench/csv_tables.py --workspace /tmp/ws              # 10^6 rows per table
     python bench/csv_tables.py --workspace /tmp/ws --rows 100000
+    python bench/csv_tables.py --fuzz 10                        # the float rule on 10 x 22 million doubles
 
 Then the capacity model's merge at 10^7 objects is recomputed (``bench/results/capacity_model.json``,
 docs/benchmarks.md "Capacity model"): its detect run (baselines off) writes, per object, 3 rows of the
@@ -25,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fmb_engine.csv_tables import write_csv
@@ -87,6 +89,47 @@ def measure(name: str, df: pd.DataFrame, out: Path, repeats: int) -> dict:
             "load_before": before, "load_after": _load()}
 
 
+def random_doubles(n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` doubles of each kind: raw bit patterns, bit patterns in Arrow's positional range, log-uniform,
+    float32 values, ratios k/n and products of them (fusion's p-values), decimals, integers, neighbours of
+    powers of ten, log-normal."""
+    rng = np.random.default_rng(seed)
+    exponent = rng.integers(1023 - 15, 1023 + 45, n, dtype=np.uint64)
+    sign = rng.integers(0, 2, n, dtype=np.uint64) << np.uint64(63)
+    total = rng.integers(1, 10 ** 7, n)
+    part = rng.integers(0, 10 ** 7, n) % total
+    tens = 10.0 ** rng.integers(-5, 16, n)
+    return {
+        "bits": rng.integers(0, 2 ** 64, n, dtype=np.uint64).view(np.float64),
+        "bits-positional": (sign | (exponent << np.uint64(52)) | rng.integers(0, 2 ** 52, n, dtype=np.uint64)).view(np.float64),
+        "log-uniform": np.sign(rng.standard_normal(n)) * 10 ** rng.uniform(-5, 14, n),
+        "float32": (rng.standard_normal(n).astype(np.float32) * np.float32(100)).astype(np.float64),
+        "float32-wide": (10 ** rng.uniform(-5, 14, n)).astype(np.float32).astype(np.float64),
+        "ratio": part / total,
+        "ratio-products": np.sqrt((part / total) * ((total - part) / total)) * (part + 1) / total,
+        "decimal": rng.integers(-10 ** 9, 10 ** 9, n) / 10.0 ** rng.integers(0, 10, n),
+        "integer": rng.integers(-10 ** 13, 10 ** 13, n).astype(np.float64),
+        "near-powers-of-10": np.nextafter(tens, np.where(rng.integers(0, 2, n) == 1, np.inf, -np.inf)),
+        "log-normal": rng.lognormal(0, 5, n) * np.sign(rng.standard_normal(n)),
+    }
+
+
+def fuzz(seeds: int, n: int = 2_000_000) -> int:
+    """format_floats' text against pandas' (numpy's ``astype(str)``) on ``seeds`` x 11 x ``n`` doubles; mismatches."""
+    from fmb_engine.csv_tables import _numpy_text, format_floats
+
+    bad = 0
+    for seed in range(seeds):
+        for kind, values in random_doubles(n, seed).items():
+            got = np.asarray(format_floats(values).to_pylist(), dtype=object)
+            wrong = np.flatnonzero(got != _numpy_text(values))
+            bad += wrong.size
+            if wrong.size:
+                print(f"seed {seed} {kind}: {wrong.size} differ, e.g. {values[wrong[0]]!r} -> {got[wrong[0]]!r}")
+        print(f"seed {seed}: {len(values) * 11:,} doubles, {bad} differing so far (load {_load():.1f})", flush=True)
+    return bad
+
+
 def merge_projection(results: list[dict], model_path: Path, n: float) -> str:
     """The capacity model's one-node merge at ``n`` objects, with pandas' CSV CPU replaced by write_csv's."""
     import json
@@ -113,13 +156,19 @@ def merge_projection(results: list[dict], model_path: Path, n: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workspace", type=Path, required=True, help="A workspace with a detect run (made if empty).")
+    ap.add_argument("--workspace", type=Path, help="A workspace with a detect run (made if empty).")
+    ap.add_argument("--fuzz", type=int, default=0, metavar="SEEDS",
+                    help="Instead: compare the float text with numpy's on SEEDS x 22 million random doubles.")
     ap.add_argument("--objects", type=int, default=100_000, help="Objects of the synthetic run made when none exists.")
     ap.add_argument("--rows", type=int, default=1_000_000, help="Rows of each tiled table.")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="Folder of the written files (default: the workspace's tmp/).")
     ap.add_argument("--capacity-model", type=Path, default=ROOT / "bench" / "results" / "capacity_model.json")
     args = ap.parse_args()
+    if args.fuzz:
+        sys.exit(1 if fuzz(args.fuzz) else 0)
+    if args.workspace is None:
+        ap.error("--workspace is required (or --fuzz)")
     out = args.out or args.workspace / "tmp"
     out.mkdir(parents=True, exist_ok=True)
     print("| table | rows | columns | MB | pandas CPU s / wall s | write_csv CPU s / wall s | ratio CPU / wall | "

@@ -132,15 +132,21 @@ def format_floats(values: np.ndarray):
     if (nan := np.isnan(values)).any():
         text = pc.if_else(nan, "", text)
     if (other := ~same & ~nan).any():
-        text = pc.replace_with_mask(text, other, pa.array(values[other].astype(str), pa.string()))
+        text = pc.replace_with_mask(text, other, _arrow_text(values[other].astype(str)))
     return text
 
 
 def _numpy_floats(values: np.ndarray):
     """pandas' text of float64 ``values`` made by numpy for every value (the fallback of :func:`format_floats`)."""
+    return _arrow_text(_numpy_text(values))
+
+
+def _arrow_text(text: np.ndarray):
+    """``text`` as one Arrow string array (pyarrow splits a large numpy string array into chunks)."""
     import pyarrow as pa
 
-    return pa.array(_numpy_text(values), pa.string())
+    array = pa.array(text, pa.string())
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def _numpy_text(values: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.csv_tables import random_doubles
 from fmb_engine import csv_tables
 from fmb_engine.csv_tables import write_csv
 
@@ -18,17 +19,8 @@ HOSTILE = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-300, 5e-324, -5e-324,
 
 
 def _random_floats(n: int, seed: int) -> np.ndarray:
-    """Every kind of double: raw bit patterns, the positional range's bits, float32 values, ratios, integers."""
-    rng = np.random.default_rng(seed)
-    bits = rng.integers(0, 2 ** 64, n, dtype=np.uint64).view(np.float64)
-    exponent = rng.integers(1023 - 15, 1023 + 45, n, dtype=np.uint64)
-    positional = ((rng.integers(0, 2, n, dtype=np.uint64) << np.uint64(63)) | (exponent << np.uint64(52))
-                  | rng.integers(0, 2 ** 52, n, dtype=np.uint64)).view(np.float64)
-    single = (rng.standard_normal(n) * 100).astype(np.float32).astype(np.float64)
-    total = rng.integers(1, 10 ** 7, n)
-    ratio = rng.integers(0, 10 ** 7, n) % total / total
-    whole = rng.integers(-10 ** 13, 10 ** 13, n).astype(np.float64)
-    return np.concatenate([bits, positional, single, ratio, whole])
+    """``n`` doubles of each kind the bench's fuzz draws (bit patterns, float32 values, p-values, integers...)."""
+    return np.concatenate(list(random_doubles(n, seed).values()))
 
 
 def _table(values: np.ndarray, seed: int = 0) -> pd.DataFrame:
@@ -63,14 +55,20 @@ def test_hostile_floats(tmp_path):
 
 def test_random_floats_over_several_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(csv_tables, "CHUNK_ROWS", 40_000)
-    df = _table(_random_floats(30_000, seed=1), seed=1)
+    df = _table(_random_floats(10_000, seed=1), seed=1)
     assert csv_tables._columns(df) is not None
     assert _same_bytes(df, tmp_path)
 
 
+def test_many_values_formatted_by_numpy():
+    """A column of values only numpy formats (pyarrow converts that much numpy text to several chunks)."""
+    values = np.random.default_rng(3).random(1_000_000) * 1e-5
+    assert csv_tables.format_floats(values).to_pylist() == csv_tables._numpy_text(values).tolist()
+
+
 def test_numpy_floats_when_arrow_formats_otherwise(tmp_path, monkeypatch):
     monkeypatch.setattr(csv_tables, "_arrow_floats_agree", lambda: False)
-    assert _same_bytes(_table(np.concatenate([HOSTILE, _random_floats(2_000, seed=2)])), tmp_path)
+    assert _same_bytes(_table(np.concatenate([HOSTILE, _random_floats(500, seed=2)])), tmp_path)
 
 
 @pytest.mark.parametrize("ids, fast", [
