@@ -1,8 +1,9 @@
 """Benchmark of the per-object CSV writer (not a test): ``write_csv`` against pandas' ``to_csv``, same tables, same run.
 
 The tables are those of a real detect run — ``scores/anomaly_scores_<model>.csv``, ``baseline_scores_``,
-``cosine_scores_`` and ``multimodal/all_scores.csv`` — read back and tiled to ``--rows`` rows with fresh unique ids (``syn-%09d``). Without scores in
-``--workspace`` the bench makes them first: ``embed synthetic --objects 100000`` and ``detect all``.
+``cosine_scores_`` and ``multimodal/all_scores.csv`` — read back and tiled to ``--rows`` rows with fresh
+unique ids (``syn-%09d``). Without scores in ``--workspace`` the bench makes them first: ``embed synthetic
+--objects 100000`` and ``detect all``. ``--fuzz`` instead compares the float text with numpy's (pandas').
 Each table is written ``--repeats`` times by each writer, alternating, into the same folder; the
 best CPU time (user + sys of this process) and the best wall time of each are kept and the two files
 are compared byte for byte. The 1-minute load average is printed before and after each table.

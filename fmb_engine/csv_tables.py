@@ -76,8 +76,11 @@ def _write_rows(tmp: Path, df: pd.DataFrame, columns: list[Column]) -> None:
 
 def _text(lines) -> memoryview:
     """The bytes of a string array's values, one after the other (its data buffer, sliced: no copy)."""
+    import pyarrow as pa
+
     _, offsets, data = lines.buffers()
-    bounds = np.frombuffer(offsets, dtype=np.int32)[lines.offset:lines.offset + len(lines) + 1]
+    width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
+    bounds = np.frombuffer(offsets, dtype=width)[lines.offset:lines.offset + len(lines) + 1]
     return memoryview(data)[int(bounds[0]):int(bounds[-1])] if len(lines) else memoryview(b"")
 
 
