@@ -12,6 +12,7 @@ import pandas as pd
 from fmb_engine import lineage, locks, publish
 from fmb_engine.analyze.config import AnalyzeConfig
 from fmb_engine.config import Resolved
+from fmb_engine.csv_tables import write_csv
 from fmb_engine.errors import ConfigError, DataError
 from fmb_engine.manifest import RunManifest
 from fmb_engine.parallel import resolve_jobs
@@ -22,11 +23,10 @@ from fmb_engine.workspace import Workspace, atomic_path
 
 
 def _write(df: pd.DataFrame, path: Path, index: bool = False) -> Path:
+    if path.suffix == ".csv":
+        return write_csv(df, path, index=index)
     with atomic_path(path) as tmp:
-        if path.suffix == ".csv":
-            df.to_csv(tmp, index=index)
-        else:
-            df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False)
     return path
 
 

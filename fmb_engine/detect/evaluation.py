@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 
 from fmb_engine import lineage, locks, publish, rankings
+from fmb_engine.csv_tables import write_csv
 from fmb_engine.detect.degenerate import constancy
 from fmb_engine.detect.metrics import evaluate_scores, to_markdown
 from fmb_engine.errors import DataError
 from fmb_engine.rankings import synthetic_runs  # the rule lives with the systems table (the explorer asks it too)
 from fmb_engine.publish import StagedSet
 from fmb_engine.survey.store import SurveyReader
-from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text
+from fmb_engine.workspace import Workspace, atomic_write_text
 
 KS = (10, 50, 100)
 
@@ -108,8 +109,7 @@ def evaluate_workspace(ws: Workspace, survey: Path | None, ks: tuple[int, ...] =
             inputs[lineage.SURVEY] = digest
         with locks.hold(out_csv, "the evaluation report analysis/evaluation.*"), StagedSet(folder, manifest.run_id) as stage:
             publish.clean(folder)
-            with atomic_path(stage.path(out_csv)) as tmp:
-                result.to_csv(tmp, index=False)
+            write_csv(result, stage.path(out_csv))
             atomic_write_text(stage.path(out_md), markdown_report(result, overview, manifest.warnings))
             lineage.write_records(folder, stage.path(folder / lineage.RECORD_FILE), [out_csv, out_md], inputs, stamps)
             stage.publish()

@@ -41,6 +41,7 @@ import pandas as pd
 
 from fmb_engine import lineage, locks, publish
 from fmb_engine.config import Resolved
+from fmb_engine.csv_tables import write_csv
 from fmb_engine.detect.baselines import IsolationForestDetector, KNNDistanceDetector, detector_table
 from fmb_engine.detect.config import DetectConfig
 from fmb_engine.detect.degenerate import check_embeddings, check_scores
@@ -79,12 +80,6 @@ def embedding_runs(ws: Workspace, models: list[str]) -> list[Path]:
     if not found:
         raise DataError(f"no embeddings in {folder}; run `fmb-engine embed cca` (or another model) first")
     return found
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-    return path
 
 
 def _dropped(keep: np.ndarray, manifest: RunManifest, what: str) -> None:
@@ -396,10 +391,10 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                         baseline_tables.append(detector_table(keyed, scores[method], key).assign(method=method))
                         scored.append(system_name(model, modality, method))
                         task.advance()
-                _write_csv(_concat(flow_tables, ANOMALY_COLUMNS), stage.path(out / f"anomaly_scores_{model}.csv"))
+                write_csv(_concat(flow_tables, ANOMALY_COLUMNS), stage.path(out / f"anomaly_scores_{model}.csv"))
                 if cfg.baselines:
-                    _write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")),
-                               stage.path(out / f"baseline_scores_{model}.csv"))
+                    write_csv(_concat(baseline_tables, (*ANOMALY_COLUMNS, "method")),
+                              stage.path(out / f"baseline_scores_{model}.csv"))
             if mismatch:
                 if not {"image", "spectrum"} <= set(meta.modalities):
                     manifest.warn(f"{model}: no image and spectrum vectors, no mismatch")
@@ -417,7 +412,7 @@ def score_run(ws: Workspace, path: Path, cfg: DetectConfig, manifest: RunManifes
                     table = mismatch_table(ids[keep], native, method).sort_values("rank")
                     manifest.count(f"mismatch_method:{model}", method)
                     scored.append(system_name(model, "cross", "mismatch"))
-                _write_csv(table, stage.path(out / f"cosine_scores_{model}.csv"))
+                write_csv(table, stage.path(out / f"cosine_scores_{model}.csv"))
                 task.advance()
     return scored
 
@@ -474,11 +469,11 @@ def fuse_run(ws: Workspace, model: str, cfg: DetectConfig, manifest: RunManifest
                  thresholds={"img": cfg.t_img, "spec": cfg.t_spec, "mis": cfg.t_mis})
     fused.insert(1, "model", model)
     ranked = fused.sort_values("rank_fused", kind="stable").head(cfg.top_k)
-    _write_csv(ranked, stage.path(ranked_path))
+    write_csv(ranked, stage.path(ranked_path))
     filtered = fused[fused["passes_thresholds"]].sort_values("rank_fused", kind="stable").head(cfg.top_k)
     if filtered.empty:
         manifest.warn(f"{model}: no object passes t_img={cfg.t_img}, t_spec={cfg.t_spec}, t_mis={cfg.t_mis}")
-    _write_csv(filtered, stage.path(filtered_path))
+    write_csv(filtered, stage.path(filtered_path))
     return fused
 
 
@@ -688,7 +683,7 @@ def detect(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None, 
                 fused = {m: table for m, table in fused.items() if table is not None}
                 scored += [system_name(m, "fused", method) for m in fused for method in FUSION_METHODS]
                 all_scores = scores_dir / "multimodal" / "all_scores.csv"
-                _write_csv(_merge_fused(all_scores, list(fused.values()), models), stage.path(all_scores))
+                write_csv(_merge_fused(all_scores, list(fused.values()), models), stage.path(all_scores))
             skipped = manifest.skipped
             if not scored:
                 reasons = "; ".join(f"{s['system']}: {s['reason']}" for s in skipped)

@@ -254,6 +254,7 @@ def simulate(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None
     (mean and std over seeds at 50/100/200 inspections) and ``figures/discovery_curves.png|pdf``."""
     from threadpoolctl import threadpool_limits
 
+    from fmb_engine.csv_tables import write_csv
     from fmb_engine.discover.simulate import CHECKPOINTS, simulate as run_curves, summarize
     from fmb_engine.figures.discovery import discovery_figure
 
@@ -281,8 +282,7 @@ def simulate(ws: Workspace, resolved: Resolved, reporter: Reporter | None = None
         summary = summarize(curves, [a for a in CHECKPOINTS if a <= cfg.budget] or [cfg.budget])
         files = {"curves": out_dir / "curves.csv", "summary": out_dir / "summary.csv"}
         for name, table in (("curves", curves), ("summary", summary)):
-            with atomic_path(files[name]) as tmp:
-                table.to_csv(tmp, index=False)
+            write_csv(table, files[name])
             manifest.output(name, files[name])
         title = f"{problem.system}: {int(interesting.sum())} interesting of {classes.size:,}"
         for path in discovery_figure(curves, ws.folder("figures") / "discovery_curves", title=title,

@@ -38,7 +38,7 @@ from fmb_engine.retrain.config import TrainConfig
 from fmb_engine.stage_run import stage_run
 from fmb_engine.survey.batch import SurveyBatch
 from fmb_engine.survey.store import SurveyReader
-from fmb_engine.workspace import Workspace, atomic_path, atomic_write_text, make_dirs
+from fmb_engine.workspace import Workspace, atomic_path, make_dirs
 
 CHECKPOINT_FORMAT = "fmb-retrain-1"
 _CKPT = re.compile(r"^step_(\d{7})\.pt$")
@@ -235,11 +235,12 @@ def write_history(rows: list[dict[str, Any]], folder: Path, title: str) -> dict[
     """``history.csv`` (one row per step; validation columns filled at evaluations) and ``history.png``."""
     import pandas as pd
 
+    from fmb_engine.csv_tables import write_csv
     from fmb_engine.figures.style import fmb_style, pyplot, save
 
     frame = pd.DataFrame(rows)
     csv = folder / "history.csv"
-    atomic_write_text(csv, frame.to_csv(index=False))
+    write_csv(frame, csv)
     plt = pyplot()
     with fmb_style():
         fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True, height_ratios=(3, 1))

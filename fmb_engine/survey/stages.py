@@ -10,18 +10,18 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from fmb_engine import locks
 from fmb_engine.config import Resolved
 from fmb_engine.config.schemas import MockConfig
+from fmb_engine.csv_tables import write_csv
 from fmb_engine.manifest import RunManifest
 from fmb_engine.progress import Reporter, Silent
 from fmb_engine.stage_run import StageResult, config_record, stage_run
 from fmb_engine.survey import interrupts, mock
 from fmb_engine.survey.bands import wavelength_grid
 from fmb_engine.survey.store import SurveyReader, SurveyWriter
-from fmb_engine.workspace import Workspace, atomic_path
+from fmb_engine.workspace import Workspace
 
 
 def mock_params(cfg: MockConfig) -> dict:
@@ -103,6 +103,4 @@ def write_index(ws: Workspace, survey: Path, output: Path | None = None) -> Path
     table["index"] = table.groupby("split").cumcount()
     table["row"] = np.arange(len(table))
     output = output or survey.with_suffix(".index.csv")
-    with atomic_path(output) as tmp:
-        pd.DataFrame(table).to_csv(tmp, index=False)
-    return output
+    return write_csv(table, output)
