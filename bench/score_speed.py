@@ -9,8 +9,10 @@ by these loops, one after the other, ``--repeats`` times, interleaved so load ch
 * ``reference``: the loop before this benchmark's changes -- ``reader.read`` a chunk, copy its
   masked rows (``x[todo]``), score; every chunk and temporary freshly allocated.
 * ``retained``: the same loop under :func:`fmb_engine.heap.retained_heap` (freed memory kept).
-* ``streamed``: :func:`fmb_engine.detect.stream.streamed_scores` (read-ahead thread into reused
-  buffers + retained heap) -- what detect runs.
+* ``read_ahead``: :func:`fmb_engine.detect.stream.streamed_scores` (read-ahead thread into reused
+  buffers + retained heap) with the same scorer;
+* ``streamed``: the same loop with ``detect.run._flow_scorer``, whose affine map's BLAS product
+  runs on the flow's thread count (1) -- what detect runs.
 
 Printed per modality: objects/s of each loop (best of the repeats), the ratios against the
 reference measured in the same run, whether every score is bit-identical to the reference's,
@@ -65,15 +67,19 @@ def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, r
             pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
             flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
                                                device="cpu", threads=threads)
+            def before(v: np.ndarray) -> np.ndarray:  # the scorer before the BLAS limit
+                return -flow.score_samples(pre.apply(v))
+
             score = _flow_scorer(pre, flow)
 
             def retained() -> np.ndarray:
                 with retained_heap():
-                    return _reference(reader, modality, mask, score, chunk_rows)
+                    return _reference(reader, modality, mask, before, chunk_rows)
 
             loops = {
-                "reference": lambda: _reference(reader, modality, mask, score, chunk_rows),
+                "reference": lambda: _reference(reader, modality, mask, before, chunk_rows),
                 "retained": retained,
+                "read_ahead": lambda: streamed_scores(reader, (modality,), mask, {"flow": before}, chunk_rows)["flow"],
                 "streamed": lambda: streamed_scores(reader, (modality,), mask, {"flow": score}, chunk_rows)["flow"],
             }
             best = {name: float("inf") for name in loops}

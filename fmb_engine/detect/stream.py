@@ -99,6 +99,21 @@ def gather(reader: EmbeddingReader, modality: str, rows: np.ndarray, chunk_rows:
     return out
 
 
+def compact_rows(x: np.ndarray, todo: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``x[todo]`` written into ``out`` (``todo.sum()`` rows), one slice copy per run of True rows.
+
+    Why: with a few percent of rows masked out (the fit sample among 10^6 objects) the runs
+    are long, and copying them is as fast as one ``memcpy`` of the chunk -- 3.5x less CPU
+    than ``np.compress(..., out=)`` and 1.7x less than boolean indexing (bench/score_profile.py).
+    """
+    edges = np.flatnonzero(np.diff(todo, prepend=False, append=False))
+    filled = 0
+    for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        out[filled : filled + b - a] = x[a:b]
+        filled += b - a
+    return out
+
+
 def masked_chunks(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mask: np.ndarray, chunk_rows: int
                   ) -> Iterator[tuple[int, int, list[np.ndarray]]]:
     """``(start, stop, vectors)`` of each ``chunk_rows`` chunk holding a row of ``rows_mask``, in order:
@@ -139,8 +154,7 @@ def masked_chunks(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mas
                     if k == stop - start:
                         reader.read_into(m, start, slots[slot][m][:k])
                     else:
-                        np.compress(todo, reader.read_into(m, start, raw[m][: stop - start]), axis=0,
-                                    out=slots[slot][m][:k])
+                        compact_rows(reader.read_into(m, start, raw[m][: stop - start]), todo, slots[slot][m][:k])
                 ready.put((start, stop, slot))
             ready.put(None)
         except BaseException as exc:  # handed to the consumer, raised there

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fmb_engine.detect.stream import masked_chunks, row_chunks, streamed_scores
+from fmb_engine.detect.stream import compact_rows, masked_chunks, row_chunks, streamed_scores
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.embed.synthetic import SyntheticSpec
 from fmb_engine.embed.synthetic_file import write_synthetic
@@ -36,6 +36,17 @@ def _masks() -> dict[str, np.ndarray]:
     holes = rng.random(OBJECTS) > 0.1
     holes[:100] = True  # a whole chunk is read straight into its buffer, no compaction
     return {"every row": np.ones(OBJECTS, bool), "holes": holes, "sparse": sparse, "none": np.zeros(OBJECTS, bool)}
+
+
+def test_compact_rows_equals_boolean_indexing():
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    alternate = np.arange(10) % 2 == 0
+    edges = np.zeros(10, bool)
+    edges[[0, 9]] = True
+    for todo in (np.ones(10, bool), np.zeros(10, bool), alternate, ~alternate, edges, ~edges):
+        out = np.full((int(todo.sum()), 3), np.nan, np.float32)
+        assert compact_rows(x, todo, out) is out
+        assert np.array_equal(out, x[todo])
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 100, 128, 10_000])
