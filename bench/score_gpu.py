@@ -9,9 +9,10 @@ and times the CPU alone). With the project's own code:
    preset's preprocessing and flow, on CUDA when there is one;
 3. every other usable row is scored by ``streamed_scores`` (the read-ahead loop detect runs),
    with the flow on each device in turn: ``cuda`` (the flows' default score batch, 4,096 rows,
-   and ``--big-batch`` rows), then ``cpu`` (``--cpu-threads`` torch threads, detect's default 1).
-   The preprocessing (PCA affine map, numpy) runs on the CPU in every case; its share is timed
-   apart (``apply_only``), as is the flow on already-mapped chunks (``flow_only``).
+   and a whole chunk per batch, ``--chunk-rows``), then ``cpu`` (``--cpu-threads`` torch threads, detect's default 1).
+   The preprocessing (PCA affine map, numpy) runs on the CPU in every case, on ``--cpu-threads``
+   BLAS threads as in detect; reading + mapping is timed apart (``read_and_apply``), as is the
+   flow on already-mapped chunks (``flow_only``).
 
 Prints one JSON object: objects/s per device and variant, the GPU's name, the largest
 difference between CUDA and CPU scores, and the time of each step. Runtime on an H200
@@ -22,9 +23,12 @@ per variant); here, on 2 CPU cores, ``--objects 20000`` takes about 30 s.
     python bench/score_gpu.py --objects 200000      # smaller
     python bench/score_gpu.py --objects 20000 --fit-objects 5000   # a CPU smoke run
 
-Needs numpy, h5py, torch, scipy, threadpoolctl and nflows, pydantic, pyyaml (import only) and
-their needs; a machine without nflows/dill can be given the pure-Python packages by copying
-them from this project's venv into a carried folder and putting it on ``PYTHONPATH``.
+Needs numpy, h5py, torch, scipy, pandas, threadpoolctl, pyyaml, rich and nflows, dill, pydantic
+(imported on the way). The device machines' image lacks the last three: carry them in an ignored
+folder, e.g. ``.gpu_site`` (nflows and dill copied from this project's venv, pure Python;
+pydantic 2.14.4, pydantic_core 2.50.5 for CPython 3.12, annotated_types, typing_inspection
+unpacked from their wheels), and run
+``PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/.gpu_site python3 bench/score_gpu.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,19 +55,24 @@ def _best(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
+def _note(progress: dict) -> None:
+    """Progress on stderr, so a run stopped by a time limit still shows how far it got."""
+    print(json.dumps(progress), file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--fit-objects", type=int, default=20_000, help="Fit sample size (detect.fit_max_objects)")
     parser.add_argument("--chunk-rows", type=int, default=16_384, help="detect.chunk_rows")
-    parser.add_argument("--big-batch", type=int, default=65_536, help="A second CUDA score batch size to try")
     parser.add_argument("--cpu-threads", type=int, default=1, help="Torch threads of the CPU flow (detect.threads)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", type=Path, help="Workspace folder (kept); default a temporary one, removed")
     args = parser.parse_args()
 
     import torch
+    from threadpoolctl import threadpool_limits
 
     from fmb_engine.detect.flows import FlowDensity, split_preset
     from fmb_engine.detect.preprocess import Preprocessor
@@ -85,6 +95,7 @@ def main() -> None:
         ws = Workspace.init(root / "ws")
         path = write_synthetic(ws, SyntheticSpec(args.objects, {"image": args.dim}, seed=0)).outputs["embeddings"]
         report["steps_s"]["synthesise"] = round(time.perf_counter() - t0, 1)
+        _note(report)
 
         with EmbeddingReader(path) as reader:
             t0 = time.perf_counter()
@@ -95,18 +106,19 @@ def main() -> None:
             fit_device = "cuda" if cuda else "cpu"
             state = FlowDensity(**flow_kw, device=fit_device, threads=args.cpu_threads).fit(pre.transform(x)).state_dict()
             report["steps_s"]["fit_" + fit_device] = round(time.perf_counter() - t0, 1)
+            _note(report)
             mask = keep.copy()
             mask[sample] = False
             n = int(mask.sum())
             report["scored_objects"] = n
 
             t0 = time.perf_counter()
-            with retained_heap():
+            with retained_heap(), threadpool_limits(args.cpu_threads, "blas"):  # as detect's flow scorer
                 mapped = [pre.apply(xs[0]).copy() for _, _, xs in masked_chunks(reader, ("image",), mask,
                                                                                    args.chunk_rows)]
             report["read_and_apply_objects_per_s_cpu"] = round(n / (time.perf_counter() - t0))
 
-            variants = ([("cuda", 4096), ("cuda", args.big_batch)] if cuda else []) + [("cpu", 4096)]
+            variants = ([("cuda", 4096), ("cuda", args.chunk_rows)] if cuda else []) + [("cpu", 4096)]
             scores, speed = {}, {}
             for device, batch in variants:
                 name = f"{device}_batch{batch}"
@@ -122,6 +134,7 @@ def main() -> None:
                                     args.repeats)
                 scores[name] = out["flow"]
                 speed[name] = {"streamed_objects_per_s": round(n / loop_s), "flow_only_objects_per_s": round(n / flow_s)}
+                _note({name: speed[name]})
             report["speed"] = speed
             if cuda:
                 diff = np.abs(scores["cuda_batch4096"] - scores["cpu_batch4096"])
