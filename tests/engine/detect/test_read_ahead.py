@@ -149,3 +149,15 @@ def test_retained_heap_reuses_freed_blocks_instead_of_faulting_them_in_again():
     assert kept
     assert kept_faults < 1024 // 4  # under a quarter of one block's 1,024 pages, for twenty blocks
     # (afterwards the blocks may or may not fault again: that depends on where the heap's free space lies)
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_the_flow_scorer_gives_the_bits_of_map_then_flow_whatever_the_blas_threads(threads):
+    from fmb_engine.detect.flows import FlowDensity
+    from fmb_engine.detect.preprocess import Preprocessor
+    from fmb_engine.detect.run import _flow_scorer
+
+    x = np.random.default_rng(0).standard_normal((3000, 96)).astype(np.float32)
+    pre = Preprocessor(pca_components=12).fit(x[:1000])
+    flow = FlowDensity(epochs=1, batch_size=256, device="cpu", threads=threads).fit(pre.transform(x[:1000]))
+    assert np.array_equal(_flow_scorer(pre, flow)(x), -flow.score_samples(pre.apply(x)))
