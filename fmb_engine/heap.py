@@ -6,12 +6,12 @@ the kernel once more than twice that threshold is free at the top. A loop that a
 and frees the same megabyte-sized temporaries -- a flow's ``log_prob`` on a 4096-row batch
 makes about twenty 1.6 MB tensors, a scored chunk some 50 MB arrays -- then takes a
 page fault on every 4 KiB page of every temporary, each time. On the 2-core KVM machine
-this made the flows' scoring 1.7x slower than with the memory kept (docs/benchmarks.md,
+this made the flows' scoring 1.3-1.7x slower than with the memory kept (docs/benchmarks.md,
 "Scoring throughput"). The arithmetic is unchanged: only where the memory comes from.
 
 :func:`retained_heap` raises both thresholds for the duration of a ``with`` block, then
-restores the trim threshold and returns the free memory to the kernel
-(``malloc_trim``), so the process's resident size afterwards is what it would have been.
+restores them and returns the free memory to the kernel (``malloc_trim``): what was kept
+is given back afterwards. Peak memory is that of the loop's largest live set, as before.
 On a C library other than glibc it does nothing.
 """
 
