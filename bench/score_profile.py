@@ -6,7 +6,8 @@ are timed one by one in CPU seconds of this thread (``time.thread_time``: robust
 processes' load), with every library held to one thread (OpenBLAS via threadpoolctl, torch):
 
 ``read`` (HDF5 ``read_direct`` of the chunk, page cache), ``compact`` (copy of the masked rows),
-``finite`` (``Preprocessor.apply``'s NaN/Inf check), ``gemm`` (the PCA affine map's product),
+``finite`` (``Preprocessor.apply``'s NaN/Inf check: of the D input columns before, of the k
+mapped ones now), ``gemm`` (the PCA affine map's product),
 ``bias_clip``, ``flow`` (``FlowDensity.score_samples``: its input check, 4,096-row batches of
 ``log_prob``) -- as the loop did before (``fresh``: new arrays, boolean indexing) and as it does
 now (``kept``: under :func:`fmb_engine.heap.retained_heap`, reused read buffers, ``compact_rows``).
@@ -85,28 +86,37 @@ def profile(ws: Path, model: str, chunk_rows: int, chunks: int) -> None:
                     for c in range(n_chunks):
                         start, stop = c * chunk_rows, min((c + 1) * chunk_rows, reader.n_objects)
                         todo = mask[start : stop]
-                        t = [time.thread_time()]
+                        clock = [time.thread_time()]
+
+                        def lap(part: str) -> None:
+                            now = time.thread_time()
+                            seconds[part] += now - clock[0]
+                            clock[0] = now
+
                         if mode == "kept":
                             x = reader.read_into(modality, start, raw[: stop - start])
-                            t.append(time.thread_time())
+                            lap("read")
                             x = compact_rows(x, todo, packed[: int(todo.sum())])
+                            lap("compact")
                         else:
                             x = reader.read(modality, start, stop)
-                            t.append(time.thread_time())
+                            lap("read")
                             x = x[todo]
-                        t.append(time.thread_time())
-                        finite_rows(x)
-                        t.append(time.thread_time())
+                            lap("compact")
+                            finite_rows(x)  # before: the D input columns
+                            lap("finite")
                         z = np.empty((x.shape[0], A.shape[1]), np.float32)
                         np.matmul(x - centre if centre is not None else x, A, out=z)
-                        t.append(time.thread_time())
+                        lap("gemm")
                         z += b
+                        lap("bias_clip")
+                        if mode == "kept":
+                            np.isfinite(z).all(axis=1)  # now: the k mapped columns
+                            lap("finite")
                         np.clip(z, lo, hi, out=z)
-                        t.append(time.thread_time())
+                        lap("bias_clip")
                         flow.score_samples(z)
-                        t.append(time.thread_time())
-                        for part, t0, t1 in zip(seconds, t, t[1:]):
-                            seconds[part] += t1 - t0
+                        lap("flow")
                         objects += x.shape[0]
                 result[mode] = {"us_per_object": {k: round(v / objects * 1e6, 2) for k, v in seconds.items()}
                                 | {"total": round(sum(seconds.values()) / objects * 1e6, 2)},

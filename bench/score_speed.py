@@ -7,12 +7,14 @@ For each flow saved in a workspace that ran ``fmb-engine detect`` on ``embedding
 by these loops, one after the other, ``--repeats`` times, interleaved so load changes hit all:
 
 * ``reference``: the loop before this benchmark's changes -- ``reader.read`` a chunk, copy its
-  masked rows (``x[todo]``), score; every chunk and temporary freshly allocated.
+  masked rows (``x[todo]``), score; every chunk and temporary freshly allocated; the scorer checks
+  the D input columns for NaN/Inf as ``Preprocessor.apply`` did (today's apply adds its check of
+  the k mapped columns, ~0.08 us/object, so the reference is that much slower than it was).
 * ``retained``: the same loop under :func:`fmb_engine.heap.retained_heap` (freed memory kept).
 * ``read_ahead``: :func:`fmb_engine.detect.stream.streamed_scores` (read-ahead thread into reused
   buffers + retained heap) with the same scorer;
-* ``streamed``: the same loop with ``detect.run._flow_scorer``, whose affine map's BLAS product
-  runs on the flow's thread count (1) -- what detect runs.
+* ``streamed``: the same loop with ``detect.run._flow_scorer`` -- its affine map's BLAS product on
+  the flow's thread count (1), apply's check on the mapped columns -- what detect runs.
 
 Printed per modality: objects/s of each loop (best of the repeats), the ratios against the
 reference measured in the same run, whether every score is bit-identical to the reference's,
@@ -50,7 +52,7 @@ def _reference(reader, modality: str, mask: np.ndarray, score, chunk_rows: int) 
 
 def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, repeats: int, threads: int) -> None:
     from fmb_engine.detect.flows import FlowDensity
-    from fmb_engine.detect.preprocess import Preprocessor
+    from fmb_engine.detect.preprocess import Preprocessor, check_matrix
     from fmb_engine.detect.run import _flow_scorer
     from fmb_engine.detect.stream import streamed_scores
     from fmb_engine.embed.store import EmbeddingReader
@@ -67,7 +69,9 @@ def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, r
             pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
             flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
                                                device="cpu", threads=threads)
-            def before(v: np.ndarray) -> np.ndarray:  # the scorer before the BLAS limit
+            def before(v: np.ndarray) -> np.ndarray:
+                """The previous scorer: apply() checked the D input columns (now the k mapped ones), no BLAS limit."""
+                check_matrix(v, "reference", pre.n_features_in_)
                 return -flow.score_samples(pre.apply(v))
 
             score = _flow_scorer(pre, flow)
