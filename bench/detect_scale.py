@@ -46,13 +46,19 @@ def _run(cmd: list[str]) -> tuple[float, float]:
 def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, int]]:
     """Objects/s of each saved flow over every row of the file, one thread: reading the rows,
     the preprocessing (the affine map detect scores with), the flow's -log p, and all three; with
-    the CPU seconds of the whole loop (all threads) and the 1-minute load average after it."""
+    the CPU seconds of the whole loop (all threads) and the 1-minute load average after it; then
+    ``streamed``: the loop detect runs (``streamed_scores`` with detect's flow scorer: read-ahead
+    thread, kept heap, one BLAS thread; bench/score_speed.py compares it with the previous one)."""
     import torch
 
     from fmb_engine.detect.flows import FlowDensity
+    from threadpoolctl import threadpool_limits
+
     from fmb_engine.detect.preprocess import Preprocessor
-    from fmb_engine.detect.stream import row_chunks
+    from fmb_engine.detect.run import _flow_scorer
+    from fmb_engine.detect.stream import row_chunks, streamed_scores
     from fmb_engine.embed.store import EmbeddingReader
+    from fmb_engine.heap import retained_heap
 
     torch.set_num_threads(1)
     speed = {}
@@ -67,20 +73,25 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
                                                device="cpu", threads=1)
             seconds = {"read": 0.0, "preprocess": 0.0, "flow": 0.0}
             cpu = time.process_time()
-            for start, stop in row_chunks(n, chunk_rows):
-                t0 = time.perf_counter()
-                x = reader.read(modality, start, stop)
-                t1 = time.perf_counter()
-                z = pre.apply(x)
-                t2 = time.perf_counter()
-                flow.score_samples(z)
-                t3 = time.perf_counter()
-                for part, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2)):
-                    seconds[part] += dt
+            with threadpool_limits(1, "blas"), retained_heap():
+                for start, stop in row_chunks(n, chunk_rows):
+                    t0 = time.perf_counter()
+                    x = reader.read(modality, start, stop)
+                    t1 = time.perf_counter()
+                    z = pre.apply(x)
+                    t2 = time.perf_counter()
+                    flow.score_samples(z)
+                    t3 = time.perf_counter()
+                    for part, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2)):
+                        seconds[part] += dt
             cpu = time.process_time() - cpu
+            t0 = time.perf_counter()
+            streamed_scores(reader, (modality,), np.ones(n, bool), {"flow": _flow_scorer(pre, flow)}, chunk_rows)
+            streamed = time.perf_counter() - t0
             speed[modality] = {part: round(n / dt) for part, dt in seconds.items()} | {
                 "all": round(n / sum(seconds.values())), "wall_s": round(sum(seconds.values()), 1),
-                "cpu_s": round(cpu, 1), "per_cpu_s": round(n / cpu), "load_1min": round(os.getloadavg()[0], 2)}
+                "cpu_s": round(cpu, 1), "per_cpu_s": round(n / cpu), "streamed": round(n / streamed),
+                "load_1min": round(os.getloadavg()[0], 2)}
     return speed
 
 

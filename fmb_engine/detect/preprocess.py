@@ -73,8 +73,9 @@ def finite_rows(X: np.ndarray) -> np.ndarray:
     return mask
 
 
-def check_matrix(X: Any, what: str, n_features: int | None = None) -> np.ndarray:
-    """``X`` as a 2-D numeric array with finite values (and ``n_features`` columns), else ValueError."""
+def check_matrix(X: Any, what: str, n_features: int | None = None, finite: bool = True) -> np.ndarray:
+    """``X`` as a 2-D numeric array (with ``n_features`` columns, and finite values unless
+    ``finite=False``: a caller that checks its own result instead), else ValueError."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{what}: expected a 2-D array (objects x features), got shape {X.shape}")
@@ -82,11 +83,14 @@ def check_matrix(X: Any, what: str, n_features: int | None = None) -> np.ndarray
         raise ValueError(f"{what}: expected a numeric array, got dtype {X.dtype}")
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"{what}: expected {n_features} features (as fitted), got {X.shape[1]}")
-    ok = finite_rows(X)
-    if not ok.all():
-        bad = int((~ok).sum())
-        raise ValueError(f"{what}: {bad} row(s) contain NaN/Inf; drop them first with finite_rows(X)")
+    if finite:
+        _refuse_nonfinite(what, int(np.count_nonzero(~finite_rows(X))))
     return X
+
+
+def _refuse_nonfinite(what: str, bad: int, note: str = "") -> None:
+    if bad:
+        raise ValueError(f"{what}: {bad} row(s) contain NaN/Inf{note}; drop them first with finite_rows(X)")
 
 
 class Preprocessor:
@@ -155,21 +159,29 @@ class Preprocessor:
         """:meth:`transform` as one float32 affine map per chunk (module docstring): equal to it to
         float32 rounding, about 1.3x faster; what detect scores the rows outside the fit sample with."""
         self._require_fitted()
-        X = check_matrix(X, "Preprocessor.apply", self.n_features_in_)
-        if self.components_.shape[0] == 0:
+        pca = self.components_.shape[0] > 0
+        X = check_matrix(X, "Preprocessor.apply", self.n_features_in_, finite=not pca)
+        if not pca:
             return self._scale_and_clip(self._project(X))
         A, b, centre = self._affine()
         lo, hi = (v.astype(np.float32) for v in self.clip_bounds())
         out = np.empty((X.shape[0], A.shape[1]), dtype=np.float32)
+        bad = 0
         for start in range(0, X.shape[0], CHUNK_ROWS):
             chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float32)
             if centre is not None:
                 chunk = chunk - centre
             z = out[start : start + chunk.shape[0]]
-            np.matmul(chunk, A, out=z)
-            z += b
+            with np.errstate(invalid="ignore", over="ignore"):  # a bad row is refused below, not warned about
+                np.matmul(chunk, A, out=z)
+                z += b
+            # A NaN/Inf anywhere in a row makes its mapped row non-finite (Inf * a = +-Inf, Inf * 0 and
+            # Inf - Inf = NaN), so the check runs on the k mapped columns, before the clip, instead of
+            # the D input ones (768 -> 100: 8x fewer values; ~10 % of the scoring thread's time).
+            bad += int(np.count_nonzero(~np.isfinite(z).all(axis=1)))
             if self.clip_sigma > 0:
                 np.clip(z, lo, hi, out=z)
+        _refuse_nonfinite("Preprocessor.apply", bad, " (or overflow float32 in the PCA map)")
         return out
 
     def _affine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -192,7 +192,27 @@ def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: i
 
 
 def _flow_scorer(pre: Preprocessor, flow: Any) -> Scorer:
-    return lambda v: -flow.score_samples(pre.apply(v))
+    """``-log p`` of a chunk's rows: the preprocessing's affine map (:meth:`Preprocessor.apply`), then the flow.
+
+    With a set thread count (``detect.threads``, default 1) the map's BLAS product runs on that
+    many threads, as the flow does: :func:`~fmb_engine.detect.stream.streamed_scores` reads the
+    next chunk on another core meanwhile, and a second BLAS thread only fought that reader (and
+    other processes) for it -- 1.4-1.7x slower on the 2-core machine (docs/benchmarks.md,
+    "Scoring throughput"). The scores are the same bits: BLAS splits a product by rows and
+    columns among its threads, never along the summed dimension.
+    """
+    if flow.threads is None:
+        return lambda v: -flow.score_samples(pre.apply(v))
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+
+    def score(v: np.ndarray) -> np.ndarray:
+        with blas.limit(limits=flow.threads):
+            z = pre.apply(v)
+        return -flow.score_samples(z)
+
+    return score
 
 
 def _baselines(x: np.ndarray, n_scored: int, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer], dict]:

@@ -15,12 +15,15 @@ then the whole data, exactly as before sampling existed).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from fmb_engine.detect.preprocess import finite_rows
 from fmb_engine.embed.store import EmbeddingReader
+from fmb_engine.heap import retained_heap
 
 
 def row_chunks(n: int, chunk_rows: int) -> Iterator[tuple[int, int]]:
@@ -96,22 +99,97 @@ def gather(reader: EmbeddingReader, modality: str, rows: np.ndarray, chunk_rows:
     return out
 
 
+def compact_rows(x: np.ndarray, todo: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``x[todo]`` written into ``out`` (``todo.sum()`` rows), one slice copy per run of True rows.
+
+    Why: with a few percent of rows masked out (the fit sample among 10^6 objects) the runs
+    are long, and copying them is as fast as one ``memcpy`` of the chunk -- 3.5x less CPU
+    than ``np.compress(..., out=)`` and 1.7x less than boolean indexing (bench/score_profile.py).
+    """
+    edges = np.flatnonzero(np.diff(todo, prepend=False, append=False))
+    filled = 0
+    for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        out[filled : filled + b - a] = x[a:b]
+        filled += b - a
+    return out
+
+
+def masked_chunks(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mask: np.ndarray, chunk_rows: int
+                  ) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """``(start, stop, vectors)`` of each ``chunk_rows`` chunk holding a row of ``rows_mask``, in order:
+    per modality the float32 vectors of the chunk's masked rows.
+
+    Why a thread: a background thread reads (and compacts) the next chunk while the caller
+    works on this one. h5py releases the GIL inside ``H5Dread`` and numpy inside the copy, so
+    on two cores the read of a 10^6-row file hides behind the scoring instead of adding to it.
+    The chunks are read straight into two reused buffer sets (no allocation, no page faults
+    per chunk, :meth:`EmbeddingReader.read_into`), so **the arrays yielded are valid only until
+    the next chunk is requested**: a caller that keeps them must copy. Chunks without a masked
+    row are not read. An error in the thread (a damaged file: :class:`DataError` naming it) is
+    raised here, at the chunk it happened in; stopping early (an exception in the caller,
+    ``break``) stops and joins the thread before this generator returns.
+    """
+    n = rows_mask.shape[0]
+    spans = [(start, stop) for start, stop in row_chunks(n, chunk_rows) if rows_mask[start:stop].any()]
+    if not spans:
+        return
+    rows = min(chunk_rows, n)
+    raw = {m: np.empty((rows, reader.dims[m]), dtype=np.float32) for m in modalities}
+    slots = [{m: np.empty((rows, reader.dims[m]), dtype=np.float32) for m in modalities} for _ in range(2)]
+    free: queue.Queue[int | None] = queue.Queue()
+    ready: queue.Queue[tuple[int, int, int] | BaseException | None] = queue.Queue()
+    for i in range(len(slots)):
+        free.put(i)
+    stop_event = threading.Event()
+
+    def fill() -> None:
+        try:
+            for start, stop in spans:
+                slot = free.get()
+                if slot is None or stop_event.is_set():
+                    return
+                todo = rows_mask[start:stop]
+                k = int(np.count_nonzero(todo))
+                for m in modalities:
+                    if k == stop - start:
+                        reader.read_into(m, start, slots[slot][m][:k])
+                    else:
+                        compact_rows(reader.read_into(m, start, raw[m][: stop - start]), todo, slots[slot][m][:k])
+                ready.put((start, stop, slot))
+            ready.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(exc)
+
+    thread = threading.Thread(target=fill, name=f"fmb-read-{reader.path.name}", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            start, stop, slot = item
+            k = int(np.count_nonzero(rows_mask[start:stop]))
+            yield start, stop, [slots[slot][m][:k] for m in modalities]
+            free.put(slot)
+    finally:
+        stop_event.set()
+        free.put(None)  # wakes a thread waiting for a buffer
+        thread.join()
+
+
 def streamed_scores(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mask: np.ndarray,
                     scorers: dict[str, Callable[..., np.ndarray]], chunk_rows: int) -> dict[str, np.ndarray]:
     """Scores of the rows in ``rows_mask`` (in row order), computed chunk by chunk from the file.
 
     ``scorers`` map a name to a function of the chunk's vectors (one array per modality in
-    ``modalities``, the masked rows only) returning one score per row. Chunks without a masked
-    row are not read.
+    ``modalities``, the masked rows only, read ahead by :func:`masked_chunks`) returning one
+    score per row. The loop runs under :func:`fmb_engine.heap.retained_heap`: the scorers'
+    large temporaries reuse memory instead of page-faulting it in anew for every batch.
     """
     rows = np.flatnonzero(rows_mask)
     out = {name: np.empty(rows.shape[0], dtype=np.float64) for name in scorers}
-    for start, stop in row_chunks(rows_mask.shape[0], chunk_rows):
-        todo = rows_mask[start:stop]
-        if not todo.any():
-            continue
-        xs = [reader.read(m, start, stop)[todo] for m in modalities]
-        pos = np.searchsorted(rows, start + np.flatnonzero(todo))
-        for name, score in scorers.items():
-            out[name][pos] = score(*xs)
+    with retained_heap():
+        for start, stop, xs in masked_chunks(reader, modalities, rows_mask, chunk_rows):
+            pos = np.searchsorted(rows, start + np.flatnonzero(rows_mask[start:stop]))
+            for name, score in scorers.items():
+                out[name][pos] = score(*xs)
     return out

@@ -339,9 +339,28 @@ class EmbeddingReader:
         """Rows ``start:stop`` of one modality as float32 (one contiguous read; streams a big file by row ranges)."""
         ds = self._check(modality)
         start, stop = max(0, int(start)), min(int(stop), ds.shape[0])
-        out = np.empty((max(0, stop - start), ds.shape[1]), dtype=np.float32)
+        return self.read_into(modality, start, np.empty((max(0, stop - start), ds.shape[1]), dtype=np.float32))
+
+    def read_into(self, modality: str, start: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:start + len(out)`` of one modality read straight into ``out`` (C-contiguous
+        float32, e.g. a buffer reused chunk after chunk: no allocation, no conversion); returns ``out``.
+
+        A failed read (damaged or truncated file) raises :class:`DataError` naming the file and rows.
+        """
+        ds = self._check(modality)
+        stop = int(start) + out.shape[0]
+        if out.ndim != 2 or out.shape[1] != ds.shape[1] or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"read_into: out must be a C-contiguous float32 array of {ds.shape[1]} columns, "
+                             f"got {out.dtype} {out.shape}")
+        if out.shape[0] and (start < 0 or stop > ds.shape[0]):
+            raise ValueError(f"read_into: rows {start}:{stop} outside the {ds.shape[0]} rows of {modality!r}")
         if out.size:
-            ds.read_direct(out, np.s_[start:stop])
+            try:
+                ds.read_direct(out, np.s_[start:stop])
+            except OSError as exc:
+                detail = " ".join(str(exc).split())
+                raise DataError(f"{self.path}: reading rows {start}:{stop} of {modality!r} failed ({detail}); "
+                                "the file is damaged, re-create it") from exc
         return out
 
     def take(self, modality: str, rows: np.ndarray) -> np.ndarray:

@@ -167,3 +167,18 @@ def test_affine_apply_equals_the_three_steps_to_float32_rounding(offset, standar
     unit = 1.0 if standardize else pre.col_scale_  # errors in standard deviations of each column
     assert np.abs((Z - stepwise) / unit).max() < 2e-3  # far below any difference a ranking can see
     assert np.array_equal(pre.fit_transform(X), stepwise)  # fit_transform: the step-by-step arithmetic
+
+
+def test_apply_refuses_rows_whose_map_is_not_finite():
+    """apply() checks the k mapped columns instead of the D input ones: every NaN/Inf input row is
+    still refused (with the count), and so is a finite row so large that the float32 map overflows."""
+    X = _low_rank(n=300, d=40)
+    pre = Preprocessor(pca_components=8).fit(X)
+    assert np.array_equal(pre.apply(X), pre.apply(X.copy()))
+    bad = X.copy()
+    bad[3, 0], bad[7, 39], bad[8, 5], bad[9, 2] = np.nan, np.inf, -np.inf, 3e38
+    with pytest.raises(ValueError, match=r"Preprocessor.apply: 4 row\(s\) contain NaN/Inf \(or overflow float32"):
+        pre.apply(bad)
+    no_pca = Preprocessor(pca_components=0).fit(X)
+    with pytest.raises(ValueError, match=r"Preprocessor.apply: 3 row\(s\) contain NaN/Inf; drop them"):
+        no_pca.apply(bad)
