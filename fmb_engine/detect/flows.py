@@ -53,7 +53,7 @@ import contextlib
 import math
 import multiprocessing
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -462,17 +462,29 @@ class FlowDensity:
         return self
 
     # ------------------------------------------------------------ score
-    def score_samples(self, X: np.ndarray) -> np.ndarray:
-        """``log p(x)`` per row (float64), batched under ``torch.inference_mode``."""
+    def score_samples(self, X: np.ndarray, before: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+        """``log p(x)`` per row (float64), batched under ``torch.inference_mode``.
+
+        ``before`` maps each batch on the flow's device first (:meth:`Preprocessor.device_map`):
+        ``X`` then holds raw rows, checked by ``before``."""
         flow = self._require_fitted()
-        X = check_matrix(X, "FlowDensity.score_samples", self.n_features_in_)
-        device = next(flow.parameters()).device
+        if before is None:
+            X = check_matrix(X, "FlowDensity.score_samples", self.n_features_in_)
+        else:
+            X = check_matrix(X, "FlowDensity.score_samples", finite=False)
+        device = self.device_
         out = np.empty(X.shape[0], dtype=np.float64)
         with _torch_threads(self.threads), torch.inference_mode():
             for start in range(0, X.shape[0], self.score_batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(X[start : start + self.score_batch_size], dtype=np.float32))
-                out[start : start + xb.shape[0]] = flow.log_prob(xb.to(device)).double().cpu().numpy()
+                xb = xb.to(device)
+                out[start : start + xb.shape[0]] = flow.log_prob(xb if before is None else before(xb)).double().cpu().numpy()
         return out
+
+    @property
+    def device_(self) -> torch.device:
+        """The device the fitted flow's weights are on."""
+        return next(self._require_fitted().parameters()).device
 
     def _require_fitted(self) -> Flow:
         if self.flow_ is None:

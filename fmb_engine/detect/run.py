@@ -199,8 +199,12 @@ def _flow_scorer(pre: Preprocessor, flow: Any) -> Scorer:
     next chunk on another core meanwhile, and a second BLAS thread only fought that reader (and
     other processes) for it -- 1.4-1.7x slower on the 2-core machine (docs/benchmarks.md,
     "Scoring throughput"). The scores are the same bits: BLAS splits a product by rows and
-    columns among its threads, never along the summed dimension.
+    columns among its threads, never along the summed dimension. With the flow on a GPU the map
+    runs there as well, batch by batch (:meth:`Preprocessor.device_map`).
     """
+    if flow.device_.type != "cpu":  # a GPU: the map runs there too (Preprocessor.device_map)
+        before = pre.device_map(flow.device_)
+        return lambda v: -flow.score_samples(v, before=before)
     if flow.threads is None:
         return lambda v: -flow.score_samples(pre.apply(v))
     from threadpoolctl import ThreadpoolController
