@@ -16,6 +16,7 @@ then the whole data, exactly as before sampling existed).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,22 +97,38 @@ def gather(reader: EmbeddingReader, modality: str, rows: np.ndarray, chunk_rows:
     return out
 
 
+@dataclass(frozen=True)
+class Scorers:
+    """Scorers of a chunk of rows by name, each returning one score per row.
+
+    ``prepare`` maps the chunk's vectors (one array per modality) once to the one array every
+    scorer is given: a modality's preprocessing, which its flow and baselines share, is then
+    computed once per chunk. Without it each scorer gets the vectors themselves.
+    """
+
+    by_name: dict[str, Callable[..., np.ndarray]]
+    prepare: Callable[..., np.ndarray] | None = None
+
+    def __call__(self, *xs: np.ndarray) -> dict[str, np.ndarray]:
+        args = xs if self.prepare is None else (self.prepare(*xs),)
+        return {name: score(*args) for name, score in self.by_name.items()}
+
+
 def streamed_scores(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mask: np.ndarray,
-                    scorers: dict[str, Callable[..., np.ndarray]], chunk_rows: int) -> dict[str, np.ndarray]:
+                    scorers: Scorers, chunk_rows: int) -> dict[str, np.ndarray]:
     """Scores of the rows in ``rows_mask`` (in row order), computed chunk by chunk from the file.
 
-    ``scorers`` map a name to a function of the chunk's vectors (one array per modality in
-    ``modalities``, the masked rows only) returning one score per row. Chunks without a masked
-    row are not read.
+    ``scorers`` are given the chunk's vectors (one array per modality in ``modalities``, the
+    masked rows only). Chunks without a masked row are not read.
     """
     rows = np.flatnonzero(rows_mask)
-    out = {name: np.empty(rows.shape[0], dtype=np.float64) for name in scorers}
+    out = {name: np.empty(rows.shape[0], dtype=np.float64) for name in scorers.by_name}
     for start, stop in row_chunks(rows_mask.shape[0], chunk_rows):
         todo = rows_mask[start:stop]
         if not todo.any():
             continue
         xs = [reader.read(m, start, stop)[todo] for m in modalities]
         pos = np.searchsorted(rows, start + np.flatnonzero(todo))
-        for name, score in scorers.items():
-            out[name][pos] = score(*xs)
+        for name, scores in scorers(*xs).items():
+            out[name][pos] = scores
     return out
