@@ -27,7 +27,7 @@ CHUNK_ROWS = 16_384
 #: the approximate index for the k-NN baseline. Above ``FIT_MAX_OBJECTS``, so by default the search is
 #: exact: on a 50,000-row sample of the synthetic embeddings (768-d image, preprocessed to PCA-100) the
 #: index reaches recall@10 0.67 with every cell scanned, while exact search (faiss IndexFlatL2) costs
-#: ~1.8 CPU s per 16,384 queries (docs/benchmarks.md, "Detect at scale"). Per query both costs grow with
+#: ~1.9 CPU s per 16,384 queries (docs/benchmarks.md, "Detect at scale"). Per query both costs grow with
 #: the reference rows, and so does the index's saving: hence a threshold on them alone.
 KNN_APPROX_THRESHOLD = 200_000
 
