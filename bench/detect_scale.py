@@ -11,6 +11,8 @@ preprocessing + flow applied to every row of the file, chunk by chunk, timed in 
     python bench/detect_scale.py --objects 1000000        # the issue's target size
     python bench/detect_scale.py --no-baselines --keep /tmp/ws   # flows, mismatch, fusion only; keep workspaces
     python bench/detect_scale.py --speed-only /tmp/ws/ws1000000  # re-time the flows' scoring of a kept workspace
+    python bench/detect_scale.py --embeddings /work/scale/e6/embeddings/synthetic.h5 --keep /work/scale/me --no-speed
+                                  # an existing file, hard-linked (no copy, no embedding step)
 
 Prints one JSON object per N (paste into docs/benchmarks.md, "Detect at scale").
 """
@@ -32,15 +34,16 @@ import numpy as np
 ENGINE = [sys.executable, "-c", "from fmb_engine.cli.main import main; main()"]
 
 
-def _run(cmd: list[str]) -> tuple[float, float]:
-    """Run ``cmd``; (wall seconds, peak RSS in GB of the child and its waited-for descendants)."""
+def _run(cmd: list[str]) -> tuple[float, float, float]:
+    """Run ``cmd``; (wall seconds, peak RSS in GB of the child and its waited-for descendants, CPU seconds
+    user + system of the child)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{' '.join(cmd)} failed with exit status {os.waitstatus_to_exitcode(status)}")
-    return wall, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+    return wall, usage.ru_maxrss / 1024**2, usage.ru_utime + usage.ru_stime  # ru_maxrss is in KiB on Linux
 
 
 def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, int]]:
@@ -55,7 +58,7 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
     from threadpoolctl import threadpool_limits
 
     from fmb_engine.detect.preprocess import Preprocessor
-    from fmb_engine.detect.run import _flow_scorer
+    from fmb_engine.detect.run import _scorers
     from fmb_engine.detect.stream import row_chunks, streamed_scores
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.heap import retained_heap
@@ -86,7 +89,7 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
                         seconds[part] += dt
             cpu = time.process_time() - cpu
             t0 = time.perf_counter()
-            streamed_scores(reader, (modality,), np.ones(n, bool), {"flow": _flow_scorer(pre, flow)}, chunk_rows)
+            streamed_scores(reader, (modality,), np.ones(n, bool), _scorers(pre, flow, {}), chunk_rows)
             streamed = time.perf_counter() - t0
             speed[modality] = {part: round(n / dt) for part, dt in seconds.items()} | {
                 "all": round(n / sum(seconds.values())), "wall_s": round(sum(seconds.values()), 1),
@@ -96,25 +99,32 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
 
 
 def bench(n: int, dims: str, root: Path, args: argparse.Namespace) -> dict:
-    ws = root / f"ws{n}"
+    ws = root / ("ws-linked" if args.embeddings else f"ws{n}")
     shutil.rmtree(ws, ignore_errors=True)
     subprocess.run([*ENGINE, "init", str(ws)], check=True, stdout=subprocess.DEVNULL)
-    t_embed, rss_embed = _run([*ENGINE, "embed", "synthetic", "--objects", str(n), "--dims", dims, "--seed", "0",
-                               "-w", str(ws)])
+    h5 = ws / "embeddings" / "synthetic.h5"
+    if args.embeddings:
+        os.link(args.embeddings, h5)
+        t_embed = rss_embed = 0.0
+    else:
+        t_embed, rss_embed, _ = _run([*ENGINE, "embed", "synthetic", "--objects", str(n), "--dims", dims, "--seed", "0",
+                                      "-w", str(ws)])
     task = ws / "bench_task.yaml"
     task.write_text(f"detect:\n  baselines: {str(args.baselines).lower()}\n  n_jobs: {args.n_jobs}\n"
                     f"  fit_max_objects: {args.fit_max_objects}\n  chunk_rows: {args.chunk_rows}\n")
-    wall, rss = _run([*ENGINE, "detect", "all", "-w", str(ws), "-c", str(task)])
+    load = [round(x, 2) for x in os.getloadavg()]
+    wall, rss, cpu = _run([*ENGINE, "detect", "all", "-w", str(ws), "-c", str(task)])
     manifest = json.loads(sorted(ws.glob("runs/*detect*.json"))[-1].read_text())
-    h5 = ws / "embeddings" / "synthetic.h5"
     return {
-        "objects": n, "dims": dims, "input_gb": round(h5.stat().st_size / 1024**3, 2),
+        "objects": manifest["counts"]["objects:synthetic"], "dims": dims, "input_gb": round(h5.stat().st_size / 1024**3, 2),
         "baselines": args.baselines, "fit_max_objects": args.fit_max_objects, "chunk_rows": args.chunk_rows,
         "n_jobs": args.n_jobs, "embed_synthetic_s": round(t_embed, 1), "embed_synthetic_peak_rss_gb": round(rss_embed, 2),
-        "detect_wall_s": round(wall, 1), "detect_peak_rss_gb": round(rss, 2),
+        "detect_wall_s": round(wall, 1), "detect_cpu_s": round(cpu, 1), "detect_peak_rss_gb": round(rss, 2),
         "phases_s": {k: round(v, 1) for k, v in manifest["timings_s"].items()},
-        "flow_scoring_objects_per_s": _flow_speed(ws, "synthetic", args.chunk_rows),
-        "load_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        "knn_baseline": {m: {k: s.get(k) for k in ("backend", "engine", "objects", "queries", "fallback")}
+                         for m, s in manifest.get("knn_baseline", {}).items()},
+        "flow_scoring_objects_per_s": _flow_speed(ws, "synthetic", args.chunk_rows) if args.speed else None,
+        "load_1min_start_end": [load[0], round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
     }
 
 
@@ -127,6 +137,10 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=16_384)
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="Folder for the workspaces (kept); default a temporary one")
+    parser.add_argument("--embeddings", type=Path, help="An existing synthetic .h5 to hard-link instead of embedding "
+                                                          "(one run; its own size)")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also time each saved flow's scoring over the file (one more pass per modality)")
     parser.add_argument("--speed-only", type=Path, metavar="WORKSPACE",
                         help="Only time the flows saved in WORKSPACE (a kept benchmark workspace) on its file")
     args = parser.parse_args()
@@ -136,7 +150,7 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="fmb-detect-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        for n in args.objects:
+        for n in args.objects[:1] if args.embeddings else args.objects:
             print(json.dumps(bench(n, args.dims, root, args)), flush=True)
     finally:
         if args.keep is None:

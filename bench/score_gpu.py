@@ -76,7 +76,7 @@ def main() -> None:
 
     from fmb_engine.detect.flows import FlowDensity, split_preset
     from fmb_engine.detect.preprocess import Preprocessor
-    from fmb_engine.detect.run import _flow_scorer
+    from fmb_engine.detect.run import _scorers
     from fmb_engine.detect.stream import masked_chunks, sample_keys, streamed_scores, usable_sample
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.embed.synthetic import SyntheticSpec
@@ -130,7 +130,7 @@ def main() -> None:
                 if cuda:
                     torch.cuda.synchronize()
                 loop_s, out = _best(lambda: streamed_scores(reader, ("image",), mask,
-                                                            {"flow": _flow_scorer(pre, flow)}, args.chunk_rows),
+                                                            _scorers(pre, flow, {}), args.chunk_rows),
                                     args.repeats)
                 scores[name] = out["flow"]
                 speed[name] = {"streamed_objects_per_s": round(n / loop_s), "flow_only_objects_per_s": round(n / flow_s)}

@@ -53,8 +53,8 @@ def _reference(reader, modality: str, mask: np.ndarray, score, chunk_rows: int) 
 def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, repeats: int, threads: int) -> None:
     from fmb_engine.detect.flows import FlowDensity
     from fmb_engine.detect.preprocess import Preprocessor, check_matrix
-    from fmb_engine.detect.run import _flow_scorer
-    from fmb_engine.detect.stream import streamed_scores
+    from fmb_engine.detect.run import _scorers
+    from fmb_engine.detect.stream import Scorers, streamed_scores
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.heap import retained_heap
 
@@ -74,7 +74,7 @@ def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, r
                 check_matrix(v, "reference", pre.n_features_in_)
                 return -flow.score_samples(pre.apply(v))
 
-            score = _flow_scorer(pre, flow)
+            score = _scorers(pre, flow, {})
 
             def retained() -> np.ndarray:
                 with retained_heap():
@@ -83,8 +83,8 @@ def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, r
             loops = {
                 "reference": lambda: _reference(reader, modality, mask, before, chunk_rows),
                 "retained": retained,
-                "read_ahead": lambda: streamed_scores(reader, (modality,), mask, {"flow": before}, chunk_rows)["flow"],
-                "streamed": lambda: streamed_scores(reader, (modality,), mask, {"flow": score}, chunk_rows)["flow"],
+                "read_ahead": lambda: streamed_scores(reader, (modality,), mask, Scorers({"flow": before}), chunk_rows)["flow"],
+                "streamed": lambda: streamed_scores(reader, (modality,), mask, score, chunk_rows)["flow"],
             }
             best = {name: float("inf") for name in loops}
             results: dict[str, np.ndarray] = {}

@@ -3,7 +3,13 @@
 Why: no unsupervised detector is best everywhere (ADBench; Bouman et al. 2024
 find IsolationForest-type methods strongest on global anomalies and kNN on
 local ones), so a flow's ranking should be compared with cheap, well
-understood baselines on the same preprocessed matrix.
+understood baselines on the same preprocessed matrix: detect fits them on the
+modality's fit sample as the flow sees it (PCA -> standardise -> clip,
+:class:`~fmb_engine.detect.preprocess.Preprocessor`) and scores the other rows
+through the same preprocessing, once per chunk for the flow and both baselines
+(:func:`fmb_engine.detect.run.fit_modalities`). On the raw 768/1536-d vectors
+the k-NN distances were dominated by the many low-variance directions the flow
+never sees, and the search cost 8-15x more (docs/science.md, "Baselines").
 
 Both expose ``fit(X)`` / ``score_samples(X)`` with **higher = more anomalous**
 (the opposite sign of :meth:`FlowDensity.score_samples`, which returns
@@ -24,12 +30,16 @@ import torch
 from sklearn.ensemble import IsolationForest
 
 from fmb_engine.analyze.ann import ApproxIndex, ApproxSettings
+from fmb_engine.analyze.similarity import has_faiss, require_faiss
 from fmb_engine.detect.preprocess import check_matrix
 from fmb_engine.detect.tables import anomaly_table
 
 
 #: Queries of each scoring call (a chunk of the file) whose approximate neighbours are checked against exact search.
 RECALL_PER_CALL = 64
+#: Reference rows per block of the torch exact search: a block of ``chunk_size`` x this many distances
+#: (8 MiB at the defaults) stays in cache while its top k is taken, and memory stays bounded at any size.
+REFERENCE_BLOCK = 4096
 
 
 def _positive_int(name: str, value) -> int:
@@ -82,25 +92,36 @@ class KNNDistanceDetector:
     itself* (by index, so an exact duplicate elsewhere still counts as a
     neighbour at distance 0).
 
-    ``backend="exact"``: chunked torch matmul ``d^2 = |q|^2 + |x|^2 - 2 q.x`` (float32, clamped
-    at 0) and ``topk``; memory is ``chunk_size x n_train`` floats at a time. ``backend="approx"``:
-    the neighbours come from the analyze stage's inverted-file index
-    (:class:`~fmb_engine.analyze.ann.ApproxIndex`, built once at fit) through
-    :class:`EuclideanAsCosine`, and their distances are then computed exactly as above; the
-    index's report (``search_report``) gets the recall@k against exact search, measured on a
-    seeded sample of the training rows' self-query and of every later call's queries. With
-    ``exact_if_short`` (detect's ``auto``) a tuning that cannot reach ``min_recall`` even with
-    every cell scanned switches to the exact search, and the report says why.
+    ``backend="exact"``, on the ``engine``: ``faiss`` (``IndexFlatL2``: blocked float32 matrix
+    products with the top k kept on the fly; ``auto`` when faiss-cpu is installed) or ``torch``
+    (blocks of ``chunk_size`` queries x :data:`REFERENCE_BLOCK` reference rows,
+    ``d^2 = |q|^2 + (|x|^2 - 2 q.x)`` with the bracket fused into the product, clamped at 0, the
+    top k of each block then of the blocks' candidates; memory is one block). Both are exact up
+    to float32 rounding (they differ by ~1e-7 relative) and each gives the same bits for the same
+    batch of queries; on PCA-100 rows faiss is ~2x faster than torch (docs/benchmarks.md). The
+    self-query (training rows without themselves) masks each row's own column (torch) or drops
+    it from the top ``k + 1`` (faiss; the last one when an exact duplicate outranked it, which
+    has the same distance). ``backend="approx"``: the neighbours come from the analyze stage's
+    inverted-file index (:class:`~fmb_engine.analyze.ann.ApproxIndex`, built once at fit) through
+    :class:`EuclideanAsCosine`, and their distances are then computed exactly; the index's report
+    (``search_report``) gets the recall@k against exact search, measured on a seeded sample of the
+    training rows' self-query and of every later call's queries. With ``exact_if_short``
+    (detect's ``auto``) a tuning that cannot reach ``min_recall`` even with every cell scanned
+    switches to the exact search, and the report says why. ``threads``: torch's and faiss's
+    thread count while searching (None: as they are).
     """
 
-    def __init__(self, k: int = 10, chunk_size: int = 2048, threads: int | None = None, backend: str = "exact",
-                 approx: ApproxSettings | None = None, exact_if_short: bool = False):
+    def __init__(self, k: int = 10, chunk_size: int = 512, threads: int | None = None, backend: str = "exact",
+                 approx: ApproxSettings | None = None, exact_if_short: bool = False, engine: str = "auto"):
         self.k = _positive_int("k", k)
         self.chunk_size = _positive_int("chunk_size", chunk_size)
         self.threads = None if threads is None else _positive_int("threads", threads)
         if backend not in ("exact", "approx"):
             raise ValueError(f"backend must be 'exact' or 'approx', got {backend!r}")
+        if engine not in ("auto", "faiss", "torch"):
+            raise ValueError(f"engine must be 'auto', 'faiss' or 'torch', got {engine!r}")
         self.backend = backend
+        self.engine = ("faiss" if has_faiss() else "torch") if engine == "auto" else engine
         self.approx = approx or ApproxSettings()
         self.exact_if_short = exact_if_short
         self._train: torch.Tensor | None = None
@@ -112,7 +133,10 @@ class KNNDistanceDetector:
         self._train = torch.from_numpy(np.array(X, dtype=np.float32, copy=True))
         self._train_sq = (self._train * self._train).sum(dim=1)
         self.n_features_in_ = X.shape[1]
-        self.search_report = {"backend": self.backend, "objects": int(X.shape[0]), "k": self.k}
+        if self.engine == "faiss":
+            self._flat = require_faiss("the k-NN baseline's faiss engine", "detect.knn_backend").IndexFlatL2(X.shape[1])
+            self._flat.add(self._train.numpy())
+        self.search_report = {"backend": self.backend, "engine": self.engine, "objects": int(X.shape[0]), "k": self.k}
         if self.backend == "approx":
             self._lift = EuclideanAsCosine(self._train.numpy())
             self._index = ApproxIndex(self._lift.database, self.approx, setting="detect.knn_backend")
@@ -130,9 +154,12 @@ class KNNDistanceDetector:
         else:
             Q = torch.from_numpy(np.asarray(check_matrix(X, "KNNDistanceDetector.score_samples", self.n_features_in_),
                                             dtype=np.float32))
-        old = torch.get_num_threads()
+        faiss = require_faiss("the k-NN baseline's faiss engine", "detect.knn_backend") if self.engine == "faiss" else None
+        old = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+            if faiss:
+                faiss.omp_set_num_threads(self.threads)
         try:
             with torch.inference_mode():
                 if self.backend == "approx":
@@ -140,23 +167,49 @@ class KNNDistanceDetector:
                 return self._exact_scores(Q, torch.arange(Q.shape[0]) if exclude_self else None)
         finally:
             if self.threads is not None:
-                torch.set_num_threads(old)
+                torch.set_num_threads(old[0])
+                if faiss:
+                    faiss.omp_set_num_threads(old[1])
 
     def _exact_neighbours(self, Q: torch.Tensor, self_rows: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact search: (mean distance to the k nearest training rows (float64), their rows);
         ``self_rows[i]`` is the training row query ``i`` is (left out), or None."""
-        out = np.empty(Q.shape[0], dtype=np.float64)
+        d2, found = (self._faiss_nearest if self.engine == "faiss" else self._torch_nearest)(Q, self_rows)
+        return np.sqrt(d2).astype(np.float64).mean(axis=1), found
+
+    def _faiss_nearest(self, Q: torch.Tensor, self_rows: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances (float32, clamped at 0 by faiss), rows) of the k nearest, by ``IndexFlatL2``."""
+        d2, found = self._flat.search(np.ascontiguousarray(Q.numpy()), self.k + (self_rows is not None))
+        if self_rows is None:
+            return d2, found
+        drop = found == self_rows.numpy()[:, None]
+        drop[~drop.any(axis=1), -1] = True  # an exact duplicate outranked the row itself: drop the last instead
+        keep = ~drop
+        return d2[keep].reshape(-1, self.k), found[keep].reshape(-1, self.k)
+
+    def _torch_nearest(self, Q: torch.Tensor, self_rows: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances (float32), rows) of the k nearest, in blocks of queries x reference rows."""
+        d2 = np.empty((Q.shape[0], self.k), dtype=np.float32)
         found = np.empty((Q.shape[0], self.k), dtype=np.int64)
+        n = self._train.shape[0]
         for s in range(0, Q.shape[0], self.chunk_size):
             q = Q[s : s + self.chunk_size]
-            d2 = (q * q).sum(dim=1, keepdim=True) + self._train_sq[None, :] - 2.0 * (q @ self._train.T)
-            d2.clamp_(min=0.0)
-            if self_rows is not None:
-                d2[torch.arange(q.shape[0]), self_rows[s : s + q.shape[0]]] = float("inf")
-            nearest = torch.topk(d2, self.k, dim=1, largest=False)
-            out[s : s + q.shape[0]] = nearest.values.sqrt().double().mean(dim=1).numpy()
-            found[s : s + q.shape[0]] = nearest.indices.numpy()
-        return out, found
+            values, rows = [], []
+            for r in range(0, n, REFERENCE_BLOCK):
+                # |x|^2 - 2 q.x: the squared distance less the query's own |q|^2, which ranks alike
+                part = torch.addmm(self._train_sq[r : r + REFERENCE_BLOCK], q, self._train[r : r + REFERENCE_BLOCK].T,
+                                   alpha=-2.0)
+                if self_rows is not None:
+                    own = self_rows[s : s + q.shape[0]] - r
+                    inside = torch.nonzero((own >= 0) & (own < part.shape[1])).squeeze(1)
+                    part[inside, own[inside]] = float("inf")
+                v, i = torch.topk(part, min(self.k, part.shape[1]), dim=1, largest=False)
+                values.append(v)
+                rows.append(i + r)
+            v, pos = torch.topk(torch.cat(values, dim=1), self.k, dim=1, largest=False)
+            d2[s : s + q.shape[0]] = (v + (q * q).sum(dim=1, keepdim=True)).clamp_(min=0.0).numpy()
+            found[s : s + q.shape[0]] = torch.gather(torch.cat(rows, dim=1), 1, pos).numpy()
+        return d2, found
 
     def _exact_scores(self, Q: torch.Tensor, self_rows: torch.Tensor | None) -> np.ndarray:
         return self._exact_neighbours(Q, self_rows)[0]

@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmb_engine.detect.params import CHUNK_ROWS, DEFAULT_FUSION, FIT_MAX_OBJECTS, FLOW_TYPES, FUSION_METHODS, MAX_DUPLICATE_FRACTION, PRESETS
+from fmb_engine.detect.params import (
+    CHUNK_ROWS, DEFAULT_FUSION, FIT_MAX_OBJECTS, FLOW_TYPES, FUSION_METHODS, KNN_APPROX_THRESHOLD, MAX_DUPLICATE_FRACTION,
+    PRESETS,
+)
 
 FLOW_KEYS = ("flow_type", "num_transforms", "hidden_features", "pca_components", "epochs", "batch_size", "lr",
              "weight_decay", "clip_sigma", "grad_clip")
@@ -41,7 +44,7 @@ class DetectConfig(BaseModel):
     )
     seed: int = Field(42, ge=0, description="Seed of every random choice (flows, folds, baselines).")
     device: str = Field("auto", description="Torch device: auto, cpu, cuda.")
-    threads: int = Field(1, ge=0, description="Torch CPU threads for the flows (0 = torch default).")
+    threads: int = Field(1, ge=0, description="CPU threads for the flows and the k-NN baseline's search (0 = torch's and faiss's default).")
     n_jobs: int = Field(
         0, ge=0, description="Processes training one run's flows side by side (0 = one per CPU core on CPU, 1 on CUDA)."
     )
@@ -55,13 +58,13 @@ class DetectConfig(BaseModel):
     baselines: bool = Field(True, description="Also score with IsolationForest and k-NN distance.")
     knn_k: int = Field(10, ge=1, description="k of the k-NN distance baseline.")
     knn_backend: Literal["auto", "exact", "approx"] = Field(
-        "auto", description="k-NN baseline search: exact (torch), approx (the analyze stage's faiss inverted file, "
-                            "distances exact, recall measured), auto = approx from knn_approx_threshold on, exact "
-                            "when the index cannot reach knn_min_recall.",
+        "auto", description="k-NN baseline search: exact (faiss IndexFlatL2 when installed, else torch), approx (the "
+                            "analyze stage's faiss inverted file, distances exact, recall measured), auto = approx from "
+                            "knn_approx_threshold on, exact when the index cannot reach knn_min_recall.",
     )
     knn_approx_threshold: int = Field(
-        100_000, ge=2, description="auto searches approximately when reference rows x scored rows >= this squared "
-                                   "and faiss-cpu is installed.",
+        KNN_APPROX_THRESHOLD, ge=2, description="auto searches approximately when the k-NN reference set (the fit "
+                                                "sample) has at least this many rows and faiss-cpu is installed.",
     )
     knn_min_recall: float = Field(0.95, gt=0, le=1, description="Recall@k the approximate k-NN's nprobe is tuned to; "
                                                                 "a lower measured recall is a manifest warning.")

@@ -23,6 +23,13 @@ MAX_DUPLICATE_FRACTION = 0.05
 FIT_MAX_OBJECTS = 50_000
 #: Default of ``detect.chunk_rows``: rows read at a time when scoring (100 MB for a 1536-d float32 chunk).
 CHUNK_ROWS = 16_384
+#: Default of ``detect.knn_approx_threshold``: reference rows (the fit sample) from which ``auto`` tries
+#: the approximate index for the k-NN baseline. Above ``FIT_MAX_OBJECTS``, so by default the search is
+#: exact: on a 50,000-row sample of the synthetic embeddings (768-d image, preprocessed to PCA-100) the
+#: index reaches recall@10 0.67 with every cell scanned, while exact search (faiss IndexFlatL2) costs
+#: ~1.9 CPU s per 16,384 queries (docs/benchmarks.md, "Detect at scale"). Per query both costs grow with
+#: the reference rows, and so does the index's saving: hence a threshold on them alone.
+KNN_APPROX_THRESHOLD = 200_000
 
 #: Flow architectures of :class:`~fmb_engine.detect.flows.FlowDensity`: RealNVP coupling or MAF.
 FLOW_TYPES: tuple[str, ...] = ("coupling", "autoregressive")

@@ -50,7 +50,7 @@ from fmb_engine.detect.fusion import FUSION_COLUMNS, fuse
 from fmb_engine.detect.mismatch import MISMATCH_COLUMNS, LearnedMismatch, cosine_similarity_rows, mismatch_table
 from fmb_engine.detect.params import FUSION_METHODS, PARTS
 from fmb_engine.detect.preprocess import Preprocessor
-from fmb_engine.detect.stream import fit_sample, gather, sample_keys, streamed_scores, usable_sample
+from fmb_engine.detect.stream import Scorers, fit_sample, gather, sample_keys, streamed_scores, usable_sample
 from fmb_engine.detect.tables import ANOMALY_COLUMNS, anomaly_table, rank_descending
 from fmb_engine.embed.keys import family_of, modality_of, reference_key
 from fmb_engine.embed.store import EmbeddingReader
@@ -150,14 +150,14 @@ def save_state(state: dict[str, np.ndarray], path: Path) -> Path:
 
 def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: int | None = None,
                    n_scored: dict[str, int] | None = None
-                   ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Scorer]], dict[str, dict],
-                              dict[str, dict]]:
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Scorers], dict[str, dict], dict[str, dict]]:
     """Fit preprocessing + flow (and the baselines) on each modality's fit sample.
 
-    Returns per modality the sample rows' scores and scorers of other rows by method
-    (higher = more anomalous), the flow's state (:func:`flow_state`) and the k-NN baseline's
-    search record (:func:`_baselines`; ``n_scored`` is each modality's usable rows, which chooses
-    the k-NN search). The modalities' flows
+    Returns per modality the sample rows' scores by method (higher = more anomalous), the
+    scorers of other rows (:func:`_scorers`: the flow and the baselines share the chunk's
+    preprocessing), the flow's state (:func:`flow_state`) and the k-NN baseline's search record
+    (:func:`_baselines`; ``n_scored`` is each modality's usable rows). The baselines are fitted
+    on the sample as the flow sees it, preprocessed. The modalities' flows
     train side by side (``n_jobs``). ``side_by_side`` is how many modalities the one-node run
     fits together (default: those in ``xs``): a sharded fit job fits one modality with the
     thread count the one-node run would use, so both give the same bits. With ``out_of_fold``
@@ -183,55 +183,72 @@ def fit_modalities(xs: dict[str, np.ndarray], cfg: DetectConfig, side_by_side: i
             fit = -flows[modality].score_samples(zs[modality])
         states[modality] = flow_state(pres[modality], flows[modality])
         fitted[modality] = {"flow": fit}
-        scorers[modality] = {"flow": _flow_scorer(pres[modality], flows[modality])}
+        baselines: dict[str, Scorer] = {}
         if cfg.baselines:
-            more_fit, more_scorers, searches[modality] = _baselines(x, (n_scored or {}).get(modality, x.shape[0]), cfg)
+            more_fit, baselines, searches[modality] = _baselines(zs[modality], (n_scored or {}).get(modality, x.shape[0]),
+                                                                 cfg)
             fitted[modality] |= more_fit
-            scorers[modality] |= more_scorers
+        scorers[modality] = _scorers(pres[modality], flows[modality], baselines)
     return fitted, scorers, states, searches
 
 
-def _flow_scorer(pre: Preprocessor, flow: Any) -> Scorer:
-    """``-log p`` of a chunk's rows: the preprocessing's affine map (:meth:`Preprocessor.apply`), then the flow.
+def _scorers(pre: Preprocessor, flow: Any, baselines: dict[str, Scorer]) -> Scorers:
+    """The scorers of a modality's other rows: each chunk preprocessed once (:func:`_mapper`), then
+    the flow's ``-log p`` and the baselines (:func:`_baselines`) of that one preprocessed chunk.
 
-    With a set thread count (``detect.threads``, default 1) the map's BLAS product runs on that
-    many threads, as the flow does: :func:`~fmb_engine.detect.stream.streamed_scores` reads the
-    next chunk on another core meanwhile, and a second BLAS thread only fought that reader (and
-    other processes) for it -- 1.4-1.7x slower on the 2-core machine (docs/benchmarks.md,
-    "Scoring throughput"). The scores are the same bits: BLAS splits a product by rows and
-    columns among its threads, never along the summed dimension. With the flow on a GPU the map
-    runs there as well, batch by batch (:meth:`Preprocessor.device_map`).
+    With the flow on a GPU and no baseline to share the mapped chunk, the map runs on the GPU
+    too, batch by batch (:meth:`Preprocessor.device_map`): only raw rows cross the bus, and the
+    map's product no longer bounds the scoring on one CPU thread (docs/benchmarks.md, "Scoring
+    throughput"). With baselines the chunk is mapped on the CPU once, for all of them.
     """
-    if flow.device_.type != "cpu":  # a GPU: the map runs there too (Preprocessor.device_map)
+    if flow.device_.type != "cpu" and not baselines:
         before = pre.device_map(flow.device_)
-        return lambda v: -flow.score_samples(v, before=before)
-    if flow.threads is None:
-        return lambda v: -flow.score_samples(pre.apply(v))
+        return Scorers({"flow": lambda v: -flow.score_samples(v, before=before)})
+    return Scorers({"flow": lambda z: -flow.score_samples(z)} | baselines, prepare=_mapper(pre, flow.threads))
+
+
+def _mapper(pre: Preprocessor, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """:meth:`Preprocessor.apply`, its BLAS product on ``threads`` threads (``detect.threads``, default 1).
+
+    Why: :func:`~fmb_engine.detect.stream.streamed_scores` reads the next chunk on another core
+    meanwhile, and a second BLAS thread only fought that reader (and other processes) for it --
+    1.4-1.7x slower on the 2-core machine (docs/benchmarks.md, "Scoring throughput"). The result
+    is the same bits: BLAS splits a product by rows and columns among its threads, never along
+    the summed dimension.
+    """
+    if threads is None:
+        return pre.apply
     from threadpoolctl import ThreadpoolController
 
     blas = ThreadpoolController().select(user_api="blas")
 
-    def score(v: np.ndarray) -> np.ndarray:
-        with blas.limit(limits=flow.threads):
-            z = pre.apply(v)
-        return -flow.score_samples(z)
+    def apply(v: np.ndarray) -> np.ndarray:
+        with blas.limit(limits=threads):
+            return pre.apply(v)
 
-    return score
+    return apply
 
 
-def _baselines(x: np.ndarray, n_scored: int, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer], dict]:
-    """IsolationForest and k-NN fitted on one modality's fit sample: the sample's scores (k-NN without
-    each row itself), scorers of the other rows (k-NN against the sample as reference set) and the
-    k-NN search's record (backend; for approx the index and its measured recall, :mod:`fmb_engine.analyze.ann`)."""
+def _baselines(z: np.ndarray, n_scored: int, cfg: DetectConfig) -> tuple[dict[str, np.ndarray], dict[str, Scorer], dict]:
+    """IsolationForest and k-NN fitted on one modality's preprocessed fit sample ``z`` (what the flow
+    is trained on): the sample's scores (k-NN without each row itself), scorers of other preprocessed
+    rows (k-NN against the sample as reference set) and the k-NN search's record (backend and engine;
+    for approx the index and its measured recall, :mod:`fmb_engine.analyze.ann`).
+
+    ``auto`` searches approximately when the reference set has at least ``knn_approx_threshold``
+    rows and faiss is installed (the choice of a self-query of the reference set): per query, exact
+    search costs in proportion to the reference rows and the index's saving grows with them, while
+    the number of scored rows scales both alike. Exact search is faiss's when installed, else torch's."""
     from fmb_engine.analyze.ann import ApproxSettings
     from fmb_engine.analyze.similarity import choose_backend
 
-    forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x)
-    engine, fallback = choose_backend(cfg.knn_backend, x.shape[0], n_scored, cfg.knn_approx_threshold, section="detect")
-    knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, x.shape[0] - 1)), backend="approx" if engine == "approx" else "exact",
+    forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(z)
+    engine, fallback = choose_backend(cfg.knn_backend, z.shape[0], z.shape[0], cfg.knn_approx_threshold, section="detect")
+    knn = KNNDistanceDetector(k=min(cfg.knn_k, max(1, z.shape[0] - 1)), backend="approx" if engine == "approx" else "exact",
+                              engine="auto" if engine == "approx" else engine, threads=cfg.threads or None,
                               approx=ApproxSettings(min_recall=cfg.knn_min_recall, seed=cfg.seed),
-                              exact_if_short=cfg.knn_backend == "auto").fit(x)
-    fitted = {"iforest": forest.score_samples(x), "knn": knn.score_samples()}
+                              exact_if_short=cfg.knn_backend == "auto").fit(z)
+    fitted = {"iforest": forest.score_samples(z), "knn": knn.score_samples()}
     knn.search_report.update({"queries": n_scored} | ({"fallback": fallback} if fallback else {}))
     # the live record: the scoring of the other rows adds their measured recall to it
     return fitted, {"iforest": forest.score_samples, "knn": knn.score_samples}, knn.search_report
@@ -249,15 +266,16 @@ def _record_knn(manifest: RunManifest, searches: dict[str, dict], cfg: DetectCon
     manifest.record("knn_baseline", manifest.data.get("knn_baseline", {}) | searches)  # every model's
 
 
-def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectConfig, n_scored: int) -> dict[str, Scorer]:
+def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectConfig, n_scored: int) -> Scorers:
     """Scorers of a modality rebuilt from a saved :func:`flow_state` and the fit sample ``x``.
 
     The flow and its preprocessing come back from their arrays. The baselines are refitted on
-    ``x``: the k-NN reference set *is* the sample, and the IsolationForest is rebuilt with the
+    ``x`` preprocessed by the restored preprocessing (the same arrays, so the same bits as the
+    fit's): the k-NN reference set *is* the sample, and the IsolationForest is rebuilt with the
     same seed on the same rows, which gives the same trees (scikit-learn cannot save a forest
-    without pickle, which FMB never uses for its files); ``n_scored`` (the modality's usable rows,
-    as in the fit) chooses the same k-NN search, and an approximate index is rebuilt from the same
-    rows and seed.
+    without pickle, which FMB never uses for its files); the k-NN search is chosen as in the fit
+    (the same reference rows), an approximate index is rebuilt from the same rows and seed, and
+    ``n_scored`` (the modality's usable rows) goes into its record as in the fit.
     """
     from fmb_engine.detect.flows import FlowDensity
 
@@ -265,37 +283,34 @@ def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectCon
     pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
     flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
                                        device=flow_kw["device"], threads=flow_kw["threads"])
-    scorers: dict[str, Scorer] = {"flow": _flow_scorer(pre, flow)}
-    if cfg.baselines:
-        scorers |= _baselines(x, n_scored, cfg)[1]
-    return scorers
+    return _scorers(pre, flow, _baselines(pre.transform(x), n_scored, cfg)[1] if cfg.baselines else {})
 
 
 def fit_mismatch(reader: EmbeddingReader, sample: np.ndarray, cfg: DetectConfig, plan: RowPlan
-                 ) -> tuple[str, dict[str, np.ndarray], dict[str, Scorer], dict[str, np.ndarray]]:
+                 ) -> tuple[str, dict[str, np.ndarray], Scorers, dict[str, np.ndarray]]:
     """(method, the sample's native scores, scorer of other rows, fitted state) of the cross-modal mismatch.
 
     Cosine (aligned embedders) needs no fit: no sample, every row is scored chunk by chunk.
     The learned map is fitted on the sample (each sample row scored out of fold).
     """
     if reader.aligned:
-        return "cosine", {"native": np.zeros(0)}, {"native": cosine_similarity_rows}, {}
+        return "cosine", {"native": np.zeros(0)}, Scorers({"native": cosine_similarity_rows}), {}
     img, spec = (plan.fit_x[m] if np.array_equal(plan.samples[m], sample) else gather(reader, m, sample, cfg.chunk_rows)
                  for m in ("image", "spectrum"))
     learned = LearnedMismatch(alpha=cfg.mismatch_alpha, seed=cfg.seed)
     fitted = learned.fit_score(img, spec)
-    return learned.method, {"native": fitted}, {"native": learned.score}, learned.state_dict()
+    return learned.method, {"native": fitted}, Scorers({"native": learned.score}), learned.state_dict()
 
 
-def mismatch_scorer(method: str, state: dict[str, np.ndarray]) -> dict[str, Scorer]:
+def mismatch_scorer(method: str, state: dict[str, np.ndarray]) -> Scorers:
     """The scorer :func:`fit_mismatch` returned, rebuilt from its method and saved state."""
     if method == "cosine":
-        return {"native": cosine_similarity_rows}
-    return {"native": LearnedMismatch.from_state_dict(state).score}
+        return Scorers({"native": cosine_similarity_rows})
+    return Scorers({"native": LearnedMismatch.from_state_dict(state).score})
 
 
 def score_rows(reader: EmbeddingReader, modalities: tuple[str, ...], keep: np.ndarray, sample: np.ndarray,
-               scorers: dict[str, Scorer], chunk_rows: int, start: int = 0, stop: int | None = None
+               scorers: Scorers, chunk_rows: int, start: int = 0, stop: int | None = None
                ) -> dict[str, np.ndarray]:
     """Scores of the usable rows outside the fit sample within rows ``[start, stop)``, in row order.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -176,20 +177,37 @@ def masked_chunks(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mas
         thread.join()
 
 
+@dataclass(frozen=True)
+class Scorers:
+    """Scorers of a chunk of rows by name, each returning one score per row.
+
+    ``prepare`` maps the chunk's vectors (one array per modality) once to the one array every
+    scorer is given: a modality's preprocessing, which its flow and baselines share, is then
+    computed once per chunk. Without it each scorer gets the vectors themselves.
+    """
+
+    by_name: dict[str, Callable[..., np.ndarray]]
+    prepare: Callable[..., np.ndarray] | None = None
+
+    def __call__(self, *xs: np.ndarray) -> dict[str, np.ndarray]:
+        args = xs if self.prepare is None else (self.prepare(*xs),)
+        return {name: score(*args) for name, score in self.by_name.items()}
+
+
 def streamed_scores(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mask: np.ndarray,
-                    scorers: dict[str, Callable[..., np.ndarray]], chunk_rows: int) -> dict[str, np.ndarray]:
+                    scorers: Scorers, chunk_rows: int) -> dict[str, np.ndarray]:
     """Scores of the rows in ``rows_mask`` (in row order), computed chunk by chunk from the file.
 
-    ``scorers`` map a name to a function of the chunk's vectors (one array per modality in
-    ``modalities``, the masked rows only, read ahead by :func:`masked_chunks`) returning one
-    score per row. The loop runs under :func:`fmb_engine.heap.retained_heap`: the scorers'
-    large temporaries reuse memory instead of page-faulting it in anew for every batch.
+    ``scorers`` (:class:`Scorers`) are given the chunk's vectors (one array per modality in
+    ``modalities``, the masked rows only, read ahead by :func:`masked_chunks`). The loop runs
+    under :func:`fmb_engine.heap.retained_heap`: the scorers' large temporaries reuse memory
+    instead of page-faulting it in anew for every batch.
     """
     rows = np.flatnonzero(rows_mask)
-    out = {name: np.empty(rows.shape[0], dtype=np.float64) for name in scorers}
+    out = {name: np.empty(rows.shape[0], dtype=np.float64) for name in scorers.by_name}
     with retained_heap():
         for start, stop, xs in masked_chunks(reader, modalities, rows_mask, chunk_rows):
             pos = np.searchsorted(rows, start + np.flatnonzero(rows_mask[start:stop]))
-            for name, score in scorers.items():
-                out[name][pos] = score(*xs)
+            for name, scores in scorers(*xs).items():
+                out[name][pos] = scores
     return out

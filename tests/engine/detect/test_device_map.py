@@ -61,7 +61,7 @@ def test_detect_scorer_maps_on_the_flows_device_when_it_is_not_the_cpu(monkeypat
     X = _data()
     pre = Preprocessor(pca_components=6).fit(X)
     flow = FlowDensity(**FAST).fit(pre.transform(X))
-    cpu_scorer = detect_run._flow_scorer(pre, flow)
+    cpu_scorer = detect_run._scorers(pre, flow, {})
     asked = []
     real_map = Preprocessor.device_map
 
@@ -74,7 +74,7 @@ def test_detect_scorer_maps_on_the_flows_device_when_it_is_not_the_cpu(monkeypat
 
     monkeypatch.setattr(Preprocessor, "device_map", spy)
     monkeypatch.setattr(FlowDensity, "device_", property(lambda self: Gpu()))
-    gpu_scorer = detect_run._flow_scorer(pre, flow)
+    gpu_scorer = detect_run._scorers(pre, flow, {})
     monkeypatch.setattr(FlowDensity, "device_", property(lambda self: torch.device("cpu")))
-    np.testing.assert_allclose(gpu_scorer(X), cpu_scorer(X), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gpu_scorer(X)["flow"], cpu_scorer(X)["flow"], rtol=1e-4, atol=1e-4)
     assert len(asked) == 1 and asked[0].type == "cuda"

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fmb_engine.detect.stream import compact_rows, masked_chunks, row_chunks, streamed_scores
+from fmb_engine.detect.stream import Scorers, compact_rows, masked_chunks, row_chunks, streamed_scores
 from fmb_engine.embed.store import EmbeddingReader
 from fmb_engine.embed.synthetic import SyntheticSpec
 from fmb_engine.embed.synthetic_file import write_synthetic
@@ -72,8 +72,8 @@ def test_streamed_scores_put_each_rows_score_at_its_place(path):
     with EmbeddingReader(path) as reader:
         x = reader.load("image")
         spec = reader.load("spectrum")
-        out = streamed_scores(reader, ("image", "spectrum"), mask, {"sum": lambda a, b: a.sum(1) - b.sum(1),
-                                                                    "first": lambda a, b: a[:, 0]}, 64)
+        out = streamed_scores(reader, ("image", "spectrum"), mask,
+                              Scorers({"sum": lambda a, b: a.sum(1) - b.sum(1), "first": lambda a, b: a[:, 0]}), 64)
     assert np.array_equal(out["sum"], (x.sum(1) - spec.sum(1))[mask])
     assert np.array_equal(out["first"], x[mask, 0].astype(np.float64))
 
@@ -111,7 +111,7 @@ def test_stopping_early_or_failing_in_the_loop_joins_the_thread(path):
             return x[:, 0]
 
         with pytest.raises(ZeroDivisionError, match="scorer failed"):
-            streamed_scores(reader, ("image",), mask, {"bad": fails_third}, 10)
+            streamed_scores(reader, ("image",), mask, Scorers({"bad": fails_third}), 10)
         assert not _readers()
         chunks = masked_chunks(reader, ("image",), mask, 10)
         next(chunks)
@@ -155,9 +155,9 @@ def test_retained_heap_reuses_freed_blocks_instead_of_faulting_them_in_again():
 def test_the_flow_scorer_gives_the_bits_of_map_then_flow_whatever_the_blas_threads(threads):
     from fmb_engine.detect.flows import FlowDensity
     from fmb_engine.detect.preprocess import Preprocessor
-    from fmb_engine.detect.run import _flow_scorer
+    from fmb_engine.detect.run import _scorers
 
     x = np.random.default_rng(0).standard_normal((3000, 96)).astype(np.float32)
     pre = Preprocessor(pca_components=12).fit(x[:1000])
     flow = FlowDensity(epochs=1, batch_size=256, device="cpu", threads=threads).fit(pre.transform(x[:1000]))
-    assert np.array_equal(_flow_scorer(pre, flow)(x), -flow.score_samples(pre.apply(x)))
+    assert np.array_equal(_scorers(pre, flow, {})(x)["flow"], -flow.score_samples(pre.apply(x)))

@@ -111,11 +111,11 @@ def test_below_the_cap_detect_scores_exactly_as_whole_array_fits(tmp_path):
         ids = np.asarray(reader.object_ids, dtype=object)
         x, img, spec = reader.load("image"), reader.load("image"), reader.load("spectrum")
     order = np.argsort(ids)
-    pre = Preprocessor(**pre_kw).fit(x)
+    z = Preprocessor(**pre_kw).fit(x).transform(x)  # the flow and the baselines see the preprocessed rows
     expected = {
-        "image/flow": -FlowDensity(**flow_kw).fit(pre.transform(x)).score_samples(pre.transform(x)),
-        "image/iforest": IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(x).score_samples(x),
-        "image/knn": KNNDistanceDetector(k=cfg.knn_k).fit(x).score_samples(),
+        "image/flow": -FlowDensity(**flow_kw).fit(z).score_samples(z),
+        "image/iforest": IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(z).score_samples(z),
+        "image/knn": KNNDistanceDetector(k=cfg.knn_k).fit(z).score_samples(),
         "cross/mismatch": LearnedMismatch(alpha=cfg.mismatch_alpha, seed=cfg.seed).fit_score(img, spec),
     }
     for system, score in expected.items():
@@ -161,3 +161,44 @@ def test_out_of_fold_with_a_sample_scores_every_object_whatever_the_chunk_size(t
     for modality in DIMS:
         column = f"rank:synthetic/{modality}/flow"
         assert small[column].notna().all() and small[column].equals(large[column]), column
+
+
+def test_the_baselines_score_the_rows_as_the_flow_sees_them(tmp_path):
+    """The k-NN distance and the IsolationForest of a row are those of its preprocessed vector
+    against the preprocessed fit sample (the saved preprocessing), computed here by hand."""
+    ws = _workspace(tmp_path / "ws")
+    systems = _systems(ws, fit_max_objects=300, chunk_rows=128)
+    cfg = load("detect", ws, cli=FAST).values
+    with np.load(ws.folder("scores") / "models" / "synthetic" / "flow_image.npz") as saved:
+        pre = Preprocessor.from_state_dict({k[4:]: saved[k] for k in saved.files if k.startswith("pre.")})
+    with EmbeddingReader(ws.folder("embeddings") / "synthetic.h5") as reader:
+        ids = np.asarray(reader.object_ids, dtype=object)
+        keep, sample, x = usable_sample(reader, "image", sample_keys(reader.n_objects, cfg.seed), 300, 128)
+        whole = reader.load("image")
+    z = pre.transform(x)
+    outside = np.setdiff1d(np.flatnonzero(keep), sample)[:20]
+
+    def by_hand(q, leave_out=None):
+        d = np.sqrt(((z.astype(np.float64) - q.astype(np.float64)) ** 2).sum(axis=1))
+        return np.sort(np.delete(d, [] if leave_out is None else [leave_out]))[: cfg.knn_k].mean()
+
+    knn = systems["score:synthetic/image/knn"]
+    for i in (0, 7, 299):  # sample rows: without themselves
+        assert knn[ids[sample[i]]] == pytest.approx(by_hand(z[i], leave_out=i), rel=1e-4)
+    for row, q in zip(outside, pre.apply(whole[outside]), strict=True):  # other rows: through the scoring map
+        assert knn[ids[row]] == pytest.approx(by_hand(q), rel=1e-4)
+    forest = IsolationForestDetector(seed=cfg.seed, n_estimators=cfg.iforest_trees).fit(z)
+    np.testing.assert_allclose(systems.loc[ids[outside], "score:synthetic/image/iforest"],
+                               forest.score_samples(pre.apply(whole[outside])), rtol=1e-12)
+
+
+def test_the_flow_and_the_baselines_share_one_preprocessing_per_chunk(tmp_path, monkeypatch):
+    calls = []
+    apply = Preprocessor.apply
+    monkeypatch.setattr(Preprocessor, "apply", lambda self, X: calls.append(X.shape[0]) or apply(self, X))
+    ws = _workspace(tmp_path / "ws")
+    _systems(ws, fit_max_objects=300, chunk_rows=128)
+    with_baselines = list(calls)
+    calls.clear()
+    _systems(ws, fit_max_objects=300, chunk_rows=128, baselines=False)
+    assert with_baselines == calls and sum(calls) == len(DIMS) * (OBJECTS - 300)  # each other row once per modality
