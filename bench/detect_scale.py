@@ -54,11 +54,9 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
     thread, kept heap, one BLAS thread; bench/score_speed.py compares it with the previous one)."""
     import torch
 
-    from fmb_engine.detect.flows import FlowDensity
     from threadpoolctl import threadpool_limits
 
-    from fmb_engine.detect.preprocess import Preprocessor
-    from fmb_engine.detect.run import _scorers
+    from fmb_engine.detect.run import _scorers, restore_flow
     from fmb_engine.detect.stream import row_chunks, streamed_scores
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.heap import retained_heap
@@ -71,9 +69,7 @@ def _flow_speed(ws: Path, model: str, chunk_rows: int) -> dict[str, dict[str, in
             modality = path.stem.removeprefix("flow_")
             with np.load(path) as npz:
                 state = dict(npz)
-            pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
-            flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
-                                               device="cpu", threads=1)
+            pre, flow = restore_flow(state, device="cpu", threads=1)
             seconds = {"read": 0.0, "preprocess": 0.0, "flow": 0.0}
             cpu = time.process_time()
             with threadpool_limits(1, "blas"), retained_heap():

@@ -56,8 +56,8 @@ def profile(ws: Path, model: str, chunk_rows: int, chunks: int) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from fmb_engine.detect.flows import FlowDensity
-    from fmb_engine.detect.preprocess import Preprocessor, finite_rows
+    from fmb_engine.detect.preprocess import finite_rows
+    from fmb_engine.detect.run import restore_flow
     from fmb_engine.detect.stream import compact_rows
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.heap import retained_heap
@@ -70,9 +70,7 @@ def profile(ws: Path, model: str, chunk_rows: int, chunks: int) -> None:
             modality = path.stem.removeprefix("flow_")
             with np.load(path) as npz:
                 state = dict(npz)
-            pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
-            flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
-                                               device="cpu", threads=1)
+            pre, flow = restore_flow(state, device="cpu", threads=1)
             A, b, centre = pre._affine()
             lo, hi = (v.astype(np.float32) for v in pre.clip_bounds())
             d = reader.dims[modality]

@@ -51,9 +51,8 @@ def _reference(reader, modality: str, mask: np.ndarray, score, chunk_rows: int) 
 
 
 def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, repeats: int, threads: int) -> None:
-    from fmb_engine.detect.flows import FlowDensity
-    from fmb_engine.detect.preprocess import Preprocessor, check_matrix
-    from fmb_engine.detect.run import _scorers
+    from fmb_engine.detect.preprocess import check_matrix
+    from fmb_engine.detect.run import _scorers, restore_flow
     from fmb_engine.detect.stream import Scorers, streamed_scores
     from fmb_engine.embed.store import EmbeddingReader
     from fmb_engine.heap import retained_heap
@@ -66,9 +65,7 @@ def bench(ws: Path, model: str, modalities: list[str] | None, chunk_rows: int, r
                 continue
             with np.load(path) as npz:
                 state = dict(npz)
-            pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
-            flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
-                                               device="cpu", threads=threads)
+            pre, flow = restore_flow(state, device="cpu", threads=threads)
             def before(v: np.ndarray) -> np.ndarray:
                 """The previous scorer: apply() checked the D input columns (now the k mapped ones), no BLAS limit."""
                 check_matrix(v, "reference", pre.n_features_in_)

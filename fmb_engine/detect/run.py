@@ -277,13 +277,19 @@ def modality_scorers(state: dict[str, np.ndarray], x: np.ndarray, cfg: DetectCon
     (the same reference rows), an approximate index is rebuilt from the same rows and seed, and
     ``n_scored`` (the modality's usable rows) goes into its record as in the fit.
     """
+    _, flow_kw = cfg.flow_params()
+    pre, flow = restore_flow(state, device=flow_kw["device"], threads=flow_kw["threads"])
+    return _scorers(pre, flow, _baselines(pre.transform(x), n_scored, cfg)[1] if cfg.baselines else {})
+
+
+def restore_flow(state: dict[str, np.ndarray], device: str = "cpu", threads: int | None = 1) -> tuple[Preprocessor, Any]:
+    """The preprocessing and flow of a saved :func:`flow_state` (``models/<model>/flow_<modality>.npz``)."""
     from fmb_engine.detect.flows import FlowDensity
 
-    _, flow_kw = cfg.flow_params()
     pre = Preprocessor.from_state_dict({k[4:]: v for k, v in state.items() if k.startswith("pre.")})
     flow = FlowDensity.from_state_dict({k[5:]: v for k, v in state.items() if k.startswith("flow.")},
-                                       device=flow_kw["device"], threads=flow_kw["threads"])
-    return _scorers(pre, flow, _baselines(pre.transform(x), n_scored, cfg)[1] if cfg.baselines else {})
+                                       device=device, threads=threads)
+    return pre, flow
 
 
 def fit_mismatch(reader: EmbeddingReader, sample: np.ndarray, cfg: DetectConfig, plan: RowPlan
