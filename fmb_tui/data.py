@@ -67,6 +67,7 @@ class Overview:
     runs: list[dict[str, Any]] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)
     comparisons: list[str] = field(default_factory=list)
+    evaluated: bool = False  # analysis/evaluation.csv exists and was made from the current ranking
     next_steps: list[str] = field(default_factory=list)
 
 
@@ -338,6 +339,13 @@ class WorkspaceData:
         for kind in rankings.COMPARISONS:
             if rankings.comparison_path(self.ws, kind).is_file():
                 ov.comparisons.append(kind)
+        evaluation = self.ws.folder("analysis") / "evaluation.csv"
+        if evaluation.is_file():
+            from fmb_engine import lineage
+
+            with contextlib.suppress(FMBError):  # stale or unreadable: evaluate again
+                lineage.check_output(self.ws, evaluation, "fmb-engine evaluate")
+                ov.evaluated = True
         from fmb_engine.triage.labels import labels_path
 
         if labels_path(self.ws).is_file():
@@ -401,7 +409,8 @@ def next_steps(ov: Overview) -> list[str]:
     if ov.systems and not ov.comparisons:
         steps.append("compare systems: `fmb-engine analyze rankings` writes analysis/rankings/*.csv (Compare, C)")
     if ov.survey_free:  # the synthetic files carry the truth; there is nothing to draw an object with
-        steps.append("score the systems against the injected truth: `fmb-engine evaluate`")
+        steps.append("how each system ranks the injected truth: analysis/evaluation.md" if ov.evaluated else
+                     "score the systems against the injected truth: `fmb-engine evaluate`")
     elif ov.labels:
         steps.append("export a figure of the interesting ones: Figures screen (F)")
     active = sum(n for s, n in ov.jobs.items() if s in ("PENDING", "RUNNING"))

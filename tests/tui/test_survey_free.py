@@ -157,3 +157,21 @@ async def test_random_keys_on_the_pipeline_workspace(pipeline_template, tmp_path
     monkeypatch.chdir(tmp_path)  # a palette "save screenshot" lands here
     finding = await explore(root, seed, 150)
     assert finding is None, str(finding)
+
+
+async def test_the_next_step_after_evaluate_points_at_its_report(pipeline_ws):
+    """Once `evaluate` has scored the current ranking the overview stops asking for it; a new ranking
+    (the evaluation then stale) asks again."""
+    from fmb_engine.config import load
+    from fmb_engine.detect.evaluation import evaluate_workspace
+    from fmb_tui.data import WorkspaceData
+
+    evaluate_workspace(pipeline_ws, None)
+    ov = WorkspaceData(pipeline_ws).overview()
+    assert ov.evaluated and any("analysis/evaluation.md" in s for s in ov.next_steps)
+    assert not any("`fmb-engine evaluate`" in s for s in ov.next_steps)
+    from fmb_engine.detect.run import detect
+
+    detect(pipeline_ws, load("detect", pipeline_ws, cli={"epochs": 1, "baselines": False, "seed": 3}))
+    ov = WorkspaceData(pipeline_ws).overview()
+    assert not ov.evaluated and any("`fmb-engine evaluate`" in s for s in ov.next_steps)
