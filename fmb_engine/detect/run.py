@@ -346,6 +346,9 @@ class InProcess:
 
     def flows(self, reader: EmbeddingReader, model: str, plan: RowPlan, live: list[str]
               ) -> tuple[dict[str, Scored], dict[str, dict[str, np.ndarray]]]:
+        from fmb_engine.devices import resolve_device
+
+        self.manifest.record("device", resolve_device(self.cfg.device))  # GPU and CPU scores differ in the last bits
         with self.manifest.phase(f"flows:{model}"):
             fitted, scorers, states, searches = fit_modalities(
                 {m: plan.fit_x[m] for m in live}, self.cfg, n_scored={m: int(plan.keeps[m].sum()) for m in live})

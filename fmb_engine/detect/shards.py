@@ -138,13 +138,17 @@ def fit_modality(root: str, run_id: str, model: str, modality: str, values: dict
     keep, sample, x = plan.keeps[modality], plan.samples[modality], plan.fit_x[modality]
     save_state({"keep": keep, "sample": sample, "fit_x": x}, _rows_file(folder, modality))
     fitted = bool(flows and live_modalities({modality: keep}))
+    device = None
     if fitted:
+        from fmb_engine.devices import resolve_device
+
+        device = resolve_device(cfg.device)
         scores, _, states, searches = fit_modalities({modality: x}, cfg, side_by_side=side_by_side,
                                                      n_scored={modality: int(keep.sum())})
         save_state({f"state.{k}": v for k, v in states[modality].items()}
                    | {f"score.{k}": v for k, v in scores[modality].items()}, done)
     return {"model": model, "modality": modality, "usable": int(keep.sum()), "fit_rows": int(sample.shape[0]),
-            "fitted": fitted, "peak_rss_gb": peak_rss_gb()} | ({"knn_baseline": searches[modality]}
+            "fitted": fitted, "device": device, "peak_rss_gb": peak_rss_gb()} | ({"knn_baseline": searches[modality]}
                                                                if fitted and modality in searches else {})
 
 

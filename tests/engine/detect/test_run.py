@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fmb_engine.config import load
 from fmb_engine.detect.evaluation import evaluate_workspace
@@ -120,4 +121,5 @@ def test_objects_missing_a_modality_are_counted_not_silently_dropped(scored, tmp
     with EmbeddingReader(ws.folder("embeddings") / "cca.h5") as r:
         invalid = int((~r.valid("image")).sum())
     assert manifest["dropped"].get("cca/image:invalid_or_nonfinite", 0) == invalid
+    assert manifest["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # where the flows ran
     assert np.isfinite(pd.read_parquet(ws.folder("scores") / "systems.parquet")["score:cca/image/flow"]).sum() == 120 - invalid

@@ -4,6 +4,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fmb_engine.config import load
 from fmb_engine.detect import shards
@@ -97,6 +98,7 @@ def test_a_task_whose_output_exists_returns_at_once(embedded, monkeypatch):
     for modality in ("image", "spectrum", "joint"):
         fit = shards.fit_modality(*args, "synthetic", modality, record["values"], record["sources"], True)
         assert fit["fitted"] and not fit.get("reused")
+        assert fit["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     first = shards.score_shard(*args, ["synthetic"], record["values"], record["sources"], True, False, 0, 2)
     assert first["rows"] > 0
 
