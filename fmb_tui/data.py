@@ -67,7 +67,7 @@ class Overview:
     runs: list[dict[str, Any]] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)
     comparisons: list[str] = field(default_factory=list)
-    evaluated: bool = False  # analysis/evaluation.csv exists and was made from the current ranking
+    evaluated: bool = False  # survey-free: analysis/evaluation.csv exists and was made from the current ranking
     next_steps: list[str] = field(default_factory=list)
 
 
@@ -340,7 +340,7 @@ class WorkspaceData:
             if rankings.comparison_path(self.ws, kind).is_file():
                 ov.comparisons.append(kind)
         evaluation = self.ws.folder("analysis") / "evaluation.csv"
-        if evaluation.is_file():
+        if ov.survey_free and evaluation.is_file():  # only next_steps of a survey-free ranking asks
             from fmb_engine import lineage
 
             with contextlib.suppress(FMBError):  # stale or unreadable: evaluate again
