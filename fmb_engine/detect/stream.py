@@ -138,7 +138,7 @@ def masked_chunks(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mas
     raw = {m: np.empty((rows, reader.dims[m]), dtype=np.float32) for m in modalities}
     slots = [{m: np.empty((rows, reader.dims[m]), dtype=np.float32) for m in modalities} for _ in range(2)]
     free: queue.Queue[int | None] = queue.Queue()
-    ready: queue.Queue[tuple[int, int, int] | BaseException | None] = queue.Queue()
+    ready: queue.Queue[tuple[int, int, int, int] | BaseException | None] = queue.Queue()
     for i in range(len(slots)):
         free.put(i)
     stop_event = threading.Event()
@@ -156,7 +156,7 @@ def masked_chunks(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mas
                         reader.read_into(m, start, slots[slot][m][:k])
                     else:
                         compact_rows(reader.read_into(m, start, raw[m][: stop - start]), todo, slots[slot][m][:k])
-                ready.put((start, stop, slot))
+                ready.put((start, stop, slot, k))
             ready.put(None)
         except BaseException as exc:  # handed to the consumer, raised there
             ready.put(exc)
@@ -167,8 +167,7 @@ def masked_chunks(reader: EmbeddingReader, modalities: tuple[str, ...], rows_mas
         while (item := ready.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            start, stop, slot = item
-            k = int(np.count_nonzero(rows_mask[start:stop]))
+            start, stop, slot, k = item
             yield start, stop, [slots[slot][m][:k] for m in modalities]
             free.put(slot)
     finally:
