@@ -37,7 +37,8 @@ scoring of 10^6 objects is dominated by this product and the flow). Folding the 
 it is only done when the PCA mean is no farther from the origin than the kept spread
 (``|mu|^2 <= sum s^2``); otherwise each chunk is centred first (``clip((X - mu) A + b')``). Both
 agree with the three separate steps (:meth:`Preprocessor.transform`, what the flows are trained
-on) to float32 rounding (~1e-5 in standardised units).
+on) to float32 rounding: within the float32 dot-product error bound ``gamma_D |x|.|a|``, ~1e-5 to
+1e-4 in standardised units depending on the CPU's BLAS kernel (tested against that bound).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def check_matrix(X: Any, what: str, n_features: int | None = None, finite: bool 
     if finite:
         _refuse_nonfinite(what, int(np.count_nonzero(~finite_rows(X))))
     return X
+
+
+#: What a non-finite mapped row may also mean (:meth:`Preprocessor.apply`, :meth:`Preprocessor.device_map`).
+_MAP_NOTE = " (or overflow float32 in the PCA map)"
 
 
 def _refuse_nonfinite(what: str, bad: int, note: str = "") -> None:
@@ -181,7 +186,7 @@ class Preprocessor:
             bad += int(np.count_nonzero(~np.isfinite(z).all(axis=1)))
             if self.clip_sigma > 0:
                 np.clip(z, lo, hi, out=z)
-        _refuse_nonfinite("Preprocessor.apply", bad, " (or overflow float32 in the PCA map)")
+        _refuse_nonfinite("Preprocessor.apply", bad, _MAP_NOTE)
         return out
 
     def device_map(self, device: Any) -> Any:
@@ -208,8 +213,7 @@ class Preprocessor:
             if x.ndim != 2 or x.shape[1] != n_in:
                 raise ValueError(f"Preprocessor.device_map: expected {n_in} features (as fitted), got shape {tuple(x.shape)}")
             z = torch.addmm(b, x if centre is None else x - centre, A)
-            _refuse_nonfinite("Preprocessor.device_map", int((~torch.isfinite(z).all(dim=1)).sum()),
-                              " (or overflow float32 in the PCA map)")
+            _refuse_nonfinite("Preprocessor.device_map", int((~torch.isfinite(z).all(dim=1)).sum()), _MAP_NOTE)
             return torch.clamp(z, lo, hi) if clip else z
 
         return mapped
