@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 from fmb_engine.cli.jobs import ExecutorOpt
-from fmb_engine.cli.common import ConfigOpt, RunsOpt, SurveyOpt, Typer, WorkspaceOpt, console, find_workspace, reporter, section, survey_file
+from fmb_engine.cli.common import ConfigOpt, RunsOpt, SurveyOpt, Typer, WorkspaceOpt, find_workspace, reporter, section, survey_file
 from fmb_engine.cli.output import Column, Format, FormatOpt, emit, notes, plain, table
 from fmb_engine.detect.params import DEFAULT_FUSION, FUSION_METHODS, PARTS, PRESETS
 
@@ -15,7 +15,7 @@ app = Typer(help="Anomaly scores: flows, cross-modal mismatch, baselines, rank f
 
 
 def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor=None,
-         shards=None) -> None:
+         shards=None, fmt: Format = Format.table) -> None:
     from fmb_engine.detect.run import detect
 
     ws = find_workspace(workspace)
@@ -34,26 +34,34 @@ def _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_f
             raise ConfigError("--shards splits detection into jobs: add --executor slurm (or local, debug); "
                              "without an executor detect runs in this process, unsharded")
         print_submission(submit_sharded_detect(ws, resolved, parts, shards, executor, section("jobs", ws, config),
-                                               survey))
+                                               survey), fmt)
         return
     if executor is not None:
         from fmb_engine.cli.jobs import print_submission
         from fmb_engine.jobs.stages import submit_detect
 
-        print_submission(submit_detect(ws, resolved, parts, executor, section("jobs", ws, config)))
+        print_submission(submit_detect(ws, resolved, parts, executor, section("jobs", ws, config)), fmt)
         return
     result = detect(ws, resolved, reporter(), parts=parts, survey=survey)
-    console.print(f"{len(result.summary['systems'])} systems over {result.summary['objects']:,} objects")
+    s = result.summary
+    rows = ([{"system": name, "scored": True, "reason": None} for name in s["systems"]]
+            + [{"system": skip["system"], "scored": False, "reason": skip["reason"]} for skip in s["skipped"]])
+    warnings = [w for w in s.get("warnings", []) if not w.startswith("skipped ")]  # skips: grouped by reason
+    data = {"systems": list(s["systems"]), "objects": s["objects"], "skipped": list(s["skipped"]),
+            "warnings": warnings, "outputs": dict(result.outputs), "manifest": result.manifest}
+    emit(fmt, data, lambda: [f"{len(s['systems'])} systems over {s['objects']:,} objects"], rows=rows)
     by_reason: dict[str, list[str]] = {}
-    for skip in result.summary["skipped"]:
+    for skip in s["skipped"]:
         by_reason.setdefault(skip["reason"], []).append(skip["system"])
+    out = notes(fmt)
     for reason, systems in by_reason.items():
-        console.print(f"[yellow]skipped {escape(', '.join(systems))}: {escape(reason)}[/]")
-    for warning in result.summary.get("warnings", []):
-        if not warning.startswith("skipped "):  # printed above, grouped by reason
-            console.print(f"[yellow]warning: {escape(warning)}[/]")
-    console.print(f"scores: [bold]{escape(str(result.outputs['scores']))}[/]  (systems table: {escape(str(result.outputs['systems']))})")
-    console.print(f"manifest: {escape(str(result.manifest))}")
+        out.print(f"[yellow]skipped {escape(', '.join(systems))}: {escape(reason)}[/]")
+    for warning in warnings:
+        out.print(f"[yellow]warning: {escape(warning)}[/]")
+    if fmt is not Format.json:
+        out.print(f"scores: [bold]{escape(str(result.outputs['scores']))}[/]  (systems table: "
+                  f"{escape(str(result.outputs['systems']))})")
+        out.print(f"manifest: {escape(str(result.manifest))}")
 
 
 def _command(parts: tuple[str, ...], doc: str):
@@ -70,8 +78,9 @@ def _command(parts: tuple[str, ...], doc: str):
         executor: ExecutorOpt = None,
         shards: int = typer.Option(None, "--shards", min=1, help="With --executor: fit jobs, then an array of this many "
                                    "scoring tasks, then a merge job (docs/jobs.md, Sharded detect)."),
+        fmt: FormatOpt = Format.table,
     ) -> None:
-        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor, shards)
+        _run(parts, workspace, config, models, preset, seed, fusion, top_k, out_of_fold, n_jobs, executor, shards, fmt)
 
     command.__doc__ = doc
     return command

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from fmb_engine.cli.common import ConfigOpt, Typer, WorkspaceOpt, console, err_console, find_workspace
-from fmb_engine.cli.output import Column, Format, FormatOpt, emit, emit_records, pairs, table
+from fmb_engine.cli.output import Column, Format, FormatOpt, emit, emit_records, notes, pairs, table
 from fmb_engine.errors import WorkspaceError
 from fmb_engine.jobs import JobsError, monitor
 from fmb_engine.jobs.registry import JobRecord, RunRecord, open_registry, run_state
@@ -369,12 +369,16 @@ def availability_text(state: str, detail: str) -> Text:
     return Text(f"{state}: {detail}", style="red" if state == "unavailable" else "yellow")
 
 
-def print_submission(sub: Submission) -> None:
-    """What a submitting command prints: executor notes, run id, job ids, how to follow."""
+def print_submission(sub: Submission, fmt: Format = Format.table) -> None:
+    """What a submitting command prints: executor notes, run id, job ids, how to follow; with ``--format``
+    json|csv the object ``{run, stage, executor, job_ids, notes}`` (notes also on stderr)."""
     for note in sub.notes:
-        console.print(escape(note))
-    console.print(f"run [bold]{escape(sub.run_id)}[/]: {len(sub.job_ids)} task(s) " + escape(", ".join(sub.job_ids[:5])))
-    console.print(f"follow with: fmb-engine jobs show {escape(sub.run_id)}   (or fmb-engine jobs list)")
+        notes(fmt).print(escape(note))
+    data = {"run": sub.run_id, "stage": sub.stage, "executor": sub.executor, "job_ids": list(sub.job_ids),
+            "notes": list(sub.notes)}
+    emit(fmt, data, lambda: [
+        f"run [bold]{escape(sub.run_id)}[/]: {len(sub.job_ids)} task(s) " + escape(", ".join(sub.job_ids[:5])),
+        f"follow with: fmb-engine jobs show {escape(sub.run_id)}   (or fmb-engine jobs list)"])
 
 
 @app.command()

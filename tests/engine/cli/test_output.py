@@ -176,6 +176,20 @@ def test_analyze_rankings_regression_neighbor_ranks(scored):
     assert len(as_csv("analyze", "neighbor-ranks", *w)) == len(ranks["summary"])
 
 
+def test_detect_result_and_submission(scored):
+    """`detect` prints its result (systems, skipped ones with the reason, files) and a submission its run."""
+    result = as_json("detect", "fuse", "-w", scored)
+    assert "cca/fused/fisher" in result["systems"] and result["objects"] == 120
+    assert isinstance(result["skipped"], list) and isinstance(result["warnings"], list)
+    assert Path(result["outputs"]["systems"]).is_file() and Path(result["manifest"]).is_file()
+    rows = as_csv("detect", "fuse", "-w", scored)
+    assert [r["system"] for r in rows if r["scored"] == "true"] == result["systems"]
+    assert {"system", "scored", "reason"} == set(rows[0])
+    sub = as_json("detect", "fuse", "-w", scored, "--executor", "debug")
+    assert sub["stage"].startswith("detect") and sub["executor"] == "debug" and sub["job_ids"]
+    assert sub["run"] in run("jobs", "list", "-w", scored)[0]
+
+
 def test_demo_summary(tmp_path, capsys):
     from fmb_engine.cli.demo import print_summary
 
