@@ -99,6 +99,8 @@ DETECT = {
     "--n-jobs": (["--n-jobs", "2"], _values(n_jobs=2)),
     "--shards": (["--shards", "3", "--seed", "4"], lambda sub: sub["stage"] == "detect.sharded"
                  and len(sub["tasks"]) == 3 and sub["values"]["seed"] == 4),
+    # how the submission is printed (its JSON: tests/engine/cli/test_output.py); the job is submitted as without it
+    "--format": (["--format", "json"], lambda sub: sub["stage"].startswith("detect")),
 }
 RETRAIN_OPTS = {
     "--survey": (["--survey", "other"], lambda sub: sub["args"][1].endswith("other.h5")),
